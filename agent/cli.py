@@ -1,0 +1,54 @@
+"""`hivla` command line. Each verb lives in its own module under agent.commands, exposing
+`configure(parser)` and `main(args) -> int`; heavy imports (torch, mujoco) stay inside `main`
+so `hivla --help` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# verb -> (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "coach": ("agent.commands.coach", "interactive coaching console"),
+    "run": ("agent.commands.run", "scripted runs over a task suite, with an optional scripted coach"),
+    "export": ("agent.commands.export", "export recorded sessions as datasets"),
+    "datagen": ("agent.commands.datagen", "record expert demonstrations with oracle plans"),
+    "train": ("agent.commands.train", "train the pi05-style model"),
+    "finetune": ("agent.commands.finetune", "fine-tune the high level on corrections"),
+    "replay": ("agent.commands.replay", "print or render a recorded session"),
+    "bench": ("agent.commands.bench", "run a benchmark script from benchmarks/"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hivla", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for verb, (module_name, help_text) in VERBS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue  # verb not built yet
+        verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
+        module.configure(verb_parser)
+        verb_parser.set_defaults(_main=module.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_main", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The recorded-session format: schema, crash-safe recorder, reader, replay and exporters."""

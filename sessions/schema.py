@@ -1,0 +1,122 @@
+"""Versioned schema of everything a session writes to disk.
+
+A session directory holds `session.json` (a SessionHeader), an append-only `events.jsonl`
+(one record per line, discriminated by `type`) and per-episode camera frame files. Bump
+SCHEMA_VERSION on any incompatible change; readers refuse versions they do not know.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.types import CorrectionKind
+
+SCHEMA_VERSION = 1
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlanData(_Record):
+    thought: str
+    subtask: str
+    source: Literal["model", "human", "oracle"]
+
+
+class SessionHeader(_Record):
+    format: Literal["hivla-session"] = "hivla-session"
+    schema_version: int = SCHEMA_VERSION
+    session_id: str
+    created: str  # ISO-8601 UTC
+    hivla_version: str
+    high_level: str  # policy spec string
+    low_level: str
+    fps: float = 10.0
+    cameras: dict[str, tuple[int, int]]  # name -> (height, width)
+    state_names: list[str]
+    action_names: list[str]
+    env: dict = Field(default_factory=dict)  # env config (suite, image size, ...)
+    notes: str = ""
+
+
+class EpisodeStart(_Record):
+    type: Literal["episode_start"] = "episode_start"
+    episode: int
+    task: str
+    family: str | None = None
+    seed: int | None = None
+    subtasks: list[str] = Field(default_factory=list)  # the reference decomposition, if known
+    wall_time: float
+
+
+class Step(_Record):
+    """One control step. Images are stored in the frame files, indexed by (episode, frame)."""
+
+    type: Literal["step"] = "step"
+    episode: int
+    step: int
+    frame: int  # index into this episode's frame files
+    time: float  # simulated seconds since episode start
+    wall_time: float
+    state: list[float]
+    action: list[float]
+    plan_id: int | None  # id of the PlanEmitted in force
+    subtask: str | None
+    subtask_index: int | None = None  # index into EpisodeStart.subtasks, if known
+    paused: bool = False
+
+
+class PlanEmitted(_Record):
+    type: Literal["plan"] = "plan"
+    episode: int
+    step: int
+    plan_id: int
+    plan: PlanData
+    reason: Literal["start", "timer", "subtask_done", "correction", "reset", "task_change"]
+    latency_s: float | None = None
+    wall_time: float
+
+
+class CorrectionRecord(_Record):
+    type: Literal["correction"] = "correction"
+    episode: int
+    step: int
+    correction_id: int
+    kind: CorrectionKind
+    text: str
+    speaker: Literal["human", "scripted"] = "human"
+    replaced_plan: PlanData | None = None  # the plan in force when the correction came
+    model_plan: PlanData | None = None  # what the model itself would plan now (if computed)
+    resulting_plan: PlanData | None = None  # the plan adopted because of it
+    suspect_from_step: int | None = None  # steps [suspect_from_step, step) are likely wrong behaviour
+    mistake: str | None = None  # scripted coach: what it saw (wrong_object, wrong_order, ...)
+    withdrawn: bool = False
+    wall_time: float
+
+
+class CorrectionWithdrawn(_Record):
+    type: Literal["correction_withdrawn"] = "correction_withdrawn"
+    episode: int
+    step: int
+    correction_id: int
+    wall_time: float
+
+
+class EpisodeEnd(_Record):
+    type: Literal["episode_end"] = "episode_end"
+    episode: int
+    steps: int
+    success: bool
+    subtasks_completed: int
+    subtasks_total: int
+    reason: Literal["success", "timeout", "stopped", "reset", "task_change", "quit", "error"]
+    wall_time: float
+
+
+Event = Annotated[
+    Union[EpisodeStart, Step, PlanEmitted, CorrectionRecord, CorrectionWithdrawn, EpisodeEnd],
+    Field(discriminator="type"),
+]
