@@ -1,0 +1,40 @@
+"""What the control loop accepts from a person or the scripted coach: a Correction
+(policies.types) or a console Command. The classifier (agent.coaching.classify) turns text into
+one of these, or into a Reply when there is nothing to do but answer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Union
+
+from policies.types import Correction
+
+
+class CommandName(str, enum.Enum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    RESET = "reset"
+    TASK = "task"
+    UNDO = "undo"
+    GOOD = "good"
+    SAVE = "save"
+    HELP = "help"
+    QUIT = "quit"
+
+
+@dataclass(frozen=True)
+class Command:
+    name: CommandName
+    argument: str = ""
+    reply: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """Input that changes nothing (empty line, unknown command): only an answer for the console."""
+
+    reply: str
+
+
+UserInput = Union[Correction, Command, Reply]

@@ -1,0 +1,561 @@
+"""The hierarchical control loop.
+
+Every control step the low level's current action chunk supplies one action. The high level
+re-plans (a) when there is no plan, (b) on a timer, (c) when the current subtask finishes and
+(d) at once on a correction. Input from a person or the scripted coach arrives through
+`submit()`, which only enqueues: the loop never waits for anyone, it drains the queue at the
+start of the next control step.
+
+The loop is single-threaded by design (one owner of env, policies and recorder); UIs read
+`snapshot()` from other threads, which returns an immutable copy taken under a lock.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from agent.inputs import Command, CommandName, UserInput
+from policies.base import HighLevelPolicy, LowLevelPolicy
+from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
+from sessions.schema import (
+    CorrectionRecord,
+    CorrectionWithdrawn,
+    EpisodeEnd,
+    EpisodeStart,
+    PlanData,
+    PlanEmitted,
+    Step,
+)
+
+ReplanReason = Literal["start", "timer", "subtask_done", "correction", "reset", "task_change"]
+
+CONTROL_HZ = 10.0
+NUDGE_STEPS = 4  # a nudge moves the end effector for this many control steps, then the chunk resumes
+HOLD_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)  # grip 0 keeps the gripper as it is
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    success: bool
+    subtasks_completed: int
+    subtasks_total: int
+    steps: int
+    interventions: int
+    wall_time: float
+    family: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class LoopSnapshot:
+    """A consistent, read-only view of the loop for UIs and tests."""
+
+    episode: int
+    step: int
+    sim_time: float
+    task: str
+    family: str | None
+    plan: Plan | None
+    subtasks: tuple[str, ...]
+    subtasks_done: tuple[bool, ...]
+    corrections: tuple[Correction, ...]
+    paused: bool
+    stopped: bool
+    front_image: np.ndarray | None
+    last_reply: str
+    episode_over: bool
+    success: bool
+
+
+@dataclass
+class _Episode:
+    index: int
+    task: str
+    family: str | None
+    start_wall: float
+    step: int = 0
+    interventions: int = 0
+    over: bool = False
+    success: bool = False
+    end_reason: str = ""
+    corrections: list[Correction] = field(default_factory=list)
+    correction_ids: list[int] = field(default_factory=list)
+
+
+def plan_data(plan: Plan | None) -> PlanData | None:
+    return None if plan is None else PlanData(thought=plan.thought, subtask=plan.subtask, source=plan.source)
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        env: Any,
+        high: HighLevelPolicy,
+        low: LowLevelPolicy,
+        *,
+        recorder: Any = None,
+        replan_period_s: float = 2.0,
+        execute_steps: int | None = None,
+        compute_model_plan: bool = True,
+        coach: Any = None,
+        suspect_window_steps: int = 20,
+    ) -> None:
+        self.env = env
+        self.high = high
+        self.low = low
+        self.recorder = recorder
+        self.replan_period_s = replan_period_s
+        self.execute_steps = execute_steps  # actions executed per chunk before asking again; None = whole chunk
+        self.compute_model_plan = compute_model_plan  # ask the high level what it would have done, for the log
+        self.coach = coach
+        self.suspect_window_steps = suspect_window_steps
+
+        self._inbox: queue.SimpleQueue[UserInput] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._snapshot: LoopSnapshot | None = None
+        self._episode: _Episode | None = None
+        self._episode_counter = -1
+        self._plan_counter = 0
+        self._correction_counter = 0
+        self._obs: Observation | None = None
+        self._info: dict = {}
+        self._plan: Plan | None = None
+        self._plan_id: int | None = None
+        self._plan_sim_time = 0.0
+        self._context: PlanContext | None = None
+        self._chunk: np.ndarray | None = None
+        self._chunk_pos = 0
+        self._nudge: deque[np.ndarray] = deque()
+        self._paused = False
+        self._stopped = False
+        self._last_reply = ""
+        self._pending_reset: dict | None = None
+        # Wall-clock time at which each queued correction was submitted, for latency measurement.
+        self.correction_latencies: list[float] = []
+        self._latency_probe: tuple[float, str] | None = None
+
+    # ------------------------------------------------------------------ input (any thread)
+
+    def submit(self, item: UserInput | str) -> None:
+        """Queue a correction or command; it takes effect at the next control step."""
+        if isinstance(item, str):
+            from agent.coaching.classify import classify
+
+            item = classify(item)
+        self._inbox.put((time.perf_counter(), item))
+
+    # ------------------------------------------------------------------ episode control
+
+    def reset(self, seed: int | None = None, options: dict | None = None, reason: ReplanReason = "start") -> Observation:
+        if self._episode is not None and not self._episode.over:
+            self._end_episode("reset" if reason == "reset" else "task_change" if reason == "task_change" else "stopped")
+        raw_obs, info = self.env.reset(seed=seed, options=options)
+        self._episode_counter += 1
+        self._info = info
+        self._obs = self.env.observation(raw_obs, info)
+        self._episode = _Episode(
+            index=self._episode_counter, task=self._obs.task, family=info.get("family"), start_wall=time.time()
+        )
+        self._context = PlanContext(task=self._obs.task)
+        self._plan = None
+        self._plan_id = None
+        self._chunk = None
+        self._nudge.clear()
+        self._paused = False
+        self._stopped = False
+        self.high.reset()
+        self.low.reset()
+        if self.coach is not None:
+            self.coach.reset()
+        self._record(
+            EpisodeStart(
+                episode=self._episode.index,
+                task=self._obs.task,
+                family=info.get("family"),
+                seed=seed,
+                subtasks=list(info.get("subtasks", [])),
+                wall_time=time.time(),
+            )
+        )
+        self._replan(reason)
+        self._publish()
+        return self._obs
+
+    def run_episode(self, seed: int | None = None, options: dict | None = None, max_steps: int | None = None) -> EpisodeResult:
+        """Run one episode to its end (success, env truncation, max_steps, or a stop)."""
+        self.reset(seed=seed, options=options)
+        episode = self._episode
+        assert episode is not None
+        while not episode.over:
+            if max_steps is not None and episode.step >= max_steps:
+                self._end_episode("timeout")
+                break
+            self.step()
+        return self.result()
+
+    def result(self) -> EpisodeResult:
+        ep = self._episode
+        if ep is None:
+            raise RuntimeError("no episode has been started")
+        done = list(self._info.get("subtasks_done", []))
+        return EpisodeResult(
+            success=ep.success,
+            subtasks_completed=int(sum(done)),
+            subtasks_total=len(done),
+            steps=ep.step,
+            interventions=ep.interventions,
+            wall_time=time.time() - ep.start_wall,
+            family=ep.family,
+            reason=ep.end_reason,
+        )
+
+    # ------------------------------------------------------------------ one control step
+
+    def step(self) -> None:
+        """Advance one control step: apply queued input, (re)plan if due, act, record."""
+        if self._episode is None:
+            self.reset()
+        self._drain_inbox()
+        if self._pending_reset is not None:
+            options, self._pending_reset = self._pending_reset, None
+            self.reset(options=options or None, reason="task_change" if options else "reset")
+            return
+        ep = self._episode
+        assert ep is not None and self._obs is not None
+        if ep.over:
+            return
+
+        holding = self._paused or self._stopped
+        if not holding:
+            self._maybe_replan()
+        action = self._next_action(holding)
+        if self._latency_probe is not None and not holding and self._plan is not None:
+            submitted, subtask = self._latency_probe
+            if self._plan.subtask == subtask:
+                self.correction_latencies.append(time.perf_counter() - submitted)
+            self._latency_probe = None
+
+        prev_obs = self._obs
+        raw_obs, _reward, terminated, truncated, info = self.env.step(action)
+        self._info = info
+        self._obs = self.env.observation(raw_obs, info)
+        self._record_step(prev_obs, action, holding)
+        ep.step += 1
+
+        if self.coach is not None:
+            said = self.coach.observe(self._obs, info, self._plan, ep.step)
+            if said is not None:
+                self.submit(said)
+
+        if info.get("task_success"):
+            ep.success = True
+            self._end_episode("success")
+        elif terminated or truncated:
+            self._end_episode("timeout")
+        self._publish()
+
+    # ------------------------------------------------------------------ internals: input
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                submitted, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, Command):
+                self._apply_command(item)
+            elif isinstance(item, Correction):
+                self._apply_correction(item, submitted)
+            else:  # a classifier reply with nothing to do (empty line, unknown command, ...)
+                self._last_reply = getattr(item, "reply", "") or str(item)
+
+    def _apply_command(self, cmd: Command) -> None:
+        name = cmd.name
+        self._last_reply = cmd.reply
+        if name is CommandName.PAUSE:
+            self._paused = True
+        elif name is CommandName.RESUME:
+            self._paused = False
+            self._stopped = False
+        elif name is CommandName.RESET:
+            self._pending_reset = {}
+        elif name is CommandName.TASK:
+            self._pending_reset = {"task": cmd.argument}
+        elif name is CommandName.UNDO:
+            self._undo_last_correction()
+        elif name is CommandName.GOOD:
+            self._apply_correction(Correction(kind=CorrectionKind.CONFIRM, text=cmd.argument or "good"), time.perf_counter())
+
+    def _apply_correction(self, correction: Correction, submitted: float) -> None:
+        ep = self._episode
+        assert ep is not None and self._context is not None
+        correction = replace(correction, step=ep.step, time=self._obs.time if self._obs else 0.0)
+        replaced = self._plan
+        model_plan = None
+        kind = correction.kind
+        if kind not in (CorrectionKind.CONFIRM, CorrectionKind.RESUME):
+            ep.interventions += 1
+        self._context.corrections.append(correction)
+        ep.corrections.append(correction)
+
+        if kind is CorrectionKind.PAUSE:
+            self._paused = True
+        elif kind is CorrectionKind.STOP:
+            self._stopped = True
+            self._chunk = None
+            self._nudge.clear()
+        elif kind is CorrectionKind.RESUME:
+            self._paused = self._stopped = False
+        elif kind is CorrectionKind.NUDGE:
+            from agent.coaching.nudge import nudge_to_action_offset
+
+            offset = np.asarray(nudge_to_action_offset(correction), dtype=np.float32)
+            self._nudge.extend([offset] * NUDGE_STEPS)
+            self._chunk = None  # after the nudge, re-plan the motion from where the arm now is
+        elif kind is CorrectionKind.OVERRIDE:
+            if self.compute_model_plan:
+                model_plan = self._ask_model()
+            subtask = correction.subtask or correction.text
+            self._set_plan(
+                Plan(thought=f'The person said "{correction.text}", so I do that now.', subtask=subtask, source="human"),
+                "correction",
+            )
+            self._latency_probe = (submitted, subtask)
+            self._paused = self._stopped = False
+        elif kind in (CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT):
+            self._paused = self._stopped = False
+            self._replan("correction")
+            model_plan = self._plan
+            if self._plan is not None:
+                self._latency_probe = (submitted, self._plan.subtask)
+
+        correction_id = self._correction_counter
+        self._correction_counter += 1
+        ep.correction_ids.append(correction_id)
+        self._record(
+            CorrectionRecord(
+                episode=ep.index,
+                step=ep.step,
+                correction_id=correction_id,
+                kind=kind,
+                text=correction.text,
+                speaker=getattr(correction, "speaker", None) or "human",
+                replaced_plan=plan_data(replaced),
+                model_plan=plan_data(model_plan),
+                resulting_plan=plan_data(self._plan),
+                suspect_from_step=max(0, ep.step - self.suspect_window_steps)
+                if kind in (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.STOP)
+                else None,
+                wall_time=time.time(),
+            )
+        )
+        self._last_reply = f"{kind.value}: {correction.text}"
+
+    def _undo_last_correction(self) -> None:
+        ep = self._episode
+        assert ep is not None and self._context is not None
+        if not ep.corrections:
+            self._last_reply = "nothing to undo"
+            return
+        withdrawn = ep.corrections.pop()
+        correction_id = ep.correction_ids.pop()
+        self._context.corrections.remove(withdrawn)
+        self._record(CorrectionWithdrawn(episode=ep.index, step=ep.step, correction_id=correction_id, wall_time=time.time()))
+        self._last_reply = f"withdrew: {withdrawn.text}"
+        if withdrawn.kind in (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT):
+            self._replan("correction")
+
+    # ------------------------------------------------------------------ internals: planning
+
+    def _ask_model(self) -> Plan | None:
+        assert self._obs is not None and self._context is not None
+        try:
+            return self.high.plan(self._obs, self._context)
+        except Exception:  # the log entry is optional; a failing model must not block a correction
+            return None
+
+    def _maybe_replan(self) -> None:
+        if self._plan is None:
+            self._replan("timer")
+        elif self._current_subtask_done():
+            if self._plan.subtask not in self._context.completed_subtasks:
+                self._context.completed_subtasks.append(self._plan.subtask)
+            self._replan("subtask_done")
+        elif self._obs.time - self._plan_sim_time >= self.replan_period_s and self._plan.source != "human":
+            # A human's override stands until it is done; the model's own plans are revisited on a timer.
+            self._replan("timer")
+
+    def _current_subtask_done(self) -> bool:
+        done_fn: Callable[[str, dict], bool | None] | None = getattr(self.env, "subtask_done", None)
+        if done_fn is None or self._plan is None:
+            return False
+        return bool(done_fn(self._plan.subtask, self._info))
+
+    def _replan(self, reason: ReplanReason) -> None:
+        assert self._obs is not None and self._context is not None
+        started = time.perf_counter()
+        plan = self.high.plan(self._obs, self._context)
+        self._set_plan(plan, reason, latency=time.perf_counter() - started)
+
+    def _set_plan(self, plan: Plan, reason: ReplanReason, latency: float | None = None) -> None:
+        assert self._episode is not None and self._context is not None and self._obs is not None
+        changed = self._plan is None or plan.subtask != self._plan.subtask
+        self._plan = plan
+        self._plan_sim_time = self._obs.time
+        self._context.plan_history.append(plan)
+        if changed:
+            self._chunk = None  # a new subtask starts a new chunk at once
+        self._plan_id = self._plan_counter
+        self._plan_counter += 1
+        self._record(
+            PlanEmitted(
+                episode=self._episode.index,
+                step=self._episode.step,
+                plan_id=self._plan_id,
+                plan=plan_data(plan),
+                reason=reason,
+                latency_s=latency,
+                wall_time=time.time(),
+            )
+        )
+
+    # ------------------------------------------------------------------ internals: acting
+
+    def _next_action(self, holding: bool) -> np.ndarray:
+        if holding:
+            return HOLD_ACTION.copy()
+        if self._nudge:
+            return self._nudge.popleft()
+        limit = self.execute_steps
+        if self._chunk is None or self._chunk_pos >= len(self._chunk) or (limit and self._chunk_pos >= limit):
+            assert self._plan is not None and self._obs is not None
+            chunk = np.asarray(self.low.act(self._obs, self._plan.subtask), dtype=np.float32)
+            if chunk.ndim != 2 or len(chunk) == 0:
+                raise ValueError(f"low level returned an action chunk of shape {chunk.shape}; expected [H, A] with H >= 1")
+            self._chunk, self._chunk_pos = chunk, 0
+        action = self._chunk[self._chunk_pos]
+        self._chunk_pos += 1
+        return action
+
+    # ------------------------------------------------------------------ internals: recording
+
+    def _record(self, event: Any) -> None:
+        if self.recorder is not None:
+            self.recorder.record(event)
+
+    def _record_step(self, obs: Observation, action: np.ndarray, holding: bool) -> None:
+        if self.recorder is None:
+            return
+        ep = self._episode
+        assert ep is not None
+        self.recorder.record_step(
+            Step(
+                episode=ep.index,
+                step=ep.step,
+                frame=ep.step,
+                time=obs.time,
+                wall_time=time.time(),
+                state=[float(x) for x in obs.state],
+                action=[float(x) for x in action],
+                plan_id=self._plan_id,
+                subtask=self._plan.subtask if self._plan else None,
+                subtask_index=self._info.get("subtask_index"),
+                paused=holding,
+            ),
+            obs.images,
+        )
+
+    def _end_episode(self, reason: str) -> None:
+        ep = self._episode
+        assert ep is not None
+        if ep.over:
+            return
+        ep.over = True
+        ep.end_reason = reason
+        done = list(self._info.get("subtasks_done", []))
+        self._record(
+            EpisodeEnd(
+                episode=ep.index,
+                steps=ep.step,
+                success=ep.success,
+                subtasks_completed=int(sum(done)),
+                subtasks_total=len(done),
+                reason=reason,
+                wall_time=time.time(),
+            )
+        )
+
+    # ------------------------------------------------------------------ snapshot for UIs
+
+    def _publish(self) -> None:
+        ep = self._episode
+        assert ep is not None and self._obs is not None
+        snap = LoopSnapshot(
+            episode=ep.index,
+            step=ep.step,
+            sim_time=self._obs.time,
+            task=ep.task,
+            family=ep.family,
+            plan=self._plan,
+            subtasks=tuple(self._info.get("subtasks", ())),
+            subtasks_done=tuple(bool(x) for x in self._info.get("subtasks_done", ())),
+            corrections=tuple(ep.corrections[-8:]),
+            paused=self._paused,
+            stopped=self._stopped,
+            front_image=self._obs.images.get("front"),
+            last_reply=self._last_reply,
+            episode_over=ep.over,
+            success=ep.success,
+        )
+        with self._lock:
+            self._snapshot = snap
+
+    def snapshot(self) -> LoopSnapshot | None:
+        with self._lock:
+            return self._snapshot
+
+    def close(self) -> None:
+        if self._episode is not None and not self._episode.over:
+            self._end_episode("quit")
+
+
+class RealtimeRunner:
+    """Runs a ControlLoop on its own thread at CONTROL_HZ until stopped (for the console)."""
+
+    def __init__(self, loop: ControlLoop, hz: float = CONTROL_HZ, restart_when_over: bool = False) -> None:
+        self.loop = loop
+        self.period = 1.0 / hz
+        self.restart_when_over = restart_when_over
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hivla-control-loop", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_tick = time.perf_counter()
+        try:
+            while not self._stop.is_set():
+                self.loop.step()
+                next_tick += self.period
+                delay = next_tick - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    next_tick = time.perf_counter()  # fell behind: do not try to catch up in a burst
+        except BaseException as err:  # surfaced to the UI thread, which decides how to report it
+            self.error = err
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self.loop.close()

@@ -1,0 +1,191 @@
+"""The control loop's scheduling and correction handling, on a tiny stand-in world.
+
+The stand-in keeps these tests independent of MuJoCo: a point on a line must visit named
+marks in order. The integration with the real simulator is covered in test_loop_sim.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.inputs import Command, CommandName
+from agent.loop import ControlLoop
+from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
+
+MARKS = {"a": 1.0, "b": 2.0, "c": 3.0}
+
+
+class LineWorld:
+    """Visit marks in order; the subtask 'go to X' is done when |x - X| < 0.05."""
+
+    def __init__(self, order=("a", "b")):
+        self.order = order
+
+    def reset(self, seed=None, options=None):
+        self.x = 0.0
+        self.t = 0
+        self.task = (options or {}).get("task", "visit " + " then ".join(self.order))
+        self.visited: list[str] = []
+        return self._obs(), self._info()
+
+    def step(self, action):
+        self.x += float(np.clip(action[0], -0.2, 0.2))
+        self.t += 1
+        for name in self.order:
+            if name not in self.visited and abs(self.x - MARKS[name]) < 0.05:
+                self.visited.append(name)
+        info = self._info()
+        return self._obs(), 0.0, False, self.t >= 200, info
+
+    def _obs(self):
+        return {"images": {"front": np.zeros((4, 4, 3), np.uint8), "wrist": np.zeros((4, 4, 3), np.uint8)},
+                "state": np.array([self.x], np.float32), "task": self.task}
+
+    def _info(self):
+        done = [n in self.visited for n in self.order]
+        return {"family": "line", "subtasks": [f"go to {n}" for n in self.order], "subtasks_done": done,
+                "subtask_index": done.index(False) if False in done else len(done),
+                "task_success": all(done), "x": self.x}
+
+    def observation(self, obs, info):
+        return Observation(images=obs["images"], state=obs["state"], task=obs["task"], time=self.t / 10.0,
+                           privileged=info)
+
+    def subtask_done(self, subtask, info):
+        target = MARKS.get(subtask.rsplit(" ", 1)[-1])
+        return target is not None and abs(info["x"] - target) < 0.05
+
+
+class InOrderPlanner:
+    def __init__(self):
+        self.calls = 0
+
+    def reset(self):
+        pass
+
+    def plan(self, obs, context: PlanContext):
+        self.calls += 1
+        negated = {c.subtask for c in context.negations}
+        for sub, done in zip(obs.privileged["subtasks"], obs.privileged["subtasks_done"]):
+            if not done and sub not in negated:
+                return Plan(thought=f"{sub} is next", subtask=sub, source="oracle")
+        return Plan(thought="all done", subtask="go to a", source="oracle")
+
+
+class GoTo:
+    def reset(self):
+        pass
+
+    def act(self, obs, subtask):
+        target = MARKS[subtask.rsplit(" ", 1)[-1]]
+        return np.tile([[target - float(obs.state[0]), 0, 0, 0, 0]], (5, 1)).astype(np.float32) * 0.5
+
+
+class Recorder:
+    def __init__(self):
+        self.events, self.steps = [], []
+
+    def record(self, event):
+        self.events.append(event)
+
+    def record_step(self, step, images):
+        self.steps.append(step)
+
+
+def make_loop(**kw):
+    rec = Recorder()
+    loop = ControlLoop(LineWorld(), InOrderPlanner(), GoTo(), recorder=rec, **kw)
+    return loop, rec
+
+
+def test_episode_runs_to_success_and_replans_on_subtask_done():
+    loop, rec = make_loop(replan_period_s=100.0)
+    result = loop.run_episode(seed=0, max_steps=150)
+    assert result.success and result.subtasks_completed == 2 and result.subtasks_total == 2
+    reasons = [e.reason for e in rec.events if e.type == "plan"]
+    assert reasons[0] == "start" and "subtask_done" in reasons
+    assert [e.type for e in rec.events][0] == "episode_start" and rec.events[-1].type == "episode_end"
+    assert rec.events[-1].success and len(rec.steps) == result.steps
+
+
+def test_timer_replans_periodically():
+    loop, rec = make_loop(replan_period_s=0.2)
+    loop.reset(seed=0)
+    for _ in range(6):  # 0.6 s of sim time, before the first mark is reached
+        loop.step()
+    assert sum(e.reason == "timer" for e in rec.events if e.type == "plan") >= 2
+
+
+def test_override_takes_effect_on_next_step_and_is_logged():
+    loop, rec = make_loop()
+    loop.reset(seed=0)
+    loop.step()
+    loop.submit(Correction(kind=CorrectionKind.OVERRIDE, text="go to c first", subtask="go to c"))
+    loop.step()
+    snap = loop.snapshot()
+    assert snap.plan.subtask == "go to c" and snap.plan.source == "human"
+    assert rec.steps[-1].subtask == "go to c"  # the very next executed action is under the new subtask
+    corr = [e for e in rec.events if e.type == "correction"][0]
+    assert corr.kind is CorrectionKind.OVERRIDE
+    assert corr.replaced_plan.subtask == "go to a" and corr.resulting_plan.subtask == "go to c"
+    assert corr.model_plan is not None and corr.model_plan.source == "oracle"
+    assert len(loop.correction_latencies) == 1
+
+
+def test_negation_replans_away_from_the_negated_subtask():
+    loop, rec = make_loop()
+    loop.reset(seed=0)
+    loop.submit(Correction(kind=CorrectionKind.NEGATION, text="not a", subtask="go to a"))
+    loop.step()
+    assert loop.snapshot().plan.subtask == "go to b"
+    assert [e.reason for e in rec.events if e.type == "plan"][-1] == "correction"
+
+
+def test_pause_holds_still_and_flags_steps_then_resume_continues():
+    loop, rec = make_loop()
+    loop.reset(seed=0)
+    loop.step()
+    loop.submit(Command(CommandName.PAUSE))
+    x_before = loop.env.x
+    for _ in range(3):
+        loop.step()
+    assert loop.env.x == pytest.approx(x_before)
+    assert all(s.paused for s in rec.steps[-3:])
+    loop.submit(Command(CommandName.RESUME))
+    loop.step()
+    assert not rec.steps[-1].paused and loop.env.x > x_before
+
+
+def test_undo_withdraws_the_last_correction():
+    loop, rec = make_loop()
+    loop.reset(seed=0)
+    loop.submit(Correction(kind=CorrectionKind.NEGATION, text="not a", subtask="go to a"))
+    loop.step()
+    loop.submit(Command(CommandName.UNDO))
+    loop.step()
+    assert loop.snapshot().plan.subtask == "go to a"
+    assert any(e.type == "correction_withdrawn" for e in rec.events)
+    assert loop.snapshot().corrections == ()
+
+
+def test_task_command_starts_a_new_episode():
+    loop, rec = make_loop()
+    loop.reset(seed=0)
+    loop.step()
+    loop.submit(Command(CommandName.TASK, argument="visit a then b again"))
+    loop.step()
+    assert loop.snapshot().episode == 1 and loop.snapshot().task == "visit a then b again"
+    ends = [e for e in rec.events if e.type == "episode_end"]
+    assert ends and ends[0].reason == "task_change"
+
+
+def test_bad_action_chunk_from_low_level_is_a_clear_error():
+    class Broken(GoTo):
+        def act(self, obs, subtask):
+            return np.zeros((0, 5), np.float32)
+
+    loop = ControlLoop(LineWorld(), InOrderPlanner(), Broken())
+    loop.reset(seed=0)
+    with pytest.raises(ValueError, match="action chunk"):
+        loop.step()
