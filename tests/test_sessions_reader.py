@@ -1,0 +1,139 @@
+"""Session reader: clear errors for foreign / newer / corrupt sessions, tolerance of crash tails."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from sessions.frames import frame_path, scan_frames
+from sessions.reader import SessionError, find_sessions, iter_sessions, read_session
+from sessions.synthetic import synthetic_image, write_synthetic_session
+
+
+@pytest.fixture(scope="module")
+def clean_session(tmp_path_factory):
+    return write_synthetic_session(tmp_path_factory.mktemp("clean") / "s", episodes=2, steps=20, image_size=16, seed=1)
+
+
+@pytest.fixture
+def session(clean_session, tmp_path):
+    return shutil.copytree(clean_session, tmp_path / "copy")
+
+
+def _header(path):
+    return json.loads((path / "session.json").read_text())
+
+
+def test_foreign_directory(tmp_path):
+    (tmp_path / "notes").mkdir()
+    with pytest.raises(SessionError, match=r"notes: not a hivla session \(no session.json\)"):
+        read_session(tmp_path / "notes")
+    with pytest.raises(SessionError, match="no such session"):
+        read_session(tmp_path / "missing")
+
+
+def test_foreign_header(session):
+    (session / "session.json").write_text(json.dumps({"format": "lerobot", "version": 3}))
+    with pytest.raises(SessionError, match=r"session.json: not a hivla session header \(format 'lerobot'"):
+        read_session(session)
+
+
+def test_newer_schema_version(session):
+    header = _header(session)
+    header["schema_version"] = 99
+    header["some_future_field"] = 1
+    (session / "session.json").write_text(json.dumps(header))
+    with pytest.raises(SessionError, match="schema 99, newer than this hivla reads"):
+        read_session(session)
+
+
+def test_corrupt_header(session):
+    (session / "session.json").write_text('{"format": "hivla-sess')
+    with pytest.raises(SessionError, match="corrupt header, not valid JSON"):
+        read_session(session)
+    header = _header_from(session)
+    del header["cameras"]
+    (session / "session.json").write_text(json.dumps(header))
+    with pytest.raises(SessionError, match="invalid header: cameras"):
+        read_session(session)
+
+
+def _header_from(path):
+    return {"format": "hivla-session", "schema_version": 1, "session_id": "x", "created": "now", "hivla_version": "0",
+            "high_level": "oracle", "low_level": "expert", "cameras": {"front": [16, 16], "wrist": [16, 16]},
+            "state_names": [], "action_names": []}
+
+
+def test_corrupt_line_in_the_middle_names_file_and_line(session):
+    lines = (session / "events.jsonl").read_bytes().split(b"\n")
+    lines[5] = b'{"type": "step", "episode": "garbage"}'
+    (session / "events.jsonl").write_bytes(b"\n".join(lines))
+    with pytest.raises(SessionError, match=r"events.jsonl:6: corrupt record"):
+        read_session(session)
+
+
+def test_missing_event_log(session):
+    (session / "events.jsonl").unlink()
+    with pytest.raises(SessionError, match="events.jsonl: missing"):
+        read_session(session)
+
+
+def test_torn_last_line_is_dropped(session):
+    data = (session / "events.jsonl").read_bytes()
+    (session / "events.jsonl").write_bytes(data + b'{"type": "step", "episode": 1, "st')
+    s = read_session(session)
+    assert len(s.episodes[1].steps) == 20 and s.truncated
+    # and a zero-filled tail, as a power loss can leave
+    (session / "events.jsonl").write_bytes(data + b"\x00" * 4096)
+    assert len(read_session(session).episodes[1].steps) == 20
+
+
+def test_torn_frame_record_drops_its_step_and_later_events(session):
+    path = frame_path(session, 1, "front")
+    index = scan_frames(path)
+    cut = index.entries[15].offset + 3  # tear frame 15's payload
+    path.write_bytes(path.read_bytes()[:cut])
+    s = read_session(session)
+    ep = s.episodes[1]
+    assert [st.step for st in ep.steps] == list(range(15))
+    assert ep.dropped_steps == 5
+    assert all(p.step <= 14 for p in ep.plans) and all(c.step <= 14 for c in ep.corrections)
+    assert ep.frames("front").shape == (15, 16, 16, 3) and ep.frames("wrist").shape == (15, 16, 16, 3)
+    assert any("torn record" in w for w in s.warnings)
+    assert len(s.episodes[0].steps) == 20
+
+
+def test_corrupt_frame_bytes_stop_the_scan(session):
+    path = frame_path(session, 0, "wrist")
+    data = bytearray(path.read_bytes())
+    entry = scan_frames(path).entries[10]
+    data[entry.offset + entry.length // 2] ^= 0xFF  # a flipped bit in frame 10's payload
+    path.write_bytes(bytes(data))
+    ep = read_session(session).episodes[0]
+    assert len(ep.steps) == 10
+    for i in range(10):
+        np.testing.assert_array_equal(ep.frame("wrist", i), synthetic_image(1, 0, i, "wrist", 16))
+
+
+def test_unknown_camera(session):
+    with pytest.raises(KeyError, match="no camera 'side'"):
+        read_session(session).episodes[0].frames("side")
+
+
+def test_find_and_iter_sessions(clean_session, tmp_path):
+    root = tmp_path / "runs"
+    shutil.copytree(clean_session, root / "a")
+    shutil.copytree(clean_session, root / "nested" / "b")
+    (root / "junk").mkdir()
+    (root / "junk" / "file.txt").write_text("x")
+    found = find_sessions([root, root / "a"])
+    assert [p.name for p in found] == ["a", "b"]
+    assert [s.path.name for s in iter_sessions([root])] == ["a", "b"]
+    errors = []
+    sessions = list(iter_sessions([root / "a", root / "junk"], on_error=lambda p, e: errors.append((p, e))))
+    assert len(sessions) == 1 and errors[0][0] == root / "junk" and "not a hivla session" in str(errors[0][1])
+    with pytest.raises(SessionError):
+        list(iter_sessions([root / "junk"]))
