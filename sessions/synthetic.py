@@ -96,7 +96,7 @@ def write_synthetic_session(
             rec.record(PlanEmitted(episode=ep, step=0, plan_id=plan_id, plan=current, reason="start", latency_s=0.05, wall_time=t0))
             for k in range(steps):
                 index = min(k // per_subtask, len(subtasks) - 1)
-                if k > 0 and k % per_subtask == 0 and index < len(subtasks):
+                if k > 0 and k % per_subtask == 0 and k // per_subtask < len(subtasks):
                     plan_id += 1
                     current = PlanData(
                         thought=f"{subtasks[index - 1]} is done, so next {subtasks[index]}",

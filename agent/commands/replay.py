@@ -1,0 +1,53 @@
+"""`hivla replay SESSION`: print a recorded session's timeline, or render it to an annotated mp4."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("session", help="a session directory (e.g. runs/coach-20250101-120000)")
+    parser.add_argument("--episode", "-e", type=int, action="append", help="only this episode (repeatable)")
+    parser.add_argument("--steps", action="store_true", help="list every control step in the timeline too")
+    parser.add_argument("--video", metavar="OUT.mp4", help="write an annotated video instead of only printing")
+    parser.add_argument("--camera", default="front", help="camera shown in the video (default: front)")
+    parser.add_argument("--codec", default="h264", choices=["h264", "av1", "lossless"], help="video codec")
+    parser.add_argument("--width", type=int, default=512, help="approximate video width in pixels (default 512)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing video file")
+
+
+def main(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from sessions.reader import SessionError, read_session
+    from sessions.replay import print_timeline, render_video
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        session = read_session(args.session)
+    except SessionError as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 1
+    try:
+        print_timeline(session, console, args.episode, steps=args.steps)
+        if args.video:
+            out = Path(args.video)
+            if out.exists() and not args.force:
+                err.print(f"[red]error:[/red] {out} exists; pass --force to overwrite it")
+                return 1
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.partial.mp4")
+            try:
+                frames = render_video(session, tmp, args.camera, args.episode, args.codec, args.width)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+            console.print(f"wrote {out} ({frames} frames, {args.camera} camera)")
+    except ValueError as e:
+        err.print(f"[red]error:[/red] {e}")
+        return 1
+    return 0
