@@ -1,0 +1,162 @@
+"""Configuration of the π0.5-style model: one dataclass, three size presets.
+
+- `tiny`: for tests (seconds on a CPU).
+- `small`: the shipped default, sized to train in about an hour on 2 CPU cores.
+- `pi05`: the published dims (PaliGemma 2B backbone + 300M action expert + So400m vision tower),
+  built on the meta device so a later step can load published weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CAMERAS = ("front", "wrist")
+
+
+@dataclass
+class Pi05Config:
+    # vocabulary (set from the tokenizer when one is trained; includes the 256 state-bin tokens)
+    vocab_size: int = 1024
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+
+    # vision tower (SigLIP-style ViT), shared by both cameras
+    cameras: tuple[str, ...] = CAMERAS
+    image_size: int = 64
+    patch_size: int = 16
+    vision_width: int = 128
+    vision_depth: int = 3
+    vision_heads: int = 4
+    vision_mlp_dim: int = 512
+
+    # backbone (Gemma-style)
+    width: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 1
+    head_dim: int = 64
+    mlp_dim: int = 1024
+    rope_theta: float = 10_000.0
+
+    # action expert (Gemma-style, same depth and attention geometry as the backbone, smaller width)
+    expert_width: int = 128
+    expert_mlp_dim: int = 512
+
+    # robot interface
+    state_dim: int = 8
+    action_dim: int = 5
+    action_horizon: int = 10
+    state_bins: int = 256
+
+    # token budgets (base prefix text = task + state tokens; the coaching context is its own segment)
+    max_task_tokens: int = 24
+    max_context_tokens: int = 32
+    max_subtask_tokens: int = 12
+    max_target_tokens: int = 40
+
+    # flow matching
+    flow_steps: int = 10
+    time_beta_alpha: float = 1.5
+    time_beta_beta: float = 1.0
+
+    # loss weights
+    text_loss_weight: float = 1.0
+    flow_loss_weight: float = 1.0
+
+    preset: str = "custom"
+
+    @property
+    def image_tokens_per_camera(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def prefix_text_len(self) -> int:
+        return self.max_task_tokens + self.state_dim
+
+    @property
+    def prefix_len(self) -> int:
+        return len(self.cameras) * self.image_tokens_per_camera + self.prefix_text_len
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.vision_width % self.vision_heads:
+            raise ValueError("vision_width must be a multiple of vision_heads")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even (RoPE)")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cameras"] = list(self.cameras)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Pi05Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown Pi05Config fields {unknown}")
+        data = dict(data)
+        if "cameras" in data:
+            data["cameras"] = tuple(data["cameras"])
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Pi05Config":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        return cls.from_dict(data)
+
+
+def tiny() -> Pi05Config:
+    return Pi05Config(
+        vocab_size=512, image_size=32, patch_size=16, vision_width=32, vision_depth=1, vision_heads=2,
+        vision_mlp_dim=64, width=48, depth=2, num_heads=2, num_kv_heads=1, head_dim=16, mlp_dim=96,
+        expert_width=32, expert_mlp_dim=64, action_horizon=4, max_task_tokens=12, max_context_tokens=8,
+        max_subtask_tokens=8, max_target_tokens=24, flow_steps=4, preset="tiny",
+    )
+
+
+def small() -> Pi05Config:
+    # 32 image tokens + 32 task/state + 32 context + 12 subtask + 40 target + 10 actions ≈ 160 tokens a
+    # sample: fits the "24 samples/s at width 256, 6 layers" budget of DESIGN.md.
+    return Pi05Config(preset="small")
+
+
+def pi05() -> Pi05Config:
+    # Published π0.5: PaliGemma (Gemma 2B) backbone, Gemma-300M action expert, SigLIP So400m/14 at 224 px.
+    return Pi05Config(
+        vocab_size=257_152, image_size=224, patch_size=14, vision_width=1152, vision_depth=27,
+        vision_heads=16, vision_mlp_dim=4304, width=2048, depth=18, num_heads=8, num_kv_heads=1,
+        head_dim=256, mlp_dim=16_384, expert_width=1024, expert_mlp_dim=4096, action_dim=32,
+        action_horizon=50, state_dim=32, max_task_tokens=48, max_context_tokens=64, max_subtask_tokens=16,
+        max_target_tokens=64, preset="pi05",
+    )
+
+
+PRESETS = {"tiny": tiny, "small": small, "pi05": pi05}
+
+
+def make_config(preset: str, **overrides) -> Pi05Config:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cfg = PRESETS[preset]()
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown config field {key!r}")
+        setattr(cfg, key, value)
+    cfg.validate()
+    return cfg
