@@ -1,0 +1,1 @@
+"""Training the π0.5-style model from recorded sessions."""

@@ -1,0 +1,166 @@
+"""Training samples for the π0.5-style model, built from recorded sessions.
+
+One sample per kept control step:
+  images      front/wrist frames of that step, resized to the model's image size
+  state, task the base prefix
+  context     what the control loop's PlanContext held when that plan was made: the subtasks finished
+              so far (plans followed by a "subtask_done" re-plan) and the recent planning corrections
+  target      the plan in force at that step: "thought So: subtask"
+  subtask     the plan's subtask (the low level's instruction)
+  actions     the next H actions of the episode (padded past the end, with a mask)
+
+Everything is tokenised/normalised once and cached as one safetensors file, so training epochs
+read tensors only (no video decoding, no tokenizer calls).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from policies.pi05.configuration import Pi05Config
+from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
+from policies.pi05.processor import NormStats, Pi05Processor, pad_to, prompt_corpus, resize_image, train_tokenizer
+
+CACHE_FILE = "data_cache.safetensors"
+CACHE_META = "data_cache.json"
+
+
+@dataclass
+class RawSamples:
+    """Samples before tokenisation (strings and arrays)."""
+
+    images: list[np.ndarray] = field(default_factory=list)  # uint8 [n_cam, S, S, 3]
+    states: list[np.ndarray] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    completed: list[list[str]] = field(default_factory=list)
+    corrections: list[list[str]] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)
+    subtasks: list[str] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)  # [H, A]
+    action_masks: list[np.ndarray] = field(default_factory=list)  # [H]
+    episode_keys: list[str] = field(default_factory=list)  # "session/episode", for the held-out split
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def texts(self) -> list[str]:
+        return sorted(set(self.tasks) | set(self.thoughts) | set(self.subtasks)
+                      | {c for cs in self.corrections for c in cs} | {c for cs in self.completed for c in cs})
+
+
+def completed_before(plans: list, plan_index: int) -> list[str]:
+    """Subtasks the loop had marked done when plans[plan_index] was made: it appends a plan's subtask
+    to PlanContext.completed_subtasks right before re-planning with reason "subtask_done"."""
+    done: list[str] = []
+    for j in range(1, plan_index + 1):
+        if plans[j].reason == "subtask_done":
+            sub = plans[j - 1].plan.subtask
+            if sub not in done:
+                done.append(sub)
+    return done
+
+
+def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
+                    stride: int = 1, log=print) -> RawSamples:
+    from sessions.reader import iter_sessions
+
+    raw = RawSamples()
+    n_sessions = 0
+    for session in iter_sessions(data_paths, on_error=lambda p, e: log(f"skipping {p}: {e}")):
+        n_sessions += 1
+        for ep in session.episodes:
+            if not ep.steps or not ep.plans:
+                continue
+            plans = sorted(ep.plans, key=lambda p: p.plan_id)
+            index_of = {p.plan_id: i for i, p in enumerate(plans)}
+            frames = {cam: ep.frames(cam) for cam in cameras}
+            actions = np.asarray([s.action for s in ep.steps], np.float32)
+            for i in range(0, len(ep.steps), stride):
+                step = ep.steps[i]
+                if step.plan_id not in index_of or step.paused:
+                    continue
+                k = index_of[step.plan_id]
+                plan = plans[k].plan
+                chunk = np.zeros((horizon, actions.shape[1]), np.float32)
+                mask = np.zeros(horizon, bool)
+                future = actions[i: i + horizon]
+                chunk[: len(future)] = future
+                mask[: len(future)] = True
+                corr = [c.text for c in ep.active_corrections if c.step <= step.step and c.kind in PLANNING_KINDS]
+                raw.images.append(np.stack([resize_image(frames[c][i], image_size) for c in cameras]))
+                raw.states.append(np.asarray(step.state, np.float32))
+                raw.tasks.append(ep.task)
+                raw.completed.append(completed_before(plans, k))
+                raw.corrections.append(corr[-CONTEXT_CORRECTIONS:])
+                raw.thoughts.append(plan.thought)
+                raw.subtasks.append(plan.subtask)
+                raw.actions.append(chunk)
+                raw.action_masks.append(mask)
+                raw.episode_keys.append(f"{session.header.session_id}/{ep.episode}")
+    if not len(raw):
+        raise ValueError(f"no training samples found under {[str(p) for p in data_paths]} "
+                         f"({n_sessions} sessions read); record some with `hivla datagen`")
+    return raw
+
+
+def build_tokenizer_and_stats(raw: RawSamples, vocab_size: int):
+    tokenizer = train_tokenizer(prompt_corpus() + raw.texts() * 4, vocab_size=vocab_size)
+    valid_actions = np.concatenate([a[m] for a, m in zip(raw.actions, raw.action_masks)])
+    stats = NormStats.from_data(np.stack(raw.states), valid_actions)
+    return tokenizer, stats
+
+
+def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str, torch.Tensor], dict]:
+    cfg = processor.cfg
+    cols: dict[str, list] = {k: [] for k in ("prefix", "context", "subtask", "target")}
+    for i in range(len(raw)):
+        cols["prefix"].append(pad_to(processor.prefix_ids(raw.tasks[i], raw.states[i]), cfg.prefix_text_len))
+        cols["context"].append(pad_to(processor.context_ids(raw.completed[i], raw.corrections[i]), cfg.max_context_tokens))
+        cols["subtask"].append(pad_to(processor.subtask_ids(raw.subtasks[i]), cfg.max_subtask_tokens))
+        cols["target"].append(pad_to(processor.target_ids(raw.thoughts[i], raw.subtasks[i]), cfg.max_target_tokens))
+    out = {"images": torch.from_numpy(np.stack(raw.images))}
+    for name, pairs in cols.items():
+        out[f"{name}_ids"] = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        out[f"{name}_mask"] = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    out["actions"] = torch.from_numpy(np.stack([processor.normalize_actions(a) for a in raw.actions]))
+    out["action_mask"] = torch.from_numpy(np.stack(raw.action_masks))
+    keys = sorted(set(raw.episode_keys))
+    episode_index = {k: i for i, k in enumerate(keys)}
+    out["episode"] = torch.tensor([episode_index[k] for k in raw.episode_keys], dtype=torch.long)
+    subtasks = sorted(set(raw.subtasks))
+    out["subtask_class"] = torch.tensor([subtasks.index(s) for s in raw.subtasks], dtype=torch.long)
+    return out, {"subtasks": subtasks, "episodes": keys}
+
+
+def save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / CACHE_FILE))
+    (path / CACHE_META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
+def load_cache(path: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    from safetensors.torch import load_file
+
+    if not (path / CACHE_FILE).is_file() or not (path / CACHE_META).is_file():
+        return None
+    return load_file(str(path / CACHE_FILE)), json.loads((path / CACHE_META).read_text(encoding="utf-8"))
+
+
+def split_episodes(episode: torch.Tensor, held_out_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample indices (train, held-out), split by whole episodes so held-out frames are unseen scenes."""
+    n_ep = int(episode.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_ep, generator=g)
+    n_held = int(round(n_ep * held_out_fraction)) if n_ep > 1 else 0
+    if held_out_fraction > 0 and n_ep > 1:
+        n_held = max(1, n_held)
+    held = torch.zeros(n_ep, dtype=torch.bool)
+    held[order[:n_held]] = True
+    is_held = held[episode]
+    return torch.nonzero(~is_held).flatten(), torch.nonzero(is_held).flatten()

@@ -1,0 +1,317 @@
+"""The training loop for the π0.5-style model: resumable, logged, evaluated on held-out episodes.
+
+OUT (the checkpoint directory) receives config.json, model.safetensors, tokenizer.json,
+norm_stats.json (a loadable checkpoint at every save), plus train_state.safetensors (optimizer
+moments) and trainer_state.json (step, elapsed time, metrics) for --resume, the cached tensor
+dataset and train.log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.training.dataset import (
+    build_tokenizer_and_stats, collect_samples, encode_samples, load_cache, save_cache, split_episodes,
+)
+from policies.pi05.configuration import Pi05Config, make_config
+from policies.pi05.modeling import Pi05Model, count_parameters
+from policies.pi05.policy import CheckpointError, load_state_dict_checked, save_checkpoint
+from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer
+
+TRAIN_STATE = "train_state.safetensors"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class TrainSettings:
+    data: list[str]
+    out: str
+    preset: str = "small"
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    device: str = "cpu"
+    dtype: str = "bf16"
+    resume: bool = False
+    eval_every: int = 500
+    save_every_s: float = 240.0
+    held_out_fraction: float = 0.1
+    eval_samples: int = 256
+    eval_generate: int = 48
+    stride: int = 1
+    vocab_size: int = 1024
+    seed: int = 0
+    threads: int = 2
+    overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
+
+
+class Logger:
+    def __init__(self, path: Path):
+        self.file = path.open("a", encoding="utf-8")
+
+    def __call__(self, msg: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {msg}"
+        self.file.write(line + "\n")
+        self.file.flush()
+
+    def echo(self, msg: str) -> None:
+        self(msg)
+        print(msg, flush=True)
+
+
+def lr_at(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to a tenth of the peak."""
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+# ---------------------------------------------------------------------------------------------
+# data + model set-up (fresh or resumed)
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare(s: TrainSettings, log: Logger):
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cached = load_cache(out) if s.resume else None
+    if s.resume and (out / "config.json").is_file():
+        cfg = Pi05Config.load(out / "config.json")
+        tokenizer = load_tokenizer(out / "tokenizer.json")
+        stats = NormStats.load(out / "norm_stats.json")
+        processor = Pi05Processor(cfg, tokenizer, stats)
+        if cached is None:
+            raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo)
+            cached = encode_samples(raw, processor)
+            save_cache(out, *cached)
+    else:
+        cfg = make_config(s.preset, **s.overrides)
+        t0 = time.perf_counter()
+        raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo)
+        tokenizer, stats = build_tokenizer_and_stats(raw, s.vocab_size)
+        cfg.vocab_size = tokenizer.get_vocab_size()
+        processor = Pi05Processor(cfg, tokenizer, stats)
+        cached = encode_samples(raw, processor)
+        save_cache(out, *cached)
+        truncated = sum(len(processor.target_ids(t, u)) >= cfg.max_target_tokens and
+                        processor.target_ids(t, u)[-1] != cfg.eos_id for t, u in zip(raw.thoughts, raw.subtasks))
+        log.echo(f"data: {len(raw)} samples from {len(set(raw.episode_keys))} episodes, "
+                 f"{len(cached[1]['subtasks'])} distinct subtasks, vocab {cfg.vocab_size}, "
+                 f"{truncated} targets cut at {cfg.max_target_tokens} tokens ({time.perf_counter() - t0:.0f}s)")
+    tensors, meta = cached
+    return cfg, processor, tensors, meta
+
+
+def save_train_state(out: Path, opt: torch.optim.Optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    flat = {}
+    for i, (_, st) in enumerate(sorted(opt.state_dict()["state"].items())):
+        for k, v in st.items():
+            flat[f"{i}.{k}"] = v.detach().cpu().float().reshape(-1) if k == "step" else v.detach().cpu().contiguous()
+    tmp = out / f".{TRAIN_STATE}.tmp"
+    save_file(flat, str(tmp))
+    tmp.replace(out / TRAIN_STATE)
+    tmp = out / f".{TRAINER_STATE}.tmp"
+    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out / TRAINER_STATE)
+
+
+def load_train_state(out: Path, opt: torch.optim.Optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    flat = load_file(str(out / TRAIN_STATE))
+    sd = opt.state_dict()
+    n_params = len(sd["param_groups"][0]["params"])
+    state = {}
+    for i in range(n_params):
+        keys = {k.split(".", 1)[1]: v for k, v in flat.items() if k.split(".", 1)[0] == str(i)}
+        if keys:
+            if "step" in keys:
+                keys["step"] = keys["step"].reshape(())
+            state[i] = keys
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return json.loads((out / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+
+BATCH_KEYS = ("images", "prefix_ids", "prefix_mask", "context_ids", "context_mask", "subtask_ids", "subtask_mask",
+              "target_ids", "target_mask", "actions", "action_mask")
+
+
+def get_batch(tensors: dict, idx: torch.Tensor, device: torch.device) -> dict:
+    return {k: tensors[k][idx].to(device) for k in BATCH_KEYS}
+
+
+@torch.no_grad()
+def evaluate(model: Pi05Model, processor: Pi05Processor, tensors: dict, meta: dict, held: torch.Tensor,
+             s: TrainSettings, device: torch.device) -> dict:
+    """Held-out loss (fixed noise) and subtask accuracy of greedy decoding against the oracle plan."""
+    model.eval()
+    if len(held) == 0:
+        return {}
+    g = torch.Generator().manual_seed(1234)
+    pick = held[torch.randperm(len(held), generator=g)[: s.eval_samples]]
+    cpu_state = torch.get_rng_state()
+    torch.manual_seed(1234)
+    totals: dict[str, float] = {}
+    n = 0
+    for chunk in pick.split(s.batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
+            _, info = model(get_batch(tensors, chunk, device))
+        for k, v in info.items():
+            totals[k] = totals.get(k, 0.0) + v * len(chunk)
+        n += len(chunk)
+    torch.set_rng_state(cpu_state)
+    metrics = {f"eval_{k}": v / n for k, v in totals.items()}
+    gen = pick[: s.eval_generate]
+    correct = 0
+    for chunk in gen.split(16):
+        b = get_batch(tensors, chunk, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
+            out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
+        for row, cls in zip(out.tolist(), tensors["subtask_class"][chunk].tolist()):
+            _, subtask = processor.parse_plan(processor.decode(row))
+            correct += int(subtask == meta["subtasks"][cls])
+    metrics["eval_subtask_acc"] = correct / max(1, len(gen))
+    model.train()
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def train(s: TrainSettings) -> dict:
+    torch.set_num_threads(s.threads)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Logger(out / "train.log")
+    log(f"settings {json.dumps(asdict(s))}")
+    torch.manual_seed(s.seed)
+    device = torch.device(s.device)
+    cfg, processor, tensors, meta = prepare(s, log)
+    train_idx, held_idx = split_episodes(tensors["episode"], s.held_out_fraction, s.seed)
+    if len(train_idx) == 0:
+        raise ValueError("no training samples left after holding out episodes; record more episodes")
+
+    model = Pi05Model(cfg).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
+    state = {"step": 0, "elapsed_s": 0.0, "samples": 0, "history": []}
+    if s.resume and (out / TRAINER_STATE).is_file():
+        try:
+            load_state_dict_checked(model, out / "model.safetensors")
+            state = load_train_state(out, opt)
+        except (CheckpointError, OSError, ValueError) as err:
+            raise CheckpointError(f"cannot resume from {out}: {err}") from err
+        log.echo(f"resumed at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
+    params = count_parameters(model)
+    log.echo(f"model {cfg.preset}: {params['total'] / 1e6:.2f}M parameters {params}; "
+             f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}")
+
+    g = torch.Generator().manual_seed(s.seed + state["step"])
+    perm, pos = torch.randperm(len(train_idx), generator=g), 0
+    last_save = time.perf_counter()
+    window: list[dict] = []
+    t_window = time.perf_counter()
+    progress = _progress(s.steps, state["step"])
+    model.train()
+    try:
+        while state["step"] < s.steps:
+            if pos + s.batch_size > len(perm):
+                perm, pos = torch.randperm(len(train_idx), generator=g), 0
+            idx = train_idx[perm[pos: pos + s.batch_size]]
+            pos += s.batch_size
+            lr = lr_at(state["step"], s)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
+                loss, info = model(get_batch(tensors, idx, device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            info["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+            opt.step()
+            state["elapsed_s"] += time.perf_counter() - t0
+            state["step"] += 1
+            state["samples"] += len(idx)
+            window.append(info)
+            progress.update(state["step"], info)
+            if state["step"] % 50 == 0:
+                avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                rate = len(window) * s.batch_size / (time.perf_counter() - t_window)
+                log(f"step {state['step']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items())
+                    + f" samples/s {rate:.1f}")
+                window, t_window = [], time.perf_counter()
+            if state["step"] % s.eval_every == 0 or state["step"] == s.steps:
+                metrics = evaluate(model, processor, tensors, meta, held_idx, s, device)
+                metrics["step"] = state["step"]
+                state["history"].append(metrics)
+                log.echo("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in metrics.items()))
+            if time.perf_counter() - last_save > s.save_every_s or state["step"] == s.steps:
+                _save(out, model, processor, opt, state, s)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        log.echo(f"interrupted at step {state['step']}; saving a resumable checkpoint")
+        _save(out, model, processor, opt, state, s)
+        raise
+    finally:
+        progress.close()
+    summary = {"steps": state["step"], "samples": state["samples"], "train_time_s": state["elapsed_s"],
+               "samples_per_s": state["samples"] / max(state["elapsed_s"], 1e-9),
+               "final_eval": state["history"][-1] if state["history"] else {}, "parameters": params}
+    log.echo(f"done: {json.dumps(summary)}")
+    return summary
+
+
+def _save(out: Path, model, processor, opt, state, s: TrainSettings) -> None:
+    info = {"preset": model.cfg.preset, "step": state["step"], "samples": state["samples"],
+            "train_time_s": state["elapsed_s"], "data": s.data, "dtype": s.dtype,
+            "last_eval": state["history"][-1] if state["history"] else None}
+    save_checkpoint(out, model, processor.tok, processor.stats, extra=info)
+    save_train_state(out, opt, state)
+
+
+class _progress:
+    """A rich progress bar on a terminal, nothing otherwise (the log file has the numbers)."""
+
+    def __init__(self, total: int, start: int):
+        self.bar = None
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"))
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, info: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step,
+                            info=f"loss {info['loss']:.3f} text {info['text_loss']:.3f} flow {info['flow_loss']:.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
