@@ -1,0 +1,102 @@
+"""`hivla coach`: watch the robot in the terminal and correct it in plain English.
+
+Interactive by default (needs a terminal). Headless with `--script FILE` (or lines piped on
+stdin): the same commands and corrections, said at scripted control steps, no terminal needed.
+Every session is recorded to runs/coach-<timestamp> (or --out) and read back on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from pathlib import Path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--task", help="free-text task, e.g. 'put the red block in the blue bowl'")
+    what.add_argument("--family", help="task family to sample a task from (default: any)")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
+    parser.add_argument("--suite", default="base", help="task suite (default 'base')")
+    parser.add_argument("--high-level", metavar="SPEC", help="high-level policy spec: oracle | pi05:PATH (default: shipped)")
+    parser.add_argument("--low-level", metavar="SPEC", help="low-level policy spec: expert | pi05:PATH (default: shipped)")
+    parser.add_argument("--out", metavar="DIR", help="session directory (default runs/coach-<timestamp>)")
+    parser.add_argument("--image-size", type=int, default=128, metavar="N", help="camera resolution (default 128)")
+    parser.add_argument("--camera-width", type=int, default=48, metavar="COLS", help="columns for the camera view (default 48)")
+    parser.add_argument("--refresh-hz", type=float, default=10.0, help="view refresh rate (default 10)")
+    parser.add_argument("--replan-period", type=float, default=2.0, metavar="S", help="high-level re-plan timer (default 2 s)")
+    parser.add_argument(
+        "--history-file", metavar="PATH",
+        help="input history file (default <runs>/coach_history.txt; 'none' keeps it in memory)",
+    )
+    parser.add_argument("--script", metavar="FILE", help="headless: say the lines of FILE ('-' = stdin; '@STEP text' schedules a line)")
+    parser.add_argument("--steps", type=int, metavar="N", help="headless: run exactly N control steps")
+
+
+def _stdin_has_lines() -> bool:
+    """True when stdin is a pipe or a file (headless input), False for a terminal or /dev/null."""
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode)
+
+
+def _check_args(args: argparse.Namespace) -> str | None:
+    if args.image_size < 16:
+        return f"--image-size must be at least 16, got {args.image_size}"
+    if args.camera_width < 8:
+        return f"--camera-width must be at least 8, got {args.camera_width}"
+    if not 1.0 <= args.refresh_hz <= 60.0:
+        return f"--refresh-hz must be between 1 and 60, got {args.refresh_hz}"
+    if args.replan_period <= 0:
+        return f"--replan-period must be positive, got {args.replan_period}"
+    if args.steps is not None and args.steps < 1:
+        return f"--steps must be at least 1, got {args.steps}"
+    if args.task is not None and not args.task.strip():
+        return "--task is empty"
+    return None
+
+
+def main(args: argparse.Namespace) -> int:
+    problem = _check_args(args)
+    if problem:
+        print(f"hivla coach: {problem}", file=sys.stderr)
+        return 2
+    script_path = args.script
+    interactive = script_path is None and sys.stdin.isatty() and sys.stdout.isatty()
+    if script_path is None and not interactive:
+        if not _stdin_has_lines():
+            print(
+                "hivla coach: needs a terminal (stdin and stdout must be a TTY). For a headless run, "
+                "pass --script FILE or pipe the lines to say on stdin (see `hivla coach --help`).",
+                file=sys.stderr,
+            )
+            return 2
+        script_path = "-"
+    script = None
+    if script_path is not None:
+        from agent.console.script import ScriptError, parse_script
+
+        try:
+            if script_path == "-":
+                script = parse_script(sys.stdin.readlines())
+            else:
+                script = parse_script(Path(script_path).read_text(encoding="utf-8", errors="replace").splitlines())
+        except (OSError, ScriptError) as err:
+            print(f"hivla coach: cannot read script {script_path}: {err}", file=sys.stderr)
+            return 2
+
+    from agent.console.session import CoachSessionError, open_coach_session
+
+    try:
+        session = open_coach_session(args)
+    except CoachSessionError as err:
+        print(f"hivla coach: {err}", file=sys.stderr)
+        return 2
+    with session:
+        if script is not None:
+            return session.run_headless(script, max_steps=args.steps)
+        return session.run_interactive(history_file=args.history_file)

@@ -1,0 +1,194 @@
+"""What happens to a line the person types: check it, classify it, act on it, answer.
+
+The controller never touches the environment or the policies: corrections and loop commands go
+to `ControlLoop.submit` (applied at the next control step, so typing never stalls the robot);
+only the console's own commands (/save, /help, /quit) are handled here. Every line gets a reply
+for the view, including the ones that are refused (empty, too long, control characters,
+text that is not plain English).
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from agent.inputs import Command, CommandName, Reply
+from policies.types import Correction
+
+MAX_LINE_CHARS = 300  # corrections are short; a longer line is most likely a paste accident
+MAX_MESSAGES = 50
+
+# The console's commands, in the order /help lists them.
+SLASH_COMMANDS: dict[str, str] = {
+    "/pause": "hold the robot still (steps keep being recorded, flagged paused)",
+    "/resume": "carry on after /pause or a stop",
+    "/reset": "end this episode and start a new one",
+    "/task": "/task TEXT: start a new episode with this task",
+    "/undo": "withdraw your last correction",
+    "/good": "confirm that what the robot does is right",
+    "/save": "flush the session to disk now",
+    "/help": "show this list",
+    "/quit": "save the session and leave (Ctrl-C does the same)",
+}
+# Slash prefixes that force the kind of a correction (agent.coaching.classify understands them;
+# a written "override: TEXT", "not: TEXT", ... works too).
+FORCING_COMMANDS: dict[str, str] = {
+    "/override": "/override TEXT: do this subtask now",
+    "/not": "/not TEXT: not that",
+    "/rule": "/rule TEXT: a rule for the rest of the episode",
+    "/nudge": "/nudge TEXT: a small motion (\"a bit left\")",
+    "/stop": "stop moving",
+    "/confirm": "that was right",
+}
+WRITTEN_PREFIXES = ("override:", "not:", "rule:", "nudge:", "stop:", "confirm:")
+
+# Typographic characters people paste from other apps, mapped to the ASCII the classifier reads.
+_ASCII_LOOKALIKES = str.maketrans({"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "\u00a0": " "})
+
+
+def help_text() -> str:
+    lines = ['Type a correction in plain English ("no, the blue one first", "a bit more to the left"), or a command:']
+    lines += [f"  {name:<10} {text}" for name, text in SLASH_COMMANDS.items()]
+    lines.append("Force the kind of a correction: " + "  ".join(f"{name} TEXT" for name in list(FORCING_COMMANDS)[:4])
+                 + "  /stop  /confirm  (or write 'override: TEXT', 'not: TEXT', ...)")
+    return "\n".join(lines)
+
+
+def check_line(line: str) -> tuple[str | None, str | None]:
+    """(text to classify, None), or (None, why the line is refused).
+
+    The classifier copes with most oddities itself (empty input, emoji, stray whitespace); the
+    console refuses, with a reply, what it should not guess about: very long lines, control
+    characters (escape sequences leave debris like "[A" if merely stripped) and non-English
+    letters. Accents and typographic quotes are folded to ASCII ("réd" -> "red").
+    """
+    line = line.replace("\t", " ").strip()
+    if len(line) > MAX_LINE_CHARS:
+        return None, f"line too long ({len(line)} characters, at most {MAX_LINE_CHARS}): not sent; say it in fewer words"
+    controls = sorted({ch for ch in line if unicodedata.category(ch) in ("Cc", "Cf")})
+    if controls:
+        shown = " ".join(repr(ch) for ch in controls[:3])
+        return None, f"the line contains control characters ({shown}): not sent; please retype it"
+    if not line.isascii():
+        folded = unicodedata.normalize("NFKD", line.translate(_ASCII_LOOKALIKES))
+        folded = "".join(ch for ch in folded if not unicodedata.combining(ch))
+        foreign = "".join(dict.fromkeys(ch for ch in folded if not ch.isascii() and unicodedata.category(ch)[0] == "L"))
+        if foreign:
+            return None, f"only English is understood ({foreign[:5]!r} is not): not sent; please say it in English"
+        line = folded  # what is left beyond ASCII are symbols (e.g. a thumbs-up) the classifier reads
+    return line, None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: str
+    quit: bool = False
+    submitted: Any = None  # what went to the loop (a Correction or Command), if anything
+
+
+def _default_classify() -> Callable[..., Any]:
+    from agent.coaching.classify import classify
+
+    return classify
+
+
+class CoachController:
+    """Handles typed lines for the console (thread-safe enough: called from the UI thread only)."""
+
+    def __init__(
+        self,
+        loop: Any,
+        recorder: Any = None,
+        classify: Callable[..., Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.loop = loop
+        self.recorder = recorder
+        self.classify = classify or _default_classify()
+        self.clock = clock
+        self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
+        self.lines_handled = 0
+        self._last_loop_reply = ""
+        # Replies the loop will echo for what we submitted; already answered here, not repeated.
+        self._answered: deque[str] = deque(maxlen=8)
+
+    def say(self, text: str) -> None:
+        for line in text.splitlines() or [""]:
+            self.messages.append(line)
+
+    def loop_replied(self, reply: str) -> str | None:
+        """Show the loop's latest reply (e.g. "withdrew: ...") unless it repeats ours; returns it if shown."""
+        if not reply or reply == self._last_loop_reply:
+            return None
+        self._last_loop_reply = reply
+        if reply in self._answered:
+            return None
+        self.say(reply)
+        return reply
+
+    def handle(self, line: str) -> Outcome:
+        outcome = self._handle(line)
+        self.lines_handled += 1
+        item = outcome.submitted
+        if isinstance(item, Correction):
+            self._answered.append(f"{item.kind.value}: {item.text}")
+        elif isinstance(item, Command):
+            self._answered.append(item.reply)
+        shown = line if len(line) <= 80 else line[:77] + "..."
+        self.messages.append("› " + "".join(ch if ch.isprintable() else "?" for ch in shown))
+        self.say(outcome.reply)
+        return outcome
+
+    def _handle(self, line: str) -> Outcome:
+        text, problem = check_line(line)
+        if problem:
+            return Outcome(problem)
+        try:
+            item = self.classify(text, self.reference_context())
+        except Exception as err:  # a classifier bug must not end the session
+            return Outcome(f"could not understand that ({type(err).__name__}: {err}); nothing was sent")
+        if isinstance(item, Reply):
+            return Outcome(item.reply)
+        if isinstance(item, Command):
+            return self._command(item)
+        if isinstance(item, Correction):
+            self.loop.submit(item)
+            reply = getattr(item, "reply", None) or f"{item.kind.value}: {item.text}"
+            return Outcome(reply, submitted=item)
+        return Outcome(f"could not understand that (classifier returned {type(item).__name__}); nothing was sent")
+
+    def _command(self, cmd: Command) -> Outcome:
+        if cmd.name is CommandName.QUIT:
+            return Outcome(cmd.reply or "saving and quitting", quit=True)
+        if cmd.name is CommandName.HELP:
+            return Outcome(help_text())
+        if cmd.name is CommandName.SAVE:
+            return Outcome(self.save())
+        if cmd.name is CommandName.TASK and not cmd.argument.strip():
+            return Outcome("/task needs the task text, e.g. /task put the red block in the blue bowl")
+        self.loop.submit(cmd)
+        return Outcome(cmd.reply or f"/{cmd.name.value}", submitted=cmd)
+
+    def reference_context(self) -> Any:
+        """What the robot is doing, so the classifier can resolve "the blue one", "not that one"."""
+        try:
+            from agent.coaching.classify import ReferenceContext
+        except ImportError:
+            return None
+        snap = self.loop.snapshot()
+        if snap is None:
+            return None
+        pending = tuple(s for s, done in zip(snap.subtasks, snap.subtasks_done) if not done)
+        return ReferenceContext(current_subtask=snap.plan.subtask if snap.plan else None, pending_subtasks=pending)
+
+    def save(self) -> str:
+        if self.recorder is None:
+            return "not recording: nothing to save"
+        try:
+            self.recorder.flush(timeout=10.0)
+        except Exception as err:
+            return f"saving failed: {err}"
+        return f"saved to {self.recorder.path}"

@@ -1,0 +1,87 @@
+"""Headless coaching: the same controller fed from a script instead of a keyboard.
+
+A script is plain text, one line per thing said (what a person would type in the console):
+
+    # comments and blank lines are ignored
+    @25 no, the blue one first        said at control step 25
+    a bit more to the left            said SPACING_STEPS (1 s) after the previous line
+    /pause
+
+Headless runs are not paced in real time (the loop runs as fast as it can), so they suit CI and
+reproducible demos: the same script, seed and policies give the same session.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+SPACING_STEPS = 10  # lines without "@STEP" follow the previous one by 1 s of control (10 Hz)
+DEFAULT_MAX_STEPS = 600
+_AT_STEP = re.compile(r"^@(\d+)\s+(.*)$")
+
+
+class ScriptError(ValueError):
+    """A script line that cannot be scheduled; the message names the line."""
+
+
+@dataclass(frozen=True)
+class ScriptLine:
+    step: int  # console iteration at which the line is said
+    text: str
+    lineno: int
+
+
+def parse_script(lines: Iterable[str], first_step: int = SPACING_STEPS) -> list[ScriptLine]:
+    """Schedule script lines; "@N" lines must not go back in time."""
+    scheduled: list[ScriptLine] = []
+    next_step = first_step
+    for lineno, raw in enumerate(lines, start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _AT_STEP.match(line.strip())
+        if match:
+            step, text = int(match.group(1)), match.group(2)
+            if scheduled and step < scheduled[-1].step:
+                raise ScriptError(f"script line {lineno}: @{step} is earlier than the line before it (@{scheduled[-1].step})")
+        else:
+            step, text = next_step, line
+        scheduled.append(ScriptLine(step=step, text=text, lineno=lineno))
+        next_step = step + SPACING_STEPS
+    return scheduled
+
+
+def run_script(
+    loop: Any,
+    controller: Any,
+    script: list[ScriptLine],
+    *,
+    max_steps: int | None = None,
+    echo: Callable[[str], None] = print,
+) -> str:
+    """Step the loop, saying each script line at its step; returns why it stopped.
+
+    Without `max_steps` the run ends once every line has been said and the episode is over
+    (or after DEFAULT_MAX_STEPS, whichever comes first).
+    """
+    pending = list(script)
+    limit = max_steps if max_steps is not None else max(DEFAULT_MAX_STEPS, (script[-1].step + 1) if script else 0)
+    for iteration in range(limit):
+        while pending and pending[0].step <= iteration:
+            line = pending.pop(0)
+            outcome = controller.handle(line.text)
+            echo(f"[step {iteration}] › {line.text}")
+            for reply in outcome.reply.splitlines():
+                echo(f"    {reply}")
+            if outcome.quit:
+                return "quit"
+        loop.step()
+        snap = loop.snapshot()
+        shown = controller.loop_replied(snap.last_reply) if snap is not None else None
+        if shown:  # what the loop itself answered, e.g. "withdrew: ..."
+            echo(f"    {shown}")
+        if max_steps is None and not pending and snap is not None and snap.episode_over:
+            return "episode over"
+    return "step limit"

@@ -1,0 +1,211 @@
+"""One coaching session: environment, policies, recorder and control loop, set up and torn down.
+
+`open_coach_session(args)` builds everything from `hivla coach` arguments; the session then runs
+either the interactive console or a headless script, and on close stops the loop, closes the
+recorder and reads the session back to report what was saved (so a broken session is noticed
+at once, not when someone tries to export it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.console.controller import CoachController
+
+HISTORY_FILE_NAME = "coach_history.txt"
+ACTION_NAMES_DEFAULT = ["dx", "dy", "dz", "dyaw", "grip"]  # the env's action layout, if it names none
+
+
+class CoachSessionError(RuntimeError):
+    """The session cannot start (bad spec, unknown family, unwritable output directory...)."""
+
+
+def _runs_root() -> Path:
+    from sessions.recorder import RUNS_DIR_ENV
+
+    return Path(os.environ.get(RUNS_DIR_ENV, "runs"))
+
+
+def default_history_file() -> Path:
+    return _runs_root() / HISTORY_FILE_NAME
+
+
+@dataclass
+class SavedSummary:
+    path: Path
+    episodes: int
+    steps: int
+    paused_steps: int
+    corrections: int
+    withdrawn: int
+
+    def line(self) -> str:
+        return (
+            f"session saved to {self.path} ({self.episodes} episode{'s' * (self.episodes != 1)}, "
+            f"{self.steps} steps of which {self.paused_steps} paused, {self.corrections} correction"
+            f"{'s' * (self.corrections != 1)}" + (f", {self.withdrawn} withdrawn" if self.withdrawn else "") + ")"
+        )
+
+
+def summarize_session(path: Path) -> SavedSummary:
+    from sessions.reader import read_session
+
+    session = read_session(path)
+    corrections = [c for ep in session.episodes for c in ep.corrections]
+    return SavedSummary(
+        path=path,
+        episodes=len(session.episodes),
+        steps=session.num_steps,
+        paused_steps=sum(s.paused for ep in session.episodes for s in ep.steps),
+        corrections=len(corrections),
+        withdrawn=sum(c.withdrawn for c in corrections),
+    )
+
+
+class CoachSession:
+    def __init__(self, loop: Any, recorder: Any, meta: dict[str, str], camera_width: int = 48, refresh_hz: float = 10.0):
+        self.loop = loop
+        self.recorder = recorder
+        self.meta = meta
+        self.camera_width = camera_width
+        self.refresh_hz = refresh_hz
+        self.controller = CoachController(loop, recorder)
+        self._closed = False
+
+    # ------------------------------------------------------------------ modes
+
+    def run_interactive(self, history_file: str | None = None, input: Any = None, output: Any = None) -> int:
+        from agent.console.app import CoachApp, history_for
+        from agent.loop import RealtimeRunner
+
+        if history_file is None:
+            history_path: Path | None = default_history_file()
+        elif history_file.lower() == "none":
+            history_path = None
+        else:
+            history_path = Path(history_file)
+        runner = RealtimeRunner(self.loop)
+        app = CoachApp(
+            self.loop, self.controller, runner=runner, meta=self.meta, camera_width=self.camera_width,
+            refresh_hz=self.refresh_hz, history=history_for(history_path), input=input, output=output,
+        )
+        runner.start()
+        reason = "error"
+        try:
+            reason = app.run()
+        except KeyboardInterrupt:  # SIGINT from outside the terminal (kill -INT): still save
+            reason = "interrupted"
+        finally:
+            runner.stop()
+        print(f"coach: stopped ({reason})")
+        if runner.error is not None:
+            print(f"hivla coach: the control loop failed: {type(runner.error).__name__}: {runner.error}", file=sys.stderr)
+            return 1
+        return 0
+
+    def run_headless(self, script: list, max_steps: int | None = None) -> int:
+        from agent.console.script import run_script
+        from agent.console.view import render_plain
+
+        started = time.monotonic()
+        reason = run_script(self.loop, self.controller, script, max_steps=max_steps)
+        self.loop.close()
+        snap = self.loop.snapshot()
+        if snap is not None:
+            from agent.console.app import StatusTracker
+
+            status = StatusTracker(self.controller, self.meta).status(snap)
+            status.front, status.messages, status.wall_time = None, [], time.monotonic() - started
+            print(render_plain(status, width=100))
+        print(f"coach: stopped ({reason})")
+        return 0
+
+    # ------------------------------------------------------------------ teardown
+
+    def close(self) -> SavedSummary | None:
+        """Stop recording and report what was saved (printed; also returned)."""
+        if self._closed:
+            return None
+        self._closed = True
+        try:
+            self.loop.close()
+        except Exception as err:  # the episode end is a nicety; the recorder must still close
+            print(f"hivla coach: could not end the episode cleanly: {err}", file=sys.stderr)
+        if self.recorder is None:
+            return None
+        self.recorder.close()
+        try:
+            summary = summarize_session(self.recorder.path)
+        except Exception as err:
+            print(f"hivla coach: session written to {self.recorder.path} but could not be read back: {err}", file=sys.stderr)
+            return None
+        print(summary.line())
+        return summary
+
+    def __enter__(self) -> "CoachSession":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _env_options(args: Any) -> dict | None:
+    if getattr(args, "task", None):
+        return {"task": args.task.strip()}
+    if getattr(args, "family", None):
+        return {"family": args.family}
+    return None
+
+
+def open_coach_session(args: Any) -> CoachSession:
+    """Build env, policies, recorder and loop from `hivla coach` arguments; the first episode is reset."""
+    from agent.envs import make_env
+    from agent.loop import ControlLoop
+    from agent.specs import SpecError, default_high_level_spec, default_low_level_spec, make_high_level, make_low_level
+    from sessions.recorder import RecorderError, SessionRecorder, default_session_dir, make_header
+
+    high_spec = args.high_level or default_high_level_spec()
+    low_spec = args.low_level or default_low_level_spec()
+    try:
+        high = make_high_level(high_spec, seed=args.seed)
+        low = make_low_level(low_spec, seed=args.seed)
+    except (SpecError, OSError, ValueError) as err:
+        raise CoachSessionError(f"cannot build the policies: {err}") from None
+    options = _env_options(args)
+    try:
+        env = make_env(family=args.family, suite=args.suite, image_size=args.image_size, seed=args.seed)
+        # A probe reset tells the recorder the camera sizes before the loop's first episode.
+        raw_obs, _info = env.reset(seed=args.seed, options=options)
+    except (KeyError, ValueError) as err:
+        raise CoachSessionError(f"cannot build the environment: {err}") from None
+    cameras = {name: tuple(img.shape[:2]) for name, img in raw_obs["images"].items()}
+    state_dim = len(raw_obs["state"])
+    state_names = list(getattr(env, "state_names", None) or [f"state_{i}" for i in range(state_dim)])
+    out_dir = Path(args.out) if args.out else default_session_dir("coach")
+    header = make_header(
+        high_level=high_spec,
+        low_level=low_spec,
+        cameras=cameras,
+        state_names=state_names,
+        action_names=list(getattr(env, "action_names", None) or ACTION_NAMES_DEFAULT),
+        env={"suite": args.suite, "image_size": args.image_size, "seed": args.seed, "options": options or {}},
+        notes="hivla coach",
+    )
+    try:
+        recorder = SessionRecorder(out_dir, header)
+    except (RecorderError, OSError) as err:
+        raise CoachSessionError(f"cannot record to {out_dir}: {err}") from None
+    loop = ControlLoop(env, high, low, recorder=recorder, replan_period_s=args.replan_period)
+    try:
+        loop.reset(seed=args.seed, options=options)
+    except Exception:
+        recorder.close()
+        raise
+    meta = {"high_level": high_spec, "low_level": low_spec, "session_dir": str(out_dir)}
+    return CoachSession(loop, recorder, meta, camera_width=args.camera_width, refresh_hz=args.refresh_hz)
+
