@@ -66,7 +66,7 @@ def print_timeline(session: Session, console, episodes: list[int] | None = None,
     console.print(Panel(summary, title="hivla session", expand=False))
 
     for ep in chosen:
-        table = Table(title=_episode_title(ep), title_justify="left", show_lines=False, expand=False)
+        table = Table(title=Text(_episode_title(ep), style="bold"), title_justify="left", show_lines=False, expand=False)
         table.add_column("step", justify="right")
         table.add_column("t (s)", justify="right")
         table.add_column("event")

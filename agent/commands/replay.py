@@ -21,6 +21,7 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rich.console import Console
+    from rich.markup import escape
 
     from sessions.reader import SessionError, read_session
     from sessions.replay import print_timeline, render_video
@@ -30,14 +31,14 @@ def main(args: argparse.Namespace) -> int:
     try:
         session = read_session(args.session)
     except SessionError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 1
     try:
         print_timeline(session, console, args.episode, steps=args.steps)
         if args.video:
             out = Path(args.video)
             if out.exists() and not args.force:
-                err.print(f"[red]error:[/red] {out} exists; pass --force to overwrite it")
+                err.print(f"[red]error:[/red] {escape(str(out))} exists; pass --force to overwrite it", soft_wrap=True)
                 return 1
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.partial.mp4")
@@ -46,8 +47,8 @@ def main(args: argparse.Namespace) -> int:
                 os.replace(tmp, out)
             finally:
                 tmp.unlink(missing_ok=True)
-            console.print(f"wrote {out} ({frames} frames, {args.camera} camera)")
+            console.print(f"wrote {escape(str(out))} ({frames} frames, {escape(args.camera)} camera)", soft_wrap=True)
     except ValueError as e:
-        err.print(f"[red]error:[/red] {e}")
+        err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 1
     return 0

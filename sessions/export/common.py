@@ -1,0 +1,270 @@
+"""What every exporter shares: options, decision points, filters, the split, safe output."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sessions.reader import EpisodeData, Session
+from sessions.schema import CorrectionRecord, PlanData, PlanEmitted
+
+FORMATS = ("lerobot", "sft", "pairs")
+# Corrections that steer execution without saying anything about what to do next.
+CONTROL_KINDS = {"stop", "pause", "resume"}
+EXPORT_FORMAT_VERSION = 1
+
+
+class ExportError(Exception):
+    """The export as a whole cannot proceed (bad options, output in the way)."""
+
+
+@dataclass
+class ExportOptions:
+    format: str = "lerobot"
+    kinds: list[str] | None = None  # correction kinds to keep, "plan" for plan rows (None: all but control kinds)
+    families: list[str] | None = None  # task families to keep
+    sources: list[str] | None = None  # model|human|oracle (plan source) or human|scripted (correction speaker)
+    only_corrections: bool = False
+    val_fraction: float = 0.0
+    seed: int = 0
+    max_frames_before: int | None = None  # window around each correction (lerobot, pairs), history frames (sft)
+    max_frames_after: int | None = None
+    include_withdrawn: bool = False
+    correction_weight: float = 1.0
+    video_codec: str = "h264"
+    force: bool = False
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ExportError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ExportError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("max_frames_before", "max_frames_after"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ExportError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.correction_weight < 0:
+            raise ExportError(f"--correction-weight must be >= 0, got {self.correction_weight}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DecisionPoint:
+    """One moment the high level chose (or was told) a subtask: a plan or a correction."""
+
+    session: Session
+    episode: EpisodeData
+    step: int
+    position: int  # index into episode.steps of the frame shown at this decision
+    kind: str  # "plan" or a correction kind
+    source: str  # plan source (model|human|oracle) or correction speaker (human|scripted)
+    target: PlanData | None  # what the high level should output here
+    plan: PlanEmitted | None = None
+    correction: CorrectionRecord | None = None
+    weight: float = 1.0
+    corrected: bool = False  # a plan that a later correction replaced
+
+
+def split_of(session_id: str, episode: int, val_fraction: float, seed: int) -> str:
+    """train/validation by episode, stable whatever else is exported alongside."""
+    if val_fraction <= 0:
+        return "train"
+    draw = random.Random(f"{seed}:{session_id}:{episode}").random()
+    return "validation" if draw < val_fraction else "train"
+
+
+def episode_selected(ep: EpisodeData, options: ExportOptions) -> bool:
+    if options.families and (ep.start.family or "") not in options.families:
+        return False
+    if options.only_corrections and not selected_corrections(ep, options):
+        return False
+    return bool(ep.steps)
+
+
+def selected_corrections(ep: EpisodeData, options: ExportOptions, text_targets: bool = False) -> list[CorrectionRecord]:
+    out = []
+    for c in ep.corrections:
+        if c.withdrawn and not options.include_withdrawn:
+            continue
+        kind = c.kind.value
+        if options.kinds is not None:
+            if kind not in options.kinds:
+                continue
+        elif text_targets and kind in CONTROL_KINDS:
+            continue
+        if options.sources and c.speaker not in options.sources:
+            continue
+        out.append(c)
+    return out
+
+
+def decision_points(session: Session, ep: EpisodeData, options: ExportOptions) -> list[DecisionPoint]:
+    """Plans and corrections of one episode, in step order, filtered by the options.
+
+    A plan adopted because of a correction is represented by the correction's row (its target is
+    that plan), so it is not repeated. Plans a correction replaced get weight 0 and
+    `corrected=True`: they are what the model got wrong.
+    """
+    if not ep.steps:
+        return []
+    plans_by_step: dict[int, list[PlanEmitted]] = {}
+    for p in ep.plans:
+        plans_by_step.setdefault(p.step, []).append(p)
+    corrected_ids: set[int] = set()
+    suspect: list[tuple[int, int]] = []
+    for c in ep.corrections:
+        if c.withdrawn:
+            continue
+        if c.suspect_from_step is not None:
+            suspect.append((c.suspect_from_step, c.step))
+        if c.kind.value in ("override", "negation"):
+            in_force = [p for p in ep.plans if p.step < c.step or (p.step == c.step and p.reason != "correction")]
+            if in_force:
+                corrected_ids.add(in_force[-1].plan_id)
+    points: list[DecisionPoint] = []
+    for c in selected_corrections(ep, options, text_targets=True):
+        target = c.resulting_plan
+        if target is None:
+            after = [p for p in plans_by_step.get(c.step, []) if p.reason == "correction"]
+            target = after[-1].plan if after else c.replaced_plan
+        points.append(
+            DecisionPoint(
+                session=session, episode=ep, step=c.step, position=ep.position_of_step(c.step),
+                kind=c.kind.value, source=c.speaker, target=target, correction=c, weight=options.correction_weight,
+            )
+        )
+    if not options.only_corrections and (options.kinds is None or "plan" in options.kinds):
+        for p in ep.plans:
+            if p.reason == "correction":
+                continue
+            if options.sources and p.plan.source not in options.sources:
+                continue
+            corrected = p.plan_id in corrected_ids
+            in_suspect = any(lo <= p.step < hi for lo, hi in suspect)
+            points.append(
+                DecisionPoint(
+                    session=session, episode=ep, step=p.step, position=ep.position_of_step(p.step),
+                    kind="plan", source=p.plan.source, target=p.plan, plan=p,
+                    weight=0.0 if (corrected or in_suspect) else 1.0, corrected=corrected,
+                )
+            )
+    points.sort(key=lambda d: (d.step, d.kind != "plan"))
+    return points
+
+
+def context_text(ep: EpisodeData, step: int, before: DecisionPoint | None = None) -> str:
+    """The text a high level sees at `step`: task, progress, plan history, corrections so far.
+
+    For a correction's decision point the correction itself is the last line: the high level
+    replans with it in its context.
+    """
+    lines = [f"Task: {ep.task}"]
+    position = ep.position_of_step(step)
+    current = ep.steps[position] if ep.steps else None
+    if current is not None and current.subtask_index is not None and ep.start.subtasks:
+        done = ep.start.subtasks[: current.subtask_index]
+        if done:
+            lines.append("Done: " + "; ".join(done))
+    history: list[str] = []
+    for p in ep.plans:
+        if p.step > step or (p.step == step and (before is None or before.kind == "plan" or p.reason == "correction")):
+            continue
+        if not history or history[-1] != p.plan.subtask:
+            history.append(p.plan.subtask)
+    if history:
+        lines.append("Plans so far: " + "; ".join(history[-6:]))
+    said = [c for c in ep.corrections if not c.withdrawn and (c.step < step or (before is not None and before.correction is c))]
+    if said:
+        lines.append("Corrections: " + " | ".join(f"[{c.kind.value}] {c.text}" for c in said[-6:]))
+    lines.append("What should the robot do next? Think briefly, then name the subtask.")
+    return "\n".join(lines)
+
+
+def assistant_text(plan: PlanData | None) -> str:
+    if plan is None:
+        return ""
+    return f"{plan.thought} So: {plan.subtask}" if plan.thought else plan.subtask
+
+
+# ----------------------------------------------------------------------------- safe output
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """A single path component from recorded data (camera names, ...), refused if unsafe."""
+    if not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise ExportError(f"refusing {what} {name!r}: only letters, digits, '_', '-', '.' are allowed in output paths")
+    return name
+
+
+def safe_join(root: Path, *parts: str) -> Path:
+    """root/parts..., guaranteed to stay inside root."""
+    root_resolved = Path(root).resolve()
+    path = Path(root, *parts)
+    resolved = path.resolve()
+    if resolved != root_resolved and root_resolved not in resolved.parents:
+        raise ExportError(f"refusing to write {path}: it would land outside the output directory {root}")
+    return path
+
+
+class StagedOutput:
+    """Build the export in a temporary directory beside `out`, move it into place on success.
+
+    Nothing is written at `out` until `commit()`; an existing non-empty `out` is replaced only with
+    force=True (and only after the new export is complete).
+    """
+
+    def __init__(self, out: str | os.PathLike, force: bool) -> None:
+        self.out = Path(out)
+        self.force = force
+        if self.out.exists() and not self.out.is_dir():
+            raise ExportError(f"{self.out} exists and is not a directory")
+        if self.out.exists() and any(self.out.iterdir()) and not force:
+            raise ExportError(f"{self.out} exists and is not empty; pass --force to replace it")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+
+    def commit(self) -> Path:
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+@dataclass
+class ExportReport:
+    """What an export did, for the summary table and the manifest."""
+
+    format: str
+    out: Path | None = None
+    sessions: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    episodes: int = 0
+    frames: int = 0
+    rows: dict[str, int] = field(default_factory=dict)  # split -> rows
+    by_kind: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def count_kind(self, kind: str) -> None:
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
