@@ -186,7 +186,7 @@ class CoachApp:
         )
         replies = Window(
             FormattedTextControl(self._message_fragments, focusable=False),
-            height=lambda: Dimension(min=1, max=MESSAGE_LINES, preferred=len(self.controller.messages)),
+            height=self._message_height,
             wrap_lines=False,
             dont_extend_height=True,
         )
@@ -247,8 +247,21 @@ class CoachApp:
 
     # ------------------------------------------------------------------ view
 
+    def _message_room(self) -> int:
+        # The replies get what the status view leaves (at least 2 lines, at most MESSAGE_LINES).
+        try:
+            rows = self.app.output.get_size().rows
+        except Exception:
+            rows = 50
+        status_rows = 1 + sum(text.count("\n") for _, text in self._fragments)
+        return max(2, min(MESSAGE_LINES, rows - status_rows - 3))
+
+    def _message_height(self) -> Dimension:
+        room = self._message_room()
+        return Dimension(min=1, max=room, preferred=min(room, len(self.controller.messages)))
+
     def _message_fragments(self) -> list[tuple[str, str]]:
-        lines = list(self.controller.messages)[-MESSAGE_LINES:]
+        lines = list(self.controller.messages)[-self._message_room():]  # the newest that fit
         fragments: list[tuple[str, str]] = []
         for i, line in enumerate(lines):
             style = "class:echo" if line.startswith("› ") else "class:reply"

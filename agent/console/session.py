@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.console.controller import CoachController
+from agent.console.worker import SimWorker
 
 HISTORY_FILE_NAME = "coach_history.txt"
 ACTION_NAMES_DEFAULT = ["dx", "dy", "dz", "dyaw", "grip"]  # the env's action layout, if it names none
@@ -68,9 +69,24 @@ def summarize_session(path: Path) -> SavedSummary:
 
 
 class CoachSession:
-    def __init__(self, loop: Any, recorder: Any, meta: dict[str, str], camera_width: int = 48, refresh_hz: float = 10.0):
+    """A loop and its recorder, run interactively or from a script, then closed and summarized.
+
+    `worker` is the thread that owns the simulator (see agent.console.worker); every call that
+    may touch the environment goes through it.
+    """
+
+    def __init__(
+        self,
+        loop: Any,
+        recorder: Any,
+        meta: dict[str, str],
+        camera_width: int = 48,
+        refresh_hz: float = 10.0,
+        worker: SimWorker | None = None,
+    ):
         self.loop = loop
         self.recorder = recorder
+        self.worker = worker or SimWorker()
         self.meta = meta
         self.camera_width = camera_width
         self.refresh_hz = refresh_hz
@@ -81,7 +97,6 @@ class CoachSession:
 
     def run_interactive(self, history_file: str | None = None, input: Any = None, output: Any = None) -> int:
         from agent.console.app import CoachApp, history_for
-        from agent.loop import RealtimeRunner
 
         if history_file is None:
             history_path: Path | None = default_history_file()
@@ -89,22 +104,22 @@ class CoachSession:
             history_path = None
         else:
             history_path = Path(history_file)
-        runner = RealtimeRunner(self.loop)
         app = CoachApp(
-            self.loop, self.controller, runner=runner, meta=self.meta, camera_width=self.camera_width,
+            self.loop, self.controller, runner=self.worker, meta=self.meta, camera_width=self.camera_width,
             refresh_hz=self.refresh_hz, history=history_for(history_path), input=input, output=output,
         )
-        runner.start()
+        self.worker.start_stepping(self.loop)
         reason = "error"
         try:
             reason = app.run()
         except KeyboardInterrupt:  # SIGINT from outside the terminal (kill -INT): still save
             reason = "interrupted"
         finally:
-            runner.stop()
+            self.worker.stop_stepping()
         print(f"coach: stopped ({reason})")
-        if runner.error is not None:
-            print(f"hivla coach: the control loop failed: {type(runner.error).__name__}: {runner.error}", file=sys.stderr)
+        error = self.worker.error
+        if error is not None:
+            print(f"hivla coach: the control loop failed: {type(error).__name__}: {error}", file=sys.stderr)
             return 1
         return 0
 
@@ -113,8 +128,8 @@ class CoachSession:
         from agent.console.view import render_plain
 
         started = time.monotonic()
-        reason = run_script(self.loop, self.controller, script, max_steps=max_steps)
-        self.loop.close()
+        reason = self.worker.call(lambda: run_script(self.loop, self.controller, script, max_steps=max_steps))
+        self.worker.call(self.loop.close)
         snap = self.loop.snapshot()
         if snap is not None:
             from agent.console.app import StatusTracker
@@ -133,9 +148,10 @@ class CoachSession:
             return None
         self._closed = True
         try:
-            self.loop.close()
+            self.worker.call(self.loop.close, timeout=30)
         except Exception as err:  # the episode end is a nicety; the recorder must still close
             print(f"hivla coach: could not end the episode cleanly: {err}", file=sys.stderr)
+        self.worker.close()
         if self.recorder is None:
             return None
         self.recorder.close()
@@ -162,8 +178,29 @@ def _env_options(args: Any) -> dict | None:
     return None
 
 
+def _names(env: Any, state_dim: int) -> tuple[list[str], list[str]]:
+    """State and action names for the session header: the simulator's own, else generic ones."""
+    module = sys.modules.get(type(getattr(env, "unwrapped", env)).__module__)
+    state = getattr(module, "STATE_NAMES", None)
+    action = getattr(module, "ACTION_NAMES", None)
+    if not state or len(state) != state_dim:
+        state = [f"state_{i}" for i in range(state_dim)]
+    return list(state), list(action or ACTION_NAMES_DEFAULT)
+
+
 def open_coach_session(args: Any) -> CoachSession:
-    """Build env, policies, recorder and loop from `hivla coach` arguments; the first episode is reset."""
+    """Build env, policies, recorder and loop from `hivla coach` arguments (on the simulator
+    thread); the first episode is reset."""
+    worker = SimWorker()
+    try:
+        loop, recorder, meta = worker.call(lambda: _build(args))
+    except BaseException:
+        worker.close()
+        raise
+    return CoachSession(loop, recorder, meta, camera_width=args.camera_width, refresh_hz=args.refresh_hz, worker=worker)
+
+
+def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
     from agent.envs import make_env
     from agent.loop import ControlLoop
     from agent.specs import SpecError, default_high_level_spec, default_low_level_spec, make_high_level, make_low_level
@@ -185,14 +222,14 @@ def open_coach_session(args: Any) -> CoachSession:
         raise CoachSessionError(f"cannot build the environment: {err}") from None
     cameras = {name: tuple(img.shape[:2]) for name, img in raw_obs["images"].items()}
     state_dim = len(raw_obs["state"])
-    state_names = list(getattr(env, "state_names", None) or [f"state_{i}" for i in range(state_dim)])
+    state_names, action_names = _names(env, state_dim)
     out_dir = Path(args.out) if args.out else default_session_dir("coach")
     header = make_header(
         high_level=high_spec,
         low_level=low_spec,
         cameras=cameras,
         state_names=state_names,
-        action_names=list(getattr(env, "action_names", None) or ACTION_NAMES_DEFAULT),
+        action_names=action_names,
         env={"suite": args.suite, "image_size": args.image_size, "seed": args.seed, "options": options or {}},
         notes="hivla coach",
     )
@@ -207,5 +244,5 @@ def open_coach_session(args: Any) -> CoachSession:
         recorder.close()
         raise
     meta = {"high_level": high_spec, "low_level": low_spec, "session_dir": str(out_dir)}
-    return CoachSession(loop, recorder, meta, camera_width=args.camera_width, refresh_hz=args.refresh_hz)
+    return loop, recorder, meta
 
