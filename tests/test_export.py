@@ -110,14 +110,52 @@ def test_lerobot_round_trip_of_frames_actions_and_language(sessions, lerobot_exp
     assert {c["kind"] for c in corrections} <= {"override", "negation", "nudge", "constraint", "confirm"}
 
 
-def test_lerobot_data_loads_with_datasets(lerobot_export):
+def _lerobot_hf_features(info: dict, datasets):
+    """The `datasets.Features` LeRobot derives from info.json (get_hf_features_from_features)."""
+
+    def language_row(with_timestamp: bool) -> dict:
+        row = {"role": datasets.Value("string"), "content": datasets.Value("string"), "style": datasets.Value("string")}
+        if with_timestamp:
+            row["timestamp"] = datasets.Value("float32")
+        row["camera"] = datasets.Value("string")
+        row["tool_calls"] = datasets.List(datasets.Json())
+        return row
+
+    features = {}
+    for key, ft in info["features"].items():
+        if key in ("language_persistent", "language_events"):
+            features[key] = datasets.List(language_row(key == "language_persistent"))
+        elif ft["dtype"] == "video":
+            continue
+        elif ft["shape"] == [1]:
+            features[key] = datasets.Value(ft["dtype"])
+        else:
+            features[key] = datasets.Sequence(length=ft["shape"][0], feature=datasets.Value(ft["dtype"]))
+    return datasets.Features(features)
+
+
+def test_lerobot_data_loads_with_lerobots_features(lerobot_export):
     datasets = pytest.importorskip("datasets")
+    if not hasattr(datasets, "Json"):
+        pytest.skip("this datasets version has no Json feature")
     out, _ = lerobot_export
-    ds = datasets.Dataset.from_parquet(str(out / "data/chunk-000/file-000.parquet"))
-    assert len(ds) == 104
+    info = json.loads((out / "meta" / "info.json").read_text())
+    ds = datasets.Dataset.from_parquet(str(out / "data/chunk-000/file-000.parquet"), features=_lerobot_hf_features(info, datasets))
+    assert len(ds) == info["total_frames"]
     row = ds[30]
-    assert len(row["action"]) == 5 and isinstance(row["language_persistent"], list)
-    assert row["language_persistent"][0]["style"] in ("plan", "subtask")
+    assert len(row["action"]) == 5 and {r["style"] for r in row["language_persistent"]} == {"plan", "subtask"}
+    episodes = datasets.Dataset.from_parquet(str(out / "meta/episodes/chunk-000/file-000.parquet"))
+    assert episodes["length"] == [24, 24, 24, 16, 16] or sorted(episodes["length"]) == [16, 16, 24, 24, 24]
+
+
+def test_lerobot_video_timestamps_are_exact(lerobot_export):
+    """LeRobot seeks frames by time (from_timestamp + timestamp, 1e-4 s tolerance)."""
+    import av
+
+    out, report = lerobot_export
+    with av.open(str(out / "videos/observation.images.front/chunk-000/file-000.mp4")) as container:
+        times = [frame.time for frame in container.decode(video=0)]
+    np.testing.assert_allclose(times, np.arange(report.frames) / 10, atol=1e-4)
 
 
 def test_lerobot_h264_is_close(sessions, tmp_path):
