@@ -80,13 +80,15 @@ class ReferenceContext:
 
     current_subtask: the canonical subtask in force; holding: canonical name of the held object
     ("red block") or None; drawer_open: True/False/None (unknown); pending_subtasks: reference
-    subtasks not done yet, in order (used for "do the drawer").
+    subtasks not done yet, in order (used for "do the drawer"); scene_blocks: the blocks' display
+    names, so "the red one" becomes "large red block" when that is the only red block.
     """
 
     current_subtask: str | None = None
     holding: str | None = None
     drawer_open: bool | None = None
     pending_subtasks: tuple[str, ...] = field(default_factory=tuple)
+    scene_blocks: tuple[str, ...] = field(default_factory=tuple)  # display names, to resolve "the red one"
 
 
 # ====================================================================== vocabulary
@@ -377,6 +379,8 @@ def _clause_kind(words: list[str]) -> CorrectionKind | str | None:
         return K.NEGATION
     if refs and not (nudge and _has_magnitude(core) and not verbs - {"generic"}):
         return K.OVERRIDE
+    if _is_put_down(core):
+        return K.OVERRIDE
     if nudge:
         return K.NUDGE
     if verbs & {"pick", "place", "stack", "push"}:
@@ -405,8 +409,8 @@ def _is_confirm(core: list[str]) -> bool:
     core_hits = words & CONFIRM_CORE
     if not core_hits:
         return False
-    if core_hits == {"right"} and len(core) == 1:
-        return False  # a bare "right" is a direction
+    if core_hits == {"right"} and not words & {"that's", "that", "is", "it's", "looks", "exactly", "all", "yes"}:
+        return False  # "right", "go right": a direction; "that's right": approval
     return True
 
 
@@ -417,7 +421,7 @@ def _has_negation(core: list[str]) -> bool:
     if core[0] in ("no", "nope", "nah") and len(core) > 1 and not _object_refs(core[1:]):
         return True  # "no no no that's wrong" — but "no, the blue one" is an override
     phrase = " ".join(core)
-    return bool(re.search(r"\b(do not|stop (?!moving\b)\w+ing|leave it|put it back|let it be|that's enough)\b", phrase))
+    return bool(re.search(r"\b(do not|stop (?!moving\b)\w+ing|leave it|let it be|that's enough)\b", phrase))
 
 
 def _has_magnitude(core: list[str]) -> bool:
@@ -427,6 +431,8 @@ def _has_magnitude(core: list[str]) -> bool:
 def _has_nudge_cue(core: list[str]) -> bool:
     phrase = " ".join(core)
     words = set(core)
+    if words & set(vocab.GRIPPER_NOUNS) or re.search(r"\b(let go|let it go|open up|close up|open it|close it|drop it)\b", phrase):
+        return True
     # "up" in "pick up", "right" in "all right"/"right now", "back" in "put it back" are not motions
     phrase = re.sub(r"\b(pick|picking|picks|picked|lift|pile|open|stack|stacking) (it |them |\w+ )?up\b", " ", phrase)
     phrase = re.sub(r"\b(right (now|there|away|here|ahead)|all right|that's right|put it back|back to)\b", " ", phrase)
@@ -434,8 +440,6 @@ def _has_nudge_cue(core: list[str]) -> bool:
     if directions:
         return True
     if words & ROTATION_WORDS or words & GRIPPER_ACTION_WORDS:
-        return True
-    if words & set(vocab.GRIPPER_NOUNS) or re.search(r"\b(let go|open up|close up|open it|close it)\b", phrase):
         return True
     return phrase.strip() in ("open", "close", "more", "a bit more", "a little more", "further", "bit more")
 
@@ -446,6 +450,7 @@ def _has_nudge_cue(core: list[str]) -> bool:
 @dataclass(frozen=True)
 class _Ref:
     color: str | None
+    size: str | None  # "small" | "large" | None
     kind: str | None  # block | bowl | drawer | one | None (a bare colour)
     index: int  # word position
     destination: str | None = None  # "in" (a container) or "on" (stack onto) when after a preposition
@@ -456,22 +461,23 @@ def _object_refs(core: list[str]) -> list[_Ref]:
     i = 0
     while i < len(core):
         word = core[i]
+        size = vocab.SIZE_SYNONYMS.get(core[i - 1]) if i > 0 else None
         if word in vocab.ALL_COLORS:
-            kind = None
-            j = i + 1
+            kind, j = None, i + 1
             while j < len(core) and j <= i + 2 and core[j] in vocab.SIZE_WORDS:
+                size = size or vocab.SIZE_SYNONYMS[core[j]]
                 j += 1
             if j < len(core) and vocab.noun_kind(core[j]):
                 kind = vocab.noun_kind(core[j])
             else:
                 j = i
-            refs.append(_Ref(word, kind, i, _destination(core, i)))
+            refs.append(_Ref(word, size, kind, i, _destination(core, i)))
             i = j + 1
             continue
         kind = vocab.noun_kind(word)
         # a bare "one" only refers to an object after "that"/"this"/"other"/a size ("the small one")
         if kind and (kind != "one" or (i > 0 and core[i - 1] in vocab.SIZE_WORDS + ("other", "that", "this", "which"))):
-            refs.append(_Ref(None, kind, i, _destination(core, i)))
+            refs.append(_Ref(None, size, kind, i, _destination(core, i)))
         i += 1
     return refs
 
@@ -503,59 +509,85 @@ def _verb_intents(core: list[str]) -> set[str]:
     return intents
 
 
+PUT_DOWN_RE = re.compile(r"\b(put|place|set|lay|drop|leave) (it|that|this|them)( back)? down\b|\bon (the )?table\b")
+
+
+def _is_put_down(core: list[str]) -> bool:
+    return bool(PUT_DOWN_RE.search(" ".join(core)))
+
+
+def _block(ref: _Ref, context: ReferenceContext | None) -> str:
+    """The scene's display name for a block reference ("red" + scene {small red, large red} -> ambiguous name)."""
+    assert ref.color is not None
+    scene = context.scene_blocks if context else ()
+    candidates = [b for b in scene if vocab.block_color(b) == ref.color]
+    if ref.size:
+        sized = [b for b in candidates if vocab.block_size(b) == ref.size]
+        candidates = sized or candidates
+    if len(candidates) == 1:
+        return candidates[0]
+    return vocab.block_name(ref.color, ref.size)
+
+
 def _resolve_subtask(core: list[str], kind: CorrectionKind, context: ReferenceContext | None) -> str | None:
     """The canonical subtask an override asks for, or a negation forbids; None when unclear."""
-    refs = [r for r in _object_refs(core) if r.kind != "one" or r.color]
-    anonymous = [r for r in _object_refs(core) if r.kind == "one" and not r.color]
+    all_refs = _object_refs(core)
+    refs = [r for r in all_refs if r.kind != "one" or r.color]
+    anonymous = [r for r in all_refs if r.kind == "one" and not r.color]
     verbs = _verb_intents(core)
     current = vocab.split_subtask(context.current_subtask) if context else None
     holding = context.holding if context else None
 
     if any(r.kind == "drawer" for r in refs):
-        return _drawer_subtask(core, refs, verbs, context, holding)
+        return _drawer_subtask(refs, verbs, context, holding)
 
     direction = next((w for w in core if w in vocab.PUSH_DIRECTIONS), None)
-    destinations = [r for r in refs if r.destination and r.color]
-    objects = [r for r in refs if not r.destination and r.color]
+    if direction is None and {"forward", "forwards", "towards", "toward"} & set(core) and "push" in verbs:
+        direction = "front"
+    # "to the red block" names an object, not a place to put one: only containers take "in"/"to"
+    destinations = [r for r in refs if r.destination and r.color and not (r.destination == "in" and r.kind == "block")]
+    objects = [r for r in refs if r.color and r not in destinations]
 
     if destinations:
         dest = destinations[-1]
         obj = next((o for o in objects if o.kind in (None, "block", "one")), None)
-        if obj is not None and kind is K.OVERRIDE and holding != vocab.object_name(obj.color, "block"):
-            return vocab.pick_up(obj.color)
+        if obj is not None and kind is K.OVERRIDE and holding != _block(obj, context):
+            return vocab.pick_up(_block(obj, context))
         dest_kind = dest.kind if dest.kind in ("block", "bowl") else ("bowl" if dest.destination == "in" else "block")
-        return vocab.place_in_bowl(dest.color) if dest_kind == "bowl" else vocab.stack_on(dest.color)
+        return vocab.place_in_bowl(dest.color) if dest_kind == "bowl" else vocab.stack_on(_block(dest, context))
 
     if objects:
         obj = objects[0]
         obj_kind = obj.kind
         if obj_kind in (None, "one"):  # "the blue one", "blue!": take the kind from what the robot is doing
-            obj_kind = current.target_kind if current else "block"
-            if obj_kind == "drawer":
+            obj_kind = vocab.target_kind(current) if current else "block"
+            if obj_kind not in ("block", "bowl"):
                 obj_kind = "block"
         if obj_kind == "bowl":
             return vocab.place_in_bowl(obj.color)
-        if "push" in verbs or (direction and verbs & {"place"} and "in" not in core):
-            push_dir = direction or (current.direction if current and current.verb == "push" else None)
-            return vocab.push(obj.color, push_dir) if push_dir else None
-        if "stack" in verbs and len(objects) == 1 and holding:
-            return vocab.stack_on(obj.color)
-        if obj.kind in (None, "one") and current and current.verb in ("stack", "push"):
-            if current.verb == "push":
-                return vocab.push(obj.color, direction or current.direction)
-            return vocab.stack_on(obj.color)
-        return vocab.pick_up(obj.color)
+        block = _block(obj, context)
+        if "push" in verbs or (direction and "place" in verbs and "in" not in core):
+            push_dir = direction or (current.target if current and current.kind == "push" else None)
+            return vocab.push(block, push_dir) if push_dir else None
+        if "stack" in verbs and holding and holding != block:
+            return vocab.stack_on(block)
+        if obj.kind in (None, "one") and current and current.kind in ("stack", "push") and not verbs - {"generic"}:
+            if current.kind == "push":
+                return vocab.push(block, direction or current.target)
+            return vocab.stack_on(block)
+        return vocab.pick_up(block)
 
+    if _is_put_down(core):
+        return vocab.PUT_DOWN
     # No colour named: "not that one", "wrong block", "pick it up"
     if context and context.current_subtask and (kind is K.NEGATION or anonymous or not verbs):
         return context.current_subtask
-    if current and verbs & {current.verb, "generic"}:
-        return context.current_subtask if context else None
+    if current and context and verbs & {current.kind, "generic"}:
+        return context.current_subtask
     return None
 
 
-def _drawer_subtask(core: list[str], refs: list[_Ref], verbs: set[str], context: ReferenceContext | None,
-                    holding: str | None) -> str:
+def _drawer_subtask(refs: list[_Ref], verbs: set[str], context: ReferenceContext | None, holding: str | None) -> str:
     if "open" in verbs:
         return vocab.OPEN_DRAWER
     if "close" in verbs:
@@ -563,14 +595,14 @@ def _drawer_subtask(core: list[str], refs: list[_Ref], verbs: set[str], context:
     drawer = next(r for r in refs if r.kind == "drawer")
     if drawer.destination == "in" or verbs & {"place"}:
         block = next((r for r in refs if r.kind in (None, "block", "one") and r.color and not r.destination), None)
-        if block is not None and holding != vocab.object_name(block.color, "block"):
-            return vocab.pick_up(block.color)
+        if block is not None and holding != _block(block, context):
+            return vocab.pick_up(_block(block, context))
         return vocab.PUT_IN_DRAWER
     # "do the drawer now": whatever drawer step comes next
     if context:
         for sub in context.pending_subtasks:
             parts = vocab.split_subtask(sub)
-            if parts and parts.target == "drawer":
+            if parts and vocab.target_object(parts) == "drawer":
                 return sub
         if holding:
             return vocab.PUT_IN_DRAWER
@@ -589,9 +621,10 @@ def _correction(kind: CorrectionKind, text: str, notes: tuple[str, ...], context
     subtask = None
     if kind in (K.OVERRIDE, K.NEGATION):
         subtask = _subtask_for(kind, text, context)
-    unknown = [o for o in objects if o.split()[0] not in vocab.SCENE_COLORS and o != "drawer"]
-    reply_notes = notes + ((f"no {', '.join(unknown)} in this world",) if unknown else ())
-    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, reply=_with_notes(_reply(kind, text, subtask), reply_notes),
+    unknown = [o for o in objects if o != "drawer" and o.split()[-2] not in vocab.SCENE_COLORS]
+    reply_notes = notes + ((f"there is no {', '.join(unknown)} in this world",) if unknown else ())
+    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask,
+                                reply=_with_notes(_reply(kind, text, subtask), reply_notes),
                                 notes=reply_notes, objects=objects, forced=forced)
 
 
@@ -599,11 +632,9 @@ def _subtask_for(kind: CorrectionKind, text: str, context: ReferenceContext | No
     """Take the subtask from the clause that decided the kind (the positive one for an override)."""
     clauses = _clauses(text) or [_words(text)]
     wanted = [c for c in clauses if _clause_kind(c) is kind] or clauses
-    if kind is K.NEGATION and not [c for c in clauses if _clause_kind(c) is kind]:
-        wanted = clauses
     for clause in wanted:
         sub = _resolve_subtask(_core(clause), kind, context)
-        if sub:
+        if sub and vocab.split_subtask(sub) is not None:  # only subtasks the scene's grammar accepts
             return sub
     if kind is K.NEGATION and context and context.current_subtask:
         return context.current_subtask
@@ -617,9 +648,9 @@ def _canonical_objects(core: list[str], context: ReferenceContext | None) -> lis
         if ref.kind == "drawer":
             names.append("drawer")
         elif ref.color:
-            kind = ref.kind if ref.kind in ("block", "bowl") else ("bowl" if ref.destination == "in" else
-                                                                    (current.target_kind if current and current.target_kind != "drawer" else "block"))
-            names.append(vocab.object_name(ref.color, kind))
+            kind = ref.kind if ref.kind in ("block", "bowl") else (
+                "bowl" if ref.destination == "in" else (vocab.target_kind(current) if current else "block"))
+            names.append(vocab.bowl_name(ref.color) if kind == "bowl" else _block(ref, context))
     return names
 
 

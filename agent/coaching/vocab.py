@@ -1,31 +1,35 @@
 """Words the coaching code understands: colours, object nouns, canonical subtask phrasing.
 
 One place for the object vocabulary of the console classifier, the nudge mapper and the scripted
-coach. The colours and object kinds the simulator actually builds come from `agent.envs` when
-it exposes them (COLORS); the classifier additionally knows a few colours no scene uses, so that
-"the purple one" is still recognised as an object reference (and answered with a clear
-"no such object" rather than misread as something else).
+coach. What the simulator builds is the authority: colours come from `agent.envs.scene.COLORS`,
+sizes, push directions and the canonical subtask grammar from `agent.envs.primitives` (a block is
+"<colour> block", or "<size> <colour> block" when two blocks share a colour). The classifier also
+knows a few colour words no scene uses, so "the pink one" is still read as an object reference
+(and answered with "no pink block in this world") instead of being misread.
 
-Canonical subtask language (what the low level executes; see agent.envs.primitives):
+Canonical subtask language (what the low level executes):
     pick up the red block        place it in the blue bowl      stack it on the green block
     put it in the drawer         open the drawer / close the drawer
-    push the yellow block to the left
+    push the yellow block to the left                           put it down on the table
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from agent.envs import primitives as P
+from agent.envs.scene import COLORS as _SCENE_COLORS
 
-try:  # the simulator's own colour list wins, so names stay aligned with what the scenes build
-    from agent.envs import COLORS as _ENV_COLORS  # type: ignore[attr-defined]
-except ImportError:  # agent.envs not built / does not export COLORS: use the team brief's palette
-    _ENV_COLORS = ("red", "green", "blue", "yellow")
-
-SCENE_COLORS: tuple[str, ...] = tuple(_ENV_COLORS)
-# Extra colour words the classifier recognises as object references even if no scene uses them.
-EXTRA_COLORS: tuple[str, ...] = ("orange", "purple", "pink", "white", "black", "cyan", "magenta", "brown", "grey", "gray")
+SCENE_COLORS: tuple[str, ...] = tuple(_SCENE_COLORS)
+EXTRA_COLORS: tuple[str, ...] = ("pink", "white", "black", "cyan", "magenta", "brown", "grey", "gray", "violet")
 ALL_COLORS: tuple[str, ...] = SCENE_COLORS + tuple(c for c in EXTRA_COLORS if c not in SCENE_COLORS)
+
+SIZES: tuple[str, ...] = tuple(P.SIZES)  # ("small", "large")
+PUSH_DIRECTIONS: tuple[str, ...] = tuple(P.DIRECTIONS)  # ("left", "right", "front")
+# Words people use for a size -> the scene's size name.
+SIZE_SYNONYMS: dict[str, str] = {
+    "small": "small", "smaller": "small", "smallest": "small", "little": "small", "tiny": "small", "short": "small",
+    "large": "large", "larger": "large", "largest": "large", "big": "large", "bigger": "large", "biggest": "large",
+}
+SIZE_WORDS: tuple[str, ...] = tuple(SIZE_SYNONYMS)
 
 # Object kinds and the words people use for them.
 BLOCK_NOUNS = ("block", "blocks", "cube", "cubes", "brick", "bricks", "box", "boxes", "piece", "pieces")
@@ -33,9 +37,8 @@ BOWL_NOUNS = ("bowl", "bowls", "plate", "plates", "dish", "dishes", "cup", "cups
 DRAWER_NOUNS = ("drawer", "drawers", "cabinet", "cupboard")
 PRONOUN_NOUNS = ("one", "ones")  # "the blue one": the kind comes from context
 GRIPPER_NOUNS = ("gripper", "hand", "claw", "fingers", "jaws", "grip", "pincer", "pincers")
-SIZE_WORDS = ("small", "smaller", "smallest", "little", "tiny", "big", "bigger", "biggest", "large", "larger", "largest")
 
-PUSH_DIRECTIONS = ("left", "right")  # directions the canonical push subtask takes
+Subtask = P.Subtask
 
 
 def noun_kind(word: str) -> str | None:
@@ -51,106 +54,78 @@ def noun_kind(word: str) -> str | None:
     return None
 
 
-def object_name(color: str | None, kind: str) -> str:
-    """Canonical object name: 'red block', 'blue bowl', 'drawer'."""
-    if kind == "drawer":
-        return "drawer"
-    if not color:
-        raise ValueError(f"a {kind} needs a colour to be named canonically")
-    return f"{color} {kind}"
+def block_name(color: str, size: str | None = None) -> str:
+    """Display name of a block: 'red block' or 'small red block'."""
+    return f"{size} {color} block" if size else f"{color} block"
 
 
-# ------------------------------------------------------------------ canonical subtasks
+def bowl_name(color: str) -> str:
+    return f"{color} bowl"
 
-def pick_up(color: str) -> str:
-    return f"pick up the {color} block"
+
+def block_color(name: str) -> str:
+    """'small red block' -> 'red'."""
+    return name.split()[-2]
+
+
+def block_size(name: str) -> str | None:
+    words = name.split()
+    return words[0] if len(words) == 3 else None
+
+
+# ------------------------------------------------------------------ canonical subtasks (texts)
+
+
+def pick_up(block: str) -> str:
+    return P.pick(block).text
 
 
 def place_in_bowl(color: str) -> str:
-    return f"place it in the {color} bowl"
+    return P.place_in_bowl(color).text
 
 
-def stack_on(color: str) -> str:
-    return f"stack it on the {color} block"
+def stack_on(block: str) -> str:
+    return P.stack_on(block).text
 
 
-def push(color: str, direction: str) -> str:
-    return f"push the {color} block to the {direction}"
+def push(block: str, direction: str) -> str:
+    return P.push(block, direction).text
 
 
-PUT_IN_DRAWER = "put it in the drawer"
-OPEN_DRAWER = "open the drawer"
-CLOSE_DRAWER = "close the drawer"
-
-_SUBTASK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("pick", re.compile(r"^pick up the (\w+) block$")),
-    ("place", re.compile(r"^place it in the (\w+) bowl$")),
-    ("stack", re.compile(r"^stack it on the (\w+) block$")),
-    ("push", re.compile(r"^push the (\w+) block to the (\w+)$")),
-    ("drawer_put", re.compile(r"^put it in the drawer$")),
-    ("open", re.compile(r"^open the drawer$")),
-    ("close", re.compile(r"^close the drawer$")),
-)
+PUT_IN_DRAWER = P.put_in_drawer().text
+OPEN_DRAWER = P.open_drawer().text
+CLOSE_DRAWER = P.close_drawer().text
+PUT_DOWN = P.put_down().text
 
 
-@dataclass(frozen=True)
-class SubtaskParts:
-    """A canonical subtask taken apart: verb in pick|place|stack|push|drawer_put|open|close."""
-
-    verb: str
-    color: str | None = None
-    direction: str | None = None
-
-    @property
-    def target(self) -> str | None:
-        """The object this subtask is about: 'red block', 'blue bowl', 'drawer'."""
-        if self.verb in ("pick", "stack", "push"):
-            return object_name(self.color, "block")
-        if self.verb == "place":
-            return object_name(self.color, "bowl")
-        return "drawer"
-
-    @property
-    def target_kind(self) -> str:
-        return {"place": "bowl", "drawer_put": "drawer", "open": "drawer", "close": "drawer"}.get(self.verb, "block")
-
-    def text(self) -> str:
-        return build_subtask(self.verb, self.color, self.direction)
-
-
-def split_subtask(subtask: str | None) -> SubtaskParts | None:
-    """Parse a canonical subtask string; None if it is not one (free text, None)."""
-    if not subtask:
+def split_subtask(text: str | None) -> P.Subtask | None:
+    """Parse canonical subtask text; None for free text (or None)."""
+    if not text:
         return None
-    text = " ".join(subtask.lower().split()).rstrip(".")
-    for verb, pattern in _SUBTASK_PATTERNS:
-        m = pattern.match(text)
-        if m:
-            groups = m.groups()
-            return SubtaskParts(verb, groups[0] if groups else None, groups[1] if len(groups) > 1 else None)
+    try:
+        return P.parse_subtask(text)
+    except P.SubtaskParseError:
+        return None
+
+
+def target_kind(sub: P.Subtask) -> str:
+    """What kind of object a subtask is about: 'block', 'bowl', 'drawer' or 'table'."""
+    return {"place": "bowl", "drawer_put": "drawer", "open": "drawer", "close": "drawer", "put_down": "table"}.get(
+        sub.kind, "block")
+
+
+def target_object(sub: P.Subtask) -> str | None:
+    """The object a subtask is about: 'red block' (pick/push/stack target), 'blue bowl', 'drawer'."""
+    if sub.kind in ("pick", "push"):
+        return sub.obj
+    if sub.kind in ("place", "stack"):
+        return sub.target
+    if sub.kind in ("drawer_put", "open", "close"):
+        return "drawer"
     return None
 
 
-def build_subtask(verb: str, color: str | None = None, direction: str | None = None) -> str:
-    """The canonical text of a subtask from its parts (inverse of split_subtask)."""
-    if verb == "pick":
-        return pick_up(_need(color, verb))
-    if verb == "place":
-        return place_in_bowl(_need(color, verb))
-    if verb == "stack":
-        return stack_on(_need(color, verb))
-    if verb == "push":
-        return push(_need(color, verb), _need(direction, verb))
-    if verb == "drawer_put":
-        return PUT_IN_DRAWER
-    if verb == "open":
-        return OPEN_DRAWER
-    if verb == "close":
-        return CLOSE_DRAWER
-    raise ValueError(f"unknown subtask verb {verb!r}")
-
-
-def _need(value: str | None, verb: str) -> str:
-    if not value:
-        raise ValueError(f"a {verb!r} subtask needs a colour/direction")
-    return value
+def objects_of(sub: P.Subtask) -> tuple[str, ...]:
+    """Every named object a subtask touches (for rules such as 'leave the green block alone')."""
+    target = target_object(sub)
+    return (target,) if target else ()
