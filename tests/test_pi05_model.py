@@ -26,7 +26,7 @@ PLANS = [("the red block is on the table", "pick up the red block"),
 
 @pytest.fixture(scope="module")
 def processor() -> Pi05Processor:
-    corpus = TASKS + [t for p in PLANS for t in p] + ["done: no, not that one | leave the green block alone"]
+    corpus = TASKS + [t for p in PLANS for t in p] + ["last: no, not that one | leave the green block alone"]
     tok = train_tokenizer(corpus * 3, vocab_size=700)
     cfg = make_config("tiny", vocab_size=tok.get_vocab_size())
     rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def make_batch(proc: Pi05Processor, n: int = 4, seed: int = 0) -> dict[str, torc
     for i in range(n):
         thought, subtask = PLANS[i % len(PLANS)]
         rows["prefix"].append(pad_to(proc.prefix_ids(TASKS[i % 2], rng.normal(size=cfg.state_dim)), cfg.prefix_text_len))
-        rows["context"].append(pad_to(proc.context_ids(["pick up the red block"] if i % 2 else []), cfg.max_context_tokens))
+        rows["context"].append(pad_to(proc.context_ids("pick up the red block" if i % 2 else None), cfg.max_context_tokens))
         rows["subtask"].append(pad_to(proc.subtask_ids(subtask), cfg.max_subtask_tokens))
         rows["target"].append(pad_to(proc.target_ids(thought, subtask), cfg.max_target_tokens))
     batch = {"images": torch.from_numpy(rng.integers(0, 256, (n, 2, cfg.image_size, cfg.image_size, 3), dtype=np.uint8))}

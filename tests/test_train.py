@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from agent.training.dataset import collect_samples, completed_before, split_episodes
+from agent.training.dataset import collect_samples, planner_targets, split_episodes
 from agent.training.trainer import TRAINER_STATE, TrainSettings, train
 from policies.pi05.policy import load_pi05
 from policies.types import Observation, PlanContext
@@ -37,17 +37,16 @@ def test_samples_follow_the_recorded_plans(sessions):
     assert len(held_idx) == 2 and not set(train_idx.tolist()) & set(held_idx.tolist())
 
 
-def test_completed_before_mirrors_the_loop():
-    class P:  # minimal PlanEmitted stand-in
-        def __init__(self, subtask, reason):
-            self.reason = reason
-            self.plan = type("D", (), {"subtask": subtask})()
+def test_planner_targets_move_on_when_progress_outruns_the_plan():
+    from types import SimpleNamespace as NS
 
-    plans = [P("pick up the red block", "start"), P("pick up the red block", "timer"),
-             P("place it in the blue bowl", "subtask_done"), P("open the drawer", "subtask_done")]
-    assert completed_before(plans, 0) == []
-    assert completed_before(plans, 2) == ["pick up the red block"]
-    assert completed_before(plans, 3) == ["pick up the red block", "place it in the blue bowl"]
+    plans = [NS(plan_id=0, step=0), NS(plan_id=1, step=4)]
+    # progress (subtask_index) moves from 0 to 1 at step 2, the re-plan only comes at step 4
+    steps = [NS(step=i, plan_id=0 if i < 4 else 1, subtask_index=0 if i < 2 else 1) for i in range(6)]
+    assert planner_targets(steps, plans) == [0, 0, 1, 1, 1, 1]
+    # without progress information the plan in force is the target
+    steps = [NS(step=i, plan_id=0 if i < 4 else 1, subtask_index=None) for i in range(6)]
+    assert planner_targets(steps, plans) == [0, 0, 0, 0, 1, 1]
 
 
 def test_train_tiny_checkpoint_loads_and_resumes(sessions, tmp_path):
@@ -69,3 +68,14 @@ def test_train_tiny_checkpoint_loads_and_resumes(sessions, tmp_path):
     state = json.loads((out / TRAINER_STATE).read_text())
     assert summary["steps"] == 9 and state["step"] == 9
     assert "resumed at step 6" in (out / "train.log").read_text()
+
+
+def test_datagen_records_sessions_the_dataset_reads(tmp_path):
+    pytest.importorskip("agent.envs.oracle")
+    from agent.cli import main as cli
+
+    out = tmp_path / "dg"
+    assert cli(["datagen", "--episodes", "1", "--out", str(out), "--max-steps", "25", "--image-size", "32"]) == 0
+    raw = collect_samples([out], ("front", "wrist"), image_size=32, horizon=4)
+    assert len(raw) == 25
+    assert raw.subtasks[0] and raw.tasks[0]

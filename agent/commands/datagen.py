@@ -10,7 +10,7 @@ every step are recorded exactly as in any other run.
 from __future__ import annotations
 
 import argparse
-import inspect
+import os
 import time
 from pathlib import Path
 
@@ -19,24 +19,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", default="base")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--out", required=True, help="directory for the recorded sessions")
-    parser.add_argument("--noise", type=float, default=0.0, help="action noise of the scripted expert")
+    parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise the scripted expert adds to its actions")
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=128, help="camera resolution recorded (the model resizes)")
     parser.add_argument("--max-steps", type=int, default=400, help="per-episode step limit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", nargs="*", default=None, help="restrict to these task families")
 
 
-def _accepts(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str, noise: float, image_size: int,
                     max_steps: int, families: list[str] | None) -> dict:
     """Record the given episodes into one session directory; returns counts."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
     from agent.envs import FAMILIES, make_env
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
@@ -46,7 +40,7 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
     base_seed = episode_seeds[0] if episode_seeds else 0
     env = make_env(suite=suite, image_size=image_size, seed=base_seed)
     high = OraclePlanner(seed=base_seed)
-    low = ScriptedExpert(seed=base_seed, noise=noise) if _accepts(ScriptedExpert, "noise") else ScriptedExpert(seed=base_seed)
+    low = ScriptedExpert(seed=base_seed, noise_std=noise)
     obs, _ = env.reset(seed=base_seed)
     header = make_header(
         high_level="oracle", low_level=f"expert(noise={noise})",

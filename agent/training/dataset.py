@@ -3,10 +3,12 @@
 One sample per kept control step:
   images      front/wrist frames of that step, resized to the model's image size
   state, task the base prefix
-  context     what the control loop's PlanContext held when that plan was made: the subtasks finished
-              so far (plans followed by a "subtask_done" re-plan) and the recent planning corrections
-  target      the plan in force at that step: "thought So: subtask"
-  subtask     the plan's subtask (the low level's instruction)
+  context     what the control loop's PlanContext would hold if asked at that step: the subtask in
+              force just before it (plan_history[-1]) and the recent planning corrections
+  target      the planner's answer at that step: the plan in force, or the next recorded plan when the
+              episode's progress (Step.subtask_index) has moved on since the plan in force was made
+              (plans are only re-made on a timer, so the one in force can be stale)
+  subtask     the subtask in force (what the recorded actions executed: the low level's instruction)
   actions     the next H actions of the episode (padded past the end, with a mask)
 
 Everything is tokenised/normalised once and cached as one safetensors file, so training epochs
@@ -37,10 +39,11 @@ class RawSamples:
     images: list[np.ndarray] = field(default_factory=list)  # uint8 [n_cam, S, S, 3]
     states: list[np.ndarray] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
-    completed: list[list[str]] = field(default_factory=list)
+    last_subtasks: list[str | None] = field(default_factory=list)
     corrections: list[list[str]] = field(default_factory=list)
-    thoughts: list[str] = field(default_factory=list)
-    subtasks: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)  # high-level target
+    plan_subtasks: list[str] = field(default_factory=list)  # high-level target
+    subtasks: list[str] = field(default_factory=list)  # low-level instruction
     actions: list[np.ndarray] = field(default_factory=list)  # [H, A]
     action_masks: list[np.ndarray] = field(default_factory=list)  # [H]
     episode_keys: list[str] = field(default_factory=list)  # "session/episode", for the held-out split
@@ -49,20 +52,23 @@ class RawSamples:
         return len(self.states)
 
     def texts(self) -> list[str]:
-        return sorted(set(self.tasks) | set(self.thoughts) | set(self.subtasks)
-                      | {c for cs in self.corrections for c in cs} | {c for cs in self.completed for c in cs})
+        return sorted(set(self.tasks) | set(self.thoughts) | set(self.subtasks) | set(self.plan_subtasks)
+                      | {c for cs in self.corrections for c in cs} | {f"last: {s}" for s in set(self.last_subtasks) if s})
 
 
-def completed_before(plans: list, plan_index: int) -> list[str]:
-    """Subtasks the loop had marked done when plans[plan_index] was made: it appends a plan's subtask
-    to PlanContext.completed_subtasks right before re-planning with reason "subtask_done"."""
-    done: list[str] = []
-    for j in range(1, plan_index + 1):
-        if plans[j].reason == "subtask_done":
-            sub = plans[j - 1].plan.subtask
-            if sub not in done:
-                done.append(sub)
-    return done
+def planner_targets(steps: list, plans: list) -> list[int | None]:
+    """For each step, the index into `plans` of the planner's answer at that step (see module doc)."""
+    index_of = {p.plan_id: i for i, p in enumerate(plans)}
+    progress_at = {s.step: s.subtask_index for s in steps}
+    out: list[int | None] = []
+    for step in steps:
+        k = index_of.get(step.plan_id)
+        if k is not None and k + 1 < len(plans) and step.subtask_index is not None:
+            made_at = progress_at.get(plans[k].step)
+            if made_at is not None and step.subtask_index > made_at:
+                k += 1
+        out.append(k)
+    return out
 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
@@ -78,14 +84,16 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
                 continue
             plans = sorted(ep.plans, key=lambda p: p.plan_id)
             index_of = {p.plan_id: i for i, p in enumerate(plans)}
+            targets = planner_targets(ep.steps, plans)
             frames = {cam: ep.frames(cam) for cam in cameras}
             actions = np.asarray([s.action for s in ep.steps], np.float32)
             for i in range(0, len(ep.steps), stride):
                 step = ep.steps[i]
-                if step.plan_id not in index_of or step.paused:
+                if step.plan_id not in index_of or step.paused or targets[i] is None:
                     continue
-                k = index_of[step.plan_id]
-                plan = plans[k].plan
+                target = plans[targets[i]].plan
+                previous = ep.steps[i - 1].plan_id if i > 0 else None
+                last = plans[index_of[previous]].plan.subtask if previous in index_of else None
                 chunk = np.zeros((horizon, actions.shape[1]), np.float32)
                 mask = np.zeros(horizon, bool)
                 future = actions[i: i + horizon]
@@ -95,10 +103,11 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
                 raw.images.append(np.stack([resize_image(frames[c][i], image_size) for c in cameras]))
                 raw.states.append(np.asarray(step.state, np.float32))
                 raw.tasks.append(ep.task)
-                raw.completed.append(completed_before(plans, k))
+                raw.last_subtasks.append(last)
                 raw.corrections.append(corr[-CONTEXT_CORRECTIONS:])
-                raw.thoughts.append(plan.thought)
-                raw.subtasks.append(plan.subtask)
+                raw.thoughts.append(target.thought)
+                raw.plan_subtasks.append(target.subtask)
+                raw.subtasks.append(plans[index_of[step.plan_id]].plan.subtask)
                 raw.actions.append(chunk)
                 raw.action_masks.append(mask)
                 raw.episode_keys.append(f"{session.header.session_id}/{ep.episode}")
@@ -120,9 +129,9 @@ def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str,
     cols: dict[str, list] = {k: [] for k in ("prefix", "context", "subtask", "target")}
     for i in range(len(raw)):
         cols["prefix"].append(pad_to(processor.prefix_ids(raw.tasks[i], raw.states[i]), cfg.prefix_text_len))
-        cols["context"].append(pad_to(processor.context_ids(raw.completed[i], raw.corrections[i]), cfg.max_context_tokens))
+        cols["context"].append(pad_to(processor.context_ids(raw.last_subtasks[i], raw.corrections[i]), cfg.max_context_tokens))
         cols["subtask"].append(pad_to(processor.subtask_ids(raw.subtasks[i]), cfg.max_subtask_tokens))
-        cols["target"].append(pad_to(processor.target_ids(raw.thoughts[i], raw.subtasks[i]), cfg.max_target_tokens))
+        cols["target"].append(pad_to(processor.target_ids(raw.thoughts[i], raw.plan_subtasks[i]), cfg.max_target_tokens))
     out = {"images": torch.from_numpy(np.stack(raw.images))}
     for name, pairs in cols.items():
         out[f"{name}_ids"] = torch.from_numpy(np.stack([p[0] for p in pairs]))
@@ -132,8 +141,8 @@ def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str,
     keys = sorted(set(raw.episode_keys))
     episode_index = {k: i for i, k in enumerate(keys)}
     out["episode"] = torch.tensor([episode_index[k] for k in raw.episode_keys], dtype=torch.long)
-    subtasks = sorted(set(raw.subtasks))
-    out["subtask_class"] = torch.tensor([subtasks.index(s) for s in raw.subtasks], dtype=torch.long)
+    subtasks = sorted(set(raw.plan_subtasks))
+    out["subtask_class"] = torch.tensor([subtasks.index(s) for s in raw.plan_subtasks], dtype=torch.long)
     return out, {"subtasks": subtasks, "episodes": keys}
 
 

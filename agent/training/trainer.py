@@ -105,7 +105,7 @@ def prepare(s: TrainSettings, log: Logger):
         cached = encode_samples(raw, processor)
         save_cache(out, *cached)
         truncated = sum(len(processor.target_ids(t, u)) >= cfg.max_target_tokens and
-                        processor.target_ids(t, u)[-1] != cfg.eos_id for t, u in zip(raw.thoughts, raw.subtasks))
+                        processor.target_ids(t, u)[-1] != cfg.eos_id for t, u in zip(raw.thoughts, raw.plan_subtasks))
         log.echo(f"data: {len(raw)} samples from {len(set(raw.episode_keys))} episodes, "
                  f"{len(cached[1]['subtasks'])} distinct subtasks, vocab {cfg.vocab_size}, "
                  f"{truncated} targets cut at {cfg.max_target_tokens} tokens ({time.perf_counter() - t0:.0f}s)")

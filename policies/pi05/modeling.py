@@ -10,8 +10,8 @@
 One backbone sequence is laid out in four segments:
 
     [ base prefix | coaching context | subtask prompt | target text ]   + expert tokens [ actions ]
-      images,       "done: ... |        "pick up the    "<bos> thought
-      task, state    corrections"       red block"      So: subtask <eos>"
+      images,       "last: {subtask}   "pick up the    "<bos> thought
+      task, state    | corrections"     red block"      So: subtask <eos>"
 
   base prefix  bidirectional among itself; sees nothing else
   context      sees the base prefix and itself (only the high level has a coaching context)

@@ -175,8 +175,9 @@ class Pi05Policy:
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
         context = context or PlanContext(task=obs.task)
         corrections = [c.text for c in context.corrections if c.kind in PLANNING_KINDS][-CONTEXT_CORRECTIONS:]
+        last = context.plan_history[-1].subtask if context.plan_history else None
         ctx_ids, ctx_mask = self._tensor(
-            self.processor.context_ids(context.completed_subtasks, corrections), self.cfg.max_context_tokens)
+            self.processor.context_ids(last, corrections), self.cfg.max_context_tokens)
         with self._autocast():
             out = self.model.generate(*self._base(obs), ctx_ids, ctx_mask)
         thought, subtask = self.processor.parse_plan(self.processor.decode(out[0].tolist()))

@@ -3,7 +3,7 @@ quantile normalisation, image resizing, and parsing decoded text back into a pla
 
 Text layouts (token budgets come from Pi05Config):
   base prefix   "<task> {task}" + one state-bin token per state dimension
-  context       "<coach> done: {completed subtasks} | {recent corrections}" (high level only)
+  context       "<coach> last: {subtask in force} | {recent corrections}" (high level only)
   subtask       "{subtask}"                       (the low level's instruction)
   target        "<bos>{thought} So: {subtask}<eos>" (what the high level decodes)
 """
@@ -196,12 +196,11 @@ class Pi05Processor:
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids if text else []
 
-    def context_ids(self, completed: Sequence[str] = (), corrections: Sequence[str] = ()) -> list[int]:
-        """"<coach> done: A, B | correction | correction": progress so far and what the coach said.
-        Too long -> the oldest part is cut, the newest corrections survive. Empty when there is nothing."""
-        parts = []
-        if completed:
-            parts.append("done: " + ", ".join(completed))
+    def context_ids(self, last_subtask: str | None = None, corrections: Sequence[str] = ()) -> list[int]:
+        """"<coach> last: {subtask in force} | correction | correction": the plan being executed and what
+        the coach said. Too long -> the oldest part is cut, the newest corrections survive. Empty when
+        there is nothing (the first plan of an episode)."""
+        parts = [f"last: {last_subtask}"] if last_subtask else []
         parts.extend(c for c in corrections if c)
         if not parts:
             return []
