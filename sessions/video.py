@@ -31,6 +31,10 @@ class VideoWriter:
 
         if codec not in CODECS:
             raise ValueError(f"unknown video codec {codec!r}; choose one of {sorted(CODECS)}")
+        if codec == "av1":
+            import os
+
+            os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner to stderr otherwise
         self.path = Path(path)
         self.codec = codec
         self.fps = fps

@@ -57,9 +57,10 @@ def main(args: argparse.Namespace) -> int:
         if "cannot share" in reason or "duplicate" in reason:
             on_skip(path, reason)
 
-    table = Table(title=f"hivla export ({report.format}) -> {escape(str(report.out))}", title_justify="left")
+    table = Table(title=f"hivla export ({report.format})", title_justify="left")
     table.add_column("what")
     table.add_column("count", justify="right")
+    table.add_row("output", escape(str(report.out)))
     table.add_row("sessions exported", str(len(report.sessions)))
     table.add_row("sessions skipped", str(len(report.skipped)))
     table.add_row("episodes", str(report.episodes))
