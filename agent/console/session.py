@@ -9,7 +9,9 @@ at once, not when someone tries to export it).
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +112,13 @@ class CoachSession:
         )
         self.worker.start_stepping(self.loop)
         reason = "error"
+        previous = _quit_on_signals(app)
         try:
             reason = app.run()
         except KeyboardInterrupt:  # SIGINT from outside the terminal (kill -INT): still save
             reason = "interrupted"
         finally:
+            _restore_signals(previous)
             self.worker.stop_stepping()
         print(f"coach: stopped ({reason})")
         error = self.worker.error
@@ -151,6 +155,12 @@ class CoachSession:
             self.worker.call(self.loop.close, timeout=30)
         except Exception as err:  # the episode end is a nicety; the recorder must still close
             print(f"hivla coach: could not end the episode cleanly: {err}", file=sys.stderr)
+        env_close = getattr(self.loop.env, "close", None)
+        if env_close is not None:
+            try:  # on the thread that owns the GL context; from any other, EGL refuses
+                self.worker.call(env_close, timeout=30)
+            except Exception as err:
+                print(f"hivla coach: could not close the simulator cleanly: {err}", file=sys.stderr)
         self.worker.close()
         if self.recorder is None:
             return None
@@ -168,6 +178,28 @@ class CoachSession:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _quit_on_signals(app: Any) -> dict:
+    """SIGTERM / SIGHUP (terminal closed) end the console like /quit, so the session is saved."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, _frame) -> None:
+        event_loop = app.app.loop
+        if event_loop is not None:
+            event_loop.call_soon_threadsafe(app.quit, signal.Signals(signum).name)
+
+    previous = {}
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)
 
 
 def _env_options(args: Any) -> dict | None:

@@ -1,0 +1,122 @@
+"""`hivla coach` on a real terminal: tmux runs it at 160x50 on the simulator (oracle planner,
+scripted expert); the test types a correction, /pause and /quit like a person, reads the
+screen with capture-pane, and checks the saved session with the session reader.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from policies.types import CorrectionKind
+from sessions.reader import read_session
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)"),
+    pytest.mark.timeout(180),
+]
+
+
+class Tmux:
+    """A private tmux server (its own socket), so the test never touches anyone's sessions."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.socket = f"hivla-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.target = "coach"
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=20)
+        if done.returncode != 0:
+            raise RuntimeError(f"tmux {' '.join(args)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def start(self, command: str, env: dict[str, str]) -> None:
+        exports = " ".join(f"{k}={v}" for k, v in env.items())
+        self.tmux("new-session", "-d", "-s", self.target, "-x", "160", "-y", "50", f"cd {REPO} && env {exports} {command}")
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", self.target, "-l", text)
+        self.tmux("send-keys", "-t", self.target, "Enter")
+
+    def screen(self, colours: bool = False) -> str:
+        return self.tmux("capture-pane", "-t", self.target, "-p", *(["-e"] if colours else []))
+
+    def wait_for(self, pattern: str, timeout: float = 90.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(pattern, self.screen())
+            if match:
+                return match
+            time.sleep(0.2)
+        raise AssertionError(f"{pattern!r} did not appear on the screen within {timeout} s; screen:\n{self.screen()}")
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=20)
+
+
+def _step(screen_text: str) -> int:
+    match = re.search(r"step (\d+)", screen_text)
+    return int(match.group(1)) if match else -1
+
+
+def test_coach_on_a_terminal_records_correction_pause_and_quit(tmp_path):
+    out = tmp_path / "session"
+    term = Tmux(tmp_path)
+    command = (
+        f"{sys.executable} -m agent.cli coach --family put_color_in_bowl --seed 0 --high-level oracle "
+        f"--low-level expert --image-size 64 --out {out} --history-file {tmp_path / 'history.txt'}"
+        "; echo HIVLA-EXIT=$?; sleep 600"
+    )
+    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HIVLA_RUNS_DIR": str(tmp_path / "runs"),
+           "TERM": "xterm-256color"}
+    term.start(command, env)
+    try:
+        term.wait_for(r"hivla coach .* step \d+", timeout=120)
+        term.wait_for(r"subtask .*\[oracle\]")
+        deadline = time.monotonic() + 30
+        while _step(term.screen()) < 5 and time.monotonic() < deadline:  # let the robot move first
+            time.sleep(0.2)
+
+        term.type("leave the blue block alone")
+        term.wait_for(r"\[constraint\] leave the blue block alone")
+        term.type("/pause")
+        term.wait_for(r"❚❚ paused")
+        paused_at = _step(term.screen())
+        time.sleep(1.5)
+        screen = term.screen()
+        assert _step(screen) > paused_at, "the loop keeps stepping (and recording) while paused"
+        coloured = term.screen(colours=True)
+        assert "\x1b[38;2;" in coloured and "▀" in coloured  # the truecolor half-block camera is drawn
+        (tmp_path / "screen.ans").write_text(coloured)
+
+        term.type("/quit")
+        term.wait_for(r"HIVLA-EXIT=0", timeout=60)
+        final = term.screen()
+    finally:
+        term.kill()
+    assert "coach: stopped (/quit)" in final and f"session saved to {out}" in final
+
+    session = read_session(out)
+    episode = session.episodes[0]
+    assert session.header.high_level == "oracle" and session.header.cameras["front"] == (64, 64)
+    corrections = [c for c in episode.corrections if c.kind is CorrectionKind.CONSTRAINT]
+    assert corrections and corrections[0].text == "leave the blue block alone"
+    assert len(episode.steps) >= 10
+    paused = [s.paused for s in episode.steps]
+    assert any(paused) and not paused[0] and paused[-1]
+    assert episode.end is not None and episode.end.reason == "quit"
+    assert episode.frames("front").shape[1:] == (64, 64, 3)
+
+
+def test_coach_without_a_terminal_exits_with_a_clear_message():
+    done = subprocess.run([sys.executable, "-m", "agent.cli", "coach"], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, cwd=REPO)
+    assert done.returncode == 2 and "needs a terminal" in done.stderr
