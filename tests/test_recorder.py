@@ -145,10 +145,13 @@ def test_full_queue_blocks_instead_of_dropping(tmp_path):
 def test_writer_failure_surfaces_to_the_caller(tmp_path):
     rec = SessionRecorder(tmp_path / "s", _header())
     rec.start_episode(EpisodeStart(episode=0, task="t", wall_time=0.0))
+    rec.flush(timeout=10)
     rec._events.close()  # simulate the disk going away under the writer
-    rec.record(EpisodeEnd(episode=0, steps=0, success=False, subtasks_completed=0, subtasks_total=1, reason="quit", wall_time=0.0))
     with pytest.raises(RecorderError, match="writer .* failed"):
+        # the failure surfaces at the next call after the writer hits it, at the latest at close()
+        rec.record(EpisodeEnd(episode=0, steps=0, success=False, subtasks_completed=0, subtasks_total=1, reason="quit", wall_time=0.0))
         rec.close()
+    rec.close()  # still safe to call again
 
 
 def test_record_step_is_cheap(tmp_path):
