@@ -54,8 +54,8 @@ class Pi05Config:
 
     # token budgets (base prefix text = task + state tokens; the coaching context is its own segment)
     max_task_tokens: int = 24
-    max_context_tokens: int = 32
-    max_subtask_tokens: int = 12
+    max_context_tokens: int = 24
+    max_subtask_tokens: int = 10
     max_target_tokens: int = 40
 
     # flow matching
@@ -131,7 +131,7 @@ def tiny() -> Pi05Config:
 
 
 def small() -> Pi05Config:
-    # 32 image tokens + 32 task/state + 32 context + 12 subtask + 40 target + 10 actions ≈ 160 tokens a
+    # 32 image tokens + 32 task/state + 24 context + 10 subtask + 40 target + 10 actions ≈ 150 tokens a
     # sample: fits the "24 samples/s at width 256, 6 layers" budget of DESIGN.md.
     return Pi05Config(preset="small")
 
