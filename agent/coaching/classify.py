@@ -526,6 +526,10 @@ def _block(ref: _Ref, context: ReferenceContext | None) -> str:
         candidates = sized or candidates
     if len(candidates) == 1:
         return candidates[0]
+    current = vocab.split_subtask(context.current_subtask) if context else None
+    target = vocab.target_object(current) if current else None
+    if target in candidates:  # "not the orange one" while going for the large orange block
+        return target
     return vocab.block_name(ref.color, ref.size)
 
 

@@ -373,7 +373,8 @@ class ScriptedCoach:
         stale = set(done_subtasks)
         if mem.drop is not None:
             findings.append(_Finding("drop", ("drop", mem.drop[1], mem.drop[0]), "drop", plan_sub, block=mem.drop[1]))
-        if plan_sub and allowed and plan_sub not in allowed and plan_sub not in stale:
+        settling = mem.release is not None or mem.drop is not None  # a fall explains a plan mismatch better
+        if plan_sub and allowed and plan_sub not in allowed and plan_sub not in stale and not settling:
             broken = next((r for r in rules if r.forbids(plan_sub)), None)
             if broken is not None:
                 findings.append(_Finding("broken_constraint", ("plan", plan_sub), "plan", plan_sub, rule=broken))
