@@ -38,7 +38,7 @@ ReplanReason = Literal["start", "timer", "subtask_done", "correction", "reset", 
 
 CONTROL_HZ = 10.0
 NUDGE_STEPS = 4  # a nudge moves the end effector for this many control steps, then the chunk resumes
-HOLD_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)  # grip 0 keeps the gripper as it is
+HOLD_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)  # no motion; grip is set from _last_grip
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,9 @@ class ControlLoop:
         self._chunk: np.ndarray | None = None
         self._chunk_pos = 0
         self._nudge: deque[np.ndarray] = deque()
+        # The bundled env has no "keep the grip" value (grip <= 0 opens the jaws), so holding still
+        # and nudging repeat the last grip command; otherwise a pause or a nudge drops a held block.
+        self._last_grip = -1.0
         self._paused = False
         self._stopped = False
         self._last_reply = ""
@@ -168,6 +171,7 @@ class ControlLoop:
         self._plan_id = None
         self._chunk = None
         self._nudge.clear()
+        self._last_grip = -1.0
         self._paused = False
         self._stopped = False
         self.high.reset()
@@ -243,6 +247,8 @@ class ControlLoop:
             self._latency_probe = None
 
         prev_obs = self._obs
+        if len(action) > 4:
+            self._last_grip = float(action[4])
         raw_obs, _reward, terminated, truncated, info = self.env.step(action)
         self._info = info
         self._obs = self.env.observation(raw_obs, info)
@@ -316,7 +322,7 @@ class ControlLoop:
         elif kind is CorrectionKind.NUDGE:
             from agent.coaching.nudge import nudge_to_action_offset
 
-            offset = np.asarray(nudge_to_action_offset(correction), dtype=np.float32)
+            offset = np.asarray(nudge_to_action_offset(correction, grip_closed=self._last_grip > 0), dtype=np.float32)
             self._nudge.extend([offset] * NUDGE_STEPS)
             self._chunk = None  # after the nudge, re-plan the motion from where the arm now is
         elif kind is CorrectionKind.OVERRIDE:
@@ -350,9 +356,12 @@ class ControlLoop:
                 replaced_plan=plan_data(replaced),
                 model_plan=plan_data(model_plan),
                 resulting_plan=plan_data(self._plan),
-                suspect_from_step=max(0, ep.step - self.suspect_window_steps)
+                suspect_from_step=getattr(correction, "suspect_from_step", None)  # the scripted coach knows
+                if getattr(correction, "suspect_from_step", None) is not None
+                else max(0, ep.step - self.suspect_window_steps)
                 if kind in (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.STOP)
                 else None,
+                mistake=getattr(correction, "mistake", None),
                 wall_time=time.time(),
             )
         )
@@ -430,7 +439,9 @@ class ControlLoop:
 
     def _next_action(self, holding: bool) -> np.ndarray:
         if holding:
-            return HOLD_ACTION.copy()
+            action = HOLD_ACTION.copy()
+            action[4] = self._last_grip
+            return action
         if self._nudge:
             return self._nudge.popleft()
         limit = self.execute_steps

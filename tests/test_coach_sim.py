@@ -121,3 +121,28 @@ def test_a_drop_is_noticed():
     again = [c for c in corrections if c.kind is K.OVERRIDE and c.resulting_plan.subtask.startswith("pick up the")]
     assert again and again[0].replaced_plan.subtask.startswith("place it in"), corrections
     assert result.success
+
+
+@pytest.mark.parametrize("said", ["a bit higher", "wait", "move left a little"])
+def test_a_nudge_or_pause_keeps_a_held_block(said):
+    # the env has no "keep grip" value: the loop must repeat the last grip while nudging or holding still
+    from agent.coaching.classify import classify
+
+    env = make_env(family="put_color_in_bowl", image_size=32, render_images=False)
+    loop = ControlLoop(env, OraclePlanner(seed=0), ScriptedExpert())
+    loop.reset(seed=0)
+    for _ in range(200):
+        loop.step()
+        world = loop.snapshot() and loop._info["privileged"]
+        if world.held and world.gripper.pos[2] > 0.08:
+            break
+    held, z0 = world.held, float(world.gripper.pos[2])
+    assert held is not None
+    loop.submit(classify(said))
+    for _ in range(4):
+        loop.step()
+    world = loop._info["privileged"]
+    env.close()
+    assert world.held == held
+    if said == "a bit higher":
+        assert world.gripper.pos[2] > z0 + 0.01
