@@ -190,6 +190,36 @@ def render_plain(snap: StatusSnapshot, width: int = 160, camera_width: int = 48)
     return buffer.getvalue()
 
 
+_details_cache: dict[tuple, list] = {}
+_camera_cache: list = [None, 0, []]  # [image object, width, lines]: the loop publishes a new array per step
+
+
+def _camera_lines(image: np.ndarray, width: int) -> list[list[tuple[str, str]]]:
+    from prompt_toolkit.formatted_text import split_lines
+
+    if _camera_cache[0] is not image or _camera_cache[1] != width:
+        _camera_cache[:] = [image, width, list(split_lines(halfblock_fragments(image, width)))]
+    return _camera_cache[2]
+
+
+def _details_lines(snap: StatusSnapshot, width: int) -> list[list[tuple[str, str]]]:
+    """The details column as fragment lines, re-rendered only when what it shows changes (the
+    plan, progress and corrections change a few times a minute; the view redraws 10 times a second)."""
+    from prompt_toolkit.formatted_text import ANSI, split_lines, to_formatted_text
+
+    key = (
+        width, snap.task, snap.thought, snap.subtask, snap.source, tuple(snap.subtasks), tuple(snap.subtasks_done),
+        tuple((c.kind, c.text, c.step, c.withdrawn) for c in snap.corrections), snap.high_level, snap.low_level,
+        snap.session_dir,
+    )
+    lines = _details_cache.get(key)
+    if lines is None:
+        lines = list(split_lines(to_formatted_text(ANSI(to_ansi(_details(snap), width)))))
+        _details_cache.clear()  # one entry is enough: the view shows one state at a time
+        _details_cache[key] = lines
+    return lines
+
+
 def render_fragments(
     snap: StatusSnapshot, width: int = 160, camera_width: int = 48, with_messages: bool = True
 ) -> list[tuple[str, str]]:
@@ -212,17 +242,17 @@ def render_fragments(
     for line in ansi_lines(_header(snap), width):
         fragments += line + newline
     if snap.front is not None:
-        camera = list(split_lines(halfblock_fragments(snap.front, camera_width)))
+        camera = _camera_lines(snap.front, camera_width)
         camera_cols = sum(len(text) for _, text in camera[0]) if camera else 0
         left = [[("class:dim", CAMERA_TITLE.ljust(camera_cols))]] + camera
         gap = 2
-        right = ansi_lines(_details(snap), max(20, width - camera_cols - gap))
+        right = _details_lines(snap, max(20, width - camera_cols - gap))
         for i in range(max(len(left), len(right))):
             row = left[i] if i < len(left) else [("", " " * camera_cols)]
             row = row + [("", " " * gap)] + (right[i] if i < len(right) else [])
             fragments += row + newline
     else:
-        for line in ansi_lines(_details(snap), width):
+        for line in _details_lines(snap, width):
             fragments += line + newline
     messages = _messages(snap) if with_messages else None
     if messages is not None:

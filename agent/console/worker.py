@@ -90,5 +90,7 @@ class SimWorker:
                 self._loop = None
                 continue
             next_tick += self._period
-            if next_tick < time.monotonic():  # fell behind: do not try to catch up in a burst
+            if next_tick < time.monotonic() - 2 * self._period:
+                # Far behind (a stall): start afresh rather than burst. A smaller lag, typical of a
+                # busy machine's scheduling delays, is made up so the average stays at `hz`.
                 next_tick = time.monotonic()
