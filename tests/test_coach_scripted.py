@@ -216,3 +216,11 @@ def test_reset_forgets_the_episode():
     coach.reset()
     said = run(coach, 6, the_plan="pick up the yellow block", start=2)
     assert said[0][0] == 5  # the delay counts from after the reset
+
+
+def test_a_finished_subtask_left_in_force_gets_the_next_step_said():
+    coach = quiet_coach(stale_steps=10)
+    said = run(coach, 30, the_plan="pick up the red block", done=(True, False, False, False))
+    step, u = said[0]
+    assert step == 10 and u.mistake == "stuck" and u.suspect_from_step == 0
+    assert u.kind is K.OVERRIDE and u.subtask == "place it in the blue bowl"

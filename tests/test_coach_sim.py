@@ -133,7 +133,7 @@ def test_a_nudge_or_pause_keeps_a_held_block(said):
     loop.reset(seed=0)
     for _ in range(200):
         loop.step()
-        world = loop.snapshot() and loop._info["privileged"]
+        world = loop._info["privileged"]
         if world.held and world.gripper.pos[2] > 0.08:
             break
     held, z0 = world.held, float(world.gripper.pos[2])

@@ -11,7 +11,8 @@ What it watches for (MISTAKES):
   wrong_order        the plan is a step of the task, but not one allowed yet
   broken_constraint  the plan breaks a rule of the episode (a family rule, or one said earlier)
   drop               a held block fell somewhere the plan did not put it
-  stuck              no task progress for `stuck_steps`
+  stuck              no task progress for `stuck_steps`, or a finished subtask still in force
+                     after `stale_steps` (nobody re-planned)
 and it confirms a correctly finished subtask now and then (`confirm_rate`).
 
 What it says comes from prompts/coach.toml (several hundred surface forms), by kind: override,
@@ -216,6 +217,7 @@ class ScriptedCoach:
         override_share: float = 0.6,
         nudge_share: float = 0.7,
         stuck_steps: int = 80,
+        stale_steps: int = 20,
         cooldown_steps: int = 10,
         repeat_after: int = 40,
         settle_steps: int = 3,
@@ -236,6 +238,7 @@ class ScriptedCoach:
         self.override_share = override_share
         self.nudge_share = nudge_share
         self.stuck_steps = stuck_steps
+        self.stale_steps = stale_steps
         self.cooldown_steps = cooldown_steps
         self.repeat_after = repeat_after
         self.settle_steps = settle_steps
@@ -317,7 +320,8 @@ class ScriptedCoach:
 
         for f in findings:
             first = mem.first_seen[f.key]
-            if step - first < max(self.delay_steps, 1 if f.kind_hint != "plan" else 2):
+            wait = self.stale_steps if f.kind_hint == "stale" else max(self.delay_steps, 1 if f.kind_hint != "plan" else 2)
+            if step - first < wait:
                 continue
             last = mem.handled.get(f.key)
             if last is not None and step - last < self.repeat_after:
@@ -327,7 +331,7 @@ class ScriptedCoach:
 
         if mem.confirm_due is not None and step >= mem.confirm_due:
             mem.confirm_due = None
-            if not findings:
+            if all(f.kind_hint == "stale" for f in findings):  # a just-finished subtask is still in force
                 return self._say_simple(K.CONFIRM, ctx, step)
 
         if not findings and plan_sub and plan_sub in allowed and self.error_rate > 0:
@@ -381,6 +385,9 @@ class ScriptedCoach:
             else:
                 mistake = "wrong_order" if plan_sub in pending else "wrong_object"
                 findings.append(_Finding(mistake, ("plan", plan_sub), "plan", plan_sub))
+        if plan_sub in stale and allowed and not settling:
+            # a finished subtask nobody replaced: after a while a person says what comes next
+            findings.append(_Finding("stuck", ("stale", plan_sub), "stale", plan_sub))
         if allowed and step - mem.last_progress >= self.stuck_steps and not findings:
             findings.append(_Finding("stuck", ("stuck", mem.last_progress), "stuck", plan_sub))
         return findings
@@ -393,7 +400,7 @@ class ScriptedCoach:
         mem = self._mem
         suspect = first_seen if f.mistake != "drop" else mem.drop[0] if mem.drop else first_seen
         if f.mistake == "stuck":
-            suspect = mem.last_progress
+            suspect = first_seen if f.kind_hint == "stale" else mem.last_progress
             mem.last_progress = step  # give the robot a fresh budget after speaking
         # imperfect coach: sometimes misses, sometimes says something wrong
         if self.error_rate and self.rng.random() < self.error_rate:
