@@ -535,38 +535,3 @@ class ControlLoop:
     def close(self) -> None:
         if self._episode is not None and not self._episode.over:
             self._end_episode("quit")
-
-
-class RealtimeRunner:
-    """Runs a ControlLoop on its own thread at CONTROL_HZ until stopped (for the console)."""
-
-    def __init__(self, loop: ControlLoop, hz: float = CONTROL_HZ, restart_when_over: bool = False) -> None:
-        self.loop = loop
-        self.period = 1.0 / hz
-        self.restart_when_over = restart_when_over
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hivla-control-loop", daemon=True)
-        self.error: BaseException | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        next_tick = time.perf_counter()
-        try:
-            while not self._stop.is_set():
-                self.loop.step()
-                next_tick += self.period
-                delay = next_tick - time.perf_counter()
-                if delay > 0:
-                    self._stop.wait(delay)
-                else:
-                    next_tick = time.perf_counter()  # fell behind: do not try to catch up in a burst
-        except BaseException as err:  # surfaced to the UI thread, which decides how to report it
-            self.error = err
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        self.loop.close()

@@ -1,7 +1,7 @@
 """The interactive coaching console: a live status view above an input line.
 
 Three things run at once and none waits for another:
-  - the control loop, on its own thread at 10 Hz (agent.loop.RealtimeRunner);
+  - the control loop, on its own thread at 10 Hz (agent.console.worker.SimWorker);
   - a refresh task on the UI event loop that copies the loop's snapshot, renders the view
     (agent.console.view) and redraws, about `refresh_hz` times a second;
   - prompt-toolkit's input line (history, slash-command completion); Enter hands the line to the
