@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 from agent.coaching import vocab
+from policies.types import CorrectionKind
 
 RULE_KINDS = ("avoid_block", "avoid_bowl", "avoid_drawer", "only_bowl")
 
@@ -98,3 +100,19 @@ def parse_rule(text: str, scene_blocks: tuple[str, ...] = ()) -> Rule | None:
     if re.search(r"\b(drawer|cabinet|cupboard)\b", lowered) and re.search(r"\b(shut|closed)\b", lowered):
         return Rule("avoid_drawer")  # "always keep the drawer shut"
     return None
+
+
+def rules_from_corrections(corrections: Sequence[Any], scene_blocks: tuple[str, ...] = ()) -> list[Rule]:
+    """The checkable rules among an episode's corrections (constraints only, in order, no repeats).
+
+    For privileged planners: `any(r.forbids(subtask) for r in rules)` tells whether a subtask is
+    ruled out, whatever words the person used ("off limits", "stay away from", "never use").
+    """
+    rules: list[Rule] = []
+    for c in corrections:
+        if getattr(c, "kind", None) is not CorrectionKind.CONSTRAINT:
+            continue
+        rule = parse_rule(getattr(c, "text", ""), scene_blocks)
+        if rule is not None and rule not in rules:
+            rules.append(rule)
+    return rules
