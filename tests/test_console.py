@@ -166,6 +166,10 @@ def test_view_shows_task_subtask_progress_and_corrections():
                      "▀", "running"):
         assert expected in text, expected
     assert "paused" in render_plain(_snapshot(paused=True), width=140)
+    # After a correction the plan may skip ahead: the arrow follows the subtask being worked on.
+    reordered = render_plain(_snapshot(subtasks=["pick up the red block", "pick up the blue block"],
+                                       subtasks_done=[False, False], subtask="pick up the blue block"), width=140)
+    assert "· pick up the red block" in reordered and "→ pick up the blue block" in reordered
     assert "finished: success" in render_plain(_snapshot(finished="success"), width=140)
 
 
@@ -241,6 +245,8 @@ def test_corrections_and_commands_reach_the_loop():
     assert ctl.loop_replied(loop.snapshot().last_reply).startswith("withdrew")  # the loop's own answer is shown
     assert any(m.startswith("withdrew") for m in ctl.messages)
 
+    assert ctl.handle("/pau").submitted.name.value == "pause"  # an unambiguous prefix stands for the command
+    assert "unknown command /re" in ctl.handle("/re").reply  # /resume or /reset: ambiguous, so refused
     assert "/override" in ctl.handle("/help").reply
     assert ctl.handle("/save").reply == "not recording: nothing to save"
     assert ctl.handle("/quit").quit

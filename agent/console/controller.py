@@ -82,6 +82,26 @@ def check_line(line: str) -> tuple[str | None, str | None]:
     return line, None
 
 
+def expand_command_prefix(text: str) -> str:
+    """'/pau' -> '/pause': a slash word that starts exactly one command stands for it (as in
+    many shells); words the classifier knows as aliases ('/p', '/q') are left alone."""
+    if not text.startswith("/"):
+        return text
+    word, sep, rest = text.partition(" ")
+    word = word.lower()
+    try:
+        from agent.coaching.classify import COMMAND_ALIASES, FORCING_ALIASES
+
+        aliases = {f"/{name}" for name in (*COMMAND_ALIASES, *FORCING_ALIASES)}
+    except ImportError:
+        aliases = set()
+    commands = [*SLASH_COMMANDS, *FORCING_COMMANDS]
+    if len(word) < 2 or word in aliases or word in commands:
+        return text
+    matches = [name for name in commands if name.startswith(word)]
+    return matches[0] + sep + rest if len(matches) == 1 else text
+
+
 @dataclass(frozen=True)
 class Outcome:
     reply: str
@@ -146,6 +166,7 @@ class CoachController:
         text, problem = check_line(line)
         if problem:
             return Outcome(problem)
+        text = expand_command_prefix(text)
         try:
             item = self.classify(text, self.reference_context())
         except Exception as err:  # a classifier bug must not end the session

@@ -98,7 +98,10 @@ def _progress(snap: StatusSnapshot) -> Text:
     total = len(snap.subtasks)
     done = sum(bool(d) for d in snap.subtasks_done[:total])
     text = Text(f"{done}/{total} subtasks", style="bold")
-    current_index = next((i for i, d in enumerate(snap.subtasks_done) if not d), None)
+    # The arrow marks the subtask being worked on: the plan's, where it is still to do (a
+    # correction may have changed the order); else the first one not done.
+    pending = [i for i, d in enumerate(snap.subtasks_done[:total]) if not d]
+    current_index = next((i for i in pending if snap.subtasks[i] == snap.subtask), pending[0] if pending else None)
     for i, name in enumerate(snap.subtasks):
         is_done = i < len(snap.subtasks_done) and snap.subtasks_done[i]
         mark, style = ("✓", "green") if is_done else (("→", "bold") if i == current_index else ("·", "dim"))
