@@ -14,7 +14,20 @@ import sys
 from pathlib import Path
 
 
+EPILOG = """\
+in the console: type a correction ("no, the blue one first", "a bit more to the left",
+"never touch the drawer") or a command: /pause /resume /reset /task TEXT /undo /good /save
+/help /quit (Tab completes; /override /not /rule /nudge /stop force a kind). Ctrl-C saves and quits.
+
+headless: hivla coach --script FILE (or lines piped on stdin), one line per thing said;
+"@STEP text" says it at that control step, other lines follow 1 s after the previous one;
+--steps N runs exactly N control steps.
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EPILOG
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--task", help="free-text task, e.g. 'put the red block in the blue bowl'")
     what.add_argument("--family", help="task family to sample a task from (default: any)")

@@ -238,6 +238,10 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
     from agent.specs import SpecError, default_high_level_spec, default_low_level_spec, make_high_level, make_low_level
     from sessions.recorder import RecorderError, SessionRecorder, default_session_dir, make_header
 
+    out_dir = Path(args.out) if args.out else default_session_dir("coach")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        # Checked before the (slow) simulator and policies are built; sessions are never overwritten.
+        raise CoachSessionError(f"cannot record to {out_dir}: it exists and is not an empty directory")
     high_spec = args.high_level or default_high_level_spec()
     low_spec = args.low_level or default_low_level_spec()
     try:
@@ -255,7 +259,6 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
     cameras = {name: tuple(img.shape[:2]) for name, img in raw_obs["images"].items()}
     state_dim = len(raw_obs["state"])
     state_names, action_names = _names(env, state_dim)
-    out_dir = Path(args.out) if args.out else default_session_dir("coach")
     header = make_header(
         high_level=high_spec,
         low_level=low_spec,
