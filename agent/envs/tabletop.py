@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
@@ -78,7 +79,7 @@ class TabletopEnv(gym.Env):
             {
                 "images": gym.spaces.Dict({c: img for c in CAMERAS}),
                 "state": gym.spaces.Box(-np.inf, np.inf, (len(STATE_NAMES),), dtype=np.float32),
-                "task": gym.spaces.Text(max_length=512),
+                "task": gym.spaces.Text(max_length=512, min_length=0, charset=string.printable),
             }
         )
         self._seed_rng = np.random.default_rng(_check_seed(seed) if seed is not None else None)
@@ -212,6 +213,34 @@ class TabletopEnv(gym.Env):
             return is_satisfied(world, sub)
         except KeyError:  # names a block or bowl that is not in this scene
             return False
+
+    # --- scene editing (tests, scripted scenarios) -----------------------------------------------
+    def place_block(self, name: str, pos, yaw: float = 0.0, settle_steps: int = 100) -> tuple[dict, dict]:
+        """Teleport the block called `name` (display name) to `pos` and let physics settle.
+        Returns a fresh (obs, info)."""
+        body = next((b for b, spec in self._names.items() if spec.name == name), None)
+        if body is None:
+            raise KeyError(f"no block {name!r} in this episode; blocks: {sorted(s.name for s in self._names.values())}")
+        adr = self._block_qpos[body]
+        self.data.qpos[adr : adr + 3] = pos
+        self.data.qpos[adr + 3 : adr + 7] = (math.cos(yaw / 2), 0, 0, math.sin(yaw / 2))
+        dof = self.model.jnt_dofadr[mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_JOINT, f"{body}_joint")]
+        self.data.qvel[dof : dof + 6] = 0
+        return self._settle(settle_steps)
+
+    def set_drawer_opening(self, opening: float, settle_steps: int = 20) -> tuple[dict, dict]:
+        """Set the drawer's opening (metres, 0 = closed). Returns a fresh (obs, info)."""
+        if not 0.0 <= opening <= S.DRAWER_MAX_OPENING:
+            raise ValueError(f"drawer opening must be in [0, {S.DRAWER_MAX_OPENING}], got {opening}")
+        self.data.qpos[self._drawer_qpos] = opening
+        return self._settle(settle_steps)
+
+    def _settle(self, steps: int) -> tuple[dict, dict]:
+        mujoco.mj_forward(self.model, self.data)
+        if steps:
+            mujoco.mj_step(self.model, self.data, nstep=steps)
+        self._world = self._world_state()
+        return self._obs(), self._info()
 
     def observation(self, obs: dict, info: dict):
         """The policies' view of an env observation (privileged state filled in)."""

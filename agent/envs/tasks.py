@@ -265,6 +265,7 @@ class TaskFamily:
                 instance = self._sample(rng, dict(params or {}))
             except _NoRoom:
                 continue
+            instance.family = self.name
             instance.max_steps = self.max_steps
             return instance
         raise RuntimeError(f"{self.name}: could not lay out a scene in 50 tries")

@@ -1,0 +1,132 @@
+"""The scripted expert executes every primitive, with noise, and recovers from a drop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.envs import make_env
+from agent.envs import scene as S
+from agent.envs.expert import ScriptedExpert
+from agent.envs.primitives import SubtaskParseError
+from policies.base import LowLevelPolicy
+from policies.types import Observation
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = make_env(image_size=16, render_images=False)
+    yield e
+    e.close()
+
+
+def run_subtask(env, expert, obs, info, subtask: str, budget: int = 120):
+    """Execute `subtask` with the expert until its detector fires; returns (ok, obs, info, steps)."""
+    steps = 0
+    while steps < budget:
+        chunk = expert.act(env.observation(obs, info), subtask)
+        assert chunk.shape == (expert.horizon, 5) and chunk.dtype == np.float32
+        for action in chunk:
+            obs, _, _, _, info = env.step(action)
+            steps += 1
+            if env.subtask_done(subtask, info):
+                return True, obs, info, steps
+    return False, obs, info, steps
+
+
+def test_is_a_low_level_policy():
+    assert isinstance(ScriptedExpert(), LowLevelPolicy)
+
+
+@pytest.mark.parametrize("family, seed", [("stack_three", 0), ("sort_into_bowls", 1), ("tower_of_n", 2)])
+def test_pick_then_place_or_stack(env, family, seed):
+    obs, info = env.reset(seed=seed, options={"family": family})
+    expert = ScriptedExpert()
+    pick_text, place_text = info["subtasks"][:2]
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, pick_text)
+    assert ok and info["privileged"].held is not None
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, place_text)
+    assert ok and info["subtasks_done"][:2] == [True, True]
+
+
+def test_drawer_open_put_close(env):
+    obs, info = env.reset(seed=3, options={"family": "block_in_drawer_and_close"})
+    expert = ScriptedExpert()
+    for subtask in info["subtasks"]:
+        ok, obs, info, _ = run_subtask(env, expert, obs, info, subtask)
+        assert ok, subtask
+    assert info["task_success"]
+
+
+def test_push_both_ways(env):
+    obs, info = env.reset(seed=0, options={"task": "push the red block to the left and the blue block to the right"})
+    expert = ScriptedExpert()
+    for subtask in info["subtasks"]:
+        ok, obs, info, _ = run_subtask(env, expert, obs, info, subtask)
+        assert ok, subtask
+    assert info["task_success"]
+
+
+def test_put_down_after_pick(env):
+    obs, info = env.reset(seed=5, options={"family": "stack_three"})
+    expert = ScriptedExpert()
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, info["subtasks"][0])
+    held = info["privileged"].held
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, "put it down on the table")
+    assert ok and info["privileged"].on_table(held)
+
+
+def test_recovers_from_a_drop_by_picking_again(env):
+    obs, info = env.reset(seed=6, options={"family": "put_color_in_bowl"})
+    expert = ScriptedExpert(recovery=True)
+    pick_text, place_text = info["subtasks"][:2]
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, pick_text)
+    held = info["privileged"].held
+    assert ok and held
+    # knock the block out of the jaws onto a free spot of the table
+    obs, info = env.place_block(held, (-0.2, -0.2, 0.05))
+    assert info["privileged"].held is None
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, place_text, budget=200)
+    assert ok, "the expert should pick the dropped block again and finish the place"
+
+
+def test_failed_grasp_reopens_and_retries(env):
+    obs, info = env.reset(seed=7, options={"family": "stack_three"})
+    expert = ScriptedExpert()
+    target = info["subtasks"][0]
+    # close the jaws on nothing right away: the expert must open, re-approach and grasp
+    for _ in range(3):
+        obs, _, _, _, info = env.step(np.array([0, 0, 0, 0, 1], dtype=np.float32))
+    ok, *_ = run_subtask(env, expert, obs, info, target)
+    assert ok
+
+
+def test_noise_is_seeded_and_still_succeeds(env):
+    obs, info = env.reset(seed=8, options={"family": "stack_three"})
+    o = env.observation(obs, info)
+    a = ScriptedExpert(noise_std=0.004, seed=1).act(o, info["subtasks"][0])
+    b = ScriptedExpert(noise_std=0.004, seed=1).act(o, info["subtasks"][0])
+    c = ScriptedExpert(noise_std=0.0).act(o, info["subtasks"][0])
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert np.all(np.abs(a[:, :3]) <= 0.02 + 1e-6)
+    expert = ScriptedExpert(noise_std=0.004, seed=2)
+    for subtask in info["subtasks"][:2]:
+        ok, obs, info, _ = run_subtask(env, expert, obs, info, subtask, budget=200)
+        assert ok, subtask
+
+
+def test_bad_input_is_rejected(env):
+    obs, info = env.reset(seed=0, options={"family": "stack_three"})
+    expert = ScriptedExpert()
+    with pytest.raises(SubtaskParseError):
+        expert.act(env.observation(obs, info), "juggle the blocks")
+    bare = Observation(images=obs["images"], state=obs["state"], task=obs["task"], time=0.0)
+    with pytest.raises(ValueError, match="privileged"):
+        expert.act(bare, info["subtasks"][0])
+    present = {b.color for b in info["privileged"].blocks.values()}
+    absent = next(c for c in S.COLORS if c not in present)
+    with pytest.raises(KeyError, match=f"no '{absent} block'"):
+        expert.act(env.observation(obs, info), f"pick up the {absent} block")
+    with pytest.raises(ValueError, match="horizon"):
+        ScriptedExpert(horizon=0)
