@@ -89,3 +89,28 @@ def test_ctrl_c_saves_the_session(tmp_path, capsys):
     episode = read_session(tmp_path / "session").episodes[0]
     assert [c.kind for c in episode.corrections] == [CorrectionKind.CONSTRAINT]
     assert episode.end.reason == "quit" and summary.steps == len(episode.steps) > 0
+
+
+def test_a_failing_policy_is_reported_and_the_session_still_saved(tmp_path, capsys):
+    from test_console import GoToMark
+
+    class BreaksAfterAFewChunks(GoToMark):
+        calls = 0
+
+        def act(self, obs, subtask):
+            self.calls += 1
+            if self.calls > 2:
+                raise RuntimeError("policy server went away")
+            return super().act(obs, subtask)
+
+    session = _session(tmp_path)
+    session.loop.low = BreaksAfterAFewChunks()
+    with create_pipe_input() as pipe:
+        typist = _type(pipe, [(1.5, "/quit\r")])
+        status = session.run_interactive(history_file="none", input=pipe, output=DummyOutput())
+        typist.join()
+    summary = session.close()
+    assert status == 1
+    assert "control loop failed: RuntimeError: policy server went away" in capsys.readouterr().err
+    assert any("control loop stopped" in m for m in session.controller.messages)
+    assert summary.steps == 8  # two chunks of four actions were executed and recorded before the failure

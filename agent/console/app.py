@@ -104,6 +104,7 @@ class StatusTracker:
         self._episode: int | None = None
         self._episode_wall_start = time.monotonic()
         self._announced_end: int | None = None
+        self._error_reported = False
 
     def frame_drawn(self) -> None:
         self.frames += 1
@@ -115,14 +116,17 @@ class StatusTracker:
             return StatusSnapshot(task="starting...", messages=list(self.controller.messages), **self.meta)
         if snap.episode != self._episode:
             self._episode, self._episode_wall_start = snap.episode, now
+            self.loop_rate = RateMeter()  # steps restart at 0 in a new episode
         self.loop_rate.add(snap.step, now)
         self.controller.loop_replied(snap.last_reply)  # e.g. "withdrew: ...", "nothing to undo"
         if snap.episode_over and self._announced_end != snap.episode:
             self._announced_end = snap.episode
             outcome = "success" if snap.success else "ended"
             self.controller.say(f"episode {snap.episode} {outcome}: /reset for a new one, /task TEXT for another, /quit to leave")
-        if runner_error is not None and "control loop stopped" not in " ".join(list(self.controller.messages)[-3:]):
+        if runner_error is not None and not self._error_reported:
+            self._error_reported = True
             self.controller.say(f"control loop stopped: {type(runner_error).__name__}: {runner_error}")
+            self.controller.say("the session so far is kept: /quit saves it")
         plan = snap.plan
         return StatusSnapshot(
             task=snap.task,
