@@ -13,9 +13,23 @@ from __future__ import annotations
 import math
 import os
 import string
+import weakref
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+def _choose_gl_backend() -> None:
+    """Headless rendering: EGL (Mesa works on CPUs), else OSMesa. Must run before mujoco is imported;
+    an explicit MUJOCO_GL always wins."""
+    if "MUJOCO_GL" not in os.environ:
+        import ctypes.util
+
+        has_egl = ctypes.util.find_library("EGL") is not None
+        has_osmesa = ctypes.util.find_library("OSMesa") is not None
+        os.environ["MUJOCO_GL"] = "osmesa" if has_osmesa and not has_egl else "egl"
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+
+_choose_gl_backend()
 
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
@@ -123,7 +137,17 @@ class TabletopEnv(gym.Env):
 
     def _get_renderer(self) -> mujoco.Renderer:
         if self._renderer is None:
-            self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            try:
+                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            except Exception as err:
+                raise RuntimeError(
+                    f"cannot create a headless MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {err}. "
+                    "Install libegl1 + libegl-mesa0 (EGL) or libosmesa6 and set MUJOCO_GL=osmesa; "
+                    "or build the env with render_images=False."
+                ) from err
+            # free the GL context at exit while the interpreter is still whole (OSMesa's own
+            # destructor fails noisily during shutdown)
+            weakref.finalize(self, self._renderer.close)
             # shadows and reflections cost render time and teach nothing here
             scn = self._renderer.scene
             scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
