@@ -140,6 +140,7 @@ class ControlLoop:
         self._stopped = False
         self._last_reply = ""
         self._pending_reset: dict | None = None
+        self._last_seed: int | None = None
         # Wall-clock time at which each queued correction was submitted, for latency measurement.
         self.correction_latencies: list[float] = []
         self._latency_probe: tuple[float, str] | None = None
@@ -160,6 +161,7 @@ class ControlLoop:
         if self._episode is not None and not self._episode.over:
             self._end_episode("reset" if reason == "reset" else "task_change" if reason == "task_change" else "stopped")
         raw_obs, info = self.env.reset(seed=seed, options=options)
+        self._last_seed = seed
         self._episode_counter += 1
         self._info = info
         self._obs = self.env.observation(raw_obs, info)
@@ -229,7 +231,14 @@ class ControlLoop:
         self._drain_inbox()
         if self._pending_reset is not None:
             options, self._pending_reset = self._pending_reset, None
-            self.reset(options=options or None, reason="task_change" if options else "reset")
+            if "task" in options:
+                self.reset(options=options, reason="task_change")
+            else:
+                # /reset: the same task family in a fresh scene (the next seed), so a person can
+                # coach the same kind of task again without the scene repeating exactly.
+                family = self._episode.family if self._episode else None
+                seed = None if self._last_seed is None else self._last_seed + 1
+                self.reset(seed=seed, options={"family": family} if family else None, reason="reset")
             return
         ep = self._episode
         assert ep is not None and self._obs is not None

@@ -189,3 +189,19 @@ def test_bad_action_chunk_from_low_level_is_a_clear_error():
     loop.reset(seed=0)
     with pytest.raises(ValueError, match="action chunk"):
         loop.step()
+
+
+def test_reset_command_restarts_the_same_family_with_the_next_seed():
+    calls = []
+
+    class Recording(LineWorld):
+        def reset(self, seed=None, options=None):
+            calls.append((seed, options))
+            return super().reset(seed=seed, options=options)
+
+    loop = ControlLoop(Recording(), InOrderPlanner(), GoTo())
+    loop.reset(seed=7)
+    loop.submit(Command(CommandName.RESET))
+    loop.step()
+    assert calls[-1] == (8, {"family": "line"})
+    assert loop.snapshot().episode == 1
