@@ -26,7 +26,7 @@ import torch
 
 from policies.pi05.configuration import Pi05Config
 from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
-from policies.pi05.processor import NormStats, Pi05Processor, pad_to, prompt_corpus, resize_image, train_tokenizer
+from policies.pi05.processor import NormStats, Pi05Processor, pad_to, prompt_corpus, resize_images, train_tokenizer
 
 CACHE_FILE = "data_cache.safetensors"
 CACHE_META = "data_cache.json"
@@ -85,9 +85,12 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
             plans = sorted(ep.plans, key=lambda p: p.plan_id)
             index_of = {p.plan_id: i for i, p in enumerate(plans)}
             targets = planner_targets(ep.steps, plans)
-            frames = {cam: ep.frames(cam) for cam in cameras}
+            kept = list(range(0, len(ep.steps), stride))
+            # decode only the kept frames, resized in one batch per camera
+            small = {cam: resize_images(np.stack([ep.frame(cam, i) for i in kept]), image_size) for cam in cameras}
+            row_of = {i: r for r, i in enumerate(kept)}
             actions = np.asarray([s.action for s in ep.steps], np.float32)
-            for i in range(0, len(ep.steps), stride):
+            for i in kept:
                 step = ep.steps[i]
                 if step.plan_id not in index_of or step.paused or targets[i] is None:
                     continue
@@ -100,7 +103,7 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
                 chunk[: len(future)] = future
                 mask[: len(future)] = True
                 corr = [c.text for c in ep.active_corrections if c.step <= step.step and c.kind in PLANNING_KINDS]
-                raw.images.append(np.stack([resize_image(frames[c][i], image_size) for c in cameras]))
+                raw.images.append(np.stack([small[c][row_of[i]] for c in cameras]))
                 raw.states.append(np.asarray(step.state, np.float32))
                 raw.tasks.append(ep.task)
                 raw.last_subtasks.append(last)

@@ -261,19 +261,25 @@ class Pi05Processor:
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:
-    """Area-average resize of uint8 [H, W, 3] to [size, size, 3] (no torchvision here)."""
-    img = np.asarray(img)
-    if img.shape[0] == size and img.shape[1] == size:
-        return img.astype(np.uint8, copy=False)
+    """Resize uint8 [H, W, 3] to [size, size, 3] (no torchvision here)."""
+    return resize_images(np.asarray(img)[None], size)[0]
+
+
+def resize_images(imgs: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 [N, H, W, 3] to [N, size, size, 3]: an exact area average when the size divides
+    (128 -> 64), antialiased bilinear otherwise."""
+    imgs = np.asarray(imgs)
+    if imgs.shape[1] == size and imgs.shape[2] == size:
+        return imgs.astype(np.uint8, copy=False)
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
-    if img.shape[0] % size == 0 and img.shape[1] % size == 0:
+    x = torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2).float()
+    if imgs.shape[1] % size == 0 and imgs.shape[2] % size == 0:
         y = F.adaptive_avg_pool2d(x, size)
     else:
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+    return y.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def pad_to(ids: list[int], length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
