@@ -5,8 +5,10 @@ machine from it (approach high, align, descend, close, lift; carry, lower, relea
 and pull; ...) and rolls the machine forward on a predicted end-effector target to fill an action
 chunk of H steps. Because the phase is re-derived from the world every call, recovery comes for
 free: a grasp that closed on nothing opens and re-approaches, and a block dropped on the way is
-picked again before the place continues (`recovery=True`). `noise_std` adds Gaussian noise to the
-executed actions (not to the plan), for data with recoveries in it.
+picked again before the place continues (`recovery=True`). `noise_std` (metres) perturbs the
+executed path (not the plan): each step is displaced from the planned one by Gaussian noise of that
+size, fading out near each waypoint and off during contact moves, so the data shows perturbed
+approaches and their corrections while grasps and releases stay precise.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ FINGERS_HALF_DEPTH = S.FINGER_HALF[0]  # closed jaws are a column this half-thic
 PUSH_TARGET_X = 0.20
 CABINET_FRONT_Y = S.DRAWER_CLOSED_Y + S.DRAWER_FRONT_Y
 PUSH_SPEED = 0.015
+NOISE_FADE_DISTANCE = 0.06  # action noise fades out over the last 6 cm to a waypoint
 
 
 @dataclass
@@ -91,8 +94,14 @@ class ScriptedExpert:
         g = world.gripper
         v = _Virtual(pos=g.target_pos.copy(), yaw=g.target_yaw, closed=g.closed)
         chunk = np.zeros((self.horizon, 5), dtype=np.float32)
+        noise_scale = np.zeros(self.horizon)
         for k in range(self.horizon):
             goal, yaw_goal, grip = self._next(world, sub, v)
+            # noise only in free motion: full far from the waypoint, fading to none at it, so
+            # fine alignment, grasping and releasing stay precise (chunks run open loop)
+            noise_scale[k] = min(1.0, float(np.linalg.norm(goal - v.pos)) / NOISE_FADE_DISTANCE)
+            if v.phase in ("pull", "push"):  # dragging the drawer or a block: contact, keep it clean
+                noise_scale[k] = 0.0
             delta = np.clip(goal - v.pos, -MAX_TRANSLATION, MAX_TRANSLATION)
             dyaw = float(np.clip(yaw_goal - v.yaw, -MAX_ROTATION, MAX_ROTATION))
             v.pos = v.pos + delta
@@ -100,8 +109,11 @@ class ScriptedExpert:
             v.closed = grip > 0
             chunk[k] = (*delta, dyaw, grip)
         if self.noise_std > 0:
-            noise = self._rng.normal(0.0, self.noise_std, size=(self.horizon, 4))
-            noise[:, 3] *= MAX_ROTATION / MAX_TRANSLATION
+            # a bounded deviation from the planned path (not a random walk): step k is displaced by
+            # offset[k], so the action noise is offset[k] - offset[k-1]
+            offset = self._rng.normal(0.0, self.noise_std, size=(self.horizon, 4)) * noise_scale[:, None]
+            offset[:, 3] *= MAX_ROTATION / MAX_TRANSLATION
+            noise = offset - np.vstack([np.zeros((1, 4)), offset[:-1]])
             chunk[:, :4] += noise.astype(np.float32)
             chunk = np.clip(chunk, ACTION_LOW, ACTION_HIGH).astype(np.float32)
         return chunk
