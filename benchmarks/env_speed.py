@@ -27,12 +27,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "env_speed.json"
 
 def time_steps(image_size: int, render: bool, steps: int, seed: int = 0) -> dict:
     """Median wall time of env.step with expert-like random actions over several families."""
-    from agent.envs import FAMILIES, make_env
+    from agent.envs import SUITES, make_env
 
     env = make_env(image_size=image_size, render_images=render)
     rng = np.random.default_rng(seed)
     times = []
-    families = list(FAMILIES)
+    families = list(SUITES["base"])
     for k in range(steps):
         if k % 50 == 0:
             env.reset(seed=seed + k, options={"family": families[(k // 50) % len(families)]})
@@ -64,7 +64,7 @@ def time_render_only(image_size: int, repeats: int = 100) -> float:
 
 
 def episodes_per_minute(episodes_per_family: int, image_size: int = 128) -> dict:
-    from agent.envs import FAMILIES, make_env
+    from agent.envs import SUITES, make_env
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
     from agent.loop import ControlLoop
@@ -73,7 +73,7 @@ def episodes_per_minute(episodes_per_family: int, image_size: int = 128) -> dict
     loop = ControlLoop(env, OraclePlanner(seed=0), ScriptedExpert(), compute_model_plan=False)
     started = time.perf_counter()
     n = ok = steps = 0
-    for family in FAMILIES:
+    for family in SUITES["base"]:
         for i in range(episodes_per_family):
             result = loop.run_episode(seed=500 + i, options={"family": family})
             n += 1

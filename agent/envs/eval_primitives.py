@@ -30,7 +30,7 @@ def evaluate(trials: int = 200, noise: float = 0.0, budget: int = 100, seed: int
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
     from agent.envs.tabletop import make_env
-    from agent.envs.tasks import FAMILIES
+    from agent.envs.tasks import SUITES
     from policies.types import PlanContext
 
     env = make_env(image_size=32, render_images=False)
@@ -39,7 +39,7 @@ def evaluate(trials: int = 200, noise: float = 0.0, budget: int = 100, seed: int
     steps_used: dict[str, list[int]] = defaultdict(list)
     failures: list[dict] = []
     family_kinds = {}
-    for name in families or FAMILIES:
+    for name in families or SUITES["base"]:
         _, info = env.reset(seed=0, options={"family": name})
         family_kinds[name] = {parse_subtask(s).kind for s in info["subtasks"]} | {"put_down"}
     episode = 0
