@@ -130,3 +130,9 @@ def test_bad_input_is_rejected(env):
         expert.act(env.observation(obs, info), f"pick up the {absent} block")
     with pytest.raises(ValueError, match="horizon"):
         ScriptedExpert(horizon=0)
+    # lenient mode (under a learned high level): hold still and say why
+    lenient = ScriptedExpert(strict=False)
+    chunk = lenient.act(env.observation(obs, info), "juggle the blocks")
+    assert chunk.shape == (10, 5) and not chunk[:, :4].any() and "juggle" in lenient.last_error
+    chunk = lenient.act(env.observation(obs, info), info["subtasks"][0])
+    assert lenient.last_error is None and chunk[:, :3].any()

@@ -61,13 +61,21 @@ class _Virtual:
 class ScriptedExpert:
     """LowLevelPolicy that reads privileged state. `act(obs, subtask) -> float32[H, 5]`."""
 
-    def __init__(self, horizon: int = 10, noise_std: float = 0.0, recovery: bool = True, seed: int = 0):
+    def __init__(self, horizon: int = 10, noise_std: float = 0.0, recovery: bool = True, seed: int = 0,
+                 strict: bool = True):
+        """`strict=False` makes a subtask the expert cannot carry out (unparseable text, a block that
+        is not in the scene) hold the gripper still and set `last_error`, instead of raising: useful
+        under a learned high level that may decode nonsense."""
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.horizon = horizon
         self.noise_std = float(noise_std)
         self.recovery = recovery
         self.seed = seed
+        self.strict = strict
+        self.last_error: str | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -82,6 +90,19 @@ class ScriptedExpert:
         world: WorldState = obs.privileged
         if world is None:
             raise ValueError("ScriptedExpert needs obs.privileged (a WorldState) - use it with the bundled env")
+        try:
+            chunk = self._act(world, subtask)
+        except (ValueError, KeyError) as err:  # SubtaskParseError is a ValueError
+            if self.strict:
+                raise
+            self.last_error = f"cannot do {subtask!r}: {err}"
+            hold = np.zeros((self.horizon, 5), dtype=np.float32)
+            hold[:, 4] = CLOSE if world.gripper.closed else OPEN  # keep the jaws as they are
+            return hold
+        self.last_error = None
+        return chunk
+
+    def _act(self, world: WorldState, subtask: str) -> np.ndarray:
         if subtask != self._subtask_text:
             self._subtask = parse_subtask(subtask)
             self._subtask_text = subtask
