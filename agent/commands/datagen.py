@@ -31,7 +31,7 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
                     max_steps: int, families: list[str] | None) -> dict:
     """Record the given episodes into one session directory; returns counts."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from agent.envs import FAMILIES, make_env
+    from agent.envs import SUITES, make_env
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
     from agent.loop import ControlLoop
@@ -50,7 +50,7 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
         env={"suite": suite, "image_size": image_size, "noise": noise, "worker": worker},
         notes="hivla datagen",
     )
-    fams = list(families or FAMILIES)
+    fams = list(families or SUITES[suite])  # the suite's families only (other suites register theirs too)
     successes = steps = 0
     session_dir = Path(out) / f"datagen_w{worker}_{int(time.time())}"
     with SessionRecorder(session_dir, header) as rec:

@@ -87,6 +87,10 @@ def _make_coach(config: RunConfig, seed: int):
         from agent.coaching.scripted import ScriptedCoach
     except ImportError as err:
         raise SystemExit(f"--coach scripted needs agent.coaching.scripted, which is not available: {err}") from err
+    if config.suite == "coaching":  # families whose intended behaviour only the coach knows
+        from agent.coaching.intended import make_coach
+
+        return make_coach(seed=seed, error_rate=config.coach_error_rate)
     return ScriptedCoach(seed=seed, error_rate=config.coach_error_rate)
 
 

@@ -8,13 +8,14 @@ suite, success detectors, a scripted expert and an oracle planner.
 """
 
 from agent.envs.tasks import FAMILIES, SUITES, register_family  # noqa: F401
+from agent.envs import coaching_tasks  # noqa: E402,F401  (registers the `coaching` suite)
 
 
 def make_env(*args, **kwargs):
     """See `agent.envs.tabletop.make_env` (imported lazily: mujoco is heavy)."""
     from agent.envs.tabletop import make_env as _make_env
 
-    return _make_env(*args, **kwargs)
+    return coaching_tasks.with_coaching_events(_make_env(*args, **kwargs))  # coaching suite: scripted slips
 
 
 __all__ = ["make_env", "FAMILIES", "SUITES", "register_family"]

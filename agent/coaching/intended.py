@@ -1,0 +1,92 @@
+"""What the scripted coach knows about the `coaching` suite (agent/envs/coaching_tasks.py).
+
+A coaching family's task text is read literally by the oracle and by a model trained on `base`
+("tidy up" -> gather the blocks in the bowl; "stack the blocks" -> any order). The person the
+scripted coach stands in for means something else; `COACHING_INTENDED` tells the coach what:
+
+  tidy_up            open the drawer, every block into it, close it
+  stack_the_blocks   the red block at the bottom, the other two on it in either order
+  recover_from_drop  the task as said; after the slip, pick the dropped block up again, then finish
+
+Each entry is an IntendedBehaviour for ScriptedCoach's `intended=` hook. The steps come from the
+task's intended decomposition (`goal_options`), which the env's success detector also checks.
+
+`CoachingSuiteCoach` is the ScriptedCoach the coaching suite runs with (`make_coach`): these
+behaviours, plus patience after a drop: a person who sees a block fall first watches whether the
+robot goes back for it, and only speaks if its next plan does not (or nothing happens for
+`drop_patience_steps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from agent.coaching import vocab
+from agent.coaching.rules import Rule
+from agent.coaching.scripted import ReferenceBehaviour, ScriptedCoach
+from agent.envs.tasks import TaskInstance
+
+
+class GoalBehaviour:
+    """Next steps from the intended decomposition of a coaching task (`task.goal_options(world)`):
+    any step a ready group allows, over every intended order that is still open."""
+
+    def allowed_next(self, info: dict, world: Any) -> list[str]:
+        task = getattr(world, "task", None)
+        if task is None or not hasattr(task, "goal_options"):
+            return ReferenceBehaviour().allowed_next(info, world)
+        allowed: list[str] = []
+        for groups in task.goal_options(world):
+            shadow = TaskInstance(task.family, task.text, task.layout, list(groups), task.params, task.max_steps)
+            for sub in ReferenceBehaviour().allowed_next(info, dataclasses.replace(world, task=shadow)):
+                if sub not in allowed:
+                    allowed.append(sub)
+        # "put it down" only when no intended order has a use for the block in the jaws
+        useful = [s for s in allowed if s != vocab.PUT_DOWN]
+        return useful or allowed
+
+    def rules(self, info: dict, world: Any) -> Sequence[Rule]:
+        return ()
+
+
+COACHING_INTENDED: dict[str, GoalBehaviour] = {
+    "tidy_up": GoalBehaviour(),
+    "stack_the_blocks": GoalBehaviour(),
+    "recover_from_drop": GoalBehaviour(),
+}
+
+
+class CoachingSuiteCoach(ScriptedCoach):
+    """The scripted coach with the coaching suite's intended behaviours and patience after a drop."""
+
+    def __init__(self, seed: int = 0, *args, intended: Any = None, drop_patience_steps: int = 25, **kwargs) -> None:
+        super().__init__(seed, *args, intended=COACHING_INTENDED if intended is None else intended, **kwargs)
+        if drop_patience_steps < 0:
+            raise ValueError(f"drop_patience_steps must be >= 0, got {drop_patience_steps}")
+        self.drop_patience_steps = drop_patience_steps
+        self._plan_at_drop: tuple[tuple[int, str], str | None] | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self._plan_at_drop = None
+
+    def _findings(self, world, plan_sub, allowed, rules, pending, done_subtasks, step):
+        findings = super()._findings(world, plan_sub, allowed, rules, pending, done_subtasks, step)
+        drop = self._mem.drop
+        if drop is None:
+            self._plan_at_drop = None
+            return findings
+        if self._plan_at_drop is None or self._plan_at_drop[0] != drop:
+            self._plan_at_drop = (drop, plan_sub)
+        dropped_at, block = drop
+        going_back = plan_sub == vocab.pick_up(block)
+        watching = step - dropped_at < self.drop_patience_steps and plan_sub == self._plan_at_drop[1]
+        if going_back or watching:
+            findings = [f for f in findings if f.mistake != "drop"]
+        return findings
+
+
+def make_coach(seed: int = 0, error_rate: float = 0.0, **kwargs) -> CoachingSuiteCoach:
+    """The coach `hivla run --suite coaching --coach scripted` uses."""
+    return CoachingSuiteCoach(seed=seed, error_rate=error_rate, **kwargs)

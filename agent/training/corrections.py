@@ -1,0 +1,217 @@
+"""Training samples from coaching corrections, for `hivla finetune`.
+
+Where the corrections come from (`--data`): recorded session directories, or exports made from
+them (`hivla export --format sft|pairs`), whose correction rows (speaker scripted or human) select
+the corrections and whose `session` column says where the frames and states are.
+
+What a correction teaches (`CorrectionLabel`): the subtask the coach wanted at that moment,
+  override              the subtask it ordered
+  negation, constraint  the plan the robot adopted because of it, if the coach let that plan
+                        stand (no further correction within RECHECK_STEPS)
+Pause, stop, resume, confirm and nudges say nothing about the next subtask and are skipped.
+
+Samples (`correction_samples`): the frames around each correction relabelled with what the coach
+wanted: up to `before` steps of the mistake before it (from its suspect_from_step) and up to
+`after` steps while the taught subtask is being carried out. Each sample's context is the one the
+model has when nobody coaches: the subtask in force just before, and no corrections (the model
+must come to do this by itself). The target is a short fixed thought and the taught subtask.
+
+Agreement samples (`agreement_samples`): one per correction, the frame at the moment it was said
+with the plan it replaced as context; the model agrees if it now decodes the taught subtask.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agent.training.dataset import RawSamples
+from policies.pi05.processor import resize_image
+
+TEACHING_KINDS = ("override", "negation", "constraint")
+RECHECK_STEPS = 15  # a negation's re-plan counts as what the coach wanted if no correction follows this soon
+COACHED_THOUGHT = "As I was taught."
+
+
+class CorrectionDataError(ValueError):
+    """Correction data that cannot be used; the message says which path and why."""
+
+
+@dataclass(frozen=True)
+class CorrectionLabel:
+    episode_key: str  # "session_id/episode"
+    step: int
+    kind: str
+    text: str
+    subtask: str  # what the coach wanted
+    replaced: str | None  # the subtask in force when the correction came
+    model: str | None  # what the model itself would have planned then (if recorded)
+    family: str | None
+    mistake: str | None
+    suspect_from_step: int | None
+
+
+# ---------------------------------------------------------------------------------------------
+# where the corrections are
+# ---------------------------------------------------------------------------------------------
+
+
+def _export_selection(export_dir: Path) -> dict[str, set[tuple[int, int]]]:
+    """session path -> {(episode, step)} of the correction rows of an sft/pairs export."""
+    import pyarrow.parquet as pq
+
+    manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
+    fmt = manifest.get("format")
+    if fmt not in ("sft", "pairs"):
+        raise CorrectionDataError(f"{export_dir}: a {fmt!r} export; finetune reads sft or pairs exports "
+                                  "(or the session directories themselves)")
+    chosen: dict[str, set[tuple[int, int]]] = {}
+    for name in manifest.get("files", {}).values():
+        table = pq.read_table(export_dir / name, columns=["session", "episode", "step", "kind",
+                                                          "source" if fmt == "sft" else "speaker"])
+        for row in table.to_pylist():
+            speaker = row.get("source", row.get("speaker"))
+            if row["kind"] in TEACHING_KINDS and speaker in ("scripted", "human"):
+                chosen.setdefault(row["session"], set()).add((row["episode"], row["step"]))
+    return chosen
+
+
+def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[tuple[object, object, list[CorrectionLabel]]]:
+    """(session, episode, labels) for every episode with at least one usable correction."""
+    from sessions.reader import SessionError, find_sessions, read_session
+
+    selections: dict[str, set[tuple[int, int]] | None] = {}
+    for p in map(Path, paths):
+        if not p.exists():
+            raise CorrectionDataError(f"{p}: no such file or directory")
+        if (p / "manifest.json").is_file():
+            for session, keys in _export_selection(p).items():
+                if not Path(session).is_dir():
+                    raise CorrectionDataError(f"{p}: the export names session {session}, which is not on disk "
+                                              "(finetune needs the recorded sessions for frames and states)")
+                previous = selections.get(session)
+                selections[session] = keys if previous is None else previous | keys
+        else:
+            for s in find_sessions([p]):
+                selections[str(s)] = None  # every correction of the session
+    out = []
+    for path, keys in selections.items():
+        try:
+            session = read_session(path)
+        except SessionError as err:
+            log(f"skipping {path}: {err}")
+            continue
+        for ep in session.episodes:
+            labels = episode_labels(session.header.session_id, ep)
+            if keys is not None:
+                labels = [lab for lab in labels if (ep.episode, lab.step) in keys]
+            if labels and ep.steps:
+                out.append((session, ep, labels))
+    return out
+
+
+def episode_labels(session_id: str, ep) -> list[CorrectionLabel]:
+    """What each teaching correction of an episode wanted (see the module docstring)."""
+    from agent.envs.primitives import SubtaskParseError, parse_subtask
+
+    active = sorted((c for c in ep.corrections if not c.withdrawn), key=lambda c: (c.step, c.correction_id))
+    steering = [c for c in active if c.kind.value in TEACHING_KINDS]
+    labels = []
+    for i, c in enumerate(steering):
+        if c.resulting_plan is None:
+            continue
+        if c.kind.value != "override":
+            later = steering[i + 1] if i + 1 < len(steering) else None
+            if later is not None and later.step - c.step <= RECHECK_STEPS:
+                continue  # the coach did not let this re-plan stand
+        subtask = c.resulting_plan.subtask
+        try:
+            parse_subtask(subtask)
+        except SubtaskParseError:
+            continue  # free text the low level cannot execute teaches the planner nothing usable
+        labels.append(CorrectionLabel(
+            episode_key=f"{session_id}/{ep.episode}", step=c.step, kind=c.kind.value, text=c.text, subtask=subtask,
+            replaced=c.replaced_plan.subtask if c.replaced_plan else None,
+            model=c.model_plan.subtask if c.model_plan else None, family=ep.start.family, mistake=c.mistake,
+            suspect_from_step=c.suspect_from_step,
+        ))
+    return labels
+
+
+def is_held_out(episode_key: str, fraction: float) -> bool:
+    """A stable episode-level split (crc32 of the key), independent of what else is loaded."""
+    return fraction > 0 and (zlib.crc32(episode_key.encode()) % 10_000) / 10_000 < fraction
+
+
+# ---------------------------------------------------------------------------------------------
+# samples
+# ---------------------------------------------------------------------------------------------
+
+
+def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str | None, horizon: int,
+            image_size: int, key: str) -> None:
+    step = ep.steps[i]
+    actions = np.asarray([s.action for s in ep.steps[i: i + horizon]], np.float32)
+    chunk = np.zeros((horizon, actions.shape[1]), np.float32)
+    chunk[: len(actions)] = actions
+    mask = np.zeros(horizon, bool)
+    mask[: len(actions)] = True
+    raw.images.append(np.stack([resize_image(frames[c][i], image_size) for c in frames]))
+    raw.states.append(np.asarray(step.state, np.float32))
+    raw.tasks.append(ep.task)
+    raw.last_subtasks.append(last)
+    raw.corrections.append([])  # the context of an uncoached run
+    raw.thoughts.append(COACHED_THOUGHT)
+    raw.plan_subtasks.append(subtask)
+    raw.subtasks.append(step.subtask or subtask)
+    raw.actions.append(chunk)
+    raw.action_masks.append(mask)
+    raw.episode_keys.append(key)
+
+
+def correction_samples(coached, cameras: tuple[str, ...], image_size: int, horizon: int, before: int = 10,
+                       after: int = 30) -> tuple[RawSamples, list[int]]:
+    """Relabelled frames around every correction; returns the samples and, per sample, the index
+    of its correction in the flat list of labels (episode order)."""
+    raw, owner = RawSamples(), []
+    n_labels = 0
+    for _, ep, labels in coached:
+        frames = {c: ep.frames(c) for c in cameras}
+        chosen: dict[int, tuple[str, int]] = {}  # position -> (subtask, label index); later corrections win
+        for k, lab in enumerate(labels):
+            at = ep.position_of_step(lab.step)
+            first = max(0, at - before)
+            if lab.suspect_from_step is not None:
+                first = max(first, ep.position_of_step(lab.suspect_from_step))
+            for i in range(first, at):
+                if not ep.steps[i].paused:
+                    chosen[i] = (lab.subtask, n_labels + k)
+            i = at
+            while i < len(ep.steps) and i <= at + after and (i == at or ep.steps[i].subtask == lab.subtask):
+                if not ep.steps[i].paused:
+                    chosen[i] = (lab.subtask, n_labels + k)
+                i += 1
+        for i in sorted(chosen):
+            subtask, index = chosen[i]
+            last = ep.steps[i - 1].subtask if i > 0 else None
+            _append(raw, ep, frames, i, subtask, last, horizon, image_size, labels[0].episode_key)
+            owner.append(index)
+        n_labels += len(labels)
+    return raw, owner
+
+
+def agreement_samples(coached, cameras: tuple[str, ...], image_size: int, horizon: int) -> tuple[RawSamples, list[CorrectionLabel]]:
+    """One sample per correction: the frame when it was said, the replaced plan as context."""
+    raw, labels = RawSamples(), []
+    for _, ep, ep_labels in coached:
+        frames = {c: ep.frames(c) for c in cameras}
+        for lab in ep_labels:
+            _append(raw, ep, frames, ep.position_of_step(lab.step), lab.subtask, lab.replaced, horizon, image_size,
+                    lab.episode_key)
+            labels.append(lab)
+    return raw, labels

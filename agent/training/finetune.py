@@ -1,0 +1,565 @@
+"""Fine-tune the high level of a π0.5-style checkpoint on base data ∪ coaching corrections.
+
+    settings = FinetuneSettings(base="ckpt/small", data=["exports/round1"], out="ckpt/round1")
+    summary = finetune(settings)
+
+What is trained: the high level only. The loss is the text cross-entropy of "thought So: subtask";
+the action expert (the low level's own weights) is frozen. Because π0.5's low level reads the
+backbone's keys/values of [images | task | state | subtask], a drifting backbone would move the
+low level too; `anchor_weight` keeps those keys/values where the base checkpoint had them (a
+relative MSE against a frozen copy), so the fine-tuned checkpoint stays a usable low level.
+With `lora=True` only LoRA adapters (peft) on the backbone's projections are trained and merged
+into the saved weights.
+
+Batches: a fixed share (`correction_share`, default 0.1) of every batch comes from the correction
+samples (agent/training/corrections.py), the rest from the base training data (sessions recorded
+by `hivla datagen`, or a cached tensor dataset such as the base checkpoint's data_cache).
+
+Evaluation, before and after: correction agreement (the share of corrections whose subtask the
+model now decodes itself at the moment the coach spoke, with the context it had then, minus the
+coaching) on held-out correction episodes and on the training ones, and the subtask accuracy on
+a fixed sample of base data (does the model still plan the base tasks?).
+
+Multi-process: everything goes through `accelerate` (DDP; gloo on the CPU), so
+`accelerate launch --multi_gpu --num_processes 2 -m agent.commands.finetune ...` runs the same loop
+on two processes (on a machine without GPUs accelerate falls back to DDP over gloo on the CPU; its
+`--cpu` flag instead means one CPU process); each process draws its own part of every batch. Resumable: OUT holds a loadable checkpoint
+after every save plus the optimizer state (finetune_state.json, train_state.safetensors).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agent.training.corrections import (
+    CorrectionDataError,
+    agreement_samples,
+    correction_samples,
+    is_held_out,
+    load_coached_episodes,
+)
+from agent.training.dataset import CACHE_FILE, collect_samples, encode_samples, load_cache
+from agent.training.trainer import BATCH_KEYS, Logger, load_train_state, save_train_state
+from policies.pi05.modeling import Pi05Model
+from policies.pi05.policy import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
+from policies.pi05.processor import Pi05Processor
+
+STATE_FILE = "finetune_state.json"
+LORA_FILE = "lora_adapter.safetensors"
+BASE_CACHE_FILE = "base_cache.safetensors"
+# the low level's own weights: frozen
+EXPERT_PREFIXES = ("expert", "expert_norm", "action_in", "action_out", "time_mlp")
+LORA_TARGETS = r"backbone\.\d+\.(q|k|v|o|mlp\.gate|mlp\.up|mlp\.down)"
+
+
+@dataclass
+class FinetuneSettings:
+    base: str  # base checkpoint directory
+    data: list[str]  # exports (sft/pairs) or session directories with the coached sessions
+    out: str
+    base_data: list[str] | None = None  # datagen sessions or a directory with a cached tensor dataset
+    correction_share: float = 0.1
+    steps: int = 400
+    batch_size: int = 32  # per optimizer step, over all processes
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    anchor_weight: float = 1.0
+    lora: bool = False
+    lora_rank: int = 16
+    held_out_fraction: float = 0.2
+    window_before: int = 10
+    window_after: int = 30
+    max_base_samples: int = 20_000
+    base_stride: int = 5
+    eval_base_samples: int = 64
+    device: str = "cpu"
+    dtype: str = "bf16"
+    resume: bool = False
+    save_every_s: float = 240.0
+    seed: int = 0
+    threads: int | None = None  # torch threads per process (default: cores / processes)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)  # recorded in checkpoint_info.json
+
+    def validate(self) -> None:
+        if not 0.0 < self.correction_share <= 1.0:
+            raise ValueError(f"--correction-share must be in (0, 1], got {self.correction_share}")
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError("--steps must be >= 0 and --batch-size >= 1")
+        if not 0.0 <= self.held_out_fraction < 1.0:
+            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.anchor_weight < 0:
+            raise ValueError("anchor_weight must be >= 0")
+        if not Path(self.base).is_dir():
+            raise CheckpointError(f"--base {self.base}: not a checkpoint directory")
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def _tokenizer_digest(processor: Pi05Processor) -> str:
+    return hashlib.sha256(processor.tok.to_str().encode()).hexdigest()[:16]
+
+
+def _subset(tensors: dict, n: int, seed: int) -> dict:
+    total = len(tensors["prefix_ids"])
+    if total <= n:
+        return tensors
+    keep = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return {k: v[keep] for k, v in tensors.items()}
+
+
+def base_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> tuple[dict, int]:
+    """Base training tensors (at most max_base_samples) and the size of the base dataset they come
+    from, in samples. Sources, in order: --base-data (session dirs, or dirs holding a cache),
+    the base checkpoint's own data cache, the data paths its checkpoint_info.json names."""
+    base = Path(s.base)
+    sources = list(s.base_data or [])
+    if not sources:
+        if (base / CACHE_FILE).is_file():
+            sources = [str(base)]
+        else:
+            info = base / "checkpoint_info.json"
+            sources = json.loads(info.read_text()).get("data", []) if info.is_file() else []
+    if not sources:
+        raise CorrectionDataError(f"no base data: pass --base-data (the `hivla datagen` sessions the base "
+                                  f"checkpoint was trained on); {base} has no data cache or data record")
+    cached = [Path(p) for p in sources if (Path(p) / BASE_CACHE_FILE).is_file() or (Path(p) / CACHE_FILE).is_file()]
+    if cached:
+        if len(sources) > 1:
+            raise CorrectionDataError("--base-data: give one cached dataset directory, or session directories")
+        d = cached[0]
+        if (d / BASE_CACHE_FILE).is_file():
+            from safetensors.torch import load_file
+
+            meta = json.loads((d / (BASE_CACHE_FILE + ".json")).read_text())
+            if meta.get("tokenizer") != _tokenizer_digest(processor):
+                raise CorrectionDataError(f"{d / BASE_CACHE_FILE} was encoded with another tokenizer than {base}'s")
+            tensors, total = load_file(str(d / BASE_CACHE_FILE)), int(meta["base_samples_total"])
+        else:
+            if d.resolve() != base.resolve():
+                log(f"note: using {d / CACHE_FILE}; it must come from a checkpoint with {base}'s tokenizer")
+            tensors, _ = load_cache(d)
+            total = len(tensors["prefix_ids"])
+        log(f"base data: {total} samples in {d}")
+        return _subset(tensors, s.max_base_samples, s.seed), total
+    cfg = processor.cfg
+    raw = collect_samples(sources, cfg.cameras, cfg.image_size, cfg.action_horizon, s.base_stride, log)
+    total = len(raw) * s.base_stride  # the base dataset at stride 1 (what the base checkpoint saw)
+    tensors, _ = encode_samples(raw, processor)
+    tensors = _subset(tensors, s.max_base_samples, s.seed)
+    from safetensors.torch import save_file
+
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / BASE_CACHE_FILE))
+    (out / (BASE_CACHE_FILE + ".json")).write_text(json.dumps(
+        {"sources": sources, "stride": s.base_stride, "base_samples_total": total,
+         "tokenizer": _tokenizer_digest(processor)}, indent=1) + "\n")
+    log(f"base data: {len(raw)} samples (stride {s.base_stride}) of ~{total} from {sources}; cached in {out}")
+    return tensors, total
+
+
+@dataclass
+class CorrectionData:
+    train: dict  # tensors of the relabelled windows of the training corrections
+    agree_train: dict  # one sample per training correction
+    agree_held: dict  # one sample per held-out correction
+    train_labels: list
+    held_labels: list
+    stats: dict
+
+
+def correction_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> CorrectionData:
+    cfg = processor.cfg
+    coached = load_coached_episodes(s.data, log)
+    if not coached:
+        raise CorrectionDataError(f"no usable corrections (override/negation/constraint naming a subtask) in {s.data}")
+    held = [c for c in coached if is_held_out(c[2][0].episode_key, s.held_out_fraction)]
+    train = [c for c in coached if not is_held_out(c[2][0].episode_key, s.held_out_fraction)]
+    if not train:  # every episode fell in the held-out split: train on them all, hold none out
+        train, held = coached, []
+    raw, _ = correction_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon, s.window_before, s.window_after)
+    tensors, _ = encode_samples(raw, processor)
+    agree_train_raw, train_labels = agreement_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon)
+    agree_train, _ = encode_samples(agree_train_raw, processor)
+    held_labels, agree_held = [], {}
+    if held:
+        agree_held_raw, held_labels = agreement_samples(held, cfg.cameras, cfg.image_size, cfg.action_horizon)
+        agree_held, _ = encode_samples(agree_held_raw, processor)
+    by_family: dict[str, int] = {}
+    for lab in train_labels + held_labels:
+        by_family[lab.family or "?"] = by_family.get(lab.family or "?", 0) + 1
+    stats = {"episodes": len(coached), "train_episodes": len(train), "held_out_episodes": len(held),
+             "corrections": len(train_labels) + len(held_labels), "train_corrections": len(train_labels),
+             "held_out_corrections": len(held_labels), "correction_samples": len(raw), "by_family": by_family}
+    log(f"corrections: {stats['corrections']} from {len(coached)} episodes ({len(held_labels)} held out), "
+        f"{len(raw)} training samples; by family {by_family}")
+    return CorrectionData(tensors, agree_train, agree_held, train_labels, held_labels, stats)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+
+
+def freeze_low_level(model: Pi05Model) -> None:
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith(EXPERT_PREFIXES))
+
+
+def add_lora(model: Pi05Model, rank: int) -> torch.nn.Module:
+    """LoRA adapters on the backbone's attention and MLP projections (everything else frozen)."""
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError as err:
+        raise SystemExit("--lora needs peft: pip install 'hivla[lora]'") from err
+    for p in model.parameters():
+        p.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
+    return inject_adapter_in_model(config, model)
+
+
+def lora_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if "lora_" in k}
+
+
+def merged_copy(model: torch.nn.Module, cfg) -> Pi05Model:
+    """A plain Pi05Model with the LoRA updates folded into its weights (for saving)."""
+    plain = Pi05Model(cfg)
+    state = {}
+    full = model.state_dict()
+    scale = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            scale[name] = module.scaling["default"]
+    for key, value in full.items():
+        if "lora_" in key:
+            continue
+        state[key.replace(".base_layer", "")] = value
+    for name, sc in scale.items():
+        a = full[f"{name}.lora_A.default.weight"].float()
+        b = full[f"{name}.lora_B.default.weight"].float()
+        state[f"{name}.weight"] = state[f"{name}.weight"].float() + sc * (b @ a)
+    plain.load_state_dict(state, strict=True)
+    return plain
+
+
+class HighLevelObjective(torch.nn.Module):
+    """Text loss of the plan (+ the low-level anchor). A module so DDP can wrap it."""
+
+    def __init__(self, model: torch.nn.Module, anchor_weight: float):
+        super().__init__()
+        self.model = model
+        self.anchor_weight = anchor_weight
+
+    def forward(self, batch: dict, reference: list | None = None) -> tuple[torch.Tensor, dict]:
+        m = self.model
+        hidden, cache, layout = m.run_training_backbone(batch)
+        base_valid, sub_valid = layout["base_valid"], layout["subtask_valid"]
+        p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
+        logits = m.logits(hidden[:, p + c + s:]).float()
+        labels = batch["target_ids"][:, 1:].masked_fill(~batch["target_mask"][:, 1:].bool(), -100)
+        text_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss = text_loss
+        info = {"text_loss": float(text_loss.detach())}
+        if reference is not None and self.anchor_weight > 0:
+            keep = torch.cat([torch.arange(p), torch.arange(p + c, p + c + s)]).to(hidden.device)
+            valid = torch.cat([base_valid, sub_valid], 1).float()[:, None, :, None]  # [B, 1, L, 1]
+            terms = []
+            for (k, v), (rk, rv) in zip(cache, reference):
+                for new, ref in ((k.index_select(2, keep), rk), (v.index_select(2, keep), rv)):
+                    err = ((new.float() - ref.float()) ** 2 * valid).sum() / (valid.sum() * new.shape[-1] * new.shape[1])
+                    terms.append(err / (ref.float().pow(2).mean() + 1e-6))
+            anchor = torch.stack(terms).mean()
+            loss = loss + self.anchor_weight * anchor
+            info["anchor"] = float(anchor.detach())
+        info["loss"] = float(loss.detach())
+        return loss, info
+
+
+@torch.no_grad()
+def reference_keys_values(reference: Pi05Model, batch: dict) -> list:
+    cache, _, _ = reference.encode_action_context(batch["images"], batch["prefix_ids"], batch["prefix_mask"],
+                                                  batch["subtask_ids"], batch["subtask_mask"])
+    return cache
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def decoded_subtasks(model: torch.nn.Module, processor: Pi05Processor, tensors: dict, dtype: str,
+                     device: torch.device, batch_size: int = 32) -> list[str]:
+    model.eval()
+    out: list[str] = []
+    n = len(tensors["prefix_ids"]) if tensors else 0
+    for start in range(0, n, batch_size):
+        idx = torch.arange(start, min(n, start + batch_size))
+        b = {k: tensors[k][idx].to(device) for k in ("images", "prefix_ids", "prefix_mask", "context_ids", "context_mask")}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            ids = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
+        out.extend(processor.parse_plan(processor.decode(row))[1] for row in ids.tolist())
+    model.train()
+    return out
+
+
+def _norm(text: str | None) -> str:
+    return " ".join((text or "").lower().replace(".", " ").split())
+
+
+def agreement(model, processor, tensors: dict, labels: list, dtype: str, device) -> dict:
+    """Share of corrections whose subtask the model now decodes itself, overall and per family."""
+    if not labels:
+        return {"n": 0, "agreement": None, "by_family": {}}
+    predicted = decoded_subtasks(model, processor, tensors, dtype, device)
+    hits = [_norm(p) == _norm(lab.subtask) for p, lab in zip(predicted, labels)]
+    fams: dict[str, list[bool]] = {}
+    for h, lab in zip(hits, labels):
+        fams.setdefault(lab.family or "?", []).append(h)
+    return {"n": len(labels), "agreement": sum(hits) / len(hits),
+            "by_family": {f: sum(v) / len(v) for f, v in sorted(fams.items())}}
+
+
+def base_plan_accuracy(model, processor, base: dict, dtype: str, device) -> float | None:
+    """Subtask accuracy of greedy decoding on a fixed sample of base data (forgetting check)."""
+    if not base or not len(base["prefix_ids"]):
+        return None
+    predicted = decoded_subtasks(model, processor, base, dtype, device)
+    truth = [processor.parse_plan(processor.decode(row[1:]))[1] for row in base["target_ids"].tolist()]
+    return sum(_norm(p) == _norm(t) for p, t in zip(predicted, truth)) / len(truth)
+
+
+def evaluate(model, processor, data: CorrectionData, base_eval: dict, s: FinetuneSettings, device) -> dict:
+    held = agreement(model, processor, data.agree_held, data.held_labels, s.dtype, device)
+    train = agreement(model, processor, data.agree_train, data.train_labels, s.dtype, device)
+    return {"held_out_agreement": held["agreement"], "train_agreement": train["agreement"],
+            "held_out_by_family": held["by_family"], "train_by_family": train["by_family"],
+            "base_plan_accuracy": base_plan_accuracy(model, processor, base_eval, s.dtype, device)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def lr_at(step: int, s: FinetuneSettings) -> float:
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _draw(n_pool: int, k: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, n_pool, (k,), generator=g)
+
+
+def _batch(tensors: dict, idx: torch.Tensor, device) -> dict:
+    return {k: tensors[k][idx].to(device) for k in BATCH_KEYS}
+
+
+def _cat(a: dict, b: dict) -> dict:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def finetune(s: FinetuneSettings) -> dict:
+    from accelerate import Accelerator
+
+    s.validate()
+    accelerator = Accelerator(cpu=s.device == "cpu")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    import os
+
+    threads = s.threads or max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(threads)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    main = accelerator.is_main_process
+    log = Logger(out / "finetune.log") if main else (lambda *a, **k: None)
+    say = log.echo if main else (lambda *a, **k: None)
+    if main:
+        log(f"settings {json.dumps(asdict(s))}")
+        log.echo(f"{world} process(es) ({accelerator.distributed_type.value}, backend "
+                 f"{accelerator.state.backend or 'none'}), {threads} torch thread(s) each")
+    device = accelerator.device
+    torch.manual_seed(s.seed)
+
+    # -- model: the base checkpoint (or, resuming, OUT's), expert frozen
+    base_model, processor = load_checkpoint(s.base)
+    state = {"step": 0, "elapsed_s": 0.0, "history": []}
+    resuming = s.resume and (out / STATE_FILE).is_file()
+    model: torch.nn.Module = base_model
+    if s.lora:
+        model = add_lora(copy.deepcopy(base_model), s.lora_rank)
+        if resuming:
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(out / LORA_FILE)), strict=False)
+    else:
+        model = copy.deepcopy(base_model)
+        freeze_low_level(model)
+        if resuming:
+            load_state_dict_checked(model, out / "model.safetensors")
+    reference = base_model.to(device).eval() if s.anchor_weight > 0 else None
+    if reference is not None:
+        for p in reference.parameters():
+            p.requires_grad_(False)
+
+    # -- data (every process builds the same tensors; each draws its own batches)
+    data = correction_dataset(s, processor, say)
+    base, base_total = base_dataset(s, processor, say)
+    g_eval = torch.Generator().manual_seed(4321)
+    eval_idx = torch.randperm(len(base["prefix_ids"]), generator=g_eval)[: s.eval_base_samples]
+    base_eval = {k: v[eval_idx] for k, v in base.items()}
+    n_corr_total = max(1, round(s.correction_share * s.batch_size))
+    per_proc = max(1, s.batch_size // world)
+    n_corr = max(1, round(s.correction_share * per_proc))
+    n_base = per_proc - n_corr
+    share_of_base = data.stats["correction_samples"] / max(1, base_total)
+    say(f"batch {s.batch_size} = {world} x ({n_corr} correction + {n_base} base samples); "
+        f"correction data {data.stats['correction_samples']} samples = {100 * share_of_base:.2f}% of the "
+        f"{base_total} base samples")
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in trainable)
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
+    if resuming:
+        try:
+            state = load_train_state(out, opt) if (out / "train_state.safetensors").is_file() else state
+            state = {**state, **json.loads((out / STATE_FILE).read_text())}
+        except (OSError, ValueError, KeyError) as err:
+            raise CheckpointError(f"cannot resume from {out}: {err}") from err
+        say(f"resumed at step {state['step']}")
+    objective = HighLevelObjective(model, s.anchor_weight).to(device)
+    objective, opt = accelerator.prepare(objective, opt)
+
+    if not resuming and main:
+        state["before"] = evaluate(model, processor, data, base_eval, s, device)
+        say("before: " + _fmt_eval(state["before"]))
+    accelerator.wait_for_everyone()
+
+    g = torch.Generator().manual_seed(s.seed * 1000 + rank * 7919 + state["step"])
+    progress = _Progress(s.steps, state["step"], enabled=main and s.progress)
+    last_save = time.perf_counter()
+    window: list[dict] = []
+    objective.train()
+    try:
+        while state["step"] < s.steps:
+            t0 = time.perf_counter()
+            lr = lr_at(state["step"], s)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = _cat(_batch(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g), device),
+                         _batch(base, _draw(len(base["prefix_ids"]), n_base, g), device)) if n_base else \
+                _batch(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
+                ref = reference_keys_values(reference, batch) if reference is not None else None
+                loss, info = objective(batch, ref)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            info["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, 1.0))
+            opt.step()
+            state["step"] += 1
+            state["elapsed_s"] += time.perf_counter() - t0
+            window.append(info)
+            progress.update(state["step"], info)
+            if main and state["step"] % 25 == 0:
+                avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                log(f"step {state['step']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items()))
+                window = []
+            if time.perf_counter() - last_save > s.save_every_s and state["step"] < s.steps:
+                _save(accelerator, out, objective, processor, opt, state, s)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        say(f"interrupted at step {state['step']}; saving a resumable checkpoint")
+        _save(accelerator, out, objective, processor, opt, state, s)
+        raise
+    finally:
+        progress.close()
+
+    if main:
+        state["after"] = evaluate(accelerator.unwrap_model(objective).model, processor, data, base_eval, s, device)
+        say("after:  " + _fmt_eval(state["after"]))
+    state["corrections"] = data.stats
+    state["base_samples_total"] = base_total
+    state["correction_share_of_base"] = share_of_base
+    state["trainable_parameters"] = n_trainable
+    state["processes"] = world
+    _save(accelerator, out, objective, processor, opt, state, s)
+    summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "corrections", "base_samples_total",
+                                           "correction_share_of_base", "trainable_parameters", "processes")}
+    if main:
+        (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def _fmt_eval(m: dict) -> str:
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    return (f"correction agreement held-out {pct(m['held_out_agreement'])}, train {pct(m['train_agreement'])}; "
+            f"base plan accuracy {pct(m['base_plan_accuracy'])}")
+
+
+def _save(accelerator, out: Path, objective, processor, opt, state: dict, s: FinetuneSettings) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(objective).model
+        plain = merged_copy(model, processor.cfg) if s.lora else model
+        info = {"finetuned_from": str(Path(s.base).resolve()), "step": state["step"], "data": s.data,
+                "correction_share": s.correction_share, "lora": s.lora, "anchor_weight": s.anchor_weight,
+                "before": state.get("before"), "after": state.get("after"), **s.extra}
+        save_checkpoint(out, plain, processor.tok, processor.stats, extra=info)
+        if s.lora:
+            from safetensors.torch import save_file
+
+            save_file(lora_state(model), str(out / LORA_FILE))
+        save_train_state(out, opt, {k: v for k, v in state.items() if k in ("step", "elapsed_s", "history")})
+        (out / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    accelerator.wait_for_everyone()
+
+
+class _Progress:
+    """A rich progress bar with the running losses (main process only)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[info]}"))
+            self.bar.start()
+            self.task = self.bar.add_task("finetune", total=total, completed=start, info="")
+
+    def update(self, step: int, info: dict) -> None:
+        if self.bar is not None:
+            extra = f" anchor {info['anchor']:.3f}" if "anchor" in info else ""
+            self.bar.update(self.task, completed=step, info=f"text {info['text_loss']:.3f}{extra}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
