@@ -111,6 +111,9 @@ def run_shard(config: RunConfig, jobs: list[tuple[str, int]], worker: int, progr
     try:
         loop = ControlLoop(env, high, low, recorder=recorder, coach=coach, compute_model_plan=recorder is not None)
         for family, seed in jobs:
+            for policy in (high, low):  # seeded per episode, so results do not depend on --workers
+                if hasattr(policy, "seed"):
+                    policy.seed = seed
             result = loop.run_episode(seed=seed, options={"family": family}, max_steps=config.max_steps)
             record = EpisodeRecord(family, seed, bool(result.success), result.subtasks_completed, result.subtasks_total,
                                    result.steps, result.interventions, result.wall_time, result.reason)
