@@ -144,7 +144,8 @@ class OraclePlanner:
         target, target_state = _describe_target(world, place, obj)
         where = _where(world, obj)
         where_short = where.replace("in the ", "the ").replace("on the ", "the ")
-        fields = dict(obj=obj, Obj=_cap(obj), where=where, where_short=where_short,
+        target_prep = f"on {target}" if place.kind == "stack" else f"in {target}"
+        fields = dict(obj=obj, Obj=_cap(obj), where=where, where_short=where_short, target_prep=target_prep,
                       target=target, target_state=target_state, Target_state_cap=_cap(target_state), **common)
         if sub.kind == "pick":
             dropped = self._carrying == obj
