@@ -460,6 +460,9 @@ class ControlLoop:
             if chunk.ndim != 2 or len(chunk) == 0:
                 raise ValueError(f"low level returned an action chunk of shape {chunk.shape}; expected [H, A] with H >= 1")
             self._chunk, self._chunk_pos = chunk, 0
+            problem = getattr(self.low, "last_error", None)  # a low level that holds still says why
+            if problem:
+                self._last_reply = f"low level: {problem}"
         action = self._chunk[self._chunk_pos]
         self._chunk_pos += 1
         return action

@@ -70,7 +70,9 @@ def make_low_level(spec: str | None = None, *, seed: int = 0, device: str = "cpu
     if kind == "expert":
         from agent.envs.expert import ScriptedExpert
 
-        return ScriptedExpert(seed=seed)
+        # Not strict: a subtask it cannot do (a person's typo, a learned planner's invention) makes it
+        # hold still and report `last_error` instead of ending the session with an exception.
+        return ScriptedExpert(seed=seed, strict=False)
     if kind == "pi05":
         from policies.pi05.policy import Pi05LowLevel
 

@@ -205,3 +205,17 @@ def test_reset_command_restarts_the_same_family_with_the_next_seed():
     loop.step()
     assert calls[-1] == (8, {"family": "line"})
     assert loop.snapshot().episode == 1
+
+
+def test_a_low_level_that_cannot_act_is_reported_not_fatal():
+    class Refusing(GoTo):
+        last_error = None
+
+        def act(self, obs, subtask):
+            self.last_error = f"cannot do {subtask!r}: no such mark"
+            return np.zeros((5, 5), np.float32)
+
+    loop = ControlLoop(LineWorld(), InOrderPlanner(), Refusing())
+    loop.reset(seed=0)
+    loop.step()
+    assert "cannot do 'go to a'" in loop.snapshot().last_reply
