@@ -111,6 +111,11 @@ class OraclePlanner:
                 colour_phrase = n.split()[-2]  # "red" in "(large) red block"
                 if n in text or re.search(rf"\b{colour_phrase}\b(?! bowl)", text):
                     mentioned.add(n)
+            rule = self._rule(c, world)
+            if rule is not None and rule.kind == "avoid_block":
+                # The coach's rule parser knows the many ways to say it ("off limits", "stay away").
+                avoid |= {n for n in names if n == rule.obj or n.endswith(" " + rule.obj)} or mentioned
+                continue
             if not mentioned:
                 continue
             if c.kind in (CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT) and (
@@ -120,6 +125,14 @@ class OraclePlanner:
             elif c.kind in (CorrectionKind.OVERRIDE, CorrectionKind.CONSTRAINT) or _POSITIVE.search(text):
                 prefer |= mentioned
         return avoid - prefer, prefer
+
+    @staticmethod
+    def _rule(correction, world: WorldState):
+        if correction.kind is not CorrectionKind.CONSTRAINT:
+            return None
+        from agent.coaching.rules import parse_rule  # agent.coaching imports agent.envs: import late
+
+        return parse_rule(correction.text, tuple(world.blocks))
 
     # --- phrasing -------------------------------------------------------------------------------
     def _plan(self, thought: str, sub: Subtask) -> Plan:
