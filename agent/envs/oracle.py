@@ -112,7 +112,7 @@ class OraclePlanner:
                 if n in text or re.search(rf"\b{colour_phrase}\b(?! bowl)", text):
                     mentioned.add(n)
             rule = self._rule(c, world)
-            if rule is not None and rule.kind == "avoid_block":
+            if rule is not None and rule.kind == "avoid_block" and not _POSITIVE.search(text):
                 # The coach's rule parser knows the many ways to say it ("off limits", "stay away").
                 avoid |= {n for n in names if n == rule.obj or n.endswith(" " + rule.obj)} or mentioned
                 continue
