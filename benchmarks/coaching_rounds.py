@@ -1,0 +1,279 @@
+"""Learning from coaching, end to end: do coached mistakes stop recurring?
+
+Round 0 evaluates a checkpoint autonomously (no coach) on the `coaching` and `base` suites. Each
+round r = 1..R then
+  1. runs M coached episodes on `coaching` with the current checkpoint (scripted coach, recorded),
+  2. exports the corrections of every round so far (`hivla export --format sft --only-corrections`),
+  3. fine-tunes the high level of the *base* checkpoint on base data ∪ those corrections
+     (`hivla finetune`, correction share of each batch 0.1),
+  4. evaluates the new checkpoint autonomously on both suites again (same seeds every round).
+After the last round, M more coached episodes with the final checkpoint measure how often the
+coach still has to step in. Every stage is the documented CLI command, run as a subprocess.
+
+    python benchmarks/coaching_rounds.py --checkpoint policies/checkpoints/small --base-data runs/ckpt_small \\
+        --episodes 10 --base-episodes 4 --coached 10 --rounds 2          # the full run (hours on 2 cores)
+    python benchmarks/coaching_rounds.py --preset tiny                  # a self-contained miniature
+
+With `--preset tiny` and no checkpoint, a tiny base checkpoint is first trained on a few
+`hivla datagen` episodes. The low level of every run is the base checkpoint's (`--low-level base`,
+the literal "low level frozen"); `finetuned` uses each round's checkpoint for both levels and
+`expert` the scripted expert. Prints one table (round, autonomous success per suite,
+interventions per coached episode, corrections collected, correction data as a share of the base
+data, wall time) and writes benchmarks/results/coaching_rounds.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "coaching_rounds.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="base checkpoint (default: the shipped small one; "
+                                                      "with --preset tiny, one trained here)")
+    p.add_argument("--preset", default="small", choices=["tiny", "small"], help="model size (tiny: a miniature run)")
+    p.add_argument("--base-data", nargs="+", default=None,
+                   help="the base checkpoint's training data (datagen sessions or a dir with its data cache)")
+    p.add_argument("--episodes", type=int, default=10, help="autonomous evaluation episodes per coaching family")
+    p.add_argument("--base-episodes", type=int, default=4, help="autonomous evaluation episodes per base family")
+    p.add_argument("--coached", type=int, default=10, help="M: coached episodes per coaching family and round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--low-level", default="base", choices=["base", "finetuned", "expert"])
+    p.add_argument("--finetune-steps", type=int, default=None, help="(default: 400 small, 120 tiny)")
+    p.add_argument("--correction-share", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: 2e-4 small, 3e-3 tiny)")
+    p.add_argument("--image-size", type=int, default=None, help="camera resolution (default: the model's)")
+    p.add_argument("--max-steps", type=int, default=None, help="per-episode step cap (default: the family budget)")
+    p.add_argument("--workers", type=int, default=1, help="parallel episode workers in each run")
+    p.add_argument("--seed", type=int, default=1000, help="evaluation seeds (coached episodes use others)")
+    p.add_argument("--workdir", type=Path, default=None, help="where sessions, exports and checkpoints go")
+    p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument("--no-final-coached", action="store_true", help="skip the coached episodes after the last round")
+    args = p.parse_args(argv)
+    tiny = args.preset == "tiny"
+    args.finetune_steps = args.finetune_steps or (120 if tiny else 400)
+    args.lr = args.lr or (3e-3 if tiny else 2e-4)
+    args.workdir = args.workdir or ROOT / "runs" / f"coaching_rounds_{args.preset}"
+    if tiny and args.image_size is None:
+        args.image_size = 32  # the tiny model sees 32 px; rendering more is wasted
+    for name in ("episodes", "base_episodes", "coached", "rounds", "workers"):
+        if getattr(args, name) < (0 if name in ("base_episodes",) else 1):
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+# --- running the CLI -----------------------------------------------------------------------------------
+class Stages:
+    """Runs hivla commands as subprocesses, logging each command and its output to a file."""
+
+    def __init__(self, workdir: Path, console):
+        self.log = workdir / "coaching_rounds.log"
+        self.console = console
+
+    def hivla(self, *argv: str) -> None:
+        cmd = [sys.executable, "-m", "agent.cli", *map(str, argv)]
+        started = time.perf_counter()
+        self.console.print(f"[dim]$ hivla {' '.join(map(str, argv))}[/dim]", soft_wrap=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.log.open("a") as f:
+            f.write(f"\n$ hivla {' '.join(map(str, argv))}\n")
+            f.flush()
+            done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            f.write(f"[exit {done.returncode} after {time.perf_counter() - started:.0f}s]\n")
+        if done.returncode != 0:
+            raise SystemExit(f"hivla {argv[0]} failed (exit {done.returncode}); see {self.log}")
+
+
+def policy_specs(args, checkpoint: Path, base: Path) -> tuple[str, str]:
+    low = {"base": f"pi05:{base}", "finetuned": f"pi05:{checkpoint}", "expert": "expert"}[args.low_level]
+    return f"pi05:{checkpoint}", low
+
+
+def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> dict:
+    """Autonomous success on both suites."""
+    high, low = policy_specs(args, checkpoint, base)
+    results = {}
+    for suite, n in (("coaching", args.episodes), ("base", args.base_episodes)):
+        if n == 0:
+            continue
+        path = out / f"eval_{suite}.json"
+        stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", suite, "--episodes", n,
+                     "--seed", args.seed, "--workers", args.workers, "--quiet", "--json", path, *common_run_flags(args))
+        results[suite] = json.loads(path.read_text())
+    return results
+
+
+def coached_run(stages: Stages, args, checkpoint: Path, base: Path, out: Path, seed: int) -> dict:
+    high, low = policy_specs(args, checkpoint, base)
+    path = out / "coached.json"
+    stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", "coaching", "--episodes", args.coached,
+                 "--seed", seed, "--workers", args.workers, "--coach", "scripted", "--out", out / "sessions",
+                 "--quiet", "--json", path, *common_run_flags(args))
+    summary = json.loads(path.read_text())
+    summary["corrections"] = count_corrections(out / "sessions")
+    return summary
+
+
+def common_run_flags(args) -> list:
+    flags = []
+    if args.image_size:
+        flags += ["--image-size", args.image_size]
+    if args.max_steps:
+        flags += ["--max-steps", args.max_steps]
+    return flags
+
+
+def count_corrections(sessions: Path) -> dict:
+    """Correction records by kind and mistake in the coached sessions (confirm/resume excluded)."""
+    from sessions.reader import iter_sessions
+
+    kinds: dict[str, int] = {}
+    mistakes: dict[str, int] = {}
+    for session in iter_sessions([sessions]):
+        for ep in session.episodes:
+            for c in ep.active_corrections:
+                if c.kind.value in ("confirm", "resume"):
+                    continue
+                kinds[c.kind.value] = kinds.get(c.kind.value, 0) + 1
+                mistakes[c.mistake or "-"] = mistakes.get(c.mistake or "-", 0) + 1
+    return {"total": sum(kinds.values()), "by_kind": kinds, "by_mistake": mistakes}
+
+
+def tiny_base_checkpoint(stages: Stages, args) -> tuple[Path, list[str]]:
+    """A tiny checkpoint trained here on a few oracle/expert episodes of the base suite."""
+    data, ckpt = args.workdir / "base_data", args.workdir / "base_ckpt"
+    if not (ckpt / "model.safetensors").is_file():
+        stages.hivla("datagen", "--suite", "base", "--episodes", 18, "--out", data, "--image-size", args.image_size or 32,
+                     "--max-steps", 250)
+        stages.hivla("train", "--data", data, "--preset", "tiny", "--out", ckpt, "--steps", 400, "--lr", 3e-3,
+                     "--batch-size", 16, "--set", "image_size=32", "--eval-every", 400, "--threads", 2)
+    return ckpt, [str(data)]
+
+
+# --- the rounds ---------------------------------------------------------------------------------------
+def row_of(round_no: int, evals: dict, coached: dict | None, finetune: dict | None, wall: float) -> dict:
+    def rate(suite):
+        return evals[suite]["success_rate"] if suite in evals else None
+
+    return {
+        "round": round_no,
+        "coaching_success": rate("coaching"),
+        "base_success": rate("base"),
+        "coaching_per_family": {f: s.get("success_rate") for f, s in evals.get("coaching", {}).get("per_family", {}).items()},
+        "interventions_per_episode": coached["interventions_per_episode"] if coached else None,
+        "coached_success": coached["success_rate"] if coached else None,
+        "corrections_collected": coached["corrections"]["total"] if coached else None,
+        "corrections_by_mistake": coached["corrections"]["by_mistake"] if coached else None,
+        "correction_samples": finetune["corrections"]["correction_samples"] if finetune else 0,
+        "correction_share_of_base": finetune["correction_share_of_base"] if finetune else 0.0,
+        "agreement_before": finetune["before"] if finetune else None,
+        "agreement_after": finetune["after"] if finetune else None,
+        "wall_time_s": wall,
+    }
+
+
+def table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    # short headers: the table must fit an 80-column terminal
+    for col in ("round", "coaching\nsuccess", "base\nsuccess", "interv./\ncoached ep", "corrections\ncollected",
+                "corr. data\n/ base", "held-out\nagreement", "wall s"):
+        t.add_column(col, justify="right")
+
+    def pct(v, digits=0):
+        return "-" if v is None else f"{100 * v:.{digits}f}%"
+
+    for r in rows:
+        after = (r["agreement_after"] or {}).get("held_out_agreement")
+        t.add_row(str(r["round"]), pct(r["coaching_success"]), pct(r["base_success"]),
+                  "-" if r["interventions_per_episode"] is None else f"{r['interventions_per_episode']:.2f}",
+                  "-" if r["corrections_collected"] is None else str(r["corrections_collected"]),
+                  pct(r["correction_share_of_base"], 2), pct(after), f"{r['wall_time_s']:.0f}")
+    return t
+
+
+def main(argv=None) -> int:
+    from rich.console import Console
+
+    args = parse_args(argv)
+    console = Console()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    stages = Stages(args.workdir, console)
+    started = time.perf_counter()
+    if args.checkpoint:
+        base = Path(args.checkpoint).resolve()
+        base_data = args.base_data
+    elif args.preset == "tiny":
+        base, base_data = tiny_base_checkpoint(stages, args)
+        base = base.resolve()
+    else:
+        from agent.specs import SHIPPED_CHECKPOINT
+
+        base, base_data = SHIPPED_CHECKPOINT, args.base_data
+    if not (base / "model.safetensors").is_file():
+        raise SystemExit(f"no checkpoint at {base}; pass --checkpoint (or --preset tiny for a miniature run)")
+
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    evals = evaluate(stages, args, base, base, args.workdir / "round0")
+    checkpoint, finetune_summary = base, None
+    for r in range(1, args.rounds + 1):
+        out = args.workdir / f"round{r}"
+        coached = coached_run(stages, args, checkpoint, base, out, seed=args.seed + 10_000 * r)
+        rows.append(row_of(r - 1, evals, coached, finetune_summary, time.perf_counter() - t0))
+        console.print(table(rows, "coaching rounds (so far)"))
+        t0 = time.perf_counter()
+        sessions = [args.workdir / f"round{k}" / "sessions" for k in range(1, r + 1)]
+        stages.hivla("export", *sessions, "--format", "sft", "--only-corrections", "--out", out / "export", "--force")
+        new_ckpt = out / "ckpt"
+        flags = ["--base", base, "--data", out / "export", "--out", new_ckpt, "--steps", args.finetune_steps,
+                 "--correction-share", args.correction_share, "--lr", args.lr]
+        if base_data:
+            flags += ["--base-data", *base_data]
+        if args.preset == "tiny":
+            flags += ["--batch-size", 16]
+        stages.hivla("finetune", *flags)
+        finetune_summary = json.loads((new_ckpt / "finetune_summary.json").read_text())
+        checkpoint = new_ckpt
+        evals = evaluate(stages, args, checkpoint, base, out)
+    coached = None
+    if not args.no_final_coached:
+        coached = coached_run(stages, args, checkpoint, base, args.workdir / "final", seed=args.seed + 10_000 * (args.rounds + 1))
+    rows.append(row_of(args.rounds, evals, coached, finetune_summary, time.perf_counter() - t0))
+
+    wall = time.perf_counter() - started
+    console.print(table(rows, f"coaching rounds: {args.preset}, {args.rounds} rounds x {args.coached} coached "
+                              f"episodes/family, low level {args.low_level}, {wall / 60:.0f} min"))
+    first, last = rows[0], rows[-1]
+    summary = {
+        "coaching_success_gain_points": None if first["coaching_success"] is None else
+        100 * (last["coaching_success"] - first["coaching_success"]),
+        "base_success_change_points": None if first["base_success"] is None or last["base_success"] is None else
+        100 * (last["base_success"] - first["base_success"]),
+        "interventions_ratio": None if not first["interventions_per_episode"] or last["interventions_per_episode"] is None
+        else last["interventions_per_episode"] / first["interventions_per_episode"],
+        "final_correction_share_of_base": last["correction_share_of_base"],
+    }
+    console.print(summary)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"checkpoint": str(base)},
+        "rows": rows, "summary": summary, "wall_time_s": wall}, indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

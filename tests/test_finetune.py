@@ -1,0 +1,221 @@
+"""hivla finetune's pieces: what a correction teaches, the relabelled windows around it, the
+high-level objective (text loss + low-level anchor), the frozen low level, LoRA merging, and the
+two-process accelerate launch (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent.training.corrections import (
+    COACHED_THOUGHT,
+    agreement_samples,
+    correction_samples,
+    episode_labels,
+    is_held_out,
+    load_coached_episodes,
+)
+from agent.training.finetune import (
+    EXPERT_PREFIXES,
+    HighLevelObjective,
+    add_lora,
+    freeze_low_level,
+    merged_copy,
+    reference_keys_values,
+)
+from agent.training.trainer import BATCH_KEYS
+from policies.pi05.configuration import make_config
+from policies.pi05.modeling import Pi05Model
+from policies.types import CorrectionKind as K
+from sessions.recorder import SessionRecorder, make_header
+from sessions.schema import CorrectionRecord, EpisodeEnd, EpisodeStart, PlanData, PlanEmitted, Step
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def record_coached_episode(path: Path, size: int = 16) -> Path:
+    """30 steps: model plans A (0-4) and B (5-9), an override to C at 10 (suspect from 7), C until 19,
+    model plan D from 20, a nudge at 22, a negation at 25 re-planned to E, an override to F at 28."""
+    header = make_header(high_level="pi05:x", low_level="expert", cameras={"front": (size, size), "wrist": (size, size)},
+                         state_names=[f"s{i}" for i in range(8)], action_names=["dx", "dy", "dz", "dyaw", "grip"])
+    A, B, C, D, E, F = ("pick up the red block", "pick up the blue block", "open the drawer", "pick up the green block",
+                        "pick up the yellow block", "close the drawer")
+    t = time.time()
+
+    def plan(pid, step, sub, source, reason):
+        return PlanEmitted(episode=0, step=step, plan_id=pid, plan=PlanData(thought="t", subtask=sub, source=source),
+                           reason=reason, wall_time=t)
+
+    def correction(cid, step, kind, text, replaced, resulting, suspect=None):
+        return CorrectionRecord(episode=0, step=step, correction_id=cid, kind=kind, text=text, speaker="scripted",
+                                replaced_plan=PlanData(thought="t", subtask=replaced, source="model"),
+                                resulting_plan=None if resulting is None else PlanData(thought="t", subtask=resulting, source="human"),
+                                suspect_from_step=suspect, mistake="wrong_order", wall_time=t)
+
+    events = {0: [plan(0, 0, A, "model", "start")], 5: [plan(1, 5, B, "model", "timer")],
+              10: [correction(0, 10, K.OVERRIDE, "open the drawer first", B, C, suspect=7), plan(2, 10, C, "human", "correction")],
+              20: [plan(3, 20, D, "model", "subtask_done")],
+              22: [correction(1, 22, K.NUDGE, "a bit left", D, None)],
+              25: [correction(2, 25, K.NEGATION, "not that one", D, E), plan(4, 25, E, "model", "correction")],
+              28: [correction(3, 28, K.OVERRIDE, "close the drawer", E, F), plan(5, 28, F, "human", "correction")]}
+    in_force = {}
+    current = None
+    for k in range(30):
+        for e in events.get(k, []):
+            if isinstance(e, PlanEmitted):
+                current = e
+        in_force[k] = current
+    rng = np.random.default_rng(0)
+    with SessionRecorder(path, header) as rec:
+        rec.start_episode(EpisodeStart(episode=0, task="tidy up", family="tidy_up", wall_time=t))
+        for k in range(30):
+            for e in events.get(k, []):
+                rec.record(e)
+            p = in_force[k]
+            images = {c: rng.integers(0, 255, (size, size, 3), dtype=np.uint8) for c in ("front", "wrist")}
+            rec.record_step(Step(episode=0, step=k, frame=k, time=k / 10, wall_time=t, state=[0.0] * 8,
+                                 action=[0.0] * 5, plan_id=p.plan_id, subtask=p.plan.subtask), images)
+        rec.record(EpisodeEnd(episode=0, steps=30, success=False, subtasks_completed=0, subtasks_total=6,
+                              reason="timeout", wall_time=t))
+    return path
+
+
+@pytest.fixture(scope="module")
+def coached(tmp_path_factory):
+    return load_coached_episodes([record_coached_episode(tmp_path_factory.mktemp("s") / "session")])
+
+
+def test_what_each_correction_teaches(coached):
+    (_, _, labels), = coached
+    # the override at 10 and the one at 28; the nudge says nothing about the next subtask and the
+    # negation's re-plan was overruled three steps later
+    assert [(lab.step, lab.kind, lab.subtask, lab.replaced) for lab in labels] == [
+        (10, "override", "open the drawer", "pick up the blue block"),
+        (28, "override", "close the drawer", "pick up the yellow block"),
+    ]
+
+
+def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
+    raw, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=3, after=5)
+    # override 1: steps 7-9 (its suspect window) + 10-15 (C in force); override 2: 25-27 + 28-29
+    assert raw.plan_subtasks == ["open the drawer"] * 9 + ["close the drawer"] * 5
+    assert owner == [0] * 9 + [1] * 5
+    assert raw.last_subtasks[:4] == ["pick up the blue block"] * 4 and raw.last_subtasks[4] == "open the drawer"
+    assert raw.corrections == [[]] * 14, "the model must learn to do it unasked: no corrections in the context"
+    assert set(raw.thoughts) == {COACHED_THOUGHT}
+    assert raw.images[0].shape == (2, 16, 16, 3) and raw.actions[0].shape == (4, 5)
+    agree, labels = agreement_samples(coached, ("front", "wrist"), image_size=16, horizon=4)
+    assert len(agree) == 2 and agree.last_subtasks == ["pick up the blue block", "pick up the yellow block"]
+
+
+def test_exports_choose_the_corrections(tmp_path, coached):
+    from sessions.export import ExportOptions, export_sessions
+
+    session = coached[0][0].path
+    export_sessions([session], tmp_path / "sft", ExportOptions(format="sft", only_corrections=True))
+    via_export = load_coached_episodes([tmp_path / "sft"])
+    assert [lab.step for lab in via_export[0][2]] == [10, 28]
+    export_sessions([session], tmp_path / "pairs", ExportOptions(format="pairs", kinds=["override"]))
+    assert [lab.step for lab in load_coached_episodes([tmp_path / "pairs"])[0][2]] == [10, 28]
+
+
+def test_held_out_split_is_stable():
+    keys = [f"s{i}/{j}" for i in range(20) for j in range(5)]
+    held = [k for k in keys if is_held_out(k, 0.2)]
+    assert 5 < len(held) < 40 and held == [k for k in keys if is_held_out(k, 0.2)]
+    assert not any(is_held_out(k, 0.0) for k in keys)
+
+
+def tiny_batch(cfg, b: int = 3) -> dict:
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "images": torch.randint(0, 255, (b, len(cfg.cameras), cfg.image_size, cfg.image_size, 3), generator=g, dtype=torch.uint8),
+        "prefix_ids": torch.randint(3, cfg.vocab_size, (b, cfg.prefix_text_len), generator=g),
+        "context_ids": torch.randint(3, cfg.vocab_size, (b, cfg.max_context_tokens), generator=g),
+        "subtask_ids": torch.randint(3, cfg.vocab_size, (b, cfg.max_subtask_tokens), generator=g),
+        "target_ids": torch.randint(3, cfg.vocab_size, (b, cfg.max_target_tokens), generator=g),
+        "actions": torch.zeros(b, cfg.action_horizon, cfg.action_dim), "action_mask": torch.ones(b, cfg.action_horizon, dtype=torch.bool),
+    }
+    for name in ("prefix", "context", "subtask", "target"):
+        mask = torch.ones_like(batch[f"{name}_ids"], dtype=torch.bool)
+        mask[0, -2:] = False  # some padding
+        batch[f"{name}_mask"] = mask
+    assert set(BATCH_KEYS) <= set(batch)
+    return batch
+
+
+def test_objective_trains_the_high_level_and_anchors_the_low_levels_inputs():
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    reference = Pi05Model(cfg).eval()
+    model = Pi05Model(cfg)
+    model.load_state_dict(reference.state_dict())
+    freeze_low_level(model)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if n.startswith(EXPERT_PREFIXES))
+    assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith(("backbone", "vision", "embed")))
+    batch = tiny_batch(cfg)
+    objective = HighLevelObjective(model, anchor_weight=1.0)
+    loss, info = objective(batch, reference_keys_values(reference, batch))
+    assert info["anchor"] < 1e-8 and abs(info["text_loss"] - info["loss"]) < 1e-5
+    loss.backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if n.startswith(EXPERT_PREFIXES))
+    with torch.no_grad():
+        model.backbone[0].k.weight.add_(0.05)
+    _, info = objective(batch, reference_keys_values(reference, batch))
+    assert info["anchor"] > 1e-3
+
+
+def test_lora_merges_into_a_plain_checkpoint():
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    model = add_lora(Pi05Model(cfg), rank=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)  # as if trained (lora_B starts at zero)
+    batch = tiny_batch(cfg)
+    merged = merged_copy(model, cfg)
+    h1, _, _ = model.eval().run_training_backbone(batch)
+    h2, _, _ = merged.eval().run_training_backbone(batch)
+    assert torch.allclose(h1, h2, atol=1e-4)
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_on_the_cpu(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU) runs the same fine-tune."""
+    from agent.training.trainer import TrainSettings, train
+    from sessions.synthetic import write_synthetic_session
+
+    data = tmp_path / "base"
+    write_synthetic_session(data / "a", episodes=3, steps=30, image_size=32, seed=0)
+    train(TrainSettings(data=[str(data)], out=str(tmp_path / "ckpt"), preset="tiny", steps=4, batch_size=8,
+                        eval_every=4, eval_samples=8, eval_generate=2, threads=1, warmup_steps=2, vocab_size=700,
+                        overrides={"image_size": 32}))
+    coached = record_coached_episode(tmp_path / "coached" / "session", size=32)
+    out = tmp_path / "ft"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agent.commands.finetune",
+           "--base", str(tmp_path / "ckpt"), "--data", str(coached), "--out", str(out), "--base-data", str(data),
+           "--steps", "6", "--batch-size", "8", "--held-out-fraction", "0", "--threads", "1", "--base-stride", "2"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = (out / "finetune.log").read_text()
+    assert "2 process(es) (MULTI_CPU, backend gloo)" in log
+    summary = json.loads((out / "finetune_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 6 and summary["after"]["train_agreement"] is not None
+    from policies.pi05.policy import load_pi05
+
+    assert load_pi05(out).cfg.preset == "tiny"
