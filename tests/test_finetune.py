@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def record_coached_episode(path: Path, size: int = 16) -> Path:
-    """30 steps: model plans A (0-4) and B (5-9), an override to C at 10 (suspect from 7), C until 19,
-    model plan D from 20, a nudge at 22, a negation at 25 re-planned to E, an override to F at 28."""
+    """30 steps: model plans A (0-4) and B (5-9), an override to C at 10 (suspect from 6: the coach
+    saw B the step after it was made), C until 19, model plan D from 20, a nudge at 22, a negation at
+    25 re-planned to E, an override to F at 28 (suspect from 26)."""
     header = make_header(high_level="pi05:x", low_level="expert", cameras={"front": (size, size), "wrist": (size, size)},
                          state_names=[f"s{i}" for i in range(8)], action_names=["dx", "dy", "dz", "dyaw", "grip"])
     A, B, C, D, E, F = ("pick up the red block", "pick up the blue block", "open the drawer", "pick up the green block",
@@ -62,11 +63,11 @@ def record_coached_episode(path: Path, size: int = 16) -> Path:
                                 suspect_from_step=suspect, mistake="wrong_order", wall_time=t)
 
     events = {0: [plan(0, 0, A, "model", "start")], 5: [plan(1, 5, B, "model", "timer")],
-              10: [correction(0, 10, K.OVERRIDE, "open the drawer first", B, C, suspect=7), plan(2, 10, C, "human", "correction")],
+              10: [correction(0, 10, K.OVERRIDE, "open the drawer first", B, C, suspect=6), plan(2, 10, C, "human", "correction")],
               20: [plan(3, 20, D, "model", "subtask_done")],
               22: [correction(1, 22, K.NUDGE, "a bit left", D, None)],
               25: [correction(2, 25, K.NEGATION, "not that one", D, E), plan(4, 25, E, "model", "correction")],
-              28: [correction(3, 28, K.OVERRIDE, "close the drawer", E, F), plan(5, 28, F, "human", "correction")]}
+              28: [correction(3, 28, K.OVERRIDE, "close the drawer", E, F, suspect=26), plan(5, 28, F, "human", "correction")]}
     in_force = {}
     current = None
     for k in range(30):
@@ -105,12 +106,15 @@ def test_what_each_correction_teaches(coached):
 
 
 def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
-    raw, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=3, after=5)
-    # override 1: steps 7-9 (its suspect window) + 10-15 (C in force); override 2: 25-27 + 28-29
-    assert raw.plan_subtasks == ["open the drawer"] * 9 + ["close the drawer"] * 5
-    assert owner == [0] * 9 + [1] * 5
-    assert raw.last_subtasks[:4] == ["pick up the blue block"] * 4 and raw.last_subtasks[4] == "open the drawer"
-    assert raw.corrections == [[]] * 14, "the model must learn to do it unasked: no corrections in the context"
+    raw, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5)
+    # override 1: steps 5-9 (from the decision for B to the correction) + 10-15 (C in force);
+    # override 2: 25-27 + 28-29
+    assert raw.plan_subtasks == ["open the drawer"] * 11 + ["close the drawer"] * 5
+    assert owner == [0] * 11 + [1] * 5
+    assert raw.last_subtasks[:7] == ["pick up the red block"] + ["pick up the blue block"] * 5 + ["open the drawer"]
+    assert raw.corrections == [[]] * 16, "the model must learn to do it unasked: no corrections in the context"
+    short, _ = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=2, after=0)
+    assert short.plan_subtasks == ["open the drawer"] * 3 + ["close the drawer"] * 3  # 8, 9, 10 and 26, 27, 28
     assert set(raw.thoughts) == {COACHED_THOUGHT}
     assert raw.images[0].shape == (2, 16, 16, 3) and raw.actions[0].shape == (4, 5)
     agree, labels = agreement_samples(coached, ("front", "wrist"), image_size=16, horizon=4)

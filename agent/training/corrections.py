@@ -11,8 +11,9 @@ What a correction teaches (`CorrectionLabel`): the subtask the coach wanted at t
 Pause, stop, resume, confirm and nudges say nothing about the next subtask and are skipped.
 
 Samples (`correction_samples`): the frames around each correction relabelled with what the coach
-wanted: up to `before` steps of the mistake before it (from its suspect_from_step) and up to
-`after` steps while the taught subtask is being carried out. Each sample's context is the one the
+wanted: up to `before` steps of the mistake before it (from its suspect_from_step; for a wrong
+plan, from the step that plan was made, so the decision itself is relabelled) and up to `after`
+steps while the taught subtask is being carried out. Each sample's context is the one the
 model has when nobody coaches: the subtask in force just before, and no corrections (the model
 must come to do this by itself). The target is a short fixed thought and the taught subtask.
 
@@ -34,6 +35,7 @@ from agent.training.dataset import RawSamples
 from policies.pi05.processor import resize_image
 
 TEACHING_KINDS = ("override", "negation", "constraint")
+PLAN_MISTAKES = ("wrong_order", "wrong_object", "broken_constraint")  # the plan itself was wrong
 RECHECK_STEPS = 15  # a negation's re-plan counts as what the coach wanted if no correction follows this soon
 COACHED_THOUGHT = "As I was taught."
 
@@ -187,7 +189,11 @@ def correction_samples(coached, cameras: tuple[str, ...], image_size: int, horiz
             at = ep.position_of_step(lab.step)
             first = max(0, at - before)
             if lab.suspect_from_step is not None:
-                first = max(first, ep.position_of_step(lab.suspect_from_step))
+                suspect = ep.position_of_step(lab.suspect_from_step)
+                if lab.mistake in PLAN_MISTAKES:
+                    # the coach first sees a plan the step after it was made: include that decision
+                    suspect -= 1
+                first = max(first, suspect)
             for i in range(first, at):
                 if not ep.steps[i].paused:
                     chosen[i] = (lab.subtask, n_labels + k)

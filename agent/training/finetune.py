@@ -153,7 +153,10 @@ def base_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> tuple[di
             tensors, total = load_file(str(d / BASE_CACHE_FILE)), int(meta["base_samples_total"])
         else:
             if d.resolve() != base.resolve():
-                log(f"note: using {d / CACHE_FILE}; it must come from a checkpoint with {base}'s tokenizer")
+                if not (d / "tokenizer.json").is_file() or \
+                        (d / "tokenizer.json").read_bytes() != (base / "tokenizer.json").read_bytes():
+                    raise CorrectionDataError(f"{d / CACHE_FILE} was not encoded with {base}'s tokenizer "
+                                              f"(no identical {d / 'tokenizer.json'}); pass the base sessions instead")
             tensors, _ = load_cache(d)
             total = len(tensors["prefix_ids"])
         log(f"base data: {total} samples in {d}")
