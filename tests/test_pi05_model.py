@@ -76,7 +76,8 @@ def test_forward_shapes_and_finite_loss(processor):
     batch = make_batch(processor)
     loss, info = model(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
-    assert set(info) >= {"text_loss", "flow_loss", "token_acc"}
+    assert set(info) >= {"text_loss", "flow_loss", "action_token_loss", "token_acc"}
+    assert info["action_token_loss"] > 0
     b = batch
     actions = model.sample_actions(b["images"], b["prefix_ids"], b["prefix_mask"], b["subtask_ids"], b["subtask_mask"])
     assert actions.shape == (4, processor.cfg.action_horizon, processor.cfg.action_dim)
@@ -93,6 +94,13 @@ def test_segment_mask_prefix_never_sees_later_segments():
     assert not mask[tgt, sub].any() and mask[tgt, ctx].all()  # target doesn't see the teacher-forced subtask
     assert torch.equal(mask[tgt, tgt], torch.tril(torch.ones(3, 3, dtype=torch.bool)))  # causal decoding
     assert not mask[ctx, sub].any() and not mask[ctx, tgt].any()
+    # the training-only action-token segment sees base + subtask, causal within, and nobody sees it
+    full = Pi05Model.segment_mask([(0, valid(3, None)), (1, valid(2, None)), (2, valid(2, None)),
+                                   (3, valid(3, None)), (4, valid(3, None))])[0]
+    act = slice(10, 13)
+    assert full[act, base].all() and full[act, sub].all() and not full[act, ctx].any() and not full[act, tgt].any()
+    assert torch.equal(full[act, act], torch.tril(torch.ones(3, 3, dtype=torch.bool)))
+    assert not full[:10, act].any()
 
 
 def test_prefix_keys_do_not_depend_on_suffix(processor):
@@ -135,12 +143,12 @@ def test_training_and_inference_see_the_same_action_context(processor):
 def test_knowledge_insulation_no_flow_gradient_into_backbone(processor):
     model = Pi05Model(processor.cfg)
     batch = make_batch(processor)
-    model.cfg.text_loss_weight = 0.0  # flow loss only
+    model.cfg.text_loss_weight = model.cfg.action_token_loss_weight = 0.0  # flow loss only
     try:
         loss, _ = model(batch)
         loss.backward()
     finally:
-        model.cfg.text_loss_weight = 1.0
+        model.cfg.text_loss_weight = model.cfg.action_token_loss_weight = 1.0
     backbone = [p for n, p in model.named_parameters() if n.startswith(("backbone", "embed", "vision"))]
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in backbone)
     assert any(p.grad is not None and p.grad.abs().max() > 0 for n, p in model.named_parameters() if n.startswith("expert"))

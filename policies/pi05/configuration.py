@@ -66,6 +66,12 @@ class Pi05Config:
     # loss weights
     text_loss_weight: float = 1.0
     flow_loss_weight: float = 1.0
+    action_token_loss_weight: float = 1.0
+
+    # discrete action tokens for the backbone (π0.5 knowledge insulation: the backbone learns actions as
+    # tokens, the expert as a flow). Every `action_token_stride`-th chunk step, binned; 0 turns it off.
+    action_token_stride: int = 2
+    bin_token_offset: int = 6  # id of the first state-bin token <s0> (see processor.special_tokens)
 
     preset: str = "custom"
 

@@ -19,6 +19,9 @@ One backbone sequence is laid out in four segments:
   target       sees base prefix + context, causal among itself: what the high level decodes
   actions      (expert) see base prefix + subtask + all actions. The backbone keys/values are
                detached, so the flow loss never updates the backbone (knowledge insulation).
+  action tokens (training only) the chunk discretised into bins, causal, seeing base + subtask: as in
+               π0.5's KI recipe, the backbone learns action-relevant features from these tokens
+               while the expert learns the continuous chunk by flow matching.
 
 Because the base prefix never sees the context, and the subtask never sees the context, the low
 level at inference ([base | subtask], no context: LowLevelPolicy.act only gets a subtask) sees
@@ -294,9 +297,9 @@ class Pi05Model(nn.Module):
 
     # -- segments and masks --------------------------------------------------------------------
 
-    BASE, CONTEXT, SUBTASK, TARGET = 0, 1, 2, 3
-    # (query segment, key segment) pairs allowed to attend; TARGET->TARGET is additionally causal
-    ALLOWED = {(0, 0), (1, 0), (1, 1), (2, 0), (2, 2), (3, 0), (3, 1), (3, 3)}
+    BASE, CONTEXT, SUBTASK, TARGET, ACTION_TOKENS = 0, 1, 2, 3, 4
+    # (query segment, key segment) pairs allowed to attend; TARGET and ACTION_TOKENS are causal within
+    ALLOWED = {(0, 0), (1, 0), (1, 1), (2, 0), (2, 2), (3, 0), (3, 1), (3, 3), (4, 0), (4, 2), (4, 4)}
 
     @classmethod
     def segment_mask(cls, segments: list[tuple[int, Tensor]]) -> Tensor:
@@ -304,13 +307,14 @@ class Pi05Model(nn.Module):
         valid = torch.cat([v.bool() for _, v in segments], 1)
         dev = valid.device
         seg = torch.cat([torch.full((v.shape[1],), s, dtype=torch.long, device=dev) for s, v in segments])
-        rules = torch.zeros(4, 4, dtype=torch.bool, device=dev)
+        rules = torch.zeros(5, 5, dtype=torch.bool, device=dev)
         for q, k in cls.ALLOWED:
             rules[q, k] = True
         allowed = rules[seg[:, None], seg[None, :]]
         idx = torch.arange(seg.shape[0], device=dev)
-        both_target = (seg[:, None] == cls.TARGET) & (seg[None, :] == cls.TARGET)
-        allowed = allowed & (~both_target | (idx[None, :] <= idx[:, None]))
+        causal_seg = (seg == cls.TARGET) | (seg == cls.ACTION_TOKENS)
+        same = (seg[:, None] == seg[None, :]) & causal_seg[:, None]
+        allowed = allowed & (~same | (idx[None, :] <= idx[:, None]))
         return allowed[None] & valid[:, None, :]
 
     @staticmethod
@@ -319,27 +323,46 @@ class Pi05Model(nn.Module):
 
     # -- training ------------------------------------------------------------------------------
 
+    def action_token_ids(self, actions: Tensor) -> Tensor:
+        """Discretised action chunk for the backbone's action-token loss: every `action_token_stride`-th
+        step, each dimension of the normalised action binned into 256 bins, as the state-bin tokens.
+        (π0.5 trains its backbone on FAST tokens; uniform bins are the simple stand-in.)"""
+        cfg = self.cfg
+        coarse = actions[:, :: cfg.action_token_stride]  # [B, H', A]
+        bins = ((coarse.clamp(-1, 1) + 1) / 2 * cfg.state_bins).long().clamp(0, cfg.state_bins - 1)
+        return (bins + cfg.bin_token_offset).flatten(1)  # [B, H' * A]
+
     def run_training_backbone(self, batch: dict[str, Tensor]) -> tuple[Tensor, KVCache, dict[str, Tensor]]:
-        """One backbone pass over [base | context | subtask | target-input] with the segment mask."""
+        """One backbone pass over [base | context | subtask | target-input | action-token-input] with
+        the segment mask. The action-token segment (training only) sees base + subtask, causal within."""
+        cfg = self.cfg
         base, base_valid = self.embed_prefix(batch["images"], batch["prefix_ids"], batch["prefix_mask"])
         ctx_valid = batch["context_mask"].bool()
         sub_valid = batch["subtask_mask"].bool()
         tgt_in, tgt_valid = batch["target_ids"][:, :-1], batch["target_mask"][:, :-1].bool()
         dtype = base.dtype
-        x = torch.cat([base, self.embed_text(batch["context_ids"]).to(dtype),
-                       self.embed_text(batch["subtask_ids"]).to(dtype), self.embed_text(tgt_in).to(dtype)], 1)
-        n_base, n_ctx = base_valid.sum(1), ctx_valid.sum(1)
-        positions = torch.cat([
+        parts = [base, self.embed_text(batch["context_ids"]).to(dtype),
+                 self.embed_text(batch["subtask_ids"]).to(dtype), self.embed_text(tgt_in).to(dtype)]
+        n_base, n_ctx, n_sub = base_valid.sum(1), ctx_valid.sum(1), sub_valid.sum(1)
+        positions = [
             base_valid.long().cumsum(1) - 1,
             self.positions_from(n_base, ctx_valid.shape[1]),
             self.positions_from(n_base, sub_valid.shape[1]),
             self.positions_from(n_base + n_ctx, tgt_in.shape[1]),
-        ], 1)
-        mask = self.segment_mask([(self.BASE, base_valid), (self.CONTEXT, ctx_valid),
-                                  (self.SUBTASK, sub_valid), (self.TARGET, tgt_valid)])
-        hidden, cache = self.run_backbone(x, positions, mask)
-        layout = {"base_valid": base_valid, "context_valid": ctx_valid, "subtask_valid": sub_valid,
-                  "target_valid": tgt_valid, "mask": mask}
+        ]
+        segments = [(self.BASE, base_valid), (self.CONTEXT, ctx_valid), (self.SUBTASK, sub_valid), (self.TARGET, tgt_valid)]
+        layout = {"base_valid": base_valid, "context_valid": ctx_valid, "subtask_valid": sub_valid, "target_valid": tgt_valid}
+        if cfg.action_token_stride > 0:
+            act_ids = self.action_token_ids(batch["actions"].float())
+            act_valid = batch["action_mask"][:, :: cfg.action_token_stride].bool().repeat_interleave(cfg.action_dim, 1)
+            act_in = torch.cat([torch.full_like(act_ids[:, :1], cfg.bos_id), act_ids[:, :-1]], 1)
+            parts.append(self.embed_text(act_in).to(dtype))
+            positions.append(self.positions_from(n_base + n_sub, act_in.shape[1]))
+            segments.append((self.ACTION_TOKENS, act_valid))
+            layout.update(action_token_ids=act_ids, action_token_valid=act_valid)
+        mask = self.segment_mask(segments)
+        hidden, cache = self.run_backbone(torch.cat(parts, 1), torch.cat(positions, 1), mask)
+        layout["mask"] = mask
         return hidden, cache, layout
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
@@ -357,9 +380,17 @@ class Pi05Model(nn.Module):
 
         # high level: next-token prediction on thought + subtask
         p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
-        logits = self.logits(hidden[:, p + c + s:]).float()
+        t_len = layout["target_valid"].shape[1]
+        logits = self.logits(hidden[:, p + c + s: p + c + s + t_len]).float()
         labels = batch["target_ids"][:, 1:].masked_fill(~batch["target_mask"][:, 1:].bool(), -100)
         text_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+        # backbone learns the actions too, as discrete tokens (its only action signal: see KI below)
+        action_token_loss = torch.zeros((), device=hidden.device)
+        if cfg.action_token_stride > 0:
+            a_logits = self.logits(hidden[:, p + c + s + t_len:]).float()
+            a_labels = layout["action_token_ids"].masked_fill(~layout["action_token_valid"], -100)
+            action_token_loss = F.cross_entropy(a_logits.flatten(0, 1), a_labels.flatten(), ignore_index=-100)
 
         # low level: flow matching, x_t = t * noise + (1 - t) * actions, target velocity noise - actions
         actions = batch["actions"].float()
@@ -376,12 +407,13 @@ class Pi05Model(nn.Module):
         amask = batch["action_mask"].float()
         flow_loss = (err * amask).sum() / amask.sum().clamp(min=1.0)
 
-        loss = cfg.text_loss_weight * text_loss + cfg.flow_loss_weight * flow_loss
+        loss = (cfg.text_loss_weight * text_loss + cfg.flow_loss_weight * flow_loss
+                + cfg.action_token_loss_weight * action_token_loss)
         with torch.no_grad():
             ok = labels != -100
             token_acc = ((logits.argmax(-1) == labels) & ok).sum().float() / ok.sum().clamp(min=1)
         return loss, {"loss": loss.item(), "text_loss": text_loss.item(), "flow_loss": flow_loss.item(),
-                      "token_acc": token_acc.item()}
+                      "action_token_loss": action_token_loss.item(), "token_acc": token_acc.item()}
 
     # -- inference: high level -----------------------------------------------------------------
 

@@ -60,9 +60,10 @@ def check_tokenizer(tok) -> None:
     for i, name in enumerate(special_tokens()[:3]):
         if tok.token_to_id(name) != i:
             raise ValueError(f"tokenizer: {name} must have id {i}, has {tok.token_to_id(name)}")
+    first = tok.token_to_id(state_token(0))
     for i in range(STATE_BINS):
-        if tok.token_to_id(state_token(i)) is None:
-            raise ValueError(f"tokenizer lacks the state-bin token {state_token(i)}")
+        if tok.token_to_id(state_token(i)) != first + i:
+            raise ValueError(f"tokenizer: state-bin tokens must have consecutive ids ({state_token(i)})")
 
 
 def load_tokenizer(path: str | Path):
@@ -171,6 +172,9 @@ class Pi05Processor:
                                ("action", norm_stats.action_q01, cfg.action_dim)):
             if arr.shape != (dim,):
                 raise ValueError(f"norm stats: {name} has {arr.shape[0]} dims, the model expects {dim}")
+        if tokenizer.token_to_id(state_token(0)) != cfg.bin_token_offset:
+            raise ValueError(f"tokenizer puts <s0> at id {tokenizer.token_to_id(state_token(0))}, "
+                             f"config.bin_token_offset is {cfg.bin_token_offset}")
         if tokenizer.get_vocab_size() > cfg.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
         self._state_ids = np.array([tokenizer.token_to_id(state_token(i)) for i in range(STATE_BINS)])
