@@ -3,15 +3,16 @@
 Round 0 evaluates a checkpoint autonomously (no coach) on the `coaching` and `base` suites. Each
 round r = 1..R then
   1. runs M coached episodes on `coaching` with the current checkpoint (scripted coach, recorded),
-  2. exports the corrections of every round so far (`hivla export --format sft --only-corrections`),
-  3. fine-tunes the high level of the *base* checkpoint on base data ∪ those corrections
-     (`hivla finetune`, correction share of each batch 0.1),
+  2. exports the coached sessions of every round so far (`hivla export --format sft`: the corrections
+     and the plans the coach let stand),
+  3. fine-tunes the high level of the *base* checkpoint on base data ∪ that coaching data
+     (`hivla finetune`, share of each batch from coaching data 0.1),
   4. evaluates the new checkpoint autonomously on both suites again (same seeds every round).
 After the last round, M more coached episodes with the final checkpoint measure how often the
 coach still has to step in. Every stage is the documented CLI command, run as a subprocess.
 
     python benchmarks/coaching_rounds.py --checkpoint policies/checkpoints/small --base-data runs/ckpt_small \\
-        --episodes 10 --base-episodes 4 --coached 10 --rounds 2          # the full run (hours on 2 cores)
+        --episodes 20 --base-episodes 6 --coached 10 --rounds 2 --workers 2   # the full run (~1 h on 2 cores)
     python benchmarks/coaching_rounds.py --preset tiny                  # a self-contained miniature
 
 With `--preset tiny` and no checkpoint, a tiny base checkpoint is first trained on a few
@@ -45,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--preset", default="small", choices=["tiny", "small"], help="model size (tiny: a miniature run)")
     p.add_argument("--base-data", nargs="+", default=None,
                    help="the base checkpoint's training data (datagen sessions or a dir with its data cache)")
-    p.add_argument("--episodes", type=int, default=10, help="autonomous evaluation episodes per coaching family")
-    p.add_argument("--base-episodes", type=int, default=4, help="autonomous evaluation episodes per base family")
+    p.add_argument("--episodes", type=int, default=20, help="autonomous evaluation episodes per coaching family")
+    p.add_argument("--base-episodes", type=int, default=6, help="autonomous evaluation episodes per base family")
     p.add_argument("--coached", type=int, default=10, help="M: coached episodes per coaching family and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--low-level", default="base", choices=["base", "finetuned", "expert"])
@@ -173,6 +174,8 @@ def row_of(round_no: int, evals: dict, coached: dict | None, finetune: dict | No
         "coaching_per_family": {f: s.get("success_rate") for f, s in evals.get("coaching", {}).get("per_family", {}).items()},
         "interventions_per_episode": coached["interventions_per_episode"] if coached else None,
         "coached_success": coached["success_rate"] if coached else None,
+        "coached_per_family": {f: {"success": v.get("success_rate"), "interventions": v.get("interventions_per_episode")}
+                               for f, v in coached.get("per_family", {}).items()} if coached else None,
         "corrections_collected": coached["corrections"]["total"] if coached else None,
         "corrections_by_mistake": coached["corrections"]["by_mistake"] if coached else None,
         "correction_samples": finetune["corrections"]["correction_samples"] if finetune else 0,
@@ -236,7 +239,7 @@ def main(argv=None) -> int:
         console.print(table(rows, "coaching rounds (so far)"))
         t0 = time.perf_counter()
         sessions = [args.workdir / f"round{k}" / "sessions" for k in range(1, r + 1)]
-        stages.hivla("export", *sessions, "--format", "sft", "--only-corrections", "--out", out / "export", "--force")
+        stages.hivla("export", *sessions, "--format", "sft", "--out", out / "export", "--force")
         new_ckpt = out / "ckpt"
         flags = ["--base", base, "--data", out / "export", "--out", new_ckpt, "--steps", args.finetune_steps,
                  "--correction-share", args.correction_share, "--lr", args.lr]

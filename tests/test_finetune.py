@@ -96,25 +96,31 @@ def coached(tmp_path_factory):
 
 
 def test_what_each_correction_teaches(coached):
-    (_, _, labels), = coached
+    (item,) = coached
+    labels = item.labels
     # the override at 10 and the one at 28; the nudge says nothing about the next subtask and the
     # negation's re-plan was overruled three steps later
     assert [(lab.step, lab.kind, lab.subtask, lab.replaced) for lab in labels] == [
         (10, "override", "open the drawer", "pick up the blue block"),
         (28, "override", "close the drawer", "pick up the yellow block"),
     ]
+    # the model's own plans the coach let stand: A (B was replaced by the override, D by the negation)
+    assert item.approved == [(0, "pick up the red block")]
 
 
 def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
-    raw, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5)
+    raw, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5,
+                                    include_approved=False)
     # override 1: steps 5-9 (from the decision for B to the correction) + 10-15 (C in force);
     # override 2: 25-27 + 28-29
     assert raw.plan_subtasks == ["open the drawer"] * 11 + ["close the drawer"] * 5
     assert owner == [0] * 11 + [1] * 5
     assert raw.last_subtasks[:7] == ["pick up the red block"] + ["pick up the blue block"] * 5 + ["open the drawer"]
     assert raw.corrections == [[]] * 16, "the model must learn to do it unasked: no corrections in the context"
-    short, _ = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=2, after=0)
-    assert short.plan_subtasks == ["open the drawer"] * 3 + ["close the drawer"] * 3  # 8, 9, 10 and 26, 27, 28
+    short, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=2, after=0)
+    # the approved decision at step 0, then steps 8, 9, 10 and 26, 27, 28
+    assert short.plan_subtasks == ["pick up the red block"] + ["open the drawer"] * 3 + ["close the drawer"] * 3
+    assert owner == [-1, 0, 0, 0, 1, 1, 1] and short.last_subtasks[0] is None
     assert set(raw.thoughts) == {COACHED_THOUGHT}
     assert raw.images[0].shape == (2, 16, 16, 3) and raw.actions[0].shape == (4, 5)
     agree, labels = agreement_samples(coached, ("front", "wrist"), image_size=16, horizon=4)
@@ -124,12 +130,15 @@ def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
 def test_exports_choose_the_corrections(tmp_path, coached):
     from sessions.export import ExportOptions, export_sessions
 
-    session = coached[0][0].path
-    export_sessions([session], tmp_path / "sft", ExportOptions(format="sft", only_corrections=True))
-    via_export = load_coached_episodes([tmp_path / "sft"])
-    assert [lab.step for lab in via_export[0][2]] == [10, 28]
+    session = coached[0].session.path
+    export_sessions([session], tmp_path / "sft", ExportOptions(format="sft"))
+    (via_export,) = load_coached_episodes([tmp_path / "sft"])
+    assert [lab.step for lab in via_export.labels] == [10, 28] and via_export.approved == [(0, "pick up the red block")]
+    export_sessions([session], tmp_path / "only", ExportOptions(format="sft", only_corrections=True))
+    (only,) = load_coached_episodes([tmp_path / "only"])
+    assert [lab.step for lab in only.labels] == [10, 28] and only.approved == []  # no plan rows exported
     export_sessions([session], tmp_path / "pairs", ExportOptions(format="pairs", kinds=["override"]))
-    assert [lab.step for lab in load_coached_episodes([tmp_path / "pairs"])[0][2]] == [10, 28]
+    assert [lab.step for lab in load_coached_episodes([tmp_path / "pairs"])[0].labels] == [10, 28]
 
 
 def test_held_out_split_is_stable():

@@ -1,14 +1,15 @@
 """`hivla finetune`: train the high level on base data ∪ coaching corrections (low level frozen).
 
-    hivla export runs/coached --format sft --only-corrections --out exports/round1
+    hivla export runs/coached --format sft --out exports/round1
     hivla finetune --base policies/checkpoints/small --data exports/round1 --out runs/ckpt_round1 \\
                    --base-data runs/datagen_small [--correction-share 0.1] [--steps 400] [--lora] [--resume]
 
     # the same on two processes (DDP; with no GPU, accelerate uses gloo on the CPU):
     accelerate launch --multi_gpu --num_processes 2 -m agent.commands.finetune --base ... --data ... --out ...
 
---data takes sft/pairs exports (their correction rows choose the corrections; frames and states
-are read from the sessions they name) or the coached session directories themselves. Prints the
+--data takes sft/pairs exports (their correction rows choose the corrections and their plan rows of
+weight 1 the approved plans; frames and states are read from the sessions they name) or the
+coached session directories themselves. Prints the
 correction agreement (held-out and training corrections) and the base plan accuracy before and
 after; OUT is a checkpoint usable as `pi05:OUT` (see agent/training/finetune.py).
 """
@@ -36,6 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor-weight", type=float, default=1.0,
                         help="keep the low level's inputs (backbone keys/values of image+task+subtask) at the base "
                              "checkpoint's; 0 turns it off")
+    parser.add_argument("--no-approved-plans", dest="approved_plans", action="store_false",
+                        help="train on the corrections only, not also on the model's plans the coach let stand")
     parser.add_argument("--held-out-fraction", type=float, default=0.2, help="correction episodes kept for evaluation")
     parser.add_argument("--max-base-samples", type=int, default=20_000, help="base samples kept in memory")
     parser.add_argument("--base-stride", type=int, default=5, help="keep every Nth step of the base sessions")
@@ -56,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, base_data=args.base_data, correction_share=args.correction_share,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=args.lora, lora_rank=args.lora_rank,
         anchor_weight=args.anchor_weight, held_out_fraction=args.held_out_fraction,
+        approved_plans=args.approved_plans,
         max_base_samples=args.max_base_samples, base_stride=args.base_stride, resume=args.resume,
         device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed, save_every_s=args.save_every,
     )

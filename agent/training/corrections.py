@@ -17,6 +17,13 @@ steps while the taught subtask is being carried out. Each sample's context is th
 model has when nobody coaches: the subtask in force just before, and no corrections (the model
 must come to do this by itself). The target is a short fixed thought and the taught subtask.
 
+Approved decisions (`include_approved`): a coached episode also shows which of the model's own
+plans the coach let stand: every plan made at the start, on the timer or when a subtask finished
+that no correction replaced and that lies in no correction's suspect window (the export's plan rows
+of weight 1). They are sampled at the step they were made, with the same context and thought.
+Without them the fine-tune would only see the states where the model was wrong, and could drift
+where it was right (the states coaching visits, DAgger-style, labelled by the coach).
+
 Agreement samples (`agreement_samples`): one per correction, the frame at the moment it was said
 with the plan it replaced as context; the model agrees if it now decodes the taught subtask.
 """
@@ -44,6 +51,18 @@ class CorrectionDataError(ValueError):
     """Correction data that cannot be used; the message says which path and why."""
 
 
+@dataclass
+class CoachedEpisode:
+    session: object  # sessions.reader.Session
+    episode: object  # sessions.reader.EpisodeData
+    labels: list  # CorrectionLabel, in step order
+    approved: list[tuple[int, str]]  # (step, subtask) of the model's plans the coach let stand
+
+    @property
+    def key(self) -> str:
+        return f"{self.session.header.session_id}/{self.episode.episode}"
+
+
 @dataclass(frozen=True)
 class CorrectionLabel:
     episode_key: str  # "session_id/episode"
@@ -63,8 +82,9 @@ class CorrectionLabel:
 # ---------------------------------------------------------------------------------------------
 
 
-def _export_selection(export_dir: Path) -> dict[str, set[tuple[int, int]]]:
-    """session path -> {(episode, step)} of the correction rows of an sft/pairs export."""
+def _export_selection(export_dir: Path) -> dict[str, tuple[set, set]]:
+    """session path -> ({(episode, step)} of teaching correction rows, {(episode, step)} of plan rows of
+    weight > 0 made by the model) of an sft/pairs export."""
     import pyarrow.parquet as pq
 
     manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
@@ -72,35 +92,46 @@ def _export_selection(export_dir: Path) -> dict[str, set[tuple[int, int]]]:
     if fmt not in ("sft", "pairs"):
         raise CorrectionDataError(f"{export_dir}: a {fmt!r} export; finetune reads sft or pairs exports "
                                   "(or the session directories themselves)")
-    chosen: dict[str, set[tuple[int, int]]] = {}
+    chosen: dict[str, tuple[set, set]] = {}
     for name in manifest.get("files", {}).values():
-        table = pq.read_table(export_dir / name, columns=["session", "episode", "step", "kind",
-                                                          "source" if fmt == "sft" else "speaker"])
-        for row in table.to_pylist():
+        columns = ["session", "episode", "step", "kind"] + (["source", "weight"] if fmt == "sft" else ["speaker"])
+        for row in pq.read_table(export_dir / name, columns=columns).to_pylist():
+            corrections, approved = chosen.setdefault(row["session"], (set(), set()))
             speaker = row.get("source", row.get("speaker"))
             if row["kind"] in TEACHING_KINDS and speaker in ("scripted", "human"):
-                chosen.setdefault(row["session"], set()).add((row["episode"], row["step"]))
+                corrections.add((row["episode"], row["step"]))
+            elif row["kind"] == "plan" and speaker == "model" and (row.get("weight") or 0) > 0:
+                approved.add((row["episode"], row["step"]))
     return chosen
 
 
-def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[tuple[object, object, list[CorrectionLabel]]]:
-    """(session, episode, labels) for every episode with at least one usable correction."""
+def approved_decisions(session, ep) -> list[tuple[int, str]]:
+    """(step, subtask) of the model's own plans that no correction replaced or put under suspicion."""
+    from sessions.export.common import ExportOptions, decision_points
+
+    points = decision_points(session, ep, ExportOptions(format="sft"))
+    return [(p.step, p.target.subtask) for p in points
+            if p.kind == "plan" and p.source == "model" and p.weight > 0 and p.target is not None]
+
+
+def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[CoachedEpisode]:
+    """Every coached episode with at least one usable correction or approved plan."""
     from sessions.reader import SessionError, find_sessions, read_session
 
-    selections: dict[str, set[tuple[int, int]] | None] = {}
+    selections: dict[str, tuple[set, set] | None] = {}
     for p in map(Path, paths):
         if not p.exists():
             raise CorrectionDataError(f"{p}: no such file or directory")
         if (p / "manifest.json").is_file():
-            for session, keys in _export_selection(p).items():
+            for session, (corr, appr) in _export_selection(p).items():
                 if not Path(session).is_dir():
                     raise CorrectionDataError(f"{p}: the export names session {session}, which is not on disk "
                                               "(finetune needs the recorded sessions for frames and states)")
                 previous = selections.get(session)
-                selections[session] = keys if previous is None else previous | keys
+                selections[session] = (corr, appr) if previous is None else (previous[0] | corr, previous[1] | appr)
         else:
             for s in find_sessions([p]):
-                selections[str(s)] = None  # every correction of the session
+                selections[str(s)] = None  # everything the session holds
     out = []
     for path, keys in selections.items():
         try:
@@ -109,11 +140,15 @@ def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[tuple[
             log(f"skipping {path}: {err}")
             continue
         for ep in session.episodes:
+            if not ep.steps:
+                continue
             labels = episode_labels(session.header.session_id, ep)
+            approved = approved_decisions(session, ep)
             if keys is not None:
-                labels = [lab for lab in labels if (ep.episode, lab.step) in keys]
-            if labels and ep.steps:
-                out.append((session, ep, labels))
+                labels = [lab for lab in labels if (ep.episode, lab.step) in keys[0]]
+                approved = [a for a in approved if (ep.episode, a[0]) in keys[1]]
+            if labels or approved:
+                out.append(CoachedEpisode(session, ep, labels, approved))
     return out
 
 
@@ -176,15 +211,18 @@ def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str |
     raw.episode_keys.append(key)
 
 
-def correction_samples(coached, cameras: tuple[str, ...], image_size: int, horizon: int, before: int = 10,
-                       after: int = 30) -> tuple[RawSamples, list[int]]:
-    """Relabelled frames around every correction; returns the samples and, per sample, the index
-    of its correction in the flat list of labels (episode order)."""
+def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int, horizon: int,
+                       before: int = 10, after: int = 30, include_approved: bool = True) -> tuple[RawSamples, list[int]]:
+    """Relabelled frames around every correction (and the approved decisions); returns the samples
+    and, per sample, the index of its correction in the flat list of labels (-1: an approved plan)."""
     raw, owner = RawSamples(), []
     n_labels = 0
-    for _, ep, labels in coached:
-        frames = {c: ep.frames(c) for c in cameras}
-        chosen: dict[int, tuple[str, int]] = {}  # position -> (subtask, label index); later corrections win
+    for item in coached:
+        ep, labels = item.episode, item.labels
+        chosen: dict[int, tuple[str, int]] = {}  # position -> (subtask, label index); corrections win
+        if include_approved:
+            for step, subtask in item.approved:
+                chosen[ep.position_of_step(step)] = (subtask, -1)
         for k, lab in enumerate(labels):
             at = ep.position_of_step(lab.step)
             first = max(0, at - before)
@@ -202,22 +240,29 @@ def correction_samples(coached, cameras: tuple[str, ...], image_size: int, horiz
                 if not ep.steps[i].paused:
                     chosen[i] = (lab.subtask, n_labels + k)
                 i += 1
+        n_labels += len(labels)
+        if not chosen:
+            continue
+        frames = {c: ep.frames(c) for c in cameras}
         for i in sorted(chosen):
             subtask, index = chosen[i]
             last = ep.steps[i - 1].subtask if i > 0 else None
-            _append(raw, ep, frames, i, subtask, last, horizon, image_size, labels[0].episode_key)
+            _append(raw, ep, frames, i, subtask, last, horizon, image_size, item.key)
             owner.append(index)
-        n_labels += len(labels)
     return raw, owner
 
 
-def agreement_samples(coached, cameras: tuple[str, ...], image_size: int, horizon: int) -> tuple[RawSamples, list[CorrectionLabel]]:
+def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int,
+                      horizon: int) -> tuple[RawSamples, list[CorrectionLabel]]:
     """One sample per correction: the frame when it was said, the replaced plan as context."""
     raw, labels = RawSamples(), []
-    for _, ep, ep_labels in coached:
+    for item in coached:
+        if not item.labels:
+            continue
+        ep = item.episode
         frames = {c: ep.frames(c) for c in cameras}
-        for lab in ep_labels:
+        for lab in item.labels:
             _append(raw, ep, frames, ep.position_of_step(lab.step), lab.subtask, lab.replaced, horizon, image_size,
-                    lab.episode_key)
+                    item.key)
             labels.append(lab)
     return raw, labels

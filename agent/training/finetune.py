@@ -11,9 +11,11 @@ relative MSE against a frozen copy), so the fine-tuned checkpoint stays a usable
 With `lora=True` only LoRA adapters (peft) on the backbone's projections are trained and merged
 into the saved weights.
 
-Batches: a fixed share (`correction_share`, default 0.1) of every batch comes from the correction
-samples (agent/training/corrections.py), the rest from the base training data (sessions recorded
-by `hivla datagen`, or a cached tensor dataset such as the base checkpoint's data_cache).
+Batches: a fixed share (`correction_share`, default 0.1) of every batch comes from the coaching
+data (agent/training/corrections.py: the frames around each correction, relabelled with what the
+coach wanted, plus, with `approved_plans`, the model's own decisions the coach let stand), the rest
+from the base training data (sessions recorded by `hivla datagen`, or a cached tensor dataset such
+as the base checkpoint's data_cache).
 
 Evaluation, before and after: correction agreement (the share of corrections whose subtask the
 model now decodes itself at the moment the coach spoke, with the context it had then, minus the
@@ -78,6 +80,7 @@ class FinetuneSettings:
     lora: bool = False
     lora_rank: int = 16
     held_out_fraction: float = 0.2
+    approved_plans: bool = True  # also train on the model's plans the coach let stand (see corrections.py)
     window_before: int = 10
     window_after: int = 30
     max_base_samples: int = 20_000
@@ -191,13 +194,14 @@ class CorrectionData:
 def correction_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> CorrectionData:
     cfg = processor.cfg
     coached = load_coached_episodes(s.data, log)
-    if not coached:
+    if not any(c.labels for c in coached):
         raise CorrectionDataError(f"no usable corrections (override/negation/constraint naming a subtask) in {s.data}")
-    held = [c for c in coached if is_held_out(c[2][0].episode_key, s.held_out_fraction)]
-    train = [c for c in coached if not is_held_out(c[2][0].episode_key, s.held_out_fraction)]
-    if not train:  # every episode fell in the held-out split: train on them all, hold none out
+    held = [c for c in coached if is_held_out(c.key, s.held_out_fraction)]
+    train = [c for c in coached if not is_held_out(c.key, s.held_out_fraction)]
+    if not any(c.labels for c in train):  # every correction fell in the held-out split: hold none out
         train, held = coached, []
-    raw, _ = correction_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon, s.window_before, s.window_after)
+    raw, owner = correction_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon, s.window_before,
+                                    s.window_after, include_approved=s.approved_plans)
     tensors, _ = encode_samples(raw, processor)
     agree_train_raw, train_labels = agreement_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon)
     agree_train, _ = encode_samples(agree_train_raw, processor)
@@ -208,11 +212,14 @@ def correction_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> Co
     by_family: dict[str, int] = {}
     for lab in train_labels + held_labels:
         by_family[lab.family or "?"] = by_family.get(lab.family or "?", 0) + 1
+    approved = sum(1 for o in owner if o < 0)
     stats = {"episodes": len(coached), "train_episodes": len(train), "held_out_episodes": len(held),
              "corrections": len(train_labels) + len(held_labels), "train_corrections": len(train_labels),
-             "held_out_corrections": len(held_labels), "correction_samples": len(raw), "by_family": by_family}
-    log(f"corrections: {stats['corrections']} from {len(coached)} episodes ({len(held_labels)} held out), "
-        f"{len(raw)} training samples; by family {by_family}")
+             "held_out_corrections": len(held_labels), "correction_samples": len(raw),
+             "approved_plan_samples": approved, "by_family": by_family}
+    log(f"corrections: {stats['corrections']} from {len(coached)} episodes ({len(held_labels)} held out); "
+        f"{len(raw)} training samples ({len(raw) - approved} around corrections, {approved} approved plans); "
+        f"by family {by_family}")
     return CorrectionData(tensors, agree_train, agree_held, train_labels, held_labels, stats)
 
 
@@ -276,7 +283,8 @@ class HighLevelObjective(torch.nn.Module):
         hidden, cache, layout = m.run_training_backbone(batch)
         base_valid, sub_valid = layout["base_valid"], layout["subtask_valid"]
         p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
-        logits = m.logits(hidden[:, p + c + s:]).float()
+        t = batch["target_ids"].shape[1] - 1  # the target input; segments the trainer may append come after it
+        logits = m.logits(hidden[:, p + c + s: p + c + s + t]).float()
         labels = batch["target_ids"][:, 1:].masked_fill(~batch["target_mask"][:, 1:].bool(), -100)
         text_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
         loss = text_loss
