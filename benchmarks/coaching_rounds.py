@@ -269,6 +269,15 @@ def main(argv=None) -> int:
         else last["interventions_per_episode"] / first["interventions_per_episode"],
         "final_correction_share_of_base": last["correction_share_of_base"],
     }
+    # the bar: +25 points on coaching, interventions halved, base within 3 points, data <= 10%
+    summary["targets_met"] = {
+        "coaching_success_+25_points": summary["coaching_success_gain_points"] is not None
+        and summary["coaching_success_gain_points"] >= 25,
+        "interventions_halved": summary["interventions_ratio"] is not None and summary["interventions_ratio"] <= 0.5,
+        "base_drop_at_most_3_points": summary["base_success_change_points"] is not None
+        and summary["base_success_change_points"] >= -3,
+        "correction_data_at_most_10%": last["correction_share_of_base"] <= 0.10,
+    }
     console.print(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({

@@ -227,3 +227,30 @@ def test_the_coach_corrects_a_tower_on_the_wrong_block(env):
     _, rec = run(env, "stack_the_blocks", seed=seed, coach=make_coach(seed=0), max_steps=150)
     said = rec.corrections()
     assert said and said[0].mistake in ("wrong_order", "wrong_object")
+
+
+class Idle:
+    """A learned high level on a bad day: it decodes nothing usable."""
+
+    def reset(self):
+        pass
+
+    def plan(self, obs, context):
+        from policies.types import Plan
+
+        return Plan(thought="", subtask="", source="model")
+
+
+def test_an_idle_robot_is_told_what_to_do_at_once(env):
+    def first_correction(coach):
+        rec = Recorder()
+        loop = ControlLoop(env, Idle(), ScriptedExpert(seed=0, strict=False), recorder=rec, coach=coach,
+                           compute_model_plan=False)
+        loop.run_episode(seed=1, options={"family": "tidy_up"}, max_steps=60)
+        said = rec.corrections()
+        return said[0] if said else None
+
+    said = first_correction(make_coach(seed=0, interrupt_rate=0.0))
+    assert said is not None and said.step <= 10 and said.kind.value == "override"
+    assert said.resulting_plan.subtask == "open the drawer"
+    assert first_correction(ScriptedCoach(seed=0)) is None  # the plain coach waits for "stuck" (80 steps)

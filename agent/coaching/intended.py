@@ -12,9 +12,12 @@ Each entry is an IntendedBehaviour for ScriptedCoach's `intended=` hook. The ste
 task's intended decomposition (`goal_options`), which the env's success detector also checks.
 
 `CoachingSuiteCoach` is the ScriptedCoach the coaching suite runs with (`make_coach`): these
-behaviours, plus patience after a drop: a person who sees a block fall first watches whether the
-robot goes back for it, and only speaks if its next plan does not (or nothing happens for
-`drop_patience_steps`).
+behaviours, plus
+  patience after a drop: a person who sees a block fall first watches whether the robot goes back
+      for it, and only speaks if its next plan does not (or nothing happens for `drop_patience_steps`);
+  no plan is a wrong plan: a learned high level that decodes nothing usable (an empty or
+      unparseable subtask) leaves the robot idle, and a person says what to do after the usual
+      reaction time instead of waiting `stuck_steps` for the idleness to count as stuck.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Sequence
 
 from agent.coaching import vocab
 from agent.coaching.rules import Rule
-from agent.coaching.scripted import ReferenceBehaviour, ScriptedCoach
+from agent.coaching.scripted import ReferenceBehaviour, ScriptedCoach, _Finding
 from agent.envs.tasks import TaskInstance
 
 
@@ -73,6 +76,11 @@ class CoachingSuiteCoach(ScriptedCoach):
 
     def _findings(self, world, plan_sub, allowed, rules, pending, done_subtasks, step):
         findings = super()._findings(world, plan_sub, allowed, rules, pending, done_subtasks, step)
+        settling = self._mem.release is not None or self._mem.drop is not None
+        if allowed and not settling and vocab.split_subtask(plan_sub) is None and not any(f.kind_hint == "plan" for f in findings):
+            # nothing the low level can do: the robot stands idle, say what comes next
+            findings = [f for f in findings if f.mistake != "stuck"]
+            findings.append(_Finding("wrong_object", ("plan", plan_sub or ""), "plan", None))
         drop = self._mem.drop
         if drop is None:
             self._plan_at_drop = None
