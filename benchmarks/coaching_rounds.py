@@ -211,7 +211,7 @@ def main(argv=None) -> int:
     from rich.console import Console
 
     args = parse_args(argv)
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=110)  # logs: room for the whole table
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = Stages(args.workdir, console)
     started = time.perf_counter()
