@@ -15,6 +15,9 @@ coach still has to step in. Every stage is the documented CLI command, run as a 
         --episodes 20 --base-episodes 6 --coached 10 --rounds 2 --workers 2   # the full run (~1 h on 2 cores)
     python benchmarks/coaching_rounds.py --preset tiny                  # a self-contained miniature
 
+Stages whose results are already in --workdir (eval JSON, coached.json, a finished fine-tune) are
+not run again, so an interrupted run continues where it stopped.
+
 With `--preset tiny` and no checkpoint, a tiny base checkpoint is first trained on a few
 `hivla datagen` episodes. The low level of every run is the base checkpoint's (`--low-level base`,
 the literal "low level frozen"); `finetuned` uses each round's checkpoint for both levels and
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -109,6 +113,9 @@ def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> d
         if n == 0:
             continue
         path = out / f"eval_{suite}.json"
+        if path.is_file():  # done by an earlier, interrupted run of this benchmark
+            results[suite] = json.loads(path.read_text())
+            continue
         stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", suite, "--episodes", n,
                      "--seed", args.seed, "--workers", args.workers, "--quiet", "--json", path, *common_run_flags(args))
         results[suite] = json.loads(path.read_text())
@@ -118,9 +125,11 @@ def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> d
 def coached_run(stages: Stages, args, checkpoint: Path, base: Path, out: Path, seed: int) -> dict:
     high, low = policy_specs(args, checkpoint, base)
     path = out / "coached.json"
-    stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", "coaching", "--episodes", args.coached,
-                 "--seed", seed, "--workers", args.workers, "--coach", "scripted", "--out", out / "sessions",
-                 "--quiet", "--json", path, *common_run_flags(args))
+    if not path.is_file():
+        shutil.rmtree(out / "sessions", ignore_errors=True)  # a partial run's sessions would be counted twice
+        stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", "coaching", "--episodes", args.coached,
+                     "--seed", seed, "--workers", args.workers, "--coach", "scripted", "--out", out / "sessions",
+                     "--quiet", "--json", path, *common_run_flags(args))
     summary = json.loads(path.read_text())
     summary["corrections"] = count_corrections(out / "sessions")
     return summary
@@ -239,15 +248,18 @@ def main(argv=None) -> int:
         console.print(table(rows, "coaching rounds (so far)"))
         t0 = time.perf_counter()
         sessions = [args.workdir / f"round{k}" / "sessions" for k in range(1, r + 1)]
-        stages.hivla("export", *sessions, "--format", "sft", "--out", out / "export", "--force")
         new_ckpt = out / "ckpt"
+        if not (new_ckpt / "finetune_summary.json").is_file():
+            stages.hivla("export", *sessions, "--format", "sft", "--out", out / "export", "--force")
         flags = ["--base", base, "--data", out / "export", "--out", new_ckpt, "--steps", args.finetune_steps,
                  "--correction-share", args.correction_share, "--lr", args.lr]
         if base_data:
             flags += ["--base-data", *base_data]
         if args.preset == "tiny":
             flags += ["--batch-size", 16]
-        stages.hivla("finetune", *flags)
+        if not (new_ckpt / "finetune_summary.json").is_file():
+            shutil.rmtree(new_ckpt, ignore_errors=True)
+            stages.hivla("finetune", *flags)
         finetune_summary = json.loads((new_ckpt / "finetune_summary.json").read_text())
         checkpoint = new_ckpt
         evals = evaluate(stages, args, checkpoint, base, out)
