@@ -3,7 +3,8 @@
     oracle            privileged scripted planner (high level)
     expert            privileged scripted executor (low level)
     pi05:PATH         a pi05 checkpoint directory (either level)
-    (empty / None)    the shipped default
+    (empty / None)    the shipped default: the shipped pi05 checkpoint as high level (oracle if
+                      it is missing) and the scripted expert as low level
 
 The same model instance is shared when both levels name the same checkpoint.
 """
@@ -26,7 +27,11 @@ def default_high_level_spec() -> str:
 
 
 def default_low_level_spec() -> str:
-    return f"pi05:{SHIPPED_CHECKPOINT}" if _shipped_checkpoint_available() else "expert"
+    # The shipped checkpoint's high level picks the oracle's subtask on ~92% of held-out frames, so
+    # it is the default planner to coach. Its low level does not yet finish subtasks in closed loop
+    # (policies/checkpoints/small/MODEL_CARD.md), so the default executor stays the scripted expert
+    # until a learned one passes the same bar; `--low-level pi05:PATH` runs the learned one.
+    return "expert"
 
 
 class SpecError(ValueError):
