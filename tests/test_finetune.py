@@ -110,7 +110,7 @@ def test_what_each_correction_teaches(coached):
 
 def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
     raw, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5,
-                                    include_approved=False)
+                                    include_approved=False, with_corrections=0.0)
     # override 1: steps 5-9 (from the decision for B to the correction) + 10-15 (C in force);
     # override 2: 25-27 + 28-29
     assert raw.plan_subtasks == ["open the drawer"] * 11 + ["close the drawer"] * 5
@@ -123,6 +123,15 @@ def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
     assert owner == [-1, 0, 0, 0, 1, 1, 1] and short.last_subtasks[0] is None
     assert set(raw.thoughts) == {COACHED_THOUGHT}
     assert raw.images[0].shape == (2, 16, 16, 3) and raw.actions[0].shape == (4, 5)
+    # as in a coached run: from the correction's own step on, the context holds what was said
+    coached_ctx, _ = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5,
+                                        include_approved=False, with_corrections=1.0)
+    assert coached_ctx.corrections[:5] == [[]] * 5 and coached_ctx.corrections[5] == ["open the drawer first"]
+    assert coached_ctx.corrections[-1] == ["open the drawer first", "a bit left", "not that one", "close the drawer"]
+    half, _ = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5,
+                                 include_approved=False, with_corrections=0.5)
+    with_ctx = sum(1 for c in half.corrections[5:] if c)
+    assert 0 < with_ctx < 11
     agree, labels = agreement_samples(coached, ("front", "wrist"), image_size=16, horizon=4)
     assert len(agree) == 2 and agree.last_subtasks == ["pick up the blue block", "pick up the yellow block"]
 

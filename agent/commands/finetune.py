@@ -39,6 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "checkpoint's; 0 turns it off")
     parser.add_argument("--no-approved-plans", dest="approved_plans", action="store_false",
                         help="train on the corrections only, not also on the model's plans the coach let stand")
+    parser.add_argument("--with-corrections", type=float, default=0.5,
+                        help="share of coaching samples whose context holds the corrections said so far (the rest: "
+                             "none, as in an uncoached run)")
     parser.add_argument("--held-out-fraction", type=float, default=0.2, help="correction episodes kept for evaluation")
     parser.add_argument("--max-base-samples", type=int, default=20_000, help="base samples kept in memory")
     parser.add_argument("--base-stride", type=int, default=5, help="keep every Nth step of the base sessions")
@@ -59,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, base_data=args.base_data, correction_share=args.correction_share,
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=args.lora, lora_rank=args.lora_rank,
         anchor_weight=args.anchor_weight, held_out_fraction=args.held_out_fraction,
-        approved_plans=args.approved_plans,
+        approved_plans=args.approved_plans, with_corrections=args.with_corrections,
         max_base_samples=args.max_base_samples, base_stride=args.base_stride, resume=args.resume,
         device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed, save_every_s=args.save_every,
     )

@@ -13,9 +13,12 @@ Pause, stop, resume, confirm and nudges say nothing about the next subtask and a
 Samples (`correction_samples`): the frames around each correction relabelled with what the coach
 wanted: up to `before` steps of the mistake before it (from its suspect_from_step; for a wrong
 plan, from the step that plan was made, so the decision itself is relabelled) and up to `after`
-steps while the taught subtask is being carried out. Each sample's context is the one the
-model has when nobody coaches: the subtask in force just before, and no corrections (the model
-must come to do this by itself). The target is a short fixed thought and the taught subtask.
+steps while the taught subtask is being carried out. The context is the subtask in force just
+before and, for a share `with_corrections` of the samples (a stable draw per frame), the
+corrections said so far in the episode, as the model reads them in a coached run; the others get
+none, the context of an uncoached run, where the model must come to do it by itself. (A model
+trained only on uncoached contexts may not even parse a context with corrections in it.) The
+target is a short fixed thought and the taught subtask.
 
 Approved decisions (`include_approved`): a coached episode also shows which of the model's own
 plans the coach let stand: every plan made at the start, on the timer or when a subtask finished
@@ -39,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.training.dataset import RawSamples
+from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
 from policies.pi05.processor import resize_image
 
 TEACHING_KINDS = ("override", "negation", "constraint")
@@ -190,8 +194,18 @@ def is_held_out(episode_key: str, fraction: float) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def said_before(ep, step: int) -> list[str]:
+    """The planning corrections in the model's context at `step` (as the control loop gives them)."""
+    said = [c.text for c in ep.active_corrections if c.step <= step and c.kind in PLANNING_KINDS]
+    return said[-CONTEXT_CORRECTIONS:]
+
+
+def _draw(key: str, i: int, share: float) -> bool:
+    return share > 0 and (zlib.crc32(f"{key}#{i}".encode()) % 10_000) / 10_000 < share
+
+
 def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str | None, horizon: int,
-            image_size: int, key: str) -> None:
+            image_size: int, key: str, corrections: list[str] | None = None) -> None:
     step = ep.steps[i]
     actions = np.asarray([s.action for s in ep.steps[i: i + horizon]], np.float32)
     chunk = np.zeros((horizon, actions.shape[1]), np.float32)
@@ -202,7 +216,7 @@ def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str |
     raw.states.append(np.asarray(step.state, np.float32))
     raw.tasks.append(ep.task)
     raw.last_subtasks.append(last)
-    raw.corrections.append([])  # the context of an uncoached run
+    raw.corrections.append(list(corrections or []))
     raw.thoughts.append(COACHED_THOUGHT)
     raw.plan_subtasks.append(subtask)
     raw.subtasks.append(step.subtask or subtask)
@@ -212,7 +226,8 @@ def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str |
 
 
 def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int, horizon: int,
-                       before: int = 10, after: int = 30, include_approved: bool = True) -> tuple[RawSamples, list[int]]:
+                       before: int = 10, after: int = 30, include_approved: bool = True,
+                       with_corrections: float = 0.5) -> tuple[RawSamples, list[int]]:
     """Relabelled frames around every correction (and the approved decisions); returns the samples
     and, per sample, the index of its correction in the flat list of labels (-1: an approved plan)."""
     raw, owner = RawSamples(), []
@@ -247,7 +262,8 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
         for i in sorted(chosen):
             subtask, index = chosen[i]
             last = ep.steps[i - 1].subtask if i > 0 else None
-            _append(raw, ep, frames, i, subtask, last, horizon, image_size, item.key)
+            said = said_before(ep, ep.steps[i].step) if _draw(item.key, i, with_corrections) else []
+            _append(raw, ep, frames, i, subtask, last, horizon, image_size, item.key, said)
             owner.append(index)
     return raw, owner
 

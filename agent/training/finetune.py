@@ -35,6 +35,7 @@ import copy
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class FinetuneSettings:
     lora_rank: int = 16
     held_out_fraction: float = 0.2
     approved_plans: bool = True  # also train on the model's plans the coach let stand (see corrections.py)
+    with_corrections: float = 0.5  # share of coaching samples whose context holds the corrections said so far
     window_before: int = 10
     window_after: int = 30
     max_base_samples: int = 20_000
@@ -100,6 +102,8 @@ class FinetuneSettings:
             raise ValueError(f"--correction-share must be in (0, 1], got {self.correction_share}")
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("--steps must be >= 0 and --batch-size >= 1")
+        if not 0.0 <= self.with_corrections <= 1.0:
+            raise ValueError(f"--with-corrections must be in [0, 1], got {self.with_corrections}")
         if not 0.0 <= self.held_out_fraction < 1.0:
             raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.dtype not in ("fp32", "bf16"):
@@ -201,7 +205,8 @@ def correction_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> Co
     if not any(c.labels for c in train):  # every correction fell in the held-out split: hold none out
         train, held = coached, []
     raw, owner = correction_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon, s.window_before,
-                                    s.window_after, include_approved=s.approved_plans)
+                                    s.window_after, include_approved=s.approved_plans,
+                                    with_corrections=s.with_corrections)
     tensors, _ = encode_samples(raw, processor)
     agree_train_raw, train_labels = agreement_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon)
     agree_train, _ = encode_samples(agree_train_raw, processor)
@@ -396,8 +401,6 @@ def finetune(s: FinetuneSettings) -> dict:
     s.validate()
     accelerator = Accelerator(cpu=s.device == "cpu")
     world, rank = accelerator.num_processes, accelerator.process_index
-    import os
-
     threads = s.threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     out = Path(s.out)
@@ -439,7 +442,6 @@ def finetune(s: FinetuneSettings) -> dict:
     g_eval = torch.Generator().manual_seed(4321)
     eval_idx = torch.randperm(len(base["prefix_ids"]), generator=g_eval)[: s.eval_base_samples]
     base_eval = {k: v[eval_idx] for k, v in base.items()}
-    n_corr_total = max(1, round(s.correction_share * s.batch_size))
     per_proc = max(1, s.batch_size // world)
     n_corr = max(1, round(s.correction_share * per_proc))
     n_base = per_proc - n_corr
