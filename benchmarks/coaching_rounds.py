@@ -55,9 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--coached", type=int, default=10, help="M: coached episodes per coaching family and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--low-level", default="base", choices=["base", "finetuned", "expert"])
-    p.add_argument("--finetune-steps", type=int, default=None, help="(default: 400 small, 120 tiny)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="(default: 1500 small, 120 tiny)")
     p.add_argument("--correction-share", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: 2e-4 small, 3e-3 tiny)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: 3e-4 small, 3e-3 tiny)")
     p.add_argument("--image-size", type=int, default=None, help="camera resolution (default: the model's)")
     p.add_argument("--max-steps", type=int, default=None, help="per-episode step cap (default: the family budget)")
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers in each run")
@@ -67,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-final-coached", action="store_true", help="skip the coached episodes after the last round")
     args = p.parse_args(argv)
     tiny = args.preset == "tiny"
-    args.finetune_steps = args.finetune_steps or (120 if tiny else 400)
-    args.lr = args.lr or (3e-3 if tiny else 2e-4)
+    args.finetune_steps = args.finetune_steps or (120 if tiny else 1500)
+    args.lr = args.lr or (3e-3 if tiny else 3e-4)
     args.workdir = args.workdir or ROOT / "runs" / f"coaching_rounds_{args.preset}"
     if tiny and args.image_size is None:
         args.image_size = 32  # the tiny model sees 32 px; rendering more is wasted

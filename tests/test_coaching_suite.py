@@ -254,3 +254,15 @@ def test_an_idle_robot_is_told_what_to_do_at_once(env):
     assert said is not None and said.step <= 10 and said.kind.value == "override"
     assert said.resulting_plan.subtask == "open the drawer"
     assert first_correction(ScriptedCoach(seed=0)) is None  # the plain coach waits for "stuck" (80 steps)
+
+
+def test_taking_a_tidied_block_back_out_counts_as_undoing(env):
+    from agent.coaching.intended import undoes_finished_work
+
+    world, task = reset(env, "tidy_up", seed=1)
+    first, second = task.params["blocks"]
+    one_in = in_drawer(world, [first], opening=0.16)
+    assert undoes_finished_work(one_in, f"pick up the {first}")
+    assert not undoes_finished_work(one_in, f"pick up the {second}")
+    assert not undoes_finished_work(world, f"pick up the {first}")  # nothing is finished yet
+    assert not undoes_finished_work(in_drawer(world, [first, second], opening=0.0), f"pick up the {first}")  # all done

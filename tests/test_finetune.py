@@ -241,3 +241,17 @@ def test_accelerate_launch_two_processes_on_the_cpu(tmp_path):
     from policies.pi05.policy import load_pi05
 
     assert load_pi05(out).cfg.preset == "tiny"
+
+
+def test_a_plan_that_undid_progress_is_not_approved():
+    from types import SimpleNamespace as NS
+
+    from agent.training.corrections import progress_thought, undid_progress
+
+    steps = [NS(step=k, subtask_index=idx) for k, idx in enumerate([0, 0, 1, 1, 2, 1, 1, 2, 2, 3])]
+    ep = NS(steps=steps, plans=[NS(step=0), NS(step=4), NS(step=7)], start=NS(subtasks=["a", "b", "c", "d"]))
+    ep.position_of_step = lambda step: step
+    assert not undid_progress(ep, 0)  # 0 -> 1: progress
+    assert undid_progress(ep, 4)  # 2 -> 1 while this plan was in force
+    assert not undid_progress(ep, 7)
+    assert progress_thought(ep, 4) == "2 of 4 steps are done."

@@ -17,7 +17,11 @@ behaviours, plus
       for it, and only speaks if its next plan does not (or nothing happens for `drop_patience_steps`);
   no plan is a wrong plan: a learned high level that decodes nothing usable (an empty or
       unparseable subtask) leaves the robot idle, and a person says what to do after the usual
-      reaction time instead of waiting `stuck_steps` for the idleness to count as stuck.
+      reaction time instead of waiting `stuck_steps` for the idleness to count as stuck;
+  quick to stop undoing: a plan that picks up a block whose part of the task is finished (a tidied
+      block taken back out of the drawer) is answered `undo_reaction_steps` after it is seen,
+      before the pick completes (at the usual reaction time it would finish unremarked, and the
+      same finished work could be undone again and again).
 """
 
 from __future__ import annotations
@@ -63,11 +67,13 @@ COACHING_INTENDED: dict[str, GoalBehaviour] = {
 class CoachingSuiteCoach(ScriptedCoach):
     """The scripted coach with the coaching suite's intended behaviours and patience after a drop."""
 
-    def __init__(self, seed: int = 0, *args, intended: Any = None, drop_patience_steps: int = 25, **kwargs) -> None:
+    def __init__(self, seed: int = 0, *args, intended: Any = None, drop_patience_steps: int = 25,
+                 undo_reaction_steps: int = 2, **kwargs) -> None:
         super().__init__(seed, *args, intended=COACHING_INTENDED if intended is None else intended, **kwargs)
-        if drop_patience_steps < 0:
-            raise ValueError(f"drop_patience_steps must be >= 0, got {drop_patience_steps}")
+        if drop_patience_steps < 0 or undo_reaction_steps < 0:
+            raise ValueError("drop_patience_steps and undo_reaction_steps must be >= 0")
         self.drop_patience_steps = drop_patience_steps
+        self.undo_reaction_steps = undo_reaction_steps
         self._plan_at_drop: tuple[tuple[int, str], str | None] | None = None
 
     def reset(self) -> None:
@@ -81,6 +87,10 @@ class CoachingSuiteCoach(ScriptedCoach):
             # nothing the low level can do: the robot stands idle, say what comes next
             findings = [f for f in findings if f.mistake != "stuck"]
             findings.append(_Finding("wrong_object", ("plan", plan_sub or ""), "plan", None))
+        for f in findings:
+            if f.kind_hint == "plan" and f.key not in self._mem.first_seen and undoes_finished_work(world, f.plan_subtask):
+                # seen now, ripe after undo_reaction_steps instead of the usual reaction time
+                self._mem.first_seen[f.key] = step - max(self.delay_steps, 2) + self.undo_reaction_steps
         drop = self._mem.drop
         if drop is None:
             self._plan_at_drop = None
@@ -93,6 +103,18 @@ class CoachingSuiteCoach(ScriptedCoach):
         if going_back or watching:
             findings = [f for f in findings if f.mistake != "drop"]
         return findings
+
+
+def undoes_finished_work(world: Any, subtask: str | None) -> bool:
+    """A pick of a block whose every step of the (intended) task is already done."""
+    sub = vocab.split_subtask(subtask)
+    task = getattr(world, "task", None)
+    if sub is None or sub.kind != "pick" or task is None or not hasattr(task, "group_flags"):
+        return False
+    goal = task.goal_task(world) if hasattr(task, "goal_task") else task
+    flags = goal.group_flags(world)
+    mine = [all(f) for g, f in zip(goal.groups, flags) if g.obj and (g.obj == sub.obj or g.obj.endswith(" " + sub.obj))]
+    return bool(mine) and all(mine) and not all(all(f) for f in flags)
 
 
 def make_coach(seed: int = 0, error_rate: float = 0.0, **kwargs) -> CoachingSuiteCoach:

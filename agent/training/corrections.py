@@ -18,12 +18,15 @@ before and, for a share `with_corrections` of the samples (a stable draw per fra
 corrections said so far in the episode, as the model reads them in a coached run; the others get
 none, the context of an uncoached run, where the model must come to do it by itself. (A model
 trained only on uncoached contexts may not even parse a context with corrections in it.) The
-target is a short fixed thought and the taught subtask.
+target is a short thought saying how far the task is ("3 of 6 steps are done.", from the recorded
+progress, as the oracle's thoughts do) and the taught subtask.
 
 Approved decisions (`include_approved`): a coached episode also shows which of the model's own
 plans the coach let stand: every plan made at the start, on the timer or when a subtask finished
 that no correction replaced and that lies in no correction's suspect window (the export's plan rows
-of weight 1). They are sampled at the step they were made, with the same context and thought.
+of weight 1), unless progress fell while it was in force (a wrong step that finished before the
+coach could react, like taking a tidied block back out of the drawer). They are sampled at the step
+they were made, with the same context and thought.
 Without them the fine-tune would only see the states where the model was wrong, and could drift
 where it was right (the states coaching visits, DAgger-style, labelled by the coach).
 
@@ -110,12 +113,25 @@ def _export_selection(export_dir: Path) -> dict[str, tuple[set, set]]:
 
 
 def approved_decisions(session, ep) -> list[tuple[int, str]]:
-    """(step, subtask) of the model's own plans that no correction replaced or put under suspicion."""
+    """(step, subtask) of the model's own plans that no correction replaced or put under suspicion,
+    and that undid no progress while in force (a wrong step can finish before a coach reacts)."""
     from sessions.export.common import ExportOptions, decision_points
 
     points = decision_points(session, ep, ExportOptions(format="sft"))
-    return [(p.step, p.target.subtask) for p in points
-            if p.kind == "plan" and p.source == "model" and p.weight > 0 and p.target is not None]
+    approved = [(p.step, p.target.subtask) for p in points
+                if p.kind == "plan" and p.source == "model" and p.weight > 0 and p.target is not None]
+    return [a for a in approved if not undid_progress(ep, a[0])]
+
+
+def undid_progress(ep, step: int) -> bool:
+    """Whether the episode's progress (Step.subtask_index) fell while the plan made at `step` was in force."""
+    later = sorted(p.step for p in ep.plans if p.step > step)
+    end = later[0] if later else ep.steps[-1].step + 1
+    start = ep.steps[ep.position_of_step(step)].subtask_index
+    if start is None:
+        return False
+    tenure = [s.subtask_index for s in ep.steps if step <= s.step < end and s.subtask_index is not None]
+    return bool(tenure) and min(tenure) < start
 
 
 def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[CoachedEpisode]:
@@ -204,6 +220,15 @@ def _draw(key: str, i: int, share: float) -> bool:
     return share > 0 and (zlib.crc32(f"{key}#{i}".encode()) % 10_000) / 10_000 < share
 
 
+def progress_thought(ep, i: int) -> str:
+    """The thought of a coaching sample: how far the task is, in the oracle's words ("2 of 6 steps are
+    done."), from the recorded progress; the subtask then follows from what the frame shows."""
+    done, total = ep.steps[i].subtask_index, len(ep.start.subtasks or ())
+    if done is None or not total:
+        return COACHED_THOUGHT
+    return f"{min(done, total)} of {total} steps are done."
+
+
 def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str | None, horizon: int,
             image_size: int, key: str, corrections: list[str] | None = None) -> None:
     step = ep.steps[i]
@@ -217,7 +242,7 @@ def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str |
     raw.tasks.append(ep.task)
     raw.last_subtasks.append(last)
     raw.corrections.append(list(corrections or []))
-    raw.thoughts.append(COACHED_THOUGHT)
+    raw.thoughts.append(progress_thought(ep, i))
     raw.plan_subtasks.append(subtask)
     raw.subtasks.append(step.subtask or subtask)
     raw.actions.append(chunk)
