@@ -29,9 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the base training data: `hivla datagen` sessions, or a directory holding a cached "
                              "dataset (default: the base checkpoint's data cache or the data it records)")
     parser.add_argument("--correction-share", type=float, default=0.1, help="share of every batch from corrections")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step, over all processes")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of the backbone")
     parser.add_argument("--lora-rank", type=int, default=16)
     parser.add_argument("--anchor-weight", type=float, default=1.0,

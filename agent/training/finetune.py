@@ -72,9 +72,9 @@ class FinetuneSettings:
     out: str
     base_data: list[str] | None = None  # datagen sessions or a directory with a cached tensor dataset
     correction_share: float = 0.1
-    steps: int = 400
+    steps: int = 1000
     batch_size: int = 32  # per optimizer step, over all processes
-    lr: float = 2e-4
+    lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 20
     anchor_weight: float = 1.0
