@@ -266,3 +266,37 @@ def test_taking_a_tidied_block_back_out_counts_as_undoing(env):
     assert not undoes_finished_work(one_in, f"pick up the {second}")
     assert not undoes_finished_work(world, f"pick up the {first}")  # nothing is finished yet
     assert not undoes_finished_work(in_drawer(world, [first, second], opening=0.0), f"pick up the {first}")  # all done
+
+
+class Undoer:
+    """Puts the first tidied block in the drawer, then keeps taking it out again."""
+
+    def __init__(self):
+        self.oracle = OraclePlanner(seed=0)
+
+    def reset(self):
+        self.oracle.reset()
+
+    def plan(self, obs, context):
+        from agent.coaching.intended import undoes_finished_work
+        from policies.types import Plan
+
+        world = obs.privileged
+        first = world.task.params["blocks"][0]
+        if undoes_finished_work(world, f"pick up the {first}") and world.held is None and not context.corrections[-1:]:
+            return Plan(thought="", subtask=f"pick up the {first}", source="model")
+        if not world.drawer.is_open and not world.in_drawer(first):
+            return Plan(thought="", subtask="open the drawer", source="model")
+        if world.held == first:
+            return Plan(thought="", subtask="put it in the drawer", source="model")
+        return Plan(thought="", subtask=f"pick up the {first}", source="model")
+
+
+def test_taking_finished_work_apart_is_stopped_before_the_pick_completes(env):
+    rec = Recorder()
+    loop = ControlLoop(env, Undoer(), ScriptedExpert(seed=0, strict=False), recorder=rec,
+                       coach=make_coach(seed=0, interrupt_rate=0.0), compute_model_plan=False)
+    loop.run_episode(seed=1, options={"family": "tidy_up"}, max_steps=200)
+    undo = [c for c in rec.corrections() if c.replaced_plan and c.replaced_plan.subtask.startswith("pick up")
+            and c.mistake == "wrong_object"]
+    assert undo, [(c.step, c.kind.value, c.mistake, c.replaced_plan) for c in rec.corrections()]

@@ -115,7 +115,9 @@ def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
     # override 2: 25-27 + 28-29
     assert raw.plan_subtasks == ["open the drawer"] * 11 + ["close the drawer"] * 5
     assert owner == [0] * 11 + [1] * 5
-    assert raw.last_subtasks[:7] == ["pick up the red block"] + ["pick up the blue block"] * 5 + ["open the drawer"]
+    # a wrong plan's frames show the subtask in force before it was made (A, not the wrong B)
+    assert raw.last_subtasks[:7] == ["pick up the red block"] * 6 + ["open the drawer"]
+    assert raw.last_subtasks[11:14] == ["pick up the green block"] * 3  # before E (made at 25) came D
     assert raw.corrections == [[]] * 16, "the model must learn to do it unasked: no corrections in the context"
     short, owner = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=2, after=0)
     # the approved decision at step 0, then steps 8, 9, 10 and 26, 27, 28
@@ -133,7 +135,7 @@ def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
     with_ctx = sum(1 for c in half.corrections[5:] if c)
     assert 0 < with_ctx < 11
     agree, labels = agreement_samples(coached, ("front", "wrist"), image_size=16, horizon=4)
-    assert len(agree) == 2 and agree.last_subtasks == ["pick up the blue block", "pick up the yellow block"]
+    assert len(agree) == 2 and agree.last_subtasks == ["pick up the red block", "pick up the green block"]
 
 
 def test_exports_choose_the_corrections(tmp_path, coached):

@@ -19,9 +19,9 @@ behaviours, plus
       unparseable subtask) leaves the robot idle, and a person says what to do after the usual
       reaction time instead of waiting `stuck_steps` for the idleness to count as stuck;
   quick to stop undoing: a plan that picks up a block whose part of the task is finished (a tidied
-      block taken back out of the drawer) is answered `undo_reaction_steps` after it is seen,
-      before the pick completes (at the usual reaction time it would finish unremarked, and the
-      same finished work could be undone again and again).
+      block taken back out of the drawer) is answered `undo_reaction_steps` (default 0) after it is
+      seen: the gripper that just let go of the block is still around it and takes it back within
+      two steps, which at the usual reaction time would go unremarked again and again.
 """
 
 from __future__ import annotations
@@ -68,17 +68,22 @@ class CoachingSuiteCoach(ScriptedCoach):
     """The scripted coach with the coaching suite's intended behaviours and patience after a drop."""
 
     def __init__(self, seed: int = 0, *args, intended: Any = None, drop_patience_steps: int = 25,
-                 undo_reaction_steps: int = 2, **kwargs) -> None:
+                 undo_reaction_steps: int = 0, **kwargs) -> None:
         super().__init__(seed, *args, intended=COACHING_INTENDED if intended is None else intended, **kwargs)
         if drop_patience_steps < 0 or undo_reaction_steps < 0:
             raise ValueError("drop_patience_steps and undo_reaction_steps must be >= 0")
         self.drop_patience_steps = drop_patience_steps
         self.undo_reaction_steps = undo_reaction_steps
         self._plan_at_drop: tuple[tuple[int, str], str | None] | None = None
+        self._undo_seen: dict = {}  # finding key -> step an undoing plan was first seen
 
     def reset(self) -> None:
         super().reset()
         self._plan_at_drop = None
+        self._undo_seen: dict = {}
+
+    def _correct(self, f, first_seen, *args, **kwargs):
+        return super()._correct(f, self._undo_seen.pop(f.key, first_seen), *args, **kwargs)
 
     def _findings(self, world, plan_sub, allowed, rules, pending, done_subtasks, step):
         findings = super()._findings(world, plan_sub, allowed, rules, pending, done_subtasks, step)
@@ -87,10 +92,19 @@ class CoachingSuiteCoach(ScriptedCoach):
             # nothing the low level can do: the robot stands idle, say what comes next
             findings = [f for f in findings if f.mistake != "stuck"]
             findings.append(_Finding("wrong_object", ("plan", plan_sub or ""), "plan", None))
+        if allowed and undoes_finished_work(world, plan_sub) and not any(f.kind_hint == "plan" for f in findings):
+            # the reference coach calls a finished step "stale" and waits for a re-plan (and keeps
+            # quiet while a just-released block settles); this plan takes the block straight back
+            # out of where it was just put, which the gripper, still there, does in a step or two
+            findings = [f for f in findings if f.mistake != "stuck"]
+            findings.append(_Finding("wrong_object", ("plan", plan_sub), "plan", plan_sub))
         for f in findings:
             if f.kind_hint == "plan" and f.key not in self._mem.first_seen and undoes_finished_work(world, f.plan_subtask):
-                # seen now, ripe after undo_reaction_steps instead of the usual reaction time
+                # seen now, ripe after undo_reaction_steps instead of the usual reaction time, and
+                # said even right after another remark
                 self._mem.first_seen[f.key] = step - max(self.delay_steps, 2) + self.undo_reaction_steps
+                self._mem.quiet_until = min(self._mem.quiet_until, step)
+                self._undo_seen[f.key] = step  # the frames from here show the mistake (not the backdated step)
         drop = self._mem.drop
         if drop is None:
             self._plan_at_drop = None

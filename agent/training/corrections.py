@@ -6,8 +6,8 @@ the corrections and whose `session` column says where the frames and states are.
 
 What a correction teaches (`CorrectionLabel`): the subtask the coach wanted at that moment,
   override              the subtask it ordered
-  negation, constraint  the plan the robot adopted because of it, if the coach let that plan
-                        stand (no further correction within RECHECK_STEPS)
+  negation, constraint  the plan the robot adopted because of it, if it is a different one and
+                        the coach let it stand (no further correction within RECHECK_STEPS)
 Pause, stop, resume, confirm and nudges say nothing about the next subtask and are skipped.
 
 Samples (`correction_samples`): the frames around each correction relabelled with what the coach
@@ -30,8 +30,13 @@ they were made, with the same context and thought.
 Without them the fine-tune would only see the states where the model was wrong, and could drift
 where it was right (the states coaching visits, DAgger-style, labelled by the coach).
 
-Agreement samples (`agreement_samples`): one per correction, the frame at the moment it was said
-with the plan it replaced as context; the model agrees if it now decodes the taught subtask.
+For a wrong plan (mistake wrong_order/wrong_object/broken_constraint) the frames up to and with the
+correction show as "last subtask" the one in force before the wrong plan was made: the context in
+which the right decision was due (after a finished step, say), not the model's own wrong plan.
+
+Agreement samples (`agreement_samples`): one per correction, the frame at the moment it was said,
+with that same context (the plan it replaced, for other mistakes); the model agrees if it now
+decodes the taught subtask.
 """
 
 from __future__ import annotations
@@ -183,6 +188,8 @@ def episode_labels(session_id: str, ep) -> list[CorrectionLabel]:
         if c.resulting_plan is None:
             continue
         if c.kind.value != "override":
+            if c.replaced_plan is not None and c.resulting_plan.subtask == c.replaced_plan.subtask:
+                continue  # the re-plan is the plan the coach said no to
             later = steering[i + 1] if i + 1 < len(steering) else None
             if later is not None and later.step - c.step <= RECHECK_STEPS:
                 continue  # the coach did not let this re-plan stand
@@ -250,6 +257,19 @@ def _append(raw: RawSamples, ep, frames: dict, i: int, subtask: str, last: str |
     raw.episode_keys.append(key)
 
 
+_IN_FORCE = object()  # "last" is the subtask in force at the previous step, as recorded
+
+
+def decision_context(ep, lab: CorrectionLabel) -> object:
+    """The "last subtask" to show with the frames of a correction's mistake. For a wrong plan, the
+    subtask in force before that plan was made (the context in which the right decision was due,
+    e.g. the step just finished); otherwise the recorded one."""
+    if lab.mistake not in PLAN_MISTAKES or lab.suspect_from_step is None:
+        return _IN_FORCE
+    decision = ep.position_of_step(lab.suspect_from_step) - 1  # the coach saw the plan a step after it was made
+    return ep.steps[decision - 1].subtask if decision > 0 else None
+
+
 def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int, horizon: int,
                        before: int = 10, after: int = 30, include_approved: bool = True,
                        with_corrections: float = 0.5) -> tuple[RawSamples, list[int]]:
@@ -259,10 +279,10 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
     n_labels = 0
     for item in coached:
         ep, labels = item.episode, item.labels
-        chosen: dict[int, tuple[str, int]] = {}  # position -> (subtask, label index); corrections win
+        chosen: dict[int, tuple[str, int, object]] = {}  # position -> (subtask, label index, last); corrections win
         if include_approved:
             for step, subtask in item.approved:
-                chosen[ep.position_of_step(step)] = (subtask, -1)
+                chosen[ep.position_of_step(step)] = (subtask, -1, _IN_FORCE)
         for k, lab in enumerate(labels):
             at = ep.position_of_step(lab.step)
             first = max(0, at - before)
@@ -272,21 +292,23 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
                     # the coach first sees a plan the step after it was made: include that decision
                     suspect -= 1
                 first = max(first, suspect)
-            for i in range(first, at):
+            before_mistake = decision_context(ep, lab)
+            for i in range(first, at + 1):
                 if not ep.steps[i].paused:
-                    chosen[i] = (lab.subtask, n_labels + k)
-            i = at
-            while i < len(ep.steps) and i <= at + after and (i == at or ep.steps[i].subtask == lab.subtask):
+                    chosen[i] = (lab.subtask, n_labels + k, before_mistake)
+            i = at + 1
+            while i < len(ep.steps) and i <= at + after and ep.steps[i].subtask == lab.subtask:
                 if not ep.steps[i].paused:
-                    chosen[i] = (lab.subtask, n_labels + k)
+                    chosen[i] = (lab.subtask, n_labels + k, _IN_FORCE)
                 i += 1
         n_labels += len(labels)
         if not chosen:
             continue
         frames = {c: ep.frames(c) for c in cameras}
         for i in sorted(chosen):
-            subtask, index = chosen[i]
-            last = ep.steps[i - 1].subtask if i > 0 else None
+            subtask, index, last = chosen[i]
+            if last is _IN_FORCE:
+                last = ep.steps[i - 1].subtask if i > 0 else None
             said = said_before(ep, ep.steps[i].step) if _draw(item.key, i, with_corrections) else []
             _append(raw, ep, frames, i, subtask, last, horizon, image_size, item.key, said)
             owner.append(index)
@@ -303,7 +325,8 @@ def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], i
         ep = item.episode
         frames = {c: ep.frames(c) for c in cameras}
         for lab in item.labels:
-            _append(raw, ep, frames, ep.position_of_step(lab.step), lab.subtask, lab.replaced, horizon, image_size,
-                    item.key)
+            last = decision_context(ep, lab)
+            _append(raw, ep, frames, ep.position_of_step(lab.step), lab.subtask,
+                    lab.replaced if last is _IN_FORCE else last, horizon, image_size, item.key)
             labels.append(lab)
     return raw, labels
