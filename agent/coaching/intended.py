@@ -80,31 +80,43 @@ class CoachingSuiteCoach(ScriptedCoach):
     def reset(self) -> None:
         super().reset()
         self._plan_at_drop = None
-        self._undo_seen: dict = {}
+        self._undo_seen = {}
 
     def _correct(self, f, first_seen, *args, **kwargs):
         return super()._correct(f, self._undo_seen.pop(f.key, first_seen), *args, **kwargs)
 
     def _findings(self, world, plan_sub, allowed, rules, pending, done_subtasks, step):
         findings = super()._findings(world, plan_sub, allowed, rules, pending, done_subtasks, step)
+        findings = self._idle_is_wrong(findings, world, plan_sub, allowed)
+        findings = self._undoing_is_wrong(findings, world, plan_sub, allowed, step)
+        return self._patience_after_drop(findings, plan_sub, step)
+
+    def _idle_is_wrong(self, findings, world, plan_sub, allowed):
+        """An empty or unparseable plan leaves the robot idle: say what comes next."""
         settling = self._mem.release is not None or self._mem.drop is not None
-        if allowed and not settling and vocab.split_subtask(plan_sub) is None and not any(f.kind_hint == "plan" for f in findings):
-            # nothing the low level can do: the robot stands idle, say what comes next
+        if allowed and not settling and vocab.split_subtask(plan_sub) is None and not _has_plan_finding(findings):
             findings = [f for f in findings if f.mistake != "stuck"]
             findings.append(_Finding("wrong_object", ("plan", plan_sub or ""), "plan", None))
-        if allowed and undoes_finished_work(world, plan_sub) and not any(f.kind_hint == "plan" for f in findings):
-            # the reference coach calls a finished step "stale" and waits for a re-plan (and keeps
-            # quiet while a just-released block settles); this plan takes the block straight back
-            # out of where it was just put, which the gripper, still there, does in a step or two
+        return findings
+
+    def _undoing_is_wrong(self, findings, world, plan_sub, allowed, step):
+        """Taking finished work apart is wrong (the reference coach calls a finished step "stale" and
+        waits, and keeps quiet while a just-released block settles), and answered at once: the
+        gripper that just let go of the block is still around it and takes it back within two steps."""
+        if allowed and undoes_finished_work(world, plan_sub) and not _has_plan_finding(findings):
             findings = [f for f in findings if f.mistake != "stuck"]
             findings.append(_Finding("wrong_object", ("plan", plan_sub), "plan", plan_sub))
         for f in findings:
             if f.kind_hint == "plan" and f.key not in self._mem.first_seen and undoes_finished_work(world, f.plan_subtask):
-                # seen now, ripe after undo_reaction_steps instead of the usual reaction time, and
-                # said even right after another remark
+                # ripe after undo_reaction_steps instead of the usual reaction time, even right after
+                # another remark; its frames start here (not at the backdated first sighting)
                 self._mem.first_seen[f.key] = step - max(self.delay_steps, 2) + self.undo_reaction_steps
                 self._mem.quiet_until = min(self._mem.quiet_until, step)
-                self._undo_seen[f.key] = step  # the frames from here show the mistake (not the backdated step)
+                self._undo_seen[f.key] = step
+        return findings
+
+    def _patience_after_drop(self, findings, plan_sub, step):
+        """No word about a drop while the robot goes back for the block, or might still re-plan."""
         drop = self._mem.drop
         if drop is None:
             self._plan_at_drop = None
@@ -117,6 +129,10 @@ class CoachingSuiteCoach(ScriptedCoach):
         if going_back or watching:
             findings = [f for f in findings if f.mistake != "drop"]
         return findings
+
+
+def _has_plan_finding(findings) -> bool:
+    return any(f.kind_hint == "plan" for f in findings)
 
 
 def undoes_finished_work(world: Any, subtask: str | None) -> bool:
