@@ -41,6 +41,14 @@ NUDGE_STEPS = 4  # a nudge moves the end effector for this many control steps, t
 HOLD_ACTION = np.array([0.0, 0.0, 0.0, 0.0, 0.0], dtype=np.float32)  # no motion; grip is set from _last_grip
 
 
+def record_completion(completed: list[str], subtask: str) -> None:
+    """Note a finished subtask: each appears once, the most recent completion last (a high level whose
+    context names the subtask done last reads completed[-1])."""
+    if subtask in completed:
+        completed.remove(subtask)
+    completed.append(subtask)
+
+
 @dataclass(frozen=True)
 class EpisodeResult:
     success: bool
@@ -403,8 +411,7 @@ class ControlLoop:
         if self._plan is None:
             self._replan("timer")
         elif self._current_subtask_done():
-            if self._plan.subtask not in self._context.completed_subtasks:
-                self._context.completed_subtasks.append(self._plan.subtask)
+            record_completion(self._context.completed_subtasks, self._plan.subtask)
             self._replan("subtask_done")
         elif self._obs.time - self._plan_sim_time >= self.replan_period_s and self._plan.source != "human":
             # A human's override stands until it is done; the model's own plans are revisited on a timer.

@@ -219,3 +219,12 @@ def test_a_low_level_that_cannot_act_is_reported_not_fatal():
     loop.reset(seed=0)
     loop.step()
     assert "cannot do 'go to a'" in loop.snapshot().last_reply
+
+
+def test_a_subtask_completed_again_moves_to_the_end_of_the_completed_list():
+    from agent.loop import record_completion
+
+    done: list[str] = []
+    for subtask in ("pick up the red block", "place it in the blue bowl", "pick up the red block"):
+        record_completion(done, subtask)
+    assert done == ["place it in the blue bowl", "pick up the red block"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -140,8 +142,18 @@ def test_training_and_inference_see_the_same_action_context(processor):
                                    ki[valid[:, None, :, None].expand_as(ki)], atol=1e-5, rtol=1e-4)
 
 
+def open_expert_gates(model: Pi05Model) -> None:
+    """The expert's adaLN-zero gates start closed, so at init no gradient reaches the backbone through
+    its attention either way; open them so the insulation tests can fail."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "modulation.bias" in name:
+                p.fill_(0.5)
+
+
 def test_knowledge_insulation_no_flow_gradient_into_backbone(processor):
     model = Pi05Model(processor.cfg)
+    open_expert_gates(model)
     batch = make_batch(processor)
     model.cfg.text_loss_weight = model.cfg.action_token_loss_weight = 0.0  # flow loss only
     try:
@@ -152,6 +164,28 @@ def test_knowledge_insulation_no_flow_gradient_into_backbone(processor):
     backbone = [p for n, p in model.named_parameters() if n.startswith(("backbone", "embed", "vision"))]
     assert all(p.grad is None or p.grad.abs().max() == 0 for p in backbone)
     assert any(p.grad is not None and p.grad.abs().max() > 0 for n, p in model.named_parameters() if n.startswith("expert"))
+
+
+def test_without_knowledge_insulation_the_flow_loss_trains_the_backbone(processor):
+    cfg = dataclasses.replace(processor.cfg, knowledge_insulation=False, text_loss_weight=0.0,
+                              action_token_loss_weight=0.0)
+    model = Pi05Model(cfg)
+    open_expert_gates(model)
+    loss, _ = model(make_batch(processor))
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().max() > 0
+               for n, p in model.named_parameters() if n.startswith(("backbone", "vision")))
+
+
+def test_context_names_the_subtask_in_force_or_the_one_done_last(processor):
+    roomy = dataclasses.replace(processor.cfg, max_context_tokens=32)  # the tiny preset's 8 tokens cut the label
+    in_force = Pi05Processor(roomy, processor.tok, processor.stats)
+    done = Pi05Processor(dataclasses.replace(roomy, context_last="done"), processor.tok, processor.stats)
+    assert in_force.decode(in_force.context_ids("pick up the red block")).strip() == "last: pick up the red block"
+    assert done.decode(done.context_ids("pick up the red block")).strip() == "done: pick up the red block"
+    assert done.context_ids(None) == [] and in_force.context_ids(None) == []
+    with pytest.raises(ValueError, match="context_last"):
+        dataclasses.replace(processor.cfg, context_last="latest").validate()
 
 
 def test_losses_fall_on_tiny_overfit(overfit):

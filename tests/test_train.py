@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from agent.training.dataset import collect_samples, planner_targets, split_episodes
+from agent.training.dataset import (
+    collect_samples, context_subtasks, last_completed, load_cache, planner_targets, split_episodes,
+)
 from agent.training.trainer import TRAINER_STATE, TrainSettings, train
 from policies.pi05.policy import load_pi05
-from policies.types import Observation, PlanContext
+from policies.types import Observation, Plan, PlanContext
 from sessions.synthetic import write_synthetic_session
 
 torch.set_num_threads(1)
@@ -68,6 +70,54 @@ def test_train_tiny_checkpoint_loads_and_resumes(sessions, tmp_path):
     state = json.loads((out / TRAINER_STATE).read_text())
     assert summary["steps"] == 9 and state["step"] == 9
     assert "resumed at step 6" in (out / "train.log").read_text()
+
+
+def test_last_completed_is_the_plan_in_force_before_a_subtask_done_replan():
+    from types import SimpleNamespace as NS
+
+    def plan(pid, step, subtask, reason):
+        return NS(plan_id=pid, step=step, reason=reason, plan=NS(subtask=subtask))
+
+    plans = [plan(0, 0, "pick up the red block", "start"), plan(1, 3, "place it in the blue bowl", "timer"),
+             plan(2, 5, "pick up the green block", "subtask_done"), plan(3, 7, "pick up the red block", "timer")]
+    steps = [NS(step=i, plan_id=0 if i < 3 else 1 if i < 5 else 2 if i < 7 else 3) for i in range(9)]
+    # the pick was re-planned on the timer (no completion); the place finished at step 5
+    assert last_completed(steps, plans) == [None] * 5 + ["place it in the blue bowl"] * 4
+    assert context_subtasks(steps, plans, "in_force")[:4] == [None, "pick up the red block",
+                                                              "pick up the red block", "pick up the red block"]
+
+
+def test_a_resumed_run_can_switch_context_last_and_reencodes_its_cache(sessions, tmp_path):
+    out = tmp_path / "ckpt"
+    s = TrainSettings(data=[str(sessions)], out=str(out), preset="tiny", steps=2, batch_size=8, eval_every=2,
+                      eval_samples=8, eval_generate=2, threads=1, warmup_steps=1, vocab_size=700,
+                      overrides={"image_size": 32})
+    train(s)
+    before, _ = load_cache(out)
+    s.steps, s.resume, s.overrides = 3, True, {"image_size": 32, "context_last": "done"}
+    train(s)
+    tensors, meta = load_cache(out)
+    assert meta["context_last"] == "done" and json.loads((out / "config.json").read_text())["context_last"] == "done"
+    assert "re-encoding the cached coaching contexts" in (out / "train.log").read_text()
+    assert torch.equal(tensors["target_ids"], before["target_ids"])  # only the contexts change
+    policy = load_pi05(out)
+    processor = policy.processor
+    seen = []
+    real = processor.context_ids
+    processor.context_ids = lambda last, corrections: seen.append(last) or real(last, corrections)
+    obs = Observation(images={"front": np.zeros((32, 32, 3), np.uint8), "wrist": np.zeros((32, 32, 3), np.uint8)},
+                      state=np.zeros(8, np.float32), task="put the red block in the blue bowl", time=0.0)
+    context = PlanContext(task=obs.task, completed_subtasks=["pick up the red block"])
+    context.plan_history.append(Plan(thought="", subtask="place it in the blue bowl", source="model"))
+    policy.generate_plan(obs, context)
+    assert seen == ["pick up the red block"]  # the subtask done last, not the one in force
+    processor.context_ids = real
+    texts = {processor.decode(row[m].tolist()) for row, m in zip(tensors["context_ids"], tensors["context_mask"].bool())}
+    assert not torch.equal(tensors["context_ids"], before["context_ids"])
+    assert not any("last:" in t for t in texts)  # (the tiny preset's 8-token contexts cut most "done:" labels)
+    s.steps, s.overrides = 4, {"width": 64}
+    with pytest.raises(ValueError, match="cannot change when resuming"):
+        train(s)
 
 
 def test_datagen_records_sessions_the_dataset_reads(tmp_path):

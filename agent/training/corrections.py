@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.training.dataset import RawSamples
+from agent.training.dataset import RawSamples, last_completed
 from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
 from policies.pi05.processor import resize_image
 
@@ -272,9 +272,11 @@ def decision_context(ep, lab: CorrectionLabel) -> object:
 
 def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int, horizon: int,
                        before: int = 10, after: int = 30, include_approved: bool = True,
-                       with_corrections: float = 0.5) -> tuple[RawSamples, list[int]]:
+                       with_corrections: float = 0.5, context_last: str = "in_force") -> tuple[RawSamples, list[int]]:
     """Relabelled frames around every correction (and the approved decisions); returns the samples
-    and, per sample, the index of its correction in the flat list of labels (-1: an approved plan)."""
+    and, per sample, the index of its correction in the flat list of labels (-1: an approved plan).
+    With context_last="done" every sample's context names the subtask completed last at its step (what
+    the model read there); otherwise the subtask in force, as below."""
     raw, owner = RawSamples(), []
     n_labels = 0
     for item in coached:
@@ -305,9 +307,12 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
         if not chosen:
             continue
         frames = {c: ep.frames(c) for c in cameras}
+        done = completed_subtasks(ep) if context_last == "done" else None
         for i in sorted(chosen):
             subtask, index, last = chosen[i]
-            if last is _IN_FORCE:
+            if done is not None:
+                last = done[i]
+            elif last is _IN_FORCE:
                 last = ep.steps[i - 1].subtask if i > 0 else None
             said = said_before(ep, ep.steps[i].step) if _draw(item.key, i, with_corrections) else []
             _append(raw, ep, frames, i, subtask, last, horizon, image_size, item.key, said)
@@ -315,18 +320,29 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
     return raw, owner
 
 
+def completed_subtasks(ep) -> list[str | None]:
+    """Per step of a recorded episode, the subtask completed most recently (see dataset.last_completed)."""
+    return last_completed(ep.steps, sorted(ep.plans, key=lambda p: p.plan_id))
+
+
 def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int,
-                      horizon: int) -> tuple[RawSamples, list[CorrectionLabel]]:
-    """One sample per correction: the frame when it was said, the replaced plan as context."""
+                      horizon: int, context_last: str = "in_force") -> tuple[RawSamples, list[CorrectionLabel]]:
+    """One sample per correction: the frame when it was said, the replaced plan (or, with
+    context_last="done", the subtask completed last) as context."""
     raw, labels = RawSamples(), []
     for item in coached:
         if not item.labels:
             continue
         ep = item.episode
         frames = {c: ep.frames(c) for c in cameras}
+        done = completed_subtasks(ep) if context_last == "done" else None
         for lab in item.labels:
-            last = decision_context(ep, lab)
-            _append(raw, ep, frames, ep.position_of_step(lab.step), lab.subtask,
-                    lab.replaced if last is _IN_FORCE else last, horizon, image_size, item.key)
+            at = ep.position_of_step(lab.step)
+            if done is not None:
+                last = done[at]
+            else:
+                last = decision_context(ep, lab)
+                last = lab.replaced if last is _IN_FORCE else last
+            _append(raw, ep, frames, at, lab.subtask, last, horizon, image_size, item.key)
             labels.append(lab)
     return raw, labels

@@ -4,7 +4,8 @@ One sample per kept control step:
   images      front/wrist frames of that step, resized to the model's image size
   state, task the base prefix
   context     what the control loop's PlanContext would hold if asked at that step: the subtask in
-              force just before it (plan_history[-1]) and the recent planning corrections
+              force just before it (plan_history[-1]) or, with the config's context_last="done", the
+              subtask completed most recently (completed_subtasks[-1]); and the recent planning corrections
   target      the planner's answer at that step: the plan in force, or the next recorded plan when the
               episode's progress (Step.subtask_index) has moved on since the plan in force was made
               (plans are only re-made on a timer, so the one in force can be stale)
@@ -53,7 +54,7 @@ class RawSamples:
 
     def texts(self) -> list[str]:
         return sorted(set(self.tasks) | set(self.thoughts) | set(self.subtasks) | set(self.plan_subtasks)
-                      | {c for cs in self.corrections for c in cs} | {f"last: {s}" for s in set(self.last_subtasks) if s})
+                      | {c for cs in self.corrections for c in cs} | {f"{label}: {s}" for s in set(self.last_subtasks) if s for label in ("last", "done")})
 
 
 def planner_targets(steps: list, plans: list) -> list[int | None]:
@@ -71,8 +72,38 @@ def planner_targets(steps: list, plans: list) -> list[int | None]:
     return out
 
 
+def last_completed(steps: list, plans: list) -> list[str | None]:
+    """For each step, the subtask completed most recently when the step's plan was made: what the
+    control loop's PlanContext.completed_subtasks[-1] held. A plan re-made because its predecessor
+    finished (reason "subtask_done") marks that predecessor, the plan in force the step before, done."""
+    plan_of = {p.plan_id: p for p in plans}
+    done_at: dict[int, str] = {}
+    for i, step in enumerate(steps[1:], start=1):
+        made = plan_of.get(step.plan_id)
+        before = plan_of.get(steps[i - 1].plan_id)
+        if made is not None and before is not None and made is not before and made.reason == "subtask_done":
+            done_at[i] = before.plan.subtask
+    out: list[str | None] = []
+    current = None
+    for i in range(len(steps)):
+        current = done_at.get(i, current)
+        out.append(current)
+    return out
+
+
+def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | None]:
+    """The subtask each step's coaching context names (see Pi05Config.context_last)."""
+    if context_last == "done":
+        return last_completed(steps, plans)
+    plan_of = {p.plan_id: p for p in plans}
+    return [None if i == 0 or steps[i - 1].plan_id not in plan_of else plan_of[steps[i - 1].plan_id].plan.subtask
+            for i in range(len(steps))]
+
+
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
-                    stride: int = 1, log=print) -> RawSamples:
+                    stride: int = 1, log=print, context_last: str = "in_force", frames: bool = True) -> RawSamples:
+    """`frames=False` reads the events only (no video decoding; `images` stays empty): enough to
+    rebuild the text columns of a cache."""
     from sessions.reader import iter_sessions
 
     raw = RawSamples()
@@ -85,9 +116,11 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
             plans = sorted(ep.plans, key=lambda p: p.plan_id)
             index_of = {p.plan_id: i for i, p in enumerate(plans)}
             targets = planner_targets(ep.steps, plans)
+            context = context_subtasks(ep.steps, plans, context_last)
             kept = list(range(0, len(ep.steps), stride))
             # decode only the kept frames, resized in one batch per camera
-            small = {cam: resize_images(np.stack([ep.frame(cam, i) for i in kept]), image_size) for cam in cameras}
+            small = {cam: resize_images(np.stack([ep.frame(cam, i) for i in kept]), image_size)
+                     for cam in (cameras if frames else ())}
             row_of = {i: r for r, i in enumerate(kept)}
             actions = np.asarray([s.action for s in ep.steps], np.float32)
             for i in kept:
@@ -95,15 +128,15 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
                 if step.plan_id not in index_of or step.paused or targets[i] is None:
                     continue
                 target = plans[targets[i]].plan
-                previous = ep.steps[i - 1].plan_id if i > 0 else None
-                last = plans[index_of[previous]].plan.subtask if previous in index_of else None
+                last = context[i]
                 chunk = np.zeros((horizon, actions.shape[1]), np.float32)
                 mask = np.zeros(horizon, bool)
                 future = actions[i: i + horizon]
                 chunk[: len(future)] = future
                 mask[: len(future)] = True
                 corr = [c.text for c in ep.active_corrections if c.step <= step.step and c.kind in PLANNING_KINDS]
-                raw.images.append(np.stack([small[c][row_of[i]] for c in cameras]))
+                if frames:
+                    raw.images.append(np.stack([small[c][row_of[i]] for c in cameras]))
                 raw.states.append(np.asarray(step.state, np.float32))
                 raw.tasks.append(ep.task)
                 raw.last_subtasks.append(last)
@@ -129,16 +162,16 @@ def build_tokenizer_and_stats(raw: RawSamples, vocab_size: int):
 
 def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str, torch.Tensor], dict]:
     cfg = processor.cfg
-    cols: dict[str, list] = {k: [] for k in ("prefix", "context", "subtask", "target")}
+    cols: dict[str, list] = {k: [] for k in ("prefix", "subtask", "target")}
     for i in range(len(raw)):
         cols["prefix"].append(pad_to(processor.prefix_ids(raw.tasks[i], raw.states[i]), cfg.prefix_text_len))
-        cols["context"].append(pad_to(processor.context_ids(raw.last_subtasks[i], raw.corrections[i]), cfg.max_context_tokens))
         cols["subtask"].append(pad_to(processor.subtask_ids(raw.subtasks[i]), cfg.max_subtask_tokens))
         cols["target"].append(pad_to(processor.target_ids(raw.thoughts[i], raw.plan_subtasks[i]), cfg.max_target_tokens))
     out = {"images": torch.from_numpy(np.stack(raw.images))}
     for name, pairs in cols.items():
         out[f"{name}_ids"] = torch.from_numpy(np.stack([p[0] for p in pairs]))
         out[f"{name}_mask"] = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    out.update(encode_contexts(raw, processor))
     out["actions"] = torch.from_numpy(np.stack([processor.normalize_actions(a) for a in raw.actions]))
     out["action_mask"] = torch.from_numpy(np.stack(raw.action_masks))
     keys = sorted(set(raw.episode_keys))
@@ -146,7 +179,29 @@ def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str,
     out["episode"] = torch.tensor([episode_index[k] for k in raw.episode_keys], dtype=torch.long)
     subtasks = sorted(set(raw.plan_subtasks))
     out["subtask_class"] = torch.tensor([subtasks.index(s) for s in raw.plan_subtasks], dtype=torch.long)
-    return out, {"subtasks": subtasks, "episodes": keys}
+    return out, {"subtasks": subtasks, "episodes": keys, "context_last": cfg.context_last}
+
+
+def encode_contexts(raw: RawSamples, processor: Pi05Processor) -> dict[str, torch.Tensor]:
+    cfg = processor.cfg
+    pairs = [pad_to(processor.context_ids(raw.last_subtasks[i], raw.corrections[i]), cfg.max_context_tokens)
+             for i in range(len(raw))]
+    return {"context_ids": torch.from_numpy(np.stack([p[0] for p in pairs])),
+            "context_mask": torch.from_numpy(np.stack([p[1] for p in pairs]))}
+
+
+def recontext_cache(tensors: dict[str, torch.Tensor], meta: dict, data_paths: list[str | Path], processor: Pi05Processor,
+                    stride: int, log=print) -> None:
+    """Re-encode a cache's coaching contexts in place for the config's context_last, reading the
+    sessions' events only (minutes faster than decoding every frame again)."""
+    cfg = processor.cfg
+    raw = collect_samples(data_paths, cfg.cameras, cfg.image_size, cfg.action_horizon, stride, log,
+                          context_last=cfg.context_last, frames=False)
+    if len(raw) != len(tensors["context_ids"]) or sorted(set(raw.episode_keys)) != meta["episodes"]:
+        raise ValueError(f"the data under {[str(p) for p in data_paths]} is not the data this cache was built "
+                         f"from ({len(raw)} vs {len(tensors['context_ids'])} samples); remove the cache to rebuild it")
+    tensors.update(encode_contexts(raw, processor))
+    meta["context_last"] = cfg.context_last
 
 
 def save_cache(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -164,12 +164,17 @@ def base_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> tuple[di
                         (d / "tokenizer.json").read_bytes() != (base / "tokenizer.json").read_bytes():
                     raise CorrectionDataError(f"{d / CACHE_FILE} was not encoded with {base}'s tokenizer "
                                               f"(no identical {d / 'tokenizer.json'}); pass the base sessions instead")
-            tensors, _ = load_cache(d)
+            tensors, meta = load_cache(d)
+            if meta.get("context_last", "in_force") != processor.cfg.context_last:
+                raise CorrectionDataError(
+                    f"{d / CACHE_FILE} holds context_last={meta.get('context_last', 'in_force')!r} contexts but "
+                    f"{base} reads {processor.cfg.context_last!r}; pass the base sessions instead")
             total = len(tensors["prefix_ids"])
         log(f"base data: {total} samples in {d}")
         return _subset(tensors, s.max_base_samples, s.seed), total
     cfg = processor.cfg
-    raw = collect_samples(sources, cfg.cameras, cfg.image_size, cfg.action_horizon, s.base_stride, log)
+    raw = collect_samples(sources, cfg.cameras, cfg.image_size, cfg.action_horizon, s.base_stride, log,
+                          context_last=cfg.context_last)
     total = len(raw) * s.base_stride  # the base dataset at stride 1 (what the base checkpoint saw)
     tensors, _ = encode_samples(raw, processor)
     tensors = _subset(tensors, s.max_base_samples, s.seed)
@@ -206,13 +211,15 @@ def correction_dataset(s: FinetuneSettings, processor: Pi05Processor, log) -> Co
         train, held = coached, []
     raw, owner = correction_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon, s.window_before,
                                     s.window_after, include_approved=s.approved_plans,
-                                    with_corrections=s.with_corrections)
+                                    with_corrections=s.with_corrections, context_last=cfg.context_last)
     tensors, _ = encode_samples(raw, processor)
-    agree_train_raw, train_labels = agreement_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon)
+    agree_train_raw, train_labels = agreement_samples(train, cfg.cameras, cfg.image_size, cfg.action_horizon,
+                                                         cfg.context_last)
     agree_train, _ = encode_samples(agree_train_raw, processor)
     held_labels, agree_held = [], {}
     if held:
-        agree_held_raw, held_labels = agreement_samples(held, cfg.cameras, cfg.image_size, cfg.action_horizon)
+        agree_held_raw, held_labels = agreement_samples(held, cfg.cameras, cfg.image_size, cfg.action_horizon,
+                                                            cfg.context_last)
         agree_held, _ = encode_samples(agree_held_raw, processor)
     by_family: dict[str, int] = {}
     for lab in train_labels + held_labels:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from agent.training.dataset import (
-    build_tokenizer_and_stats, collect_samples, encode_samples, load_cache, save_cache, split_episodes,
+    build_tokenizer_and_stats, collect_samples, encode_samples, load_cache, recontext_cache, save_cache, split_episodes,
 )
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
@@ -82,23 +82,51 @@ def lr_at(step: int, s: TrainSettings) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+# Fields a resumed run may change: none of them changes a parameter's shape.
+RESUMABLE_OVERRIDES = ("context_last", "knowledge_insulation", "text_loss_weight", "flow_loss_weight",
+                       "action_token_loss_weight")
+
+
+def resume_overrides(cfg: Pi05Config, overrides: dict) -> dict:
+    """Apply --set overrides to a resumed run's config; only RESUMABLE_OVERRIDES may change."""
+    fixed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_OVERRIDES and getattr(cfg, k, object()) != v)
+    if fixed:
+        raise ValueError(f"--set {', '.join(fixed)} cannot change when resuming (the checkpoint's shapes depend on "
+                         f"them); a resumed run may change only {', '.join(RESUMABLE_OVERRIDES)}")
+    changed = {k: v for k, v in overrides.items() if getattr(cfg, k) != v}
+    for key, value in changed.items():
+        setattr(cfg, key, value)
+    cfg.validate()
+    return changed
+
+
 def prepare(s: TrainSettings, log: Logger):
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     cached = load_cache(out) if s.resume else None
     if s.resume and (out / "config.json").is_file():
         cfg = Pi05Config.load(out / "config.json")
+        retargeted = resume_overrides(cfg, s.overrides)
         tokenizer = load_tokenizer(out / "tokenizer.json")
         stats = NormStats.load(out / "norm_stats.json")
         processor = Pi05Processor(cfg, tokenizer, stats)
         if cached is None:
-            raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo)
+            raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
+                                  context_last=cfg.context_last)
             cached = encode_samples(raw, processor)
             save_cache(out, *cached)
+        elif cached[1].get("context_last", "in_force") != cfg.context_last:
+            log.echo(f"re-encoding the cached coaching contexts for context_last={cfg.context_last!r}")
+            recontext_cache(*cached, s.data, processor, s.stride, log.echo)
+            save_cache(out, *cached)
+        if retargeted:
+            cfg.save(out / "config.json")
+            log.echo(f"resuming with {retargeted}")
     else:
         cfg = make_config(s.preset, **s.overrides)
         t0 = time.perf_counter()
-        raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo)
+        raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
+                              context_last=cfg.context_last)
         tokenizer, stats = build_tokenizer_and_stats(raw, s.vocab_size)
         cfg.vocab_size = tokenizer.get_vocab_size()
         processor = Pi05Processor(cfg, tokenizer, stats)

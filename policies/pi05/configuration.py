@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CAMERAS = ("front", "wrist")
+CONTEXT_LAST = ("in_force", "done")
 
 
 @dataclass
@@ -52,6 +53,12 @@ class Pi05Config:
     action_horizon: int = 10
     state_bins: int = 256
 
+    # What the coaching context names besides the corrections. "in_force": the subtask being executed
+    # ("last: ..."); "done": the subtask completed most recently ("done: ..."). With "in_force" nearly
+    # every training sample answers "the same as last" (plans are re-asked on a timer), so a model learns
+    # to copy it and repeats finished subtasks in closed loop; "done" leaves the choice to the images.
+    context_last: str = "in_force"
+
     # token budgets (base prefix text = task + state tokens; the coaching context is its own segment)
     max_task_tokens: int = 24
     max_context_tokens: int = 24
@@ -71,6 +78,9 @@ class Pi05Config:
     # discrete action tokens for the backbone (π0.5 knowledge insulation: the backbone learns actions as
     # tokens, the expert as a flow). Every `action_token_stride`-th chunk step, binned; 0 turns it off.
     action_token_stride: int = 2
+    # π0.5 detaches the backbone's keys/values from the flow loss; False lets the flow loss train the
+    # backbone and vision tower too (π0's recipe), kept as an ablation switch.
+    knowledge_insulation: bool = True
     bin_token_offset: int = 6  # id of the first state-bin token <s0> (see processor.special_tokens)
 
     preset: str = "custom"
@@ -92,6 +102,8 @@ class Pi05Config:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.context_last not in CONTEXT_LAST:
+            raise ValueError(f"context_last must be one of {CONTEXT_LAST}, got {self.context_last!r}")
         if self.vision_width % self.vision_heads:
             raise ValueError("vision_width must be a multiple of vision_heads")
         if self.head_dim % 2:

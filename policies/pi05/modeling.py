@@ -270,7 +270,7 @@ class Pi05Model(nn.Module):
     ) -> Tensor:
         """Velocity field v(x_t, t) [B, H, A]. The expert's queries attend to the backbone's per-layer
         keys/values `context` (prefix + subtask, masked by context_valid [B, Lc]) and to its own tokens.
-        The context is detached: knowledge insulation."""
+        The context is detached (knowledge insulation) unless the config turns that off."""
         cfg = self.cfg
         b, horizon, _ = noisy_actions.shape
         x = self.action_in(noisy_actions)
@@ -284,8 +284,10 @@ class Pi05Model(nn.Module):
             h, gate = block.norm("attn", x, cond)
             q, k, v = self._project_qkv(block, h, positions)
             ck, cv = context[i]
-            k = torch.cat([ck.detach().to(k.dtype), k], dim=2)
-            v = torch.cat([cv.detach().to(v.dtype), v], dim=2)
+            if cfg.knowledge_insulation:
+                ck, cv = ck.detach(), cv.detach()
+            k = torch.cat([ck.to(k.dtype), k], dim=2)
+            v = torch.cat([cv.to(v.dtype), v], dim=2)
             x = _residual(x, block.o(self._attend(q, k, v, mask)), gate)
             h, gate = block.norm("mlp", x, cond)
             x = _residual(x, block.mlp(h), gate)

@@ -175,7 +175,10 @@ class Pi05Policy:
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
         context = context or PlanContext(task=obs.task)
         corrections = [c.text for c in context.corrections if c.kind in PLANNING_KINDS][-CONTEXT_CORRECTIONS:]
-        last = context.plan_history[-1].subtask if context.plan_history else None
+        if self.cfg.context_last == "done":
+            last = context.completed_subtasks[-1] if context.completed_subtasks else None
+        else:
+            last = context.plan_history[-1].subtask if context.plan_history else None
         ctx_ids, ctx_mask = self._tensor(
             self.processor.context_ids(last, corrections), self.cfg.max_context_tokens)
         with self._autocast():

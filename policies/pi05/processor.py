@@ -201,10 +201,11 @@ class Pi05Processor:
         return self.tok.encode(text).ids if text else []
 
     def context_ids(self, last_subtask: str | None = None, corrections: Sequence[str] = ()) -> list[int]:
-        """"<coach> last: {subtask in force} | correction | correction": the plan being executed and what
-        the coach said. Too long -> the oldest part is cut, the newest corrections survive. Empty when
-        there is nothing (the first plan of an episode)."""
-        parts = [f"last: {last_subtask}"] if last_subtask else []
+        """"<coach> last: {subtask in force} | correction | correction" (or "done: {subtask completed
+        last}", see Pi05Config.context_last) and what the coach said. Too long -> the oldest part is cut,
+        the newest corrections survive. Empty when there is nothing (the first plan of an episode)."""
+        label = "done" if self.cfg.context_last == "done" else "last"
+        parts = [f"{label}: {last_subtask}"] if last_subtask else []
         parts.extend(c for c in corrections if c)
         if not parts:
             return []
