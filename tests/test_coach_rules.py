@@ -20,6 +20,7 @@ SCENE = ("large red block", "green block", "blue block")
     ("the red block is off limits", Rule("avoid_block", "large red block")),  # the scene's only red block
     ("never use the purple bowl", Rule("avoid_bowl", "purple bowl")),
     ("always use the yellow bowl", Rule("only_bowl", "yellow bowl")),
+    ("the green one is off limits", Rule("avoid_block", "green block")),  # colour + "one" names a block
 ])
 def test_parse_rule(text, rule):
     assert classify(text).kind is K.CONSTRAINT

@@ -134,11 +134,12 @@ def test_needs_privileged_state(env):
 
 
 @pytest.mark.parametrize("rule", ["leave the {b} alone", "the {b} is off limits", "stay away from the {b}",
-                                  "keep off the {b}", "never pick up the {b}", "from now on ignore the {b}"])
+                                  "keep off the {b}", "never pick up the {b}", "from now on ignore the {b}",
+                                  "the {one} is off limits"])
 def test_spoken_rules_keep_the_oracle_off_a_block(env, rule):
     obs, info = env.reset(seed=3, options={"family": "sort_into_bowls"})
     planner = OraclePlanner(seed=0)
     first = _plan(env, planner, obs, info).subtask
     block = first.removeprefix("pick up the ")
-    said = Correction(kind=CorrectionKind.CONSTRAINT, text=rule.format(b=block))
+    said = Correction(kind=CorrectionKind.CONSTRAINT, text=rule.format(b=block, one=block.replace("block", "one")))
     assert _plan(env, planner, obs, info, [said]).subtask != first

@@ -73,7 +73,8 @@ def _same_block(name: str | None, rule_obj: str | None) -> bool:
 
 
 _POSITIVE = re.compile(r"\b(always|only|everything goes|everything in|all blocks go|put (all )?blocks in)\b")
-_COLOR_NOUN = re.compile(r"\b(?:(small|large|big|little|tiny) )?(%s) (block|cube|bowl)s?\b" % "|".join(vocab.ALL_COLORS))
+# "the green one" names a block: blocks are what a person points at and moves here
+_COLOR_NOUN = re.compile(r"\b(?:(small|large|big|little|tiny) )?(%s) (block|cube|bowl|one)s?\b" % "|".join(vocab.ALL_COLORS))
 
 
 def parse_rule(text: str, scene_blocks: tuple[str, ...] = ()) -> Rule | None:
