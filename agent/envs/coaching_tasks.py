@@ -40,6 +40,7 @@ from agent.envs.tasks import (
     TaskInstance,
     _excluded,
     _other_colors,
+    bowl_and_maybe_another,
     _pick_colors,
     move,
     register_family,
@@ -122,9 +123,6 @@ class TidyUp(TaskFamily):
     templates = ("tidy up", "tidy up the table", "time to tidy up", "please tidy up")
     _re = re.compile(r"^(?:please |time to )?tidy up(?: table)?$")
 
-    def parse(self, text):
-        return {} if self._re.match(normalize(text)) else None
-
     def _sample(self, rng, params):
         lb = LayoutBuilder(rng, uses_drawer=True)
         bowl = _other_colors(rng, [], 1)[0]
@@ -149,9 +147,6 @@ class StackTheBlocks(TaskFamily):
     templates = ("stack the blocks", "stack the blocks up", "pile up the blocks", "make a stack of the blocks")
     _re = re.compile(r"^(?:stack blocks(?: up)?|pile up blocks|pile blocks up|make stack (?:of|with|from) blocks)$")
     bottom_color = "red"  # the user's convention (the coach knows it; the text never says it)
-
-    def parse(self, text):
-        return {} if self._re.match(normalize(text)) else None
 
     def _sample(self, rng, params):
         lb = LayoutBuilder(rng)
@@ -185,16 +180,10 @@ class RecoverFromDrop(TaskFamily):
         rf"^(?:put|move|place)(?: both)? (?P<a>{_C})(?: block)? and (?P<b>{_C}) blocks? (?:in|into|inside) (?P<bowl>{_C}) bowl$"
     )
 
-    def parse(self, text):
-        m = self._re.match(normalize(text))
-        return m.groupdict() if m else None
-
     def _sample(self, rng, params):
         params = _pick_colors(rng, params, ("a", "b", "bowl"))
         lb = LayoutBuilder(rng)
-        lb.bowl(params["bowl"])
-        if rng.random() < 0.5:
-            lb.bowl(_other_colors(rng, [params["bowl"]], 1)[0])
+        bowl_and_maybe_another(lb, rng, params["bowl"])
         ids = [lb.block(params["a"]), lb.block(params["b"])]
         for c in _other_colors(rng, [params[k] for k in ("a", "b", "bowl")], int(rng.integers(0, 2))):
             lb.block(c)

@@ -273,15 +273,25 @@ class TaskFamily:
     def _sample(self, rng: np.random.Generator, params: dict) -> TaskInstance:
         raise NotImplementedError
 
+    _re: re.Pattern | None = None  # the task texts this family understands (named groups = params)
+
     def parse(self, text: str) -> dict | None:
         """Params named by a free-text task, or None if the text is not this family's."""
-        return None
+        m = self._re.match(normalize(text)) if self._re is not None else None
+        return m.groupdict() if m else None
 
     def phrase(self, rng: np.random.Generator, **fields) -> str:
         return self.templates[int(rng.integers(len(self.templates)))].format(**fields)
 
     def example(self) -> str:
         return self.templates[0]
+
+
+def bowl_and_maybe_another(lb: "LayoutBuilder", rng, color: str) -> None:
+    """The bowl the task names and, half the time, a second one of another colour as a distractor."""
+    lb.bowl(color)
+    if rng.random() < 0.5:
+        lb.bowl(_other_colors(rng, [color], 1)[0])
 
 
 def _pick_colors(rng, params: dict, keys: tuple[str, ...]) -> dict:
@@ -311,10 +321,6 @@ class PutColorInBowl(TaskFamily):
     )
     _re = re.compile(rf"^(?:put|move|place|gather) (?:all |every )?(?P<color>{_C}) blocks? (?:in|into|inside) (?P<bowl>{_C}) bowl$")
 
-    def parse(self, text):
-        m = self._re.match(normalize(text))
-        return m.groupdict() if m else None
-
     def _sample(self, rng, params):
         params = _pick_colors(rng, params, ("color", "bowl"))
         color, bowl = params["color"], params["bowl"]
@@ -342,9 +348,6 @@ class SortIntoBowls(TaskFamily):
         "sort the blocks by colour into the bowls",
     )
     _re = re.compile(r"^(?:sort .*bowls?.*|(?:put|place) each block in(?:to)? bowl .*colou?r.*|match blocks to bowls.*)$")
-
-    def parse(self, text):
-        return {} if self._re.match(normalize(text)) else None
 
     def _sample(self, rng, params):
         k = int(rng.integers(2, 4))
@@ -414,9 +417,6 @@ class TowerOfN(TaskFamily):
     )
     _re = re.compile(r"^(?:stack all blocks.*|build one tower.*|put all blocks on top of each other|make tower from every block.*)$")
 
-    def parse(self, text):
-        return {} if self._re.match(normalize(text)) else None
-
     def _sample(self, rng, params):
         n = int(params.get("n") or rng.integers(3, 5))
         colors = _other_colors(rng, [], n)
@@ -476,9 +476,6 @@ class ClearTableIntoDrawer(TaskFamily):
         "tidy all the blocks away into the drawer and close it",
     )
     _re = re.compile(r"^(?:(?:put|tidy) all blocks (?:away )?in(?:to)? drawer.*|clear table.*drawer.*)$")
-
-    def parse(self, text):
-        return {} if self._re.match(normalize(text)) else None
 
     def _sample(self, rng, params):
         lb = LayoutBuilder(rng, uses_drawer=True)
@@ -550,10 +547,6 @@ class SwapBowls(TaskFamily):
     )
     _re = re.compile(rf"^(?:swap|exchange|switch) blocks (?:in|between) (?P<a>{_C})(?: bowl)? and (?P<b>{_C}) bowls?$")
 
-    def parse(self, text):
-        m = self._re.match(normalize(text))
-        return m.groupdict() if m else None
-
     def _sample(self, rng, params):
         params = _pick_colors(rng, params, ("a", "b", "spare"))
         lb = LayoutBuilder(rng)
@@ -590,16 +583,10 @@ class StackInBowl(TaskFamily):
         rf"^(?:put|place) (?P<a>{_C}) block in(?:to)? (?P<bowl>{_C}) bowl,? (?:and |then )?(?:stack|put|with) (?P<b>{_C}) block(?: stacked)? on(?: top)?(?: of)?(?: it)?$"
     )
 
-    def parse(self, text):
-        m = self._re.match(normalize(text))
-        return m.groupdict() if m else None
-
     def _sample(self, rng, params):
         params = _pick_colors(rng, params, ("a", "b", "bowl"))
         lb = LayoutBuilder(rng)
-        lb.bowl(params["bowl"])
-        if rng.random() < 0.5:
-            lb.bowl(_other_colors(rng, [params["bowl"]], 1)[0])
+        bowl_and_maybe_another(lb, rng, params["bowl"])
         a = lb.block(params["a"], "large")
         b = lb.block(params["b"], "small" if rng.random() < 0.6 else "large")
         for c in _other_colors(rng, [params["a"], params["b"]], int(rng.integers(0, 2))):
