@@ -65,6 +65,21 @@ def test_train_tiny_checkpoint_loads_and_resumes(sessions, tmp_path):
     assert policy.generate_plan(obs, PlanContext(task=obs.task)).source == "model"
     assert policy.predict_action_chunk(obs, "pick up the red block").shape == (policy.cfg.action_horizon, 5)
 
+    # the offline evaluation benchmark reads the same checkpoint and cache
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "offline_eval", Path(__file__).resolve().parents[1] / "benchmarks" / "offline_eval.py")
+    offline_eval = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(offline_eval)
+    assert offline_eval.main(["--checkpoint", str(out), "--frames", "12", "--threads", "1",
+                              "--json", str(tmp_path / "oe.json")]) == 0
+    report = json.loads((tmp_path / "oe.json").read_text())
+    assert report["subtask_accuracy"]["all"]["frames"] == 12
+    assert sum(v["frames"] for k, v in report["subtask_accuracy"].items() if k.startswith("kind: ")) == 12
+    assert set(report["action_r2"]) == {"dx", "dy", "dz", "dyaw", "grip"}
+
     s.steps, s.resume = 9, True
     summary = train(s)
     state = json.loads((out / TRAINER_STATE).read_text())
