@@ -10,7 +10,7 @@
 One backbone sequence is laid out in four segments:
 
     [ base prefix | coaching context | subtask prompt | target text ]   + expert tokens [ actions ]
-      images,       "last: {subtask}   "pick up the    "<bos> thought
+      images,       "done: {subtask}   "pick up the    "<bos> thought
       task, state    | corrections"     red block"      So: subtask <eos>"
 
   base prefix  bidirectional among itself; sees nothing else

@@ -3,7 +3,8 @@ quantile normalisation, image resizing, and parsing decoded text back into a pla
 
 Text layouts (token budgets come from Pi05Config):
   base prefix   "<task> {task}" + one state-bin token per state dimension
-  context       "<coach> last: {subtask in force} | {recent corrections}" (high level only)
+  context       "<coach> last: {subtask in force} | {recent corrections}" (high level only), or
+                "<coach> done: {subtask completed last} | ..." with the config's context_last="done"
   subtask       "{subtask}"                       (the low level's instruction)
   target        "<bos>{thought} So: {subtask}<eos>" (what the high level decodes)
 """
