@@ -136,3 +136,20 @@ def test_bad_input_is_rejected(env):
     assert chunk.shape == (10, 5) and not chunk[:, :4].any() and "juggle" in lenient.last_error
     chunk = lenient.act(env.observation(obs, info), info["subtasks"][0])
     assert lenient.last_error is None and chunk[:, :3].any()
+
+
+def test_an_ambiguous_block_name_means_the_nearest_one_unless_strict(env):
+    obs, info = env.reset(seed=0, options={"family": "put_color_in_bowl"})
+    world = info["privileged"]
+    by_color: dict[str, list[str]] = {}
+    for name, block in world.blocks.items():
+        by_color.setdefault(block.color, []).append(name)
+    color, names = next((c, n) for c, n in by_color.items() if len(n) > 1)  # the task's colour has two
+    with pytest.raises(KeyError, match="ambiguous"):
+        ScriptedExpert().act(env.observation(obs, info), f"pick up the {color} block")
+    nearest = min(names, key=lambda n: np.linalg.norm(world.blocks[n].pos[:2] - world.gripper.pos[:2]))
+    lenient = ScriptedExpert(strict=False)
+    for _ in range(12):
+        for action in lenient.act(env.observation(obs, info), f"pick up the {color} block"):
+            obs, _, _, _, info = env.step(action)
+    assert lenient.last_error is None and info["privileged"].held == nearest

@@ -65,7 +65,8 @@ class ScriptedExpert:
                  strict: bool = True):
         """`strict=False` makes a subtask the expert cannot carry out (unparseable text, a block that
         is not in the scene) hold the gripper still and set `last_error`, instead of raising: useful
-        under a learned high level that may decode nonsense."""
+        under a learned high level that may decode nonsense. It also reads a block name that fits
+        several blocks ("the blue block" with a small and a large one) as the one nearest the gripper."""
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         if noise_std < 0:
@@ -111,7 +112,7 @@ class ScriptedExpert:
         if world.held is not None:
             self._it = world.held
         if sub.kind == "pick":
-            self._it = resolve_block(world, sub.obj)
+            self._it = self._block(world, sub.obj)
         g = world.gripper
         v = _Virtual(pos=g.target_pos.copy(), yaw=g.target_yaw, closed=g.closed)
         chunk = np.zeros((self.horizon, 5), dtype=np.float32)
@@ -139,11 +140,14 @@ class ScriptedExpert:
             chunk = np.clip(chunk, ACTION_LOW, ACTION_HIGH).astype(np.float32)
         return chunk
 
+    def _block(self, world: WorldState, name: str) -> str:
+        return resolve_block(world, name, near=None if self.strict else world.gripper.pos)
+
     # --- the waypoint machines ------------------------------------------------------------------
     def _next(self, world: WorldState, sub: Subtask, v: _Virtual) -> tuple[np.ndarray, float, float]:
         """(goal TCP position, goal yaw, grip) for the next step; updates v's phase counters."""
         if sub.kind == "pick":
-            return self._pick(world, resolve_block(world, sub.obj), v)
+            return self._pick(world, self._block(world, sub.obj), v)
         if sub.kind in ("place", "stack", "drawer_put", "put_down"):
             return self._place(world, sub, v)
         if sub.kind == "open":
@@ -151,7 +155,7 @@ class ScriptedExpert:
         if sub.kind == "close":
             return self._close_drawer(world, v)
         if sub.kind == "push":
-            return self._push(world, resolve_block(world, sub.obj), sub.target, v)
+            return self._push(world, self._block(world, sub.obj), sub.target, v)
         raise ValueError(f"the expert cannot do {sub.text!r}")
 
     def _hold(self, v: _Virtual, grip: float) -> tuple[np.ndarray, float, float]:
@@ -249,7 +253,7 @@ class ScriptedExpert:
             slot = _free_slot(world, it, bowl.pos[:2], BOWL_SLOTS, 0.04)
             return np.array([*slot, S.BOWL_BASE_TOP + blk.half + 0.01]), 0.0
         if sub.kind == "stack":
-            base = world.block(resolve_block(world, sub.target))
+            base = world.block(self._block(world, sub.target))
             yaw = _nearest_equivalent(base.yaw - rel_yaw, current_yaw, math.pi / 2)
             return np.array([base.pos[0], base.pos[1], base.top + blk.half + 0.008]), yaw
         if sub.kind == "drawer_put":

@@ -14,6 +14,8 @@ A block is named "<colour> block", or "<size> <colour> block" when two blocks sh
 from __future__ import annotations
 
 import re
+
+import numpy as np
 from dataclasses import dataclass
 
 from agent.envs.scene import COLORS
@@ -150,9 +152,11 @@ def parse_subtask(text: str) -> Subtask:
     )
 
 
-def resolve_block(world: WorldState, name: str) -> str:
+def resolve_block(world: WorldState, name: str, near=None) -> str:
     """Map a block phrase to the display name used in this scene ("red block" may mean the only red
-    block even if the scene calls it "large red block")."""
+    block even if the scene calls it "large red block"). A phrase that fits several blocks is an
+    error, unless `near` (a position) is given: then it means the one nearest to it, as a person
+    told "the blue block" with two in reach would take the closer one."""
     if name in world.blocks:
         return name
     candidates = [b for b in world.blocks if b.endswith(name)]
@@ -160,6 +164,9 @@ def resolve_block(world: WorldState, name: str) -> str:
         return candidates[0]
     if not candidates:
         raise KeyError(f"no {name!r} in this scene; blocks: {sorted(world.blocks)}")
+    if near is not None:
+        xy = np.asarray(near, dtype=np.float64)[:2]
+        return min(sorted(candidates), key=lambda b: float(np.linalg.norm(world.blocks[b].pos[:2] - xy)))
     raise KeyError(f"{name!r} is ambiguous here; say one of {sorted(candidates)}")
 
 
