@@ -153,3 +153,4 @@ def test_an_ambiguous_block_name_means_the_nearest_one_unless_strict(env):
         for action in lenient.act(env.observation(obs, info), f"pick up the {color} block"):
             obs, _, _, _, info = env.step(action)
     assert lenient.last_error is None and info["privileged"].held == nearest
+    assert env.subtask_done(f"pick up the {color} block", info)  # one of the blue blocks is up: done

@@ -174,8 +174,11 @@ def resolve_block(world: WorldState, name: str, near=None) -> str:
 def is_satisfied(world: WorldState, subtask: Subtask, it: str | None = None) -> bool:
     """Whether the effect of `subtask` holds now. `it` names the block a place-type subtask moves."""
     kind = subtask.kind
-    if kind == "pick":
-        return world.is_lifted(resolve_block(world, subtask.obj))
+    if kind == "pick":  # a name that fits several blocks ("the blue block") is done when one of them is up
+        if subtask.obj in world.blocks:
+            return world.is_lifted(subtask.obj)
+        fits = [b for b in world.blocks if b.endswith(subtask.obj)] or [resolve_block(world, subtask.obj)]
+        return any(world.is_lifted(b) for b in fits)
     if kind == "open":
         return world.drawer.is_open
     if kind == "close":
