@@ -11,9 +11,9 @@ round r = 1..R then
 After the last round, M more coached episodes with the final checkpoint measure how often the
 coach still has to step in. Every stage is the documented CLI command, run as a subprocess.
 
-    python benchmarks/coaching_rounds.py --checkpoint policies/checkpoints/small --base-data runs/ckpt_small3 \\
-        --low-level expert --episodes 20 --base-episodes 6 --coached 10 --rounds 2 --workers 2 \\
-        --finetune-steps 2000 --correction-share 0.3      # the full run (~1.5 h on 2 cores)
+    python benchmarks/coaching_rounds.py --checkpoint policies/checkpoints/small --base-data runs/ckpt_small \\
+        --low-level expert --episodes 10 --base-episodes 4 --coached 10 --rounds 2 --workers 2 \\
+        --finetune-steps 1000 --correction-share 0.3      # the full run in the README (~30 min on 2 cores)
     python benchmarks/coaching_rounds.py --preset tiny                  # a self-contained miniature
 
 Stages whose results are already in --workdir (eval JSON, coached.json, a finished fine-tune) are
