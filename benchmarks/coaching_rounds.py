@@ -218,10 +218,10 @@ def table(rows: list[dict], title: str):
 
 
 def main(argv=None) -> int:
-    from rich.console import Console
+    from agent.commands.output import table_console
 
     args = parse_args(argv)
-    console = Console() if Console().is_terminal else Console(width=110)  # logs: room for the whole table
+    console = table_console()
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = Stages(args.workdir, console)
     started = time.perf_counter()

@@ -198,6 +198,7 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from agent.commands.output import table_console
     from agent.envs.tasks import get_family, get_suite
 
     console = Console(stderr=True)
@@ -248,7 +249,7 @@ def main(args: argparse.Namespace) -> int:
     summary["wall_time_s"] = wall
     summary["config"] = {**asdict(config), "episodes_per_family": args.episodes, "seed": args.seed,
                          "workers": workers, "families": families}
-    Console().print(_table(summary, f"hivla run: {args.high_level or 'default'} + {args.low_level or 'default'}"
+    table_console().print(_table(summary, f"hivla run: {args.high_level or 'default'} + {args.low_level or 'default'}"
                                     f" on {args.suite}, {len(records)} episodes in {wall:.0f}s"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
