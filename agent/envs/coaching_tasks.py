@@ -40,8 +40,8 @@ from agent.envs.tasks import (
     TaskInstance,
     _excluded,
     _other_colors,
-    bowl_and_maybe_another,
     _pick_colors,
+    bowl_and_maybe_another,
     move,
     register_family,
 )

@@ -14,9 +14,9 @@ A block is named "<colour> block", or "<size> <colour> block" when two blocks sh
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
-from dataclasses import dataclass
 
 from agent.envs.scene import COLORS
 from agent.envs.world import WorldState
@@ -152,6 +152,11 @@ def parse_subtask(text: str) -> Subtask:
     )
 
 
+def matching_blocks(world: WorldState, name: str) -> list[str]:
+    """The scene's blocks a phrase can mean: "red block" fits "red block" and "large red block"."""
+    return [b for b in world.blocks if b.endswith(name)]
+
+
 def resolve_block(world: WorldState, name: str, near=None) -> str:
     """Map a block phrase to the display name used in this scene ("red block" may mean the only red
     block even if the scene calls it "large red block"). A phrase that fits several blocks is an
@@ -159,7 +164,7 @@ def resolve_block(world: WorldState, name: str, near=None) -> str:
     told "the blue block" with two in reach would take the closer one."""
     if name in world.blocks:
         return name
-    candidates = [b for b in world.blocks if b.endswith(name)]
+    candidates = matching_blocks(world, name)
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
@@ -177,7 +182,7 @@ def is_satisfied(world: WorldState, subtask: Subtask, it: str | None = None) -> 
     if kind == "pick":  # a name that fits several blocks ("the blue block") is done when one of them is up
         if subtask.obj in world.blocks:
             return world.is_lifted(subtask.obj)
-        fits = [b for b in world.blocks if b.endswith(subtask.obj)] or [resolve_block(world, subtask.obj)]
+        fits = matching_blocks(world, subtask.obj) or [resolve_block(world, subtask.obj)]  # none: KeyError
         return any(world.is_lifted(b) for b in fits)
     if kind == "open":
         return world.drawer.is_open
