@@ -14,7 +14,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "run": ("agent.commands.run", "scripted runs over a task suite, with an optional scripted coach"),
     "export": ("agent.commands.export", "export recorded sessions as datasets"),
     "datagen": ("agent.commands.datagen", "record expert demonstrations with oracle plans"),
-    "train": ("agent.commands.train", "train the pi05-style model"),
+    "train": ("agent.commands.train", "train a model: the pi05-style high level or the low-level VLA"),
     "finetune": ("agent.commands.finetune", "fine-tune the high level on corrections"),
     "replay": ("agent.commands.replay", "print or render a recorded session"),
     "bench": ("agent.commands.bench", "run a benchmark script from benchmarks/"),

@@ -3,8 +3,9 @@
     oracle            privileged scripted planner (high level)
     expert            privileged scripted executor (low level)
     pi05:PATH         a pi05 checkpoint directory (either level)
-    (empty / None)    the shipped default: the shipped pi05 checkpoint as high level (oracle if
-                      it is missing) and the scripted expert as low level
+    vla:PATH          a low-level VLA checkpoint directory (low level)
+    (empty / None)    the shipped defaults: the pi05 checkpoint policies/checkpoints/small as high
+                      level and the VLA checkpoint policies/checkpoints/vla as low level
 
 The same model instance is shared when both levels name the same checkpoint.
 """
@@ -15,7 +16,9 @@ from pathlib import Path
 
 from policies.base import HighLevelPolicy, LowLevelPolicy
 
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "policies" / "checkpoints" / "small"
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "policies" / "checkpoints"
+SHIPPED_CHECKPOINT = CHECKPOINTS / "small"  # the pi05 high level
+SHIPPED_VLA = CHECKPOINTS / "vla"  # the low-level VLA
 
 
 def _shipped_checkpoint_available() -> bool:
@@ -27,10 +30,7 @@ def default_high_level_spec() -> str:
 
 
 def default_low_level_spec() -> str:
-    # The shipped checkpoint's high level, with the expert executing, completes ~39% of base tasks, so
-    # it is the default planner to coach. Its low level does not yet finish subtasks in closed loop
-    # (policies/checkpoints/small/MODEL_CARD.md), so the default executor stays the scripted expert
-    # until a learned one passes the same bar; `--low-level pi05:PATH` runs the learned one.
+    # Until a trained VLA ships in policies/checkpoints/vla, the scripted expert executes by default.
     return "expert"
 
 
@@ -39,6 +39,7 @@ class SpecError(ValueError):
 
 
 _pi05_models: dict[tuple[str, str, str], object] = {}
+_vla_models: dict[tuple[str, str, str], object] = {}
 
 
 def _load_pi05(path: str, device: str, dtype: str):
@@ -48,6 +49,34 @@ def _load_pi05(path: str, device: str, dtype: str):
 
         _pi05_models[key] = load_pi05(path, device=device, dtype=dtype)
     return _pi05_models[key]
+
+
+def _load_vla(path: str, device: str, dtype: str):
+    key = (str(Path(path).resolve()), device, dtype)
+    if key not in _vla_models:
+        from policies.vla.policy import load_vla  # heavy import (torch)
+
+        _vla_models[key] = load_vla(path, device=device, dtype=dtype)
+    return _vla_models[key]
+
+
+def resolve_specs(high_level: str | None, low_level: str | None) -> tuple[str, str]:
+    """The spec strings that `make_high_level` / `make_low_level` build for these (defaults filled in)."""
+    return high_level or default_high_level_spec(), low_level or default_low_level_spec()
+
+
+def describe_spec(spec: str) -> str:
+    """A spec for people: a checkpoint path inside the working directory shown relative, and whether
+    the policy is learned or a privileged reference ("vla:policies/checkpoints/vla (learned)")."""
+    kind, sep, arg = spec.partition(":")
+    if kind in ("oracle", "expert"):
+        return f"{spec} (privileged)"
+    if sep and arg:
+        try:
+            arg = str(Path(arg).resolve().relative_to(Path.cwd()))
+        except ValueError:
+            pass
+    return f"{kind}{sep}{arg} (learned)" if kind in ("pi05", "vla") else f"{kind}{sep}{arg}"
 
 
 def _split(spec: str) -> tuple[str, str]:
@@ -82,4 +111,8 @@ def make_low_level(spec: str | None = None, *, seed: int = 0, device: str = "cpu
         from policies.pi05.policy import Pi05LowLevel
 
         return Pi05LowLevel(_load_pi05(arg or str(SHIPPED_CHECKPOINT), device, dtype))
-    raise SpecError(f"unknown low-level spec {spec!r}; expected 'expert' or 'pi05:PATH'")
+    if kind == "vla":
+        from policies.vla.policy import VlaLowLevel
+
+        return VlaLowLevel(_load_vla(arg or str(SHIPPED_VLA), device, dtype))
+    raise SpecError(f"unknown low-level spec {spec!r}; expected 'expert', 'vla:PATH' or 'pi05:PATH'")

@@ -25,13 +25,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=400, help="per-episode step limit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", nargs="*", default=None, help="restrict to these task families")
+    parser.add_argument("--put-down-share", type=float, default=0.0,
+                        help="share of picks followed by 'put it down on the table' before the task goes on "
+                             "(low-level data: no task asks for that primitive)")
 
 
 def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str, noise: float, image_size: int,
-                    max_steps: int, families: list[str] | None) -> dict:
+                    max_steps: int, families: list[str] | None, put_down_share: float = 0.0) -> dict:
     """Record the given episodes into one session directory; returns counts."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from agent.envs import SUITES, make_env
+    from agent.envs.detours import PutDownDetours
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
     from agent.loop import ControlLoop
@@ -40,6 +44,8 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
     base_seed = episode_seeds[0] if episode_seeds else 0
     env = make_env(suite=suite, image_size=image_size, seed=base_seed)
     high = OraclePlanner(seed=base_seed)
+    if put_down_share > 0:
+        high = PutDownDetours(high, put_down_share, seed=base_seed)
     low = ScriptedExpert(seed=base_seed, noise_std=noise)
     obs, _ = env.reset(seed=base_seed)
     header = make_header(
@@ -47,7 +53,8 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
         cameras={k: tuple(v.shape[:2]) for k, v in obs["images"].items()},
         state_names=[f"s{i}" for i in range(len(obs["state"]))],
         action_names=["dx", "dy", "dz", "dyaw", "grip"],
-        env={"suite": suite, "image_size": image_size, "noise": noise, "worker": worker},
+        env={"suite": suite, "image_size": image_size, "noise": noise, "worker": worker,
+             "put_down_share": put_down_share},
         notes="hivla datagen",
     )
     fams = list(families or SUITES[suite])  # the suite's families only (other suites register theirs too)
@@ -74,7 +81,7 @@ def main(args: argparse.Namespace) -> int:
     seeds = [args.seed + i for i in range(args.episodes)]
     shards = [seeds[w:: args.workers] for w in range(args.workers)]
     started = time.perf_counter()
-    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families)
+    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.put_down_share)
     if args.workers == 1:
         results = [record_episodes(args.out, 0, shards[0], *common)]
     else:

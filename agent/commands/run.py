@@ -222,7 +222,10 @@ def main(args: argparse.Namespace) -> int:
         except ImportError as err:
             raise SystemExit(f"--coach scripted is not available yet: {err}") from err
 
-    config = RunConfig(args.high_level, args.low_level, args.suite, args.image_size, args.coach,
+    from agent.specs import describe_spec, resolve_specs
+
+    high_level, low_level = resolve_specs(args.high_level, args.low_level)  # the run JSON names what acted
+    config = RunConfig(high_level, low_level, args.suite, args.image_size, args.coach,
                        args.coach_error_rate, args.max_steps, str(args.out) if args.out else None, args.device)
     jobs = [(family, args.seed + i) for i in range(args.episodes) for family in families]
     workers = min(args.workers, len(jobs))
@@ -249,7 +252,7 @@ def main(args: argparse.Namespace) -> int:
     summary["wall_time_s"] = wall
     summary["config"] = {**asdict(config), "episodes_per_family": args.episodes, "seed": args.seed,
                          "workers": workers, "families": families}
-    table_console().print(_table(summary, f"hivla run: {args.high_level or 'default'} + {args.low_level or 'default'}"
+    table_console().print(_table(summary, f"hivla run: {describe_spec(high_level)} + {describe_spec(low_level)}"
                                     f" on {args.suite}, {len(records)} episodes in {wall:.0f}s"))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

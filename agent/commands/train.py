@@ -1,7 +1,10 @@
-"""`hivla train`: train the π0.5-style model on recorded sessions.
+"""`hivla train`: train a model on recorded sessions.
 
     hivla train --data runs/datagen --preset small --out runs/ckpt_small --steps 4000 --dtype bf16
-    hivla train --data runs/datagen --out runs/ckpt_small --resume     # continue after a stop
+    hivla train --model vla --data runs/vla_data --out runs/vla_small --steps 30000   # the low-level VLA
+    hivla train ... --out runs/ckpt_small --resume     # continue after a stop
+
+Defaults depend on --model (pi05: the high level's recipe; vla: the low level's, see its model card).
 """
 
 from __future__ import annotations
@@ -9,24 +12,52 @@ from __future__ import annotations
 import argparse
 import json
 
+# per-model defaults for the flags left unset
+DEFAULTS = {
+    "pi05": {"steps": 4000, "batch_size": 32, "lr": 5e-4, "dtype": "bf16", "eval_every": 500, "save_every": 240.0,
+             "threads": 2, "presets": ("tiny", "small", "pi05")},
+    "vla": {"steps": 30_000, "batch_size": 64, "lr": 1e-3, "dtype": "fp32", "eval_every": 1000, "save_every": 180.0,
+            "threads": 1, "presets": ("tiny", "small")},
+}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="pi05", choices=sorted(DEFAULTS),
+                        help="pi05: the π0.5-style model (high level); vla: the low-level VLA")
     parser.add_argument("--data", nargs="+", required=True, help="session directories (or folders holding them)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
-    parser.add_argument("--preset", default="small", choices=["tiny", "small", "pi05"])
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--preset", default="small", help="pi05: tiny | small | pi05; vla: tiny | small")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (pi05 4000, vla 30000)")
+    parser.add_argument("--batch-size", type=int, default=None, help="pi05 32, vla 64")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (pi05 5e-4, vla 1e-3)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"], help="bf16 = autocast (≈2x faster on this CPU)")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16"],
+                        help="bf16 = autocast (pi05 default: ≈2x faster on this CPU; vla default fp32: see its model card)")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out")
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--save-every", type=float, default=240.0, help="seconds between resumable checkpoints")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between held-out evaluations")
+    parser.add_argument("--closed-loop-every", type=int, default=5000,
+                        help="vla: steps between closed-loop evaluations in the simulator (0: never)")
+    parser.add_argument("--closed-loop-trials", type=int, default=5, help="vla: trials per primitive in each")
+    parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads; use 1 when other jobs share the cores")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (pi05 2, vla 1); use 1 when other jobs share the cores")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field of the preset (JSON value), e.g. --set depth=4")
+
+
+def parse_overrides(items: list[str]) -> dict:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def main(args: argparse.Namespace) -> int:
@@ -35,21 +66,22 @@ def main(args: argparse.Namespace) -> int:
     # On a shared machine, OpenMP threads that spin at barriers while another process holds the core
     # slow a 2-thread step down ~6x (measured: 20 s vs 3.2 s a step with one thread); sleep instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    defaults = DEFAULTS[args.model]
+    if args.preset not in defaults["presets"]:
+        raise SystemExit(f"--preset {args.preset!r} is not a {args.model} preset; choose from {', '.join(defaults['presets'])}")
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
+            for k in ("steps", "batch_size", "lr", "dtype", "eval_every", "save_every", "threads")}
+    common = dict(data=args.data, out=args.out, preset=args.preset, steps=pick["steps"], batch_size=pick["batch_size"],
+                  lr=pick["lr"], device=args.device, dtype=pick["dtype"], resume=args.resume,
+                  eval_every=pick["eval_every"], save_every_s=pick["save_every"], stride=args.stride,
+                  threads=pick["threads"], seed=args.seed, overrides=parse_overrides(args.set))
+    if args.model == "vla":
+        from agent.training.vla_trainer import VlaTrainSettings, train_vla
+
+        train_vla(VlaTrainSettings(**common, closed_loop_every=args.closed_loop_every,
+                                   closed_loop_trials=args.closed_loop_trials))
+        return 0
     from agent.training.trainer import TrainSettings, train
 
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    settings = TrainSettings(
-        data=args.data, out=args.out, preset=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-        device=args.device, dtype=args.dtype, resume=args.resume, eval_every=args.eval_every,
-        save_every_s=args.save_every, stride=args.stride, threads=args.threads, seed=args.seed, overrides=overrides,
-    )
-    train(settings)
+    train(TrainSettings(**common))
     return 0

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.console.halfblock import HalfBlockImage, halfblock_fragments
+from agent.specs import describe_spec
 
 SOURCE_STYLES = {"model": "bold bright_cyan", "human": "bold bright_magenta", "oracle": "bold yellow"}
 KIND_STYLES = {
@@ -136,7 +137,8 @@ def _details(snap: StatusSnapshot) -> Table:
     grid.add_row("subtask", subtask)
     grid.add_row("progress", _progress(snap))
     grid.add_row("corrections", _corrections(snap))
-    policies = f"high {snap.high_level or '?'} / low {snap.low_level or '?'}"
+    policies = f"high {describe_spec(snap.high_level) if snap.high_level else '?'} / " \
+               f"low {describe_spec(snap.low_level) if snap.low_level else '?'}"
     grid.add_row("policies", Text(policies, style="dim"))
     if snap.session_dir:
         grid.add_row("session", Text(snap.session_dir, style="dim"))

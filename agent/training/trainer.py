@@ -261,7 +261,7 @@ def train(s: TrainSettings) -> dict:
     last_save = time.perf_counter()
     window: list[dict] = []
     t_window = time.perf_counter()
-    progress = _progress(s.steps, state["step"])
+    progress = TrainProgress(s.steps, state["step"])
     model.train()
     try:
         while state["step"] < s.steps:
@@ -322,23 +322,24 @@ def _save(out: Path, model, processor, opt, state, s: TrainSettings) -> None:
     save_train_state(out, opt, state)
 
 
-class _progress:
+class TrainProgress:
     """A rich progress bar on a terminal, nothing otherwise (the log file has the numbers)."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, label: str = "train"):
         self.bar = None
         if sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                                 TextColumn("{task.fields[info]}"))
             self.bar.start()
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
 
     def update(self, step: int, info: dict) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=step,
-                            info=f"loss {info['loss']:.3f} text {info['text_loss']:.3f} flow {info['flow_loss']:.3f}")
+            shown = [(label, key) for label, key in (("loss", "loss"), ("text", "text_loss"), ("flow", "flow_loss"))
+                     if key in info]
+            self.bar.update(self.task, completed=step, info=" ".join(f"{label} {info[key]:.3f}" for label, key in shown))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -11,14 +11,15 @@ CheckpointError naming the file and the problem.
 
 from __future__ import annotations
 
-import json
-import struct
 from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from policies.checkpoint import (  # noqa: F401 (CheckpointError and the checks are re-exported)
+    CheckpointError, check_safetensors_file, load_state_dict_checked, require_files, save_checkpoint_dir,
+)
 from policies.pi05.configuration import Pi05Config
 from policies.pi05.modeling import Pi05Model
 from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer, pad_to
@@ -31,94 +32,23 @@ CONTEXT_CORRECTIONS = 4  # how many recent corrections the high level reads
 PLANNING_KINDS = {CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT, CorrectionKind.NUDGE}
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be loaded; the message says which file and why."""
-
-
 # ---------------------------------------------------------------------------------------------
 # checkpoint files
 # ---------------------------------------------------------------------------------------------
 
 
-def check_safetensors_file(path: Path) -> dict:
-    """Validate a safetensors file's header against its size before loading (a truncated file gives a
-    clear error here rather than an obscure one inside the loader). Returns the header."""
-    size = path.stat().st_size
-    if size < 8:
-        raise CheckpointError(f"{path}: {size} bytes, too short to be a safetensors file (truncated?)")
-    with path.open("rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if 8 + header_len > size:
-            raise CheckpointError(f"{path}: header says {header_len} bytes but the file has {size} (truncated?)")
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise CheckpointError(f"{path}: unreadable safetensors header ({err})") from err
-    data_len = size - 8 - header_len
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        end = info.get("data_offsets", [0, 0])[1]
-        if end > data_len:
-            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} but only {data_len} data bytes "
-                                  "are present (truncated file)")
-    return header
-
-
-def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
-    """Load weights, refusing missing/unexpected keys and shape mismatches with one clear message."""
-    from safetensors.torch import load_file
-
-    check_safetensors_file(path)
-    state = load_file(str(path))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if wrong:
-        problems.append(f"shape mismatches {wrong[:3]}")
-    if problems:
-        raise CheckpointError(f"{path} does not match config.json: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
-
-
 def save_checkpoint(path: str | Path, model: Pi05Model, tokenizer, norm_stats: NormStats,
                     extra: dict | None = None) -> Path:
-    """Write a checkpoint directory. Files are written under temporary names and renamed, so an
-    interrupted save never leaves a half-written model.safetensors behind."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-
-    def write(name: str, fn) -> None:
-        tmp = path / f".{name}.tmp"
-        fn(tmp)
-        tmp.replace(path / name)
-
-    write("model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt", "hivla": "pi05"}))
-    write("config.json", lambda p: model.cfg.save(p))
-    write("tokenizer.json", lambda p: tokenizer.save(str(p)))
-    write("norm_stats.json", lambda p: norm_stats.save(p))
-    if extra:
-        write("checkpoint_info.json", lambda p: p.write_text(json.dumps(extra, indent=2) + "\n"))
-    return path
+    """Write a checkpoint directory (see policies.checkpoint.save_checkpoint_dir: no half-written files)."""
+    return save_checkpoint_dir(path, model, "pi05", {
+        "config.json": model.cfg.save,
+        "tokenizer.json": lambda p: tokenizer.save(str(p)),
+        "norm_stats.json": norm_stats.save,
+    }, extra)
 
 
 def load_checkpoint(path: str | Path) -> tuple[Pi05Model, Pi05Processor]:
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: not a checkpoint directory")
-    absent = [name for name in CHECKPOINT_FILES if not (path / name).is_file()]
-    if absent:
-        raise CheckpointError(f"{path}: checkpoint is missing {absent}")
+    path = require_files(path, CHECKPOINT_FILES)
     try:
         cfg = Pi05Config.load(path / "config.json")
         tokenizer = load_tokenizer(path / "tokenizer.json")

@@ -150,12 +150,12 @@ class NormStats:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
 
 
-def _to_unit(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def to_unit(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     span = np.maximum(hi - lo, 1e-6)  # a constant dimension maps to -1 instead of dividing by zero
     return np.clip(2.0 * (x - lo) / span - 1.0, -1.0, 1.0).astype(np.float32)
 
 
-def _from_unit(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def from_unit(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return ((np.asarray(y, np.float32) + 1.0) / 2.0 * np.maximum(hi - lo, 1e-6) + lo).astype(np.float32)
 
 
@@ -183,13 +183,13 @@ class Pi05Processor:
     # -- numbers ---------------------------------------------------------------------------------
 
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
-        return _to_unit(np.asarray(state, np.float32), self.stats.state_q01, self.stats.state_q99)
+        return to_unit(np.asarray(state, np.float32), self.stats.state_q01, self.stats.state_q99)
 
     def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return _to_unit(np.asarray(actions, np.float32), self.stats.action_q01, self.stats.action_q99)
+        return to_unit(np.asarray(actions, np.float32), self.stats.action_q01, self.stats.action_q99)
 
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return _from_unit(actions, self.stats.action_q01, self.stats.action_q99)
+        return from_unit(actions, self.stats.action_q01, self.stats.action_q99)
 
     def state_bins(self, state: np.ndarray) -> np.ndarray:
         """Normalised state in [-1, 1] -> bin index in [0, 255] per dimension."""

@@ -1,0 +1,240 @@
+"""The training loop for the low-level VLA: resumable, logged, with held-out action R² and a periodic
+closed-loop evaluation in the simulator (the number that matters: does the policy finish subtasks).
+
+OUT receives a loadable checkpoint at every save (config.json, model.safetensors holding the EMA
+weights, tokenizer.json, norm_stats.json), plus train_model.safetensors (the raw weights),
+train_state.safetensors (optimizer moments) and trainer_state.json for --resume, the cached tensor
+dataset and train.log.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.training.dataset import split_episodes
+from agent.training.trainer import TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state
+from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
+from policies.checkpoint import CheckpointError, load_state_dict_checked
+from policies.pi05.processor import NormStats, load_tokenizer
+from policies.vla.configuration import VlaConfig, make_config
+from policies.vla.modeling import VlaModel, count_parameters
+from policies.vla.policy import VlaLowLevel, VlaPolicy, save_checkpoint
+from policies.vla.processor import VlaProcessor
+
+RAW_WEIGHTS = "train_model.safetensors"
+BATCH_KEYS = ("images", "state", "subtask_ids", "subtask_mask", "actions", "action_mask")
+ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
+
+
+@dataclass
+class VlaTrainSettings:
+    data: list[str]
+    out: str
+    preset: str = "small"
+    steps: int = 30_000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    ema_decay: float = 0.999
+    device: str = "cpu"
+    dtype: str = "fp32"
+    resume: bool = False
+    eval_every: int = 1000
+    closed_loop_every: int = 5000  # steps between closed-loop evaluations (0: never)
+    closed_loop_trials: int = 5  # trials per primitive in each of them
+    save_every_s: float = 180.0
+    held_out_fraction: float = 0.05
+    eval_samples: int = 2048
+    stride: int = 1
+    vocab_size: int = 1024  # byte-level BPE: 518 ids are bytes and special tokens, the rest whole words
+    seed: int = 0
+    threads: int = 1
+    overrides: dict = field(default_factory=dict)
+
+
+def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, dict, dict]:
+    out = Path(s.out)
+    cached = load_cache(out) if s.resume else None
+    if s.resume and (out / "config.json").is_file():
+        cfg = VlaConfig.load(out / "config.json")
+        changed = sorted(k for k, v in s.overrides.items() if getattr(cfg, k, object()) != v)
+        if changed:
+            raise ValueError(f"--set {', '.join(changed)} cannot change when resuming; start a new --out instead")
+        processor = VlaProcessor(cfg, load_tokenizer(out / "tokenizer.json"), NormStats.load(out / "norm_stats.json"))
+        if cached is None:
+            cached = encode_vla_samples(collect_vla_samples(s.data, cfg, s.stride, log.echo), processor)
+            save_cache(out, *cached)
+        return cfg, processor, *cached
+    cfg = make_config(s.preset, **s.overrides)
+    t0 = time.perf_counter()
+    raw = collect_vla_samples(s.data, cfg, s.stride, log.echo)
+    processor = build_processor(raw, cfg, s.vocab_size)
+    tensors, meta = encode_vla_samples(raw, processor)
+    save_cache(out, tensors, meta)
+    log.echo(f"data: {len(raw)} samples from {len(meta['episodes'])} episodes, {len(set(raw.subtasks))} distinct "
+             f"subtasks, vocab {cfg.vocab_size}, by first word {meta['first_words']} ({time.perf_counter() - t0:.0f}s)")
+    return cfg, processor, tensors, meta
+
+
+def get_batch(tensors: dict, idx: torch.Tensor, device: torch.device) -> dict:
+    return {k: tensors[k][idx].to(device) for k in BATCH_KEYS}
+
+
+def autocast(device: torch.device, dtype: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+
+@torch.no_grad()
+def held_out_metrics(model: VlaModel, tensors: dict, held: torch.Tensor, s: VlaTrainSettings,
+                     device: torch.device) -> dict:
+    """Held-out loss and the R² of the first predicted action per dimension (normalised units)."""
+    if len(held) == 0:
+        return {}
+    model.eval()
+    pick = held[torch.randperm(len(held), generator=torch.Generator().manual_seed(1234))[: s.eval_samples]]
+    rng_state = torch.get_rng_state()
+    torch.manual_seed(1234)
+    losses, preds, targets = [], [], []
+    for chunk in pick.split(256):
+        b = get_batch(tensors, chunk, device)
+        with autocast(device, s.dtype):
+            loss, _ = model(b)
+            pred = model.predict_action_chunk(b["images"], b["state"], b["subtask_ids"], b["subtask_mask"])
+        losses.append(float(loss) * len(chunk))
+        preds.append(pred[:, 0].float().cpu())
+        targets.append(b["actions"][:, 0].float().cpu())
+    torch.set_rng_state(rng_state)
+    pred, target = torch.cat(preds), torch.cat(targets)
+    r2 = 1 - ((pred - target) ** 2).sum(0) / ((target - target.mean(0)) ** 2).sum(0).clamp(min=1e-9)
+    metrics = {"eval_loss": sum(losses) / len(pick)}
+    metrics.update({f"r2_{name}": float(v) for name, v in zip(ACTION_NAMES, r2)})
+    return metrics
+
+
+def closed_loop(model: VlaModel, processor: VlaProcessor, s: VlaTrainSettings, device: torch.device, log) -> dict:
+    """A few trials of every primitive in the simulator, the oracle setting up each situation."""
+    from agent.envs.eval_primitives import evaluate
+
+    policy = VlaLowLevel(VlaPolicy(model, processor, device=str(device), dtype=s.dtype))
+    report = evaluate(trials=s.closed_loop_trials, seed=77, low_level=policy, log=lambda m: None)
+    model.train()
+    rates = {k: v["success_rate"] for k, v in report["per_primitive"].items()}
+    return {"closed_loop_mean": float(np.mean(list(rates.values()))),
+            **{f"closed_loop_{k}": v for k, v in rates.items()}}
+
+
+def train_vla(s: VlaTrainSettings) -> dict:
+    torch.set_num_threads(s.threads)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = Logger(out / "train.log")
+    log(f"settings {json.dumps(asdict(s))}")
+    torch.manual_seed(s.seed)
+    device = torch.device(s.device)
+    cfg, processor, tensors, meta = prepare(s, log)
+    train_idx, held_idx = split_episodes(tensors["episode"], s.held_out_fraction, s.seed)
+    if len(train_idx) == 0:
+        raise ValueError("no training samples left after holding out episodes; record more episodes")
+
+    model = VlaModel(cfg).to(device)
+    ema = copy.deepcopy(model).eval()
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
+    state = {"step": 0, "elapsed_s": 0.0, "samples": 0, "history": []}
+    if s.resume and (out / TRAINER_STATE).is_file():
+        try:
+            load_state_dict_checked(model, out / RAW_WEIGHTS)
+            load_state_dict_checked(ema, out / "model.safetensors")
+            state = load_train_state(out, opt)
+        except (CheckpointError, OSError, ValueError) as err:
+            raise CheckpointError(f"cannot resume from {out}: {err}") from err
+        log.echo(f"resumed at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
+    log.echo(f"model {cfg.preset} ({cfg.head} head): {count_parameters(model) / 1e6:.3f}M parameters; "
+             f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}, {s.threads} thread(s)")
+
+    ema_params, params = list(ema.parameters()), list(model.parameters())
+    g = torch.Generator().manual_seed(s.seed + state["step"])
+    perm, pos = torch.randperm(len(train_idx), generator=g), 0
+    last_save, window, t_window = time.perf_counter(), [], time.perf_counter()
+    progress = TrainProgress(s.steps, state["step"], label="train vla")
+    model.train()
+    try:
+        while state["step"] < s.steps:
+            if pos + s.batch_size > len(perm):
+                perm, pos = torch.randperm(len(train_idx), generator=g), 0
+            idx = train_idx[perm[pos: pos + s.batch_size]]
+            pos += s.batch_size
+            lr = lr_at(state["step"], s)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            with autocast(device, s.dtype):
+                loss, info = model(get_batch(tensors, idx, device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}; lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            info["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+            opt.step()
+            with torch.no_grad():  # EMA; early steps average less so the EMA is not stuck at init
+                torch._foreach_lerp_(ema_params, params, 1.0 - min(s.ema_decay, (1 + state["step"]) / (10 + state["step"])))
+            state["elapsed_s"] += time.perf_counter() - t0
+            state["step"] += 1
+            state["samples"] += len(idx)
+            window.append(info)
+            progress.update(state["step"], info)
+            step = state["step"]
+            if step % 100 == 0:
+                avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                rate = len(window) * s.batch_size / (time.perf_counter() - t_window)
+                log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items()) + f" samples/s {rate:.0f}")
+                window, t_window = [], time.perf_counter()
+            metrics = {}
+            if step % s.eval_every == 0 or step == s.steps:
+                metrics.update(held_out_metrics(ema, tensors, held_idx, s, device))
+            if s.closed_loop_every and (step % s.closed_loop_every == 0 or step == s.steps):
+                t_eval = time.perf_counter()
+                metrics.update(closed_loop(ema, processor, s, device, log))
+                metrics["closed_loop_s"] = time.perf_counter() - t_eval
+            if metrics:
+                metrics["step"] = step
+                state["history"].append(metrics)
+                log.echo("eval " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
+                t_window = time.perf_counter()
+            if time.perf_counter() - last_save > s.save_every_s or step == s.steps:
+                _save(out, model, ema, processor, opt, state, s)
+                last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        log.echo(f"interrupted at step {state['step']}; saving a resumable checkpoint")
+        _save(out, model, ema, processor, opt, state, s)
+        raise
+    finally:
+        progress.close()
+    summary = {"steps": state["step"], "samples": state["samples"], "train_time_s": state["elapsed_s"],
+               "samples_per_s": state["samples"] / max(state["elapsed_s"], 1e-9),
+               "final_eval": state["history"][-1] if state["history"] else {}, "parameters": count_parameters(model)}
+    log.echo(f"done: {json.dumps(summary)}")
+    return summary
+
+
+def _save(out: Path, model: VlaModel, ema: VlaModel, processor: VlaProcessor, opt, state: dict, s: VlaTrainSettings) -> None:
+    from safetensors.torch import save_file
+
+    info = {"model": "vla", "preset": model.cfg.preset, "head": model.cfg.head, "step": state["step"],
+            "samples": state["samples"], "train_time_s": state["elapsed_s"], "data": s.data, "dtype": s.dtype,
+            "weights": "EMA", "last_eval": state["history"][-1] if state["history"] else None}
+    save_checkpoint(out, ema, processor, extra=info)
+    tmp = out / f".{RAW_WEIGHTS}.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(out / RAW_WEIGHTS)
+    save_train_state(out, opt, state)

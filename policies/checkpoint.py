@@ -1,0 +1,98 @@
+"""Reading checkpoint files safely, for every model in policies/: safetensors only (never pickle), and
+anything truncated, missing or mismatched is one CheckpointError naming the file and the problem."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded; the message says which file and why."""
+
+
+def check_safetensors_file(path: Path) -> dict:
+    """Validate a safetensors file's header against its size before loading (a truncated file gives a
+    clear error here rather than an obscure one inside the loader). Returns the header."""
+    size = path.stat().st_size
+    if size < 8:
+        raise CheckpointError(f"{path}: {size} bytes, too short to be a safetensors file (truncated?)")
+    with path.open("rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if 8 + header_len > size:
+            raise CheckpointError(f"{path}: header says {header_len} bytes but the file has {size} (truncated?)")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: unreadable safetensors header ({err})") from err
+    data_len = size - 8 - header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        end = info.get("data_offsets", [0, 0])[1]
+        if end > data_len:
+            raise CheckpointError(f"{path}: tensor {name!r} ends at byte {end} but only {data_len} data bytes "
+                                  "are present (truncated file)")
+    return header
+
+
+def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
+    """Load weights, refusing missing/unexpected keys and shape mismatches with one clear message."""
+    from safetensors.torch import load_file
+
+    check_safetensors_file(path)
+    state = load_file(str(path))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+             for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if wrong:
+        problems.append(f"shape mismatches {wrong[:3]}")
+    if problems:
+        raise CheckpointError(f"{path} does not match config.json: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def save_checkpoint_dir(path: str | Path, model: torch.nn.Module, kind: str, files: dict[str, Callable[[Path], None]],
+                        extra: dict | None = None) -> Path:
+    """Write model.safetensors (fp32, tagged with the model `kind`), then each of `files` (name ->
+    writer of that file) and checkpoint_info.json. Every file is written under a temporary name and
+    renamed, so an interrupted save never leaves a half-written file behind."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
+
+    def write(name: str, fn: Callable[[Path], None]) -> None:
+        tmp = path / f".{name}.tmp"
+        fn(tmp)
+        tmp.replace(path / name)
+
+    write("model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt", "hivla": kind}))
+    for name, fn in files.items():
+        write(name, fn)
+    if extra:
+        write("checkpoint_info.json", lambda p: p.write_text(json.dumps(extra, indent=2) + "\n"))
+    return path
+
+
+def require_files(path: str | Path, names: tuple[str, ...]) -> Path:
+    """The checkpoint directory, or a CheckpointError naming what is missing."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    absent = [name for name in names if not (path / name).is_file()]
+    if absent:
+        raise CheckpointError(f"{path}: checkpoint is missing {absent}")
+    return path

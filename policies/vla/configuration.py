@@ -1,0 +1,131 @@
+"""Configuration of the low-level VLA: one dataclass, two size presets.
+
+The design follows what this 2-core CPU can train (shared/DESIGN.md, "What this 2-core CPU taught"):
+spatial resolution through convolutions and keypoints rather than long token sequences.
+
+- `tiny`: for tests (seconds on a CPU).
+- `small`: the shipped default (about 0.35 M parameters, trains in well under an hour on one core).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+CAMERAS = ("front", "wrist")
+HEADS = ("regression", "flow")
+
+
+@dataclass
+class VlaConfig:
+    # vocabulary (set from the tokenizer when one is trained)
+    vocab_size: int = 512
+    pad_id: int = 0
+
+    # perception, one conv stack per camera: 3x3 convs with GroupNorm + ReLU, FiLM from the subtask
+    # text on the last `film_layers`, then a spatial softmax giving `keypoints` (x, y) per camera
+    cameras: tuple[str, ...] = CAMERAS
+    image_size: int = 64
+    conv_channels: tuple[int, ...] = (32, 32, 64, 64)
+    conv_strides: tuple[int, ...] = (2, 2, 1, 1)
+    group_norm_groups: int = 8
+    film_layers: int = 2
+    keypoints: int = 32
+
+    # language: token embeddings + a small transformer encoder, mean-pooled
+    max_subtask_tokens: int = 16
+    text_width: int = 64
+    text_layers: int = 1
+    text_heads: int = 4
+
+    # policy head: an MLP over both cameras' keypoints, the state and the text embedding
+    state_dim: int = 8
+    action_dim: int = 5
+    chunk_size: int = 10  # actions predicted per call
+    n_action_steps: int = 4  # of those, how many are executed before the policy is asked again
+    hidden_dim: int = 256
+    head_layers: int = 2
+    head: str = "regression"  # "regression": L1 on the chunk; "flow": flow matching (pi0's way)
+    flow_steps: int = 10  # Euler steps when sampling with the flow head
+    time_dim: int = 32
+
+    # training-time augmentation (no effect at inference)
+    random_shift_pad: int = 4
+
+    preset: str = "custom"
+
+    def validate(self) -> None:
+        if len(self.conv_channels) != len(self.conv_strides) or not self.conv_channels:
+            raise ValueError("conv_channels and conv_strides need the same, non-zero length")
+        if not 0 <= self.film_layers <= len(self.conv_channels):
+            raise ValueError(f"film_layers must be in [0, {len(self.conv_channels)}], got {self.film_layers}")
+        if any(c % self.group_norm_groups for c in self.conv_channels):
+            raise ValueError(f"every conv width must be a multiple of group_norm_groups={self.group_norm_groups}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+        if self.text_width % self.text_heads:
+            raise ValueError("text_width must be a multiple of text_heads")
+        if self.image_size < 16:
+            raise ValueError(f"image_size must be at least 16, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key in ("cameras", "conv_channels", "conv_strides"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "VlaConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VlaConfig fields {unknown}")
+        data = dict(data)
+        for key in ("cameras", "conv_channels", "conv_strides"):
+            if key in data:
+                data[key] = tuple(data[key])
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "VlaConfig":
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object")
+        return cls.from_dict(data)
+
+
+def tiny() -> VlaConfig:
+    return VlaConfig(image_size=32, conv_channels=(8, 8, 16, 16), group_norm_groups=4, keypoints=8,
+                     text_width=16, text_heads=2, hidden_dim=32, chunk_size=4, n_action_steps=2,
+                     max_subtask_tokens=12, time_dim=8, random_shift_pad=2, preset="tiny")
+
+
+def small() -> VlaConfig:
+    return VlaConfig(preset="small")
+
+
+PRESETS = {"tiny": tiny, "small": small}
+
+
+def make_config(preset: str, **overrides) -> VlaConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    cfg = PRESETS[preset]()
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown config field {key!r}")
+        setattr(cfg, key, value)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,59 @@
+"""Everything between the world and the VLA's tensors: the subtask tokenizer, quantile normalisation
+of state and actions, and image resizing (shared with the pi05 processor, which owns those helpers)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from policies.pi05.processor import NormStats, from_unit, pad_to, resize_image, to_unit, train_tokenizer
+from policies.vla.configuration import VlaConfig
+
+
+def train_subtask_tokenizer(texts: Iterable[str], vocab_size: int = 512):
+    """Byte-level BPE over the subtask texts (and the project's prompts): any text a person or a
+    planner writes encodes, words the data has seen become whole tokens."""
+    from policies.pi05.processor import prompt_corpus
+
+    return train_tokenizer(prompt_corpus() + list(texts) * 4, vocab_size=vocab_size)
+
+
+class VlaProcessor:
+    def __init__(self, cfg: VlaConfig, tokenizer, norm_stats: NormStats):
+        self.cfg = cfg
+        self.tok = tokenizer
+        self.stats = norm_stats
+        for name, arr, dim in (("state", norm_stats.state_q01, cfg.state_dim),
+                               ("action", norm_stats.action_q01, cfg.action_dim)):
+            if arr.shape != (dim,):
+                raise ValueError(f"norm stats: {name} has {arr.shape[0]} dims, the model expects {dim}")
+        if tokenizer.get_vocab_size() > cfg.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
+
+    def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        state = np.asarray(state, np.float32).reshape(-1)
+        if state.shape[0] != self.cfg.state_dim:
+            raise ValueError(f"state has {state.shape[0]} dims, the model expects {self.cfg.state_dim}")
+        return to_unit(state, self.stats.state_q01, self.stats.state_q99)
+
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        return to_unit(np.asarray(actions, np.float32), self.stats.action_q01, self.stats.action_q99)
+
+    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        return from_unit(actions, self.stats.action_q01, self.stats.action_q99)
+
+    def subtask_ids(self, subtask: str) -> tuple[np.ndarray, np.ndarray]:
+        """Lower-cased, whitespace-normalised text -> (ids, mask), each [max_subtask_tokens]."""
+        text = " ".join(str(subtask).lower().split())
+        ids = self.tok.encode(text).ids if text else []
+        return pad_to(ids, self.cfg.max_subtask_tokens, self.cfg.pad_id)
+
+    def prepare_images(self, images: dict[str, np.ndarray]) -> np.ndarray:
+        """camera -> uint8 [H, W, 3]  =>  uint8 [n_cam, S, S, 3] at the model's image size."""
+        out = []
+        for cam in self.cfg.cameras:
+            if cam not in images:
+                raise ValueError(f"the model needs a {cam!r} camera image, got {sorted(images)}")
+            out.append(resize_image(images[cam], self.cfg.image_size))
+        return np.stack(out)
