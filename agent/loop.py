@@ -97,6 +97,17 @@ class _Episode:
     correction_ids: list[int] = field(default_factory=list)
 
 
+def episode_over_reply(success: bool, step: int) -> str:
+    """What a correction typed after the episode ended is answered with (nothing is recorded)."""
+    how = "succeeded" if success else "ended"
+    return f"the episode {how} at step {step}: nothing recorded; /reset starts a new episode, /task TEXT a new task"
+
+
+def _starts_episode(item: Any) -> bool:
+    """Input a finished episode still takes: the commands that start the next one."""
+    return isinstance(item, Command) and item.name in (CommandName.RESET, CommandName.TASK)
+
+
 def plan_data(plan: Plan | None) -> PlanData | None:
     return None if plan is None else PlanData(thought=plan.thought, subtask=plan.subtask, source=plan.source)
 
@@ -251,6 +262,7 @@ class ControlLoop:
         ep = self._episode
         assert ep is not None and self._obs is not None
         if ep.over:
+            self._publish()  # the reply to anything typed after the end
             return
 
         holding = self._paused or self._stopped
@@ -287,12 +299,18 @@ class ControlLoop:
     # ------------------------------------------------------------------ internals: input
 
     def _drain_inbox(self) -> None:
-        while True:
+        # Stops at a /reset or /task: what was typed after it belongs to the next episode, so it
+        # stays queued and is applied there (never recorded against the episode being ended).
+        while self._pending_reset is None:
             try:
                 submitted, item = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            if isinstance(item, Command):
+            if self._episode is not None and self._episode.over and not _starts_episode(item):
+                # A finished episode takes no correction: nobody saw a step to attach it to, and a
+                # recorded one would become training data about a robot that had stopped.
+                self._last_reply = episode_over_reply(self._episode.success, self._episode.step)
+            elif isinstance(item, Command):
                 self._apply_command(item)
             elif isinstance(item, Correction):
                 self._apply_correction(item, submitted)
@@ -521,6 +539,8 @@ class ControlLoop:
                 wall_time=time.time(),
             )
         )
+        if self._obs is not None:
+            self._publish()  # so the console knows at once (a step cap ends episodes outside step())
 
     # ------------------------------------------------------------------ snapshot for UIs
 

@@ -43,6 +43,8 @@ FORCING_COMMANDS: dict[str, str] = {
     "/stop": "stop moving",
     "/confirm": "that was right",
 }
+# Commands a finished episode still answers (the rest would act on a robot that has stopped).
+_STILL_ANSWERED = {CommandName.RESET, CommandName.TASK, CommandName.SAVE, CommandName.HELP, CommandName.QUIT}
 WRITTEN_PREFIXES = ("override:", "not:", "rule:", "nudge:", "stop:", "confirm:")
 
 # Typographic characters people paste from other apps, mapped to the ASCII the classifier reads.
@@ -173,6 +175,8 @@ class CoachController:
             return Outcome(f"could not understand that ({type(err).__name__}: {err}); nothing was sent")
         if isinstance(item, Reply):
             return Outcome(item.reply)
+        if isinstance(item, (Correction, Command)) and self._episode_over(item):
+            return Outcome(self._episode_over_reply())
         if isinstance(item, Command):
             return self._command(item)
         if isinstance(item, Correction):
@@ -192,6 +196,20 @@ class CoachController:
             return Outcome("/task needs the task text, e.g. /task put the red block in the blue bowl")
         self.loop.submit(cmd)
         return Outcome(cmd.reply or f"/{cmd.name.value}", submitted=cmd)
+
+    def _episode_over(self, item: Any) -> bool:
+        """True when the episode has ended and `item` would act on it (the loop refuses it too;
+        answering here says so at once instead of after the next step)."""
+        if isinstance(item, Command) and item.name in _STILL_ANSWERED:
+            return False
+        snap = self.loop.snapshot()
+        return bool(getattr(snap, "episode_over", False))
+
+    def _episode_over_reply(self) -> str:
+        from agent.loop import episode_over_reply
+
+        snap = self.loop.snapshot()
+        return episode_over_reply(bool(getattr(snap, "success", False)), int(getattr(snap, "step", 0)))
 
     def reference_context(self) -> Any:
         """What the robot is doing, so the classifier can resolve "the blue one", "not that one"."""
