@@ -8,17 +8,19 @@ Each record is a fixed 20-byte header followed by a zlib-compressed raw uint8 [H
     length uint32             payload bytes
     crc32  uint32             over the packed (frame, height, width, length) and the payload
 
-A crash can leave a torn record at the end of a file (a partial header or payload). The reader
-walks records from the start and stops at the first one whose magic, length or CRC is wrong, so
-everything before it reads back and nothing after a tear is trusted. The CRC covers the header
-fields too, so a damaged length cannot send the reader off into the payload.
+A crash can leave a torn record at the end of a file (a partial header or payload); a bad disk or
+a stray write can damage one in the middle. The reader walks records from the start; at a record
+whose magic, length or CRC is wrong it searches forward for the next record that checks out and
+carries on from there, so one damaged record costs only itself. The CRC covers the header fields
+too, so a damaged length cannot send the reader off into the payload, and a resync candidate is
+trusted only when its whole CRC matches.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,12 +58,14 @@ class FrameEntry:
 
 @dataclass
 class FrameIndex:
-    """Intact records of one frame file. `torn` says whether the file ended in a bad record."""
+    """Intact records of one frame file. `torn` says whether the file ended in a bad record;
+    `damaged` lists the (start, end) byte ranges skipped in the middle."""
 
     path: Path
     entries: dict[int, FrameEntry]
     torn: bool
-    valid_bytes: int
+    valid_bytes: int  # where the last intact record ends
+    damaged: list[tuple[int, int]] = field(default_factory=list)
 
     def read(self, frame: int) -> np.ndarray:
         entry = self.entries[frame]
@@ -93,30 +97,46 @@ def _decode(payload: bytes, entry: FrameEntry, path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8).reshape(entry.height, entry.width, 3)
 
 
+def _record_at(data: bytes, view: memoryview, pos: int) -> FrameEntry | None:
+    """The record starting at `pos` if its header and CRC check out, else None."""
+    if len(data) - pos < HEADER_SIZE:
+        return None
+    magic, frame, height, width, length, crc = _HEADER.unpack_from(data, pos)
+    start, end = pos + HEADER_SIZE, pos + HEADER_SIZE + length
+    # zlib never grows raw pixels by more than ~0.1% + a few bytes; a longer length is damage
+    # (and bounds the CRC work a false magic inside a payload can cost).
+    if magic != MAGIC or end > len(data) or length > height * width * 3 + height * width // 100 + 64:
+        return None
+    fields = _FIELDS.pack(frame, height, width, length)
+    if zlib.crc32(view[start:end], zlib.crc32(fields)) != crc:
+        return None
+    return FrameEntry(frame, start, length, height, width)
+
+
 def scan_frames(path: Path) -> FrameIndex:
-    """Index every intact record of a frame file, stopping at the first torn or corrupt one."""
+    """Index every intact record of a frame file, skipping damaged ones."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return FrameIndex(path, {}, torn=False, valid_bytes=0)
     entries: dict[int, FrameEntry] = {}
-    pos = 0
+    damaged: list[tuple[int, int]] = []
+    pos = valid_end = 0
     view = memoryview(data)
     while pos < len(data):
-        if len(data) - pos < HEADER_SIZE:
-            break
-        magic, frame, height, width, length, crc = _HEADER.unpack_from(data, pos)
-        if magic != MAGIC:
-            break
-        start, end = pos + HEADER_SIZE, pos + HEADER_SIZE + length
-        if end > len(data):
-            break
-        fields = _FIELDS.pack(frame, height, width, length)
-        if zlib.crc32(view[start:end], zlib.crc32(fields)) != crc:
-            break
+        entry = _record_at(data, view, pos)
+        if entry is None:
+            resume = data.find(MAGIC, pos + 1)
+            while resume != -1 and _record_at(data, view, resume) is None:
+                resume = data.find(MAGIC, resume + 1)
+            if resume == -1:
+                break  # a torn (or damaged) tail: nothing intact after it
+            damaged.append((pos, resume))
+            pos = resume
+            continue
         # A frame number written twice keeps its first image: later duplicates cannot be
         # told apart from a replay of the same step, and the first is what steps referenced.
-        entries.setdefault(frame, FrameEntry(frame, start, length, height, width))
-        pos = end
-    return FrameIndex(path, entries, torn=pos < len(data), valid_bytes=pos)
+        entries.setdefault(entry.frame, entry)
+        pos = valid_end = entry.offset + entry.length
+    return FrameIndex(path, entries, torn=pos < len(data), valid_bytes=valid_end, damaged=damaged)

@@ -2,11 +2,16 @@
 
 `read_session(path)` checks that the directory is a hivla session of a schema version this code
 knows, parses every event, and keeps only steps whose images are on disk for every camera, so
-`EpisodeData.frames(camera)[i]` is always the image of `EpisodeData.steps[i]`. What a crash can
-leave behind -- a torn last line, a torn last frame record, steps whose frames never reached
-the disk -- is dropped silently (and noted in `Session.warnings`). Anything else that is wrong
-(a foreign directory, a newer schema, a damaged line in the middle) raises SessionError naming
-the file and the problem.
+`EpisodeData.frames(camera)[i]` is always the image of `EpisodeData.steps[i]`.
+
+Damage costs only what is damaged, never the session: a torn or corrupt line of events.jsonl
+drops that record, a damaged frame record drops the step it belongs to, a crash tail drops the
+steps whose frames never reached the disk. An episode that lost steps at its end is marked
+`truncated` and its outcome becomes unknown (`end` is None; what was recorded stays in
+`recorded_end`). Every loss is noted per episode in `EpisodeData.dropped` and in
+`Session.warnings`. Corrections and plans recorded after an episode ended (older hivla versions
+recorded them) are dropped too: nobody saw a step to attach them to. Only a foreign directory,
+a missing or unreadable header, a newer schema or a missing event log raise SessionError.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,14 +54,26 @@ class EpisodeData:
     steps: list[Step] = field(default_factory=list)
     plans: list[PlanEmitted] = field(default_factory=list)
     corrections: list[CorrectionRecord] = field(default_factory=list)  # withdrawn ones flagged
-    end: EpisodeEnd | None = None
-    dropped_steps: int = 0  # steps read from events.jsonl but lost their frames (crash tail)
+    end: EpisodeEnd | None = None  # None: not finished, or its outcome is unknown (truncated)
+    dropped_steps: int = 0  # steps read from events.jsonl but lost their frames
+    dropped: list[str] = field(default_factory=list)  # what the reader dropped, for people
+    truncated: bool = False  # steps at the end were lost: the recorded outcome is not trusted
+    recorded_end: EpisodeEnd | None = None  # the episode_end as recorded, even when truncated
     session_path: Path | None = None
     _frame_indexes: dict[str, FrameIndex] = field(default_factory=dict, repr=False)
 
     @property
     def episode(self) -> int:
         return self.start.episode
+
+    @property
+    def success(self) -> bool | None:
+        """The episode's outcome; None when it did not finish or its end was lost."""
+        return None if self.end is None else self.end.success
+
+    def note(self, what: str, warnings: list[str]) -> None:
+        self.dropped.append(what)
+        warnings.append(f"episode {self.episode}: {what}")
 
     @property
     def task(self) -> str:
@@ -112,6 +130,8 @@ def read_header(path: str | os.PathLike) -> SessionHeader:
     if not path.exists():
         raise SessionError(f"{path}: no such session directory")
     if not header_file.is_file():
+        if (path / EVENTS_FILE).is_file() or (path / "frames").is_dir():
+            raise SessionError(f"{path}: session header {HEADER_FILE} is missing; the folder holds a recording that cannot be read without it")
         raise SessionError(f"{path}: not a hivla session (no {HEADER_FILE})")
     try:
         raw = json.loads(header_file.read_text(encoding="utf-8"))
@@ -138,21 +158,23 @@ def read_session(path: str | os.PathLike) -> Session:
     path = Path(path)
     header = read_header(path)
     warnings: list[str] = []
-    events = _read_events(path / EVENTS_FILE, warnings)
+    events_file = path / EVENTS_FILE
+    events, damaged = _read_events(events_file, warnings)
 
     episodes: dict[int, EpisodeData] = {}
+    orphans: dict[int, int] = {}  # episode -> records whose episode_start is missing
     corrections_by_id: dict[tuple[int, int], int] = {}
     for lineno, event in events:
         if isinstance(event, EpisodeStart):
             if event.episode in episodes:
-                raise SessionError(f"{path / EVENTS_FILE}:{lineno}: episode {event.episode} starts twice")
-            episodes[event.episode] = EpisodeData(start=event, session_path=path)
+                warnings.append(f"{EVENTS_FILE}:{lineno}: episode {event.episode} starts a second time; record dropped")
+            else:
+                episodes[event.episode] = EpisodeData(start=event, session_path=path)
             continue
         episode = episodes.get(event.episode)
         if episode is None:
-            raise SessionError(
-                f"{path / EVENTS_FILE}:{lineno}: {event.type} for episode {event.episode} before its episode_start"
-            )
+            orphans[event.episode] = orphans.get(event.episode, 0) + 1
+            continue
         if isinstance(event, Step):
             episode.steps.append(event)
         elif isinstance(event, PlanEmitted):
@@ -165,14 +187,33 @@ def read_session(path: str | os.PathLike) -> Session:
             if k is not None:
                 episode.corrections[k] = episode.corrections[k].model_copy(update={"withdrawn": True})
         elif isinstance(event, EpisodeEnd):
-            episode.end = event
+            if episode.end is None:
+                episode.end = event
+    for number, count in sorted(orphans.items()):
+        if number in episodes:  # most likely a damaged episode number pointing at a later episode
+            episodes[number].note(f"dropped {count} records found before its episode_start", warnings)
+        else:
+            warnings.append(f"episode {number}: no readable episode_start (its record is damaged); dropped its {count} records")
 
+    for lineno, number, what in damaged:
+        if number in episodes:
+            episodes[number].note(f"{EVENTS_FILE}:{lineno}: damaged {what} record dropped", warnings)
+        elif number is None or number not in orphans:
+            warnings.append(f"{EVENTS_FILE}:{lineno}: damaged {what} record dropped")
     for episode in episodes.values():
-        _attach_frames(path, header, episode, warnings)
+        _order_steps(episode, warnings)
+        _drop_after_end(episode, warnings)
+        lost_after = _attach_frames(path, header, episode, warnings)
+        _mark_truncation(episode, warnings, lost_after)
     return Session(path=path, header=header, episodes=sorted(episodes.values(), key=lambda e: e.episode), warnings=warnings)
 
 
-def _read_events(events_file: Path, warnings: list[str]) -> list[tuple[int, object]]:
+_EPISODE_FIELD = re.compile(rb'"episode"\s*:\s*(\d{1,9})')
+_TYPE_FIELD = re.compile(rb'"type"\s*:\s*"([a-z_]{1,32})"')
+
+
+def _read_events(events_file: Path, warnings: list[str]) -> tuple[list[tuple[int, object]], list[tuple[int, int | None, str]]]:
+    """(events, damaged lines as (line number, episode if legible, record type if legible))."""
     try:
         data = events_file.read_bytes()
     except FileNotFoundError:
@@ -184,45 +225,123 @@ def _read_events(events_file: Path, warnings: list[str]) -> list[tuple[int, obje
         warnings.append(f"{events_file.name}: dropped a torn last line ({len(lines[-1])} bytes)")
     complete = lines[:-1]  # everything before the last newline
     events = []
+    damaged = []
+    last_episode = None
     for lineno, line in enumerate(complete, start=1):
         if not line.strip():
             continue
         try:
-            events.append((lineno, _EVENT.validate_json(line)))
-        except ValidationError as err:
-            raise SessionError(f"{events_file}:{lineno}: corrupt record: {_short(err)}") from None
-    return events
+            event = _EVENT.validate_json(line)
+        except ValidationError:
+            # Only this record is lost. It is charged to the episode it names if that is still
+            # legible, else to the episode of the record before it (episodes are written in turn).
+            episode = _EPISODE_FIELD.search(line)
+            kind = _TYPE_FIELD.search(line)
+            damaged.append((lineno, int(episode.group(1)) if episode else last_episode,
+                            kind.group(1).decode() if kind else "unreadable"))
+            continue
+        events.append((lineno, event))
+        last_episode = event.episode
+    return events, damaged
 
 
-def _attach_frames(path: Path, header: SessionHeader, episode: EpisodeData, warnings: list[str]) -> None:
+def _order_steps(episode: EpisodeData, warnings: list[str]) -> None:
+    """Steps in step order, each once (a damaged digit can repeat or reorder a step number)."""
+    by_number: dict[int, Step] = {}
+    for s in episode.steps:
+        by_number.setdefault(s.step, s)
+    if len(by_number) != len(episode.steps):
+        episode.note(f"dropped {len(episode.steps) - len(by_number)} repeated step records", warnings)
+    episode.steps = [by_number[k] for k in sorted(by_number)]
+
+
+def _drop_after_end(episode: EpisodeData, warnings: list[str]) -> None:
+    """Nothing recorded after the episode ended is kept: no step was live to attach it to."""
+    end = episode.end
+    if end is None:
+        return
+    late_steps = [s for s in episode.steps if s.step >= end.steps]
+    late_corrections = [c for c in episode.corrections if c.step >= end.steps]
+    late_plans = [p for p in episode.plans if p.step >= end.steps and p.step > 0]
+    if late_steps:
+        episode.steps = [s for s in episode.steps if s.step < end.steps]
+        episode.note(f"dropped {len(late_steps)} steps numbered after the episode's end (step {end.steps})", warnings)
+    if late_corrections:
+        episode.corrections = [c for c in episode.corrections if c.step < end.steps]
+        episode.note(f"dropped {len(late_corrections)} corrections said after the episode ended at step {end.steps}", warnings)
+    if late_plans:
+        episode.plans = [p for p in episode.plans if p.step < end.steps or p.step == 0]
+
+
+def _attach_frames(path: Path, header: SessionHeader, episode: EpisodeData, warnings: list[str]) -> int | None:
+    """Keep the steps whose frames are intact on every camera; returns the first lost step number."""
     indexes = {cam: scan_frames(frame_path(path, episode.episode, cam)) for cam in sorted(header.cameras)}
     episode._frame_indexes = indexes
     for cam, index in indexes.items():
+        name = index.path.relative_to(path)
+        for lo, hi in index.damaged:
+            episode.note(f"{name}: skipped {hi - lo} damaged bytes at byte {lo}", warnings)
         if index.torn:
-            warnings.append(f"{index.path.relative_to(path)}: dropped a torn record after byte {index.valid_bytes}")
+            episode.note(f"{name}: dropped a torn record after byte {index.valid_bytes}", warnings)
     kept = [s for s in episode.steps if all(s.frame in index.entries for index in indexes.values())]
     episode.dropped_steps = len(episode.steps) - len(kept)
     if episode.dropped_steps:
-        warnings.append(f"episode {episode.episode}: dropped {episode.dropped_steps} steps whose frames are missing")
-        # Plans and corrections after the last intact step have no images to pair with.
-        last = kept[-1].step if kept else -1
-        episode.plans = [p for p in episode.plans if p.step <= last]
-        episode.corrections = [c for c in episode.corrections if c.step <= last]
+        missing = [s.step for s in episode.steps if s not in kept]
+        episode.note(f"dropped {episode.dropped_steps} steps whose frames are missing or damaged ({_ranges(missing)})", warnings)
     episode.steps = kept
+    return missing[0] if episode.dropped_steps else None
+
+
+def _mark_truncation(episode: EpisodeData, warnings: list[str], lost_after: int | None) -> None:
+    """Steps lost at the end (frames or step records): the episode is truncated, outcome unknown.
+
+    `lost_after`: the number of the first step that lost its frames, if any.
+    """
+    last = episode.steps[-1].step if episode.steps else -1
+    end = episode.end
+    if end is not None and last < end.steps - 1:
+        episode.truncated = True
+        episode.recorded_end, episode.end = end, None
+        episode.note(f"truncated after step {last} of {end.steps}: outcome unknown (recorded: {end.reason})", warnings)
+    elif end is None and lost_after is not None and lost_after > last:
+        episode.truncated = True  # an unfinished episode's crash tail
+    if episode.truncated:
+        # Plans and corrections after the last intact step have no images to pair with.
+        episode.plans = [p for p in episode.plans if p.step <= max(last, 0)]
+        episode.corrections = [c for c in episode.corrections if c.step <= last]
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> 'steps 1-3, 7'."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and spans[-1][1] == n - 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans[:8])
+    return "steps " + text + (", ..." if len(spans) > 8 else "")
 
 
 def find_sessions(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Expand each path: a session directory as is, any other directory into the sessions below it.
 
-    A path holding no session at all is returned as is, so reading it raises a clear SessionError.
+    A folder below that looks like a session but has no header (an events.jsonl or frames/
+    without session.json) is returned too, so reading it reports it by name instead of it being
+    skipped without a word. A path holding no session at all is returned as is, so reading it
+    raises a clear SessionError.
     """
     found: list[Path] = []
     for p in map(Path, paths):
         if (p / HEADER_FILE).is_file() or not p.is_dir():
             found.append(p)
             continue
-        below = sorted(h.parent for h in p.rglob(HEADER_FILE))
-        found.extend(below if below else [p])
+        below = {h.parent for h in p.rglob(HEADER_FILE)}
+        for marker in (*p.rglob(EVENTS_FILE), *(d for d in p.rglob("frames") if d.is_dir())):
+            candidate = marker.parent
+            if not any(s == candidate or s in candidate.parents for s in below):
+                below.add(candidate)
+        found.extend(sorted(below) if below else [p])
     seen: set[Path] = set()
     return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]
 

@@ -75,6 +75,8 @@ def print_timeline(session: Session, console, episodes: list[int] | None = None,
             table.add_row(str(step), f"{_time_at(ep, step):.1f}", *row)
         console.print(table)
         console.print(_outcome(ep))
+        for what in ep.dropped:  # what the reader dropped from this episode
+            console.print(Text(f"  dropped: {what}", style="yellow"))
         console.print()
 
 
@@ -92,6 +94,8 @@ def _episode_title(ep: EpisodeData) -> str:
 def _outcome(ep: EpisodeData):
     from rich.text import Text
 
+    if ep.truncated:
+        return Text(f"  outcome unknown: truncated after step {ep.steps[-1].step if ep.steps else '-'} (steps at the end were lost)", style="yellow")
     if ep.end is None:
         return Text(f"  no end recorded (session cut off after step {ep.steps[-1].step if ep.steps else '-'})", style="yellow")
     e = ep.end

@@ -67,12 +67,17 @@ def _header_from(path):
             "state_names": [], "action_names": []}
 
 
-def test_corrupt_line_in_the_middle_names_file_and_line(session):
+def test_corrupt_line_in_the_middle_costs_only_that_record(session):
     lines = (session / "events.jsonl").read_bytes().split(b"\n")
-    lines[5] = b'{"type": "step", "episode": "garbage"}'
+    at = next(i for i, ln in enumerate(lines) if json.loads(ln)["type"] == "step" and json.loads(ln)["step"] == 5)
+    lines[at] = b'{"type": "step", "episode": 0, "step": "garbage"}'
     (session / "events.jsonl").write_bytes(b"\n".join(lines))
-    with pytest.raises(SessionError, match=r"events.jsonl:6: corrupt record"):
-        read_session(session)
+    s = read_session(session)
+    ep = s.episodes[0]
+    assert [st.step for st in ep.steps] == [k for k in range(20) if k != 5]
+    assert ep.end is not None and not ep.truncated  # the end is intact: the outcome stands
+    assert any(f"events.jsonl:{at + 1}: damaged step record dropped" in d for d in ep.dropped)
+    assert len(s.episodes[1].steps) == 20
 
 
 def test_missing_event_log(session):
@@ -106,16 +111,42 @@ def test_torn_frame_record_drops_its_step_and_later_events(session):
     assert len(s.episodes[0].steps) == 20
 
 
-def test_corrupt_frame_bytes_stop_the_scan(session):
+def test_a_corrupt_frame_record_costs_only_its_step(session):
     path = frame_path(session, 0, "wrist")
     data = bytearray(path.read_bytes())
     entry = scan_frames(path).entries[10]
     data[entry.offset + entry.length // 2] ^= 0xFF  # a flipped bit in frame 10's payload
     path.write_bytes(bytes(data))
     ep = read_session(session).episodes[0]
-    assert len(ep.steps) == 10
-    for i in range(10):
-        np.testing.assert_array_equal(ep.frame("wrist", i), synthetic_image(1, 0, i, "wrist", 16))
+    assert [st.step for st in ep.steps] == [k for k in range(20) if k != 10]
+    for i, st in enumerate(ep.steps):
+        np.testing.assert_array_equal(ep.frame("wrist", i), synthetic_image(1, 0, st.step, "wrist", 16))
+    assert ep.end is not None and not ep.truncated
+    assert any("steps whose frames are missing or damaged (steps 10)" in d for d in ep.dropped)
+
+
+def test_damage_at_the_start_of_a_frame_file_costs_only_those_records(session):
+    path = frame_path(session, 0, "wrist")
+    data = bytearray(path.read_bytes())
+    for k in range(4, 14):  # 10 bytes flipped near the start: the first record's header
+        data[k] ^= 0x5A
+    path.write_bytes(bytes(data))
+    s = read_session(session)
+    ep = s.episodes[0]
+    assert [st.step for st in ep.steps] == list(range(1, 20))
+    assert any("wrist.bin: skipped" in d for d in ep.dropped)
+
+
+def test_lost_tail_steps_mark_the_episode_truncated_with_unknown_outcome(session):
+    lines = (session / "events.jsonl").read_bytes().split(b"\n")
+    kept = [ln for ln in lines if not (ln.startswith(b'{"type":"step"') or ln.startswith(b'{"type": "step"'))
+            or json.loads(ln)["episode"] != 1 or json.loads(ln)["step"] < 15]
+    assert len(kept) < len(lines)
+    (session / "events.jsonl").write_bytes(b"\n".join(kept))
+    ep = read_session(session).episodes[1]
+    assert [st.step for st in ep.steps] == list(range(15))
+    assert ep.truncated and ep.end is None and ep.success is None and ep.recorded_end.steps == 20
+    assert all(c.step <= 14 for c in ep.corrections)
 
 
 def test_unknown_camera(session):

@@ -3,8 +3,9 @@
     from sessions.export import ExportOptions, export_sessions
     report = export_sessions(["runs/"], "datasets/corrections", ExportOptions(format="sft"))
 
-Unreadable sessions are skipped (listed in `report.skipped`); the export fails with ExportError
-only when nothing at all could be exported. Output is built beside `out` and moved into place
+Unreadable sessions are skipped (listed in `report.skipped`); what the reader dropped from a
+damaged session (records, steps, a lost outcome) is listed per episode in `report.dropped` and in
+the manifest. The export fails with ExportError only when nothing at all could be exported. Output is built beside `out` and moved into place
 when complete, so `out` never holds a half-written dataset.
 """
 
@@ -43,6 +44,7 @@ def load_sessions(
             report.skipped.append((str(path), f"duplicate of session {session.header.session_id} already included"))
             continue
         seen.add(session.header.session_id)
+        report.note_damage(session)
         sessions.append(session)
     return sessions
 

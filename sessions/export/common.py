@@ -260,11 +260,26 @@ class ExportReport:
     out: Path | None = None
     sessions: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # What the reader dropped from sessions that were exported: {"session", "episode" (None for the
+    # session as a whole), "dropped": [what, ...], "truncated": outcome unknown}
+    dropped: list[dict] = field(default_factory=list)
     episodes: int = 0
     frames: int = 0
     rows: dict[str, int] = field(default_factory=dict)  # split -> rows
     by_kind: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def note_damage(self, session: Session) -> None:
+        """Record what the reader dropped from `session`, per episode."""
+        attached = set()
+        for ep in session.episodes:
+            if ep.dropped or ep.truncated:
+                self.dropped.append({"session": str(session.path), "episode": ep.episode, "dropped": list(ep.dropped),
+                                     "truncated": ep.truncated})
+                attached.update(f"episode {ep.episode}: {d}" for d in ep.dropped)
+        rest = [w for w in session.warnings if w not in attached]
+        if rest:
+            self.dropped.append({"session": str(session.path), "episode": None, "dropped": rest, "truncated": False})
 
     def count_kind(self, kind: str) -> None:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + 1

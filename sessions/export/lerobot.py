@@ -319,7 +319,7 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
     write_json(safe_join(root, "meta", "info.json"), info)
     write_json(safe_join(root, "meta", "hivla_manifest.json"), {
         "hivla_export_version": EXPORT_FORMAT_VERSION, "format": "lerobot", "options": options.to_json(),
-        "sessions": report.sessions, "skipped": report.skipped,
+        "sessions": report.sessions, "skipped": report.skipped, "dropped": report.dropped,
     })
 
 

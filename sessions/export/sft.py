@@ -147,5 +147,5 @@ def write_split_files(root: Path, rows: dict[str, list[dict]], schema: pa.Schema
     write_json(safe_join(root, "manifest.json"), {
         "hivla_export_version": EXPORT_FORMAT_VERSION, "format": fmt, "prompt_version": PROMPT_VERSION,
         "files": files, "rows": report.rows, "by_kind": report.by_kind, "options": options.to_json(),
-        "sessions": report.sessions, "skipped": report.skipped,
+        "sessions": report.sessions, "skipped": report.skipped, "dropped": report.dropped,
     })
