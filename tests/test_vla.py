@@ -192,3 +192,15 @@ def test_put_down_detours_put_the_picked_block_down_first():
     assert any(s.startswith("pick up") for s in subtasks[first_put_down:])  # picked up again afterwards
     with pytest.raises(ValueError, match="share"):
         PutDownDetours(OraclePlanner(seed=0), share=1.5)
+
+
+def test_a_flow_head_trains_on_an_earlier_runs_cached_data(overfit, tmp_path):
+    out = tmp_path / "flow"
+    s = _settings(overfit, out, 5)  # --data is not read: the cache of the overfit run is reused
+    s.data_cache, s.overrides = str(overfit), {"head": "flow", "random_shift_pad": 0}
+    assert train_vla(s)["steps"] == 5
+    env, obs, info, subtask = _first_situation(SEEDS[0])
+    chunk = load_vla(out).predict_action_chunk(env.observation(obs, info), subtask)
+    assert chunk.shape == (4, 5) and np.isfinite(chunk).all()
+    with pytest.raises(ValueError, match="no cached VLA data"):
+        train_vla(_settings(overfit, tmp_path / "x", 5, data_cache=str(tmp_path)))

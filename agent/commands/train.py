@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from agent.errors import UserError
 
 # per-model defaults for the flags left unset
 DEFAULTS = {
@@ -38,6 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--closed-loop-every", type=int, default=5000,
                         help="vla: steps between closed-loop evaluations in the simulator (0: never)")
     parser.add_argument("--closed-loop-trials", type=int, default=5, help="vla: trials per primitive in each")
+    parser.add_argument("--data-cache", default=None, metavar="RUN",
+                        help="vla: reuse the tensors and tokenizer an earlier run on the same --data cached in RUN")
     parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
     parser.add_argument("--threads", type=int, default=None,
@@ -60,6 +65,28 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first problem visible before training starts (data that is not there, bad counts), or None."""
+    from sessions.reader import find_sessions
+    from sessions.recorder import HEADER_FILE
+
+    for name in ("steps", "batch_size", "eval_every", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            return f"--{name.replace('_', '-')} must be at least 1, got {value}"
+    if args.stride < 1:
+        return f"--stride must be at least 1, got {args.stride}"
+    if args.lr is not None and not args.lr > 0:
+        return f"--lr must be positive, got {args.lr}"
+    for path in map(Path, args.data):
+        if not path.exists():
+            return f"--data {path}: no such file or directory"
+    if not any((p / HEADER_FILE).is_file() for p in find_sessions(args.data)):
+        return (f"--data {' '.join(args.data)} holds no recorded session; record some with "
+                "`hivla datagen --out DIR` and pass that DIR")
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     import os
 
@@ -67,6 +94,9 @@ def main(args: argparse.Namespace) -> int:
     # slow a 2-thread step down ~6x (measured: 20 s vs 3.2 s a step with one thread); sleep instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     defaults = DEFAULTS[args.model]
+    problem = check_args(args)
+    if problem:
+        raise UserError(problem)
     if args.preset not in defaults["presets"]:
         raise SystemExit(f"--preset {args.preset!r} is not a {args.model} preset; choose from {', '.join(defaults['presets'])}")
     pick = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
@@ -79,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         from agent.training.vla_trainer import VlaTrainSettings, train_vla
 
         train_vla(VlaTrainSettings(**common, closed_loop_every=args.closed_loop_every,
-                                   closed_loop_trials=args.closed_loop_trials))
+                                   closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache))
         return 0
     from agent.training.trainer import TrainSettings, train
 

@@ -58,6 +58,7 @@ class VlaTrainSettings:
     seed: int = 0
     threads: int = 1
     overrides: dict = field(default_factory=dict)
+    data_cache: str | None = None  # an earlier run's directory on the same data: reuse its tensors and tokenizer
 
 
 def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, dict, dict]:
@@ -74,6 +75,8 @@ def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, 
             save_cache(out, *cached)
         return cfg, processor, *cached
     cfg = make_config(s.preset, **s.overrides)
+    if s.data_cache:
+        return (cfg, *_reuse_cache(Path(s.data_cache), cfg, log))
     t0 = time.perf_counter()
     raw = collect_vla_samples(s.data, cfg, s.stride, log.echo)
     processor = build_processor(raw, cfg, s.vocab_size)
@@ -82,6 +85,23 @@ def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, 
     log.echo(f"data: {len(raw)} samples from {len(meta['episodes'])} episodes, {len(set(raw.subtasks))} distinct "
              f"subtasks, vocab {cfg.vocab_size}, by first word {meta['first_words']} ({time.perf_counter() - t0:.0f}s)")
     return cfg, processor, tensors, meta
+
+
+def _reuse_cache(run: Path, cfg: VlaConfig, log: Logger) -> tuple[VlaProcessor, dict, dict]:
+    cached = load_cache(run)
+    if cached is None or not (run / "tokenizer.json").is_file() or not (run / "config.json").is_file():
+        raise ValueError(f"{run} holds no cached VLA data (vla_cache.safetensors, tokenizer.json, config.json); "
+                         "point --data-cache at the --out of an earlier `hivla train --model vla` run")
+    earlier = VlaConfig.load(run / "config.json")
+    shape_fields = ("image_size", "cameras", "chunk_size", "max_subtask_tokens", "state_dim", "action_dim")
+    differ = [k for k in shape_fields if getattr(earlier, k) != getattr(cfg, k)]
+    if differ:
+        raise ValueError(f"--data-cache {run} was built for other {', '.join(differ)}; drop --data-cache to rebuild")
+    tokenizer = load_tokenizer(run / "tokenizer.json")
+    cfg.vocab_size = tokenizer.get_vocab_size()
+    processor = VlaProcessor(cfg, tokenizer, NormStats.load(run / "norm_stats.json"))
+    log.echo(f"data: {cached[1]['samples']} cached samples from {len(cached[1]['episodes'])} episodes in {run}")
+    return processor, *cached
 
 
 def get_batch(tensors: dict, idx: torch.Tensor, device: torch.device) -> dict:
