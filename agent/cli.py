@@ -21,8 +21,12 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
+DEBUG_HELP = "on an error, show the full traceback too"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hivla", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, (module_name, help_text) in VERBS.items():
         try:
@@ -33,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
             continue  # verb not built yet
         verb_parser = sub.add_parser(verb, help=help_text, description=help_text)
         module.configure(verb_parser)
+        # also after the verb (`hivla run ... --debug`); SUPPRESS keeps the top-level value otherwise
+        verb_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         verb_parser.set_defaults(_main=module.main)
     return parser
 
@@ -48,6 +54,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exit_:
+        if not isinstance(exit_.code, str):
+            raise
+        return _user_error(args, exit_.code, exit_)  # `raise SystemExit("--x must be ...")` in a verb
+    except Exception as err:
+        from agent.errors import is_user_error, one_line
+
+        if not is_user_error(err):
+            raise
+        return _user_error(args, one_line(err), err)
+
+
+def _user_error(args: argparse.Namespace, message: str, err: BaseException) -> int:
+    """One line naming the problem (and the fix), exit code 2; the traceback only with --debug."""
+    if getattr(args, "debug", False):
+        import traceback
+
+        traceback.print_exception(err)
+    print(f"hivla {args.verb}: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ def make_high_level(spec: str | None = None, *, seed: int = 0, device: str = "cp
     if kind == "pi05":
         from policies.pi05.policy import Pi05HighLevel
 
+        if not arg:  # 'pi05:' names no checkpoint: refused rather than silently loading the shipped one
+            raise SpecError(f"{spec!r} names no checkpoint directory; write pi05:PATH "
+                            f"(e.g. pi05:{SHIPPED_CHECKPOINT}), or omit --high-level for the default")
         return Pi05HighLevel(_load_pi05(arg or str(SHIPPED_CHECKPOINT), device, dtype))
     raise SpecError(f"unknown high-level spec {spec!r}; expected 'oracle' or 'pi05:PATH'")
 
@@ -110,6 +113,9 @@ def make_low_level(spec: str | None = None, *, seed: int = 0, device: str = "cpu
     if kind == "pi05":
         from policies.pi05.policy import Pi05LowLevel
 
+        if not arg:  # 'pi05:' names no checkpoint: refused rather than silently loading the shipped one
+            raise SpecError(f"{spec!r} names no checkpoint directory; write pi05:PATH "
+                            f"(e.g. pi05:{SHIPPED_CHECKPOINT}), or omit --low-level for the default")
         return Pi05LowLevel(_load_pi05(arg or str(SHIPPED_CHECKPOINT), device, dtype))
     if kind == "vla":
         from policies.vla.policy import VlaLowLevel

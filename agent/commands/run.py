@@ -20,6 +20,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.errors import UserError
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--high-level", default=None, help="high-level policy spec: oracle | pi05:PATH (default: shipped)")
@@ -202,12 +204,9 @@ def main(args: argparse.Namespace) -> int:
     from agent.envs.tasks import get_family, get_suite
 
     console = Console(stderr=True)
-    if args.episodes < 1:
-        raise SystemExit("--episodes must be at least 1")
-    if args.workers < 1:
-        raise SystemExit("--workers must be at least 1")
-    if args.seed < 0:
-        raise SystemExit("--seed must be non-negative")
+    problem = check_args(args)
+    if problem:
+        raise UserError(problem)
     try:
         families = list(get_suite(args.suite))
         if args.family:
@@ -222,9 +221,13 @@ def main(args: argparse.Namespace) -> int:
         except ImportError as err:
             raise SystemExit(f"--coach scripted is not available yet: {err}") from err
 
-    from agent.specs import describe_spec, resolve_specs
+    from agent.specs import describe_spec, make_high_level, make_low_level, resolve_specs
 
     high_level, low_level = resolve_specs(args.high_level, args.low_level)  # the run JSON names what acted
+    # Build the policies once here, so a bad spec or checkpoint is one clear line before any episode
+    # runs (a single worker reuses these models: the loaders cache them).
+    make_high_level(high_level, seed=args.seed, device=args.device)
+    make_low_level(low_level, seed=args.seed, device=args.device)
     config = RunConfig(high_level, low_level, args.suite, args.image_size, args.coach,
                        args.coach_error_rate, args.max_steps, str(args.out) if args.out else None, args.device)
     jobs = [(family, args.seed + i) for i in range(args.episodes) for family in families]
@@ -255,10 +258,42 @@ def main(args: argparse.Namespace) -> int:
     table_console().print(_table(summary, f"hivla run: {describe_spec(high_level)} + {describe_spec(low_level)}"
                                     f" on {args.suite}, {len(records)} episodes in {wall:.0f}s"))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary, indent=2))
+        except OSError as err:  # checked before the run, but the disk can still refuse: keep the metrics
+            print(json.dumps(summary, indent=2))
+            raise UserError(f"cannot write --json {args.json} ({err.strerror or err}); the metrics are printed "
+                            "above as JSON") from err
         console.print(f"wrote {args.json}")
     return 0
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the arguments that can be seen before any episode runs, or None."""
+    if args.episodes < 1:
+        return "--episodes must be at least 1"
+    if args.workers < 1:
+        return "--workers must be at least 1"
+    if args.seed < 0:
+        return "--seed must be non-negative"
+    if args.max_steps is not None and args.max_steps < 1:
+        return f"--max-steps must be at least 1, got {args.max_steps} (omit it for the family's own budget)"
+    if args.image_size < 16:
+        return f"--image-size must be at least 16, got {args.image_size}"
+    if not 0.0 <= args.coach_error_rate <= 1.0:
+        return f"--coach-error-rate must be between 0 and 1, got {args.coach_error_rate}"
+    if args.json is not None:
+        if args.json.is_dir():
+            return f"--json {args.json} is a directory; give a file path, e.g. --json {args.json / 'run.json'}"
+        parent = next((p for p in args.json.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            return f"--json {args.json}: {parent} is a file, not a directory"
+        if parent is not None and not os.access(parent, os.W_OK):
+            return f"--json {args.json}: {parent} is not writable"
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out} is a file; give a directory to record sessions into"
+    return None
 
 
 def _run_parallel(config: RunConfig, shards, advance) -> None:

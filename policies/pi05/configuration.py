@@ -121,6 +121,7 @@ class Pi05Config:
         if unknown:
             raise ValueError(f"unknown Pi05Config fields {unknown}")
         data = dict(data)
+        _check_types(data)
         if "cameras" in data:
             data["cameras"] = tuple(data["cameras"])
         cfg = cls(**data)
@@ -136,7 +137,41 @@ class Pi05Config:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(data).__name__}")
         return cls.from_dict(data)
+
+
+def _check_types(data: dict) -> None:
+    """Each field has the type of its default (an int where an int belongs, ...), so a hand-edited
+    config.json fails here, naming the field, instead of deep inside the model's constructor."""
+    defaults = Pi05Config()
+    for name, value in data.items():
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            want = "true or false"
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            want = "a number"
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+            want = "a string"
+        else:  # cameras: a list of names
+            ok = isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value)
+            want = "a non-empty list of strings"
+        if not ok:
+            raise ValueError(f"config field {name!r} must be {want}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise ValueError(f"config field {name!r} must not be negative, got {value!r}")
+    for name in ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads", "width", "depth",
+                 "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "expert_width", "state_dim", "action_dim",
+                 "action_horizon", "vocab_size"):
+        if name in data and data[name] < 1:
+            raise ValueError(f"config field {name!r} must be at least 1, got {data[name]!r}")
 
 
 def tiny() -> Pi05Config:
