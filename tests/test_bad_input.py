@@ -335,3 +335,69 @@ def test_checkpoint_config_types_are_checked():
         with pytest.raises(ValueError, match=f"config field '{field}' must"):
             Pi05Config.from_dict({**good, field: bad})
     assert Pi05Config.from_dict(good) == tiny()
+
+
+# ------------------------------------------------------------------ 4. script mistakes, 6. echo
+
+
+@pytest.mark.parametrize("line, message", [
+    ("@-5 text", "'@-5' is not a step; write @STEP TEXT"),
+    ("@abc text", "'@abc' is not a step"),
+    ("@12", "@12 says nothing"),
+    ("@99999999999 no, the blue one first", "@99999999999 is past the last step a script may name"),
+])
+def test_bad_step_marks_are_refused_naming_the_line(line, message):
+    from agent.console.script import ScriptError, parse_script
+
+    with pytest.raises(ScriptError, match="script line 2: " + message.replace("(", r"\(").replace("[", r"\[")):
+        parse_script(["# a comment", line])
+
+
+def test_script_mistakes_exit_2_before_the_run(tmp_path):
+    for line in ("@-5 text", "@abc text", "@99999999999 no, the blue one first"):
+        started = time.perf_counter()
+        done = hivla("coach", *SIM, "--out", str(tmp_path / "never"), stdin=line + "\n", tmp_path=tmp_path, timeout=60)
+        assert done.returncode == 2 and "cannot read script -: script line 1:" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and time.perf_counter() - started < 30
+    assert not (tmp_path / "never").exists()
+
+
+class _FinishedLoop:
+    """A loop whose episode is over: counts how often it is stepped."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        self.steps = 0
+        self._snap = SimpleNamespace(last_reply="", episode_over=True, success=True, step=83, plan=None,
+                                     subtasks=(), subtasks_done=())
+
+    def step(self):
+        self.steps += 1
+
+    def snapshot(self):
+        return self._snap
+
+
+def test_a_far_line_after_the_end_does_not_idle_through_the_gap():
+    from agent.console.controller import CoachController
+    from agent.console.script import MAX_SCRIPT_STEP, parse_script, run_script
+
+    loop = _FinishedLoop()
+    said: list[str] = []
+    started = time.perf_counter()
+    reason = run_script(loop, CoachController(loop), parse_script([f"@{MAX_SCRIPT_STEP} no, the blue one first"]), echo=said.append)
+    assert time.perf_counter() - started < 5 and loop.steps < 10 and reason == "episode over"
+    assert said[0] == f"[step {MAX_SCRIPT_STEP}] › no, the blue one first"
+    assert "nothing recorded" in said[1]
+
+
+def test_the_echo_shows_escape_sequences_as_question_marks():
+    from agent.console.controller import CoachController
+    from agent.console.script import parse_script, run_script
+
+    loop = _FinishedLoop()
+    said: list[str] = []
+    run_script(loop, CoachController(loop), parse_script(["@0 \x1b[2J\x1b]0;pwned\x07 hello"]), echo=said.append)
+    assert said[0] == "[step 0] › ?[2J?]0;pwned? hello"
+    assert all(ch.isprintable() for line in said for ch in line)

@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterable
 
 SPACING_STEPS = 10  # lines without "@STEP" follow the previous one by 1 s of control (10 Hz)
 DEFAULT_MAX_STEPS = 600
-_AT_STEP = re.compile(r"^@(\d+)\s+(.*)$")
+# A step past this is surely a typo (a day of control at 10 Hz is 864,000 steps).
+MAX_SCRIPT_STEP = 10_000_000
+_AT_STEP = re.compile(r"^@(\d+)(?:\s+(.*))?$")
 
 
 class ScriptError(ValueError):
@@ -41,9 +43,19 @@ def parse_script(lines: Iterable[str], first_step: int = SPACING_STEPS) -> list[
         line = raw.rstrip("\r\n")
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        match = _AT_STEP.match(line.strip())
-        if match:
-            step, text = int(match.group(1)), match.group(2)
+        stripped = line.strip()
+        if stripped.startswith("@"):
+            match = _AT_STEP.match(stripped)
+            word = stripped.split()[0]
+            if not match:
+                raise ScriptError(f"script line {lineno}: {word[:20]!r} is not a step; write @STEP TEXT with STEP a "
+                                  "whole number >= 0, e.g. '@25 no, the blue one first'")
+            step, text = int(match.group(1)), (match.group(2) or "").strip()
+            if not text:
+                raise ScriptError(f"script line {lineno}: {word[:20]} says nothing; write @STEP TEXT")
+            if step > MAX_SCRIPT_STEP:
+                raise ScriptError(f"script line {lineno}: @{step} is past the last step a script may name "
+                                  f"(@{MAX_SCRIPT_STEP}); is it a typo?")
             if scheduled and step < scheduled[-1].step:
                 raise ScriptError(f"script line {lineno}: @{step} is earlier than the line before it (@{scheduled[-1].step})")
         else:
@@ -64,17 +76,20 @@ def run_script(
     """Step the loop, saying each script line at its step; returns why it stopped.
 
     Without `max_steps` the run ends once every line has been said and the episode is over
-    (or after DEFAULT_MAX_STEPS, whichever comes first).
+    (or after DEFAULT_MAX_STEPS, whichever comes first). While the episode is over nothing
+    moves, so the run goes straight on to the next line (a late line is answered "the episode
+    ... nothing recorded" at once instead of the loop idling until its step).
     """
     pending = list(script)
     limit = max_steps if max_steps is not None else max(DEFAULT_MAX_STEPS, (script[-1].step + 1) if script else 0)
-    for iteration in range(limit):
+    iteration = 0
+    while iteration < limit:
         while pending and pending[0].step <= iteration:
             line = pending.pop(0)
             outcome = controller.handle(line.text)
-            echo(f"[step {iteration}] › {line.text}")
+            echo(f"[step {iteration}] › {printable(line.text)}")
             for reply in outcome.reply.splitlines():
-                echo(f"    {reply}")
+                echo(f"    {printable(reply)}")
             if outcome.quit:
                 return "quit"
         loop.step()
@@ -84,4 +99,13 @@ def run_script(
             echo(f"    {shown}")
         if max_steps is None and not pending and snap is not None and snap.episode_over:
             return "episode over"
+        iteration += 1
+        if snap is not None and snap.episode_over and pending and pending[0].step > iteration:
+            iteration = min(pending[0].step, limit)  # nothing happens in between: skip the idle steps
     return "step limit"
+
+
+def printable(text: str) -> str:
+    """`text` safe to print to a terminal: control characters (escape sequences that clear the
+    screen or set the title) shown as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
