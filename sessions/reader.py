@@ -195,6 +195,12 @@ def read_session(path: str | os.PathLike) -> Session:
         else:
             warnings.append(f"episode {number}: no readable episode_start (its record is damaged); dropped its {count} records")
 
+    frames_dir = path / "frames"
+    for ep_dir in sorted(frames_dir.glob("ep*")) if frames_dir.is_dir() else []:
+        number = ep_dir.name[2:]
+        if number.isdigit() and int(number) not in episodes and int(number) not in orphans and any(ep_dir.iterdir()):
+            warnings.append(f"frames/{ep_dir.name}: frames of an episode with no readable record in {EVENTS_FILE}; "
+                            "dropped")
     for lineno, number, what in damaged:
         if number in episodes:
             episodes[number].note(f"{EVENTS_FILE}:{lineno}: damaged {what} record dropped", warnings)
