@@ -401,3 +401,52 @@ def test_the_echo_shows_escape_sequences_as_question_marks():
     run_script(loop, CoachController(loop), parse_script(["@0 \x1b[2J\x1b]0;pwned\x07 hello"]), echo=said.append)
     assert said[0] == "[step 0] › ?[2J?]0;pwned? hello"
     assert all(ch.isprintable() for line in said for ch in line)
+
+
+# ------------------------------------------------------------------ 6. export folders
+
+
+def test_export_force_keeps_a_normal_folder_mode(session, tmp_path):
+    out = tmp_path / "sft"
+    export_sessions([session], out, ExportOptions(format="sft"))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~mask
+    os.chmod(out, 0o750)
+    export_sessions([session], out, ExportOptions(format="sft", force=True))
+    assert (out.stat().st_mode & 0o777) == 0o750  # --force keeps the mode of the folder it replaces
+
+
+def test_a_killed_export_leaves_nothing_behind_after_the_next_one(session, tmp_path):
+    out = tmp_path / "sft"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".sft.partial-{dead.pid}-abcd1234"  # what `kill -9` mid-export leaves
+    stale.mkdir()
+    (stale / "train.parquet").write_bytes(b"half")
+    live = tmp_path / f".sft.partial-{os.getppid()}-abcd1234"  # another export still running: left alone
+    live.mkdir()
+    export_sessions([session], out, ExportOptions(format="sft"))
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".sft")) == [live.name]
+
+
+def test_sigterm_during_an_export_removes_its_staging_folder(clean_session, tmp_path):
+    import signal
+
+    big = tmp_path / "many"
+    for k in range(12):
+        shutil.copytree(clean_session, big / f"s{k}")
+        header = json.loads((big / f"s{k}" / "session.json").read_text())
+        header["session_id"] = f"copy-{k}"
+        (big / f"s{k}" / "session.json").write_text(json.dumps(header))
+    env = {**os.environ, "HIVLA_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "export", str(big), "--format", "lerobot",
+                             "--video-codec", "lossless", "--out", str(tmp_path / "out")], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".out.partial-") for p in tmp_path.iterdir()):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130  # stopped mid-export, as by Ctrl-C
+    assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir()) and not (tmp_path / "out").exists()

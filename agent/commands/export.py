@@ -48,11 +48,22 @@ def main(args: argparse.Namespace) -> int:
         # one unwrapped line per session, so logs stay greppable
         err.print(f"[yellow]skipped[/yellow] {escape(path)}: {escape(reason)}", soft_wrap=True, highlight=False)
 
+    import signal
+    import threading
+
+    def on_term(signum, frame):  # `kill` (SIGTERM) unwinds like Ctrl-C, so the staging folder is removed
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
     try:
         report = export_sessions(args.sessions, args.out, options, on_skip=on_skip)
     except ExportError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     for path, reason in report.skipped:
         if "cannot share" in reason or "duplicate" in reason:
             on_skip(path, reason)

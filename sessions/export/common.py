@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
 import re
 import shutil
+import stat
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -220,7 +222,10 @@ class StagedOutput:
     """Build the export in a temporary directory beside `out`, move it into place on success.
 
     Nothing is written at `out` until `commit()`; an existing non-empty `out` is replaced only with
-    force=True (and only after the new export is complete).
+    force=True (and only after the new export is complete). The staging folder is named after this
+    process (`.NAME.partial-PID-XXXX`), so what a killed export left behind is removed by the next
+    export to the same place once that process is gone. The result gets the mode of the folder it
+    replaces, or the umask's default, not the 0700 of a temporary directory.
     """
 
     def __init__(self, out: str | os.PathLike, force: bool) -> None:
@@ -231,9 +236,12 @@ class StagedOutput:
         if self.out.exists() and any(self.out.iterdir()) and not force:
             raise ExportError(f"{self.out} exists and is not empty; pass --force to replace it")
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.mode = stat.S_IMODE(self.out.stat().st_mode) if self.out.exists() else _default_dir_mode()
+        remove_stale_staging(self.out)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-{os.getpid()}-", dir=self.out.parent))
 
     def commit(self) -> Path:
+        os.chmod(self.tmp, self.mode)
         old = None
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
@@ -245,6 +253,42 @@ class StagedOutput:
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?:partial|old)-(?P<pid>\d+)(?:-.*)?$")
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove `.OUT.partial-PID-*` / `.OUT.old-PID` folders beside `out` whose process has ended."""
+    removed = []
+    for candidate in out.parent.glob(f".{glob.escape(out.name)}.*"):
+        match = _STAGING.match(candidate.name)
+        if not match or match["name"] != out.name or not candidate.is_dir() or _alive(int(match["pid"])):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        removed.append(candidate)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or not a pid we can ask about): leave its folder alone
+    try:  # a killed process not yet reaped still answers kill(pid, 0): a zombie is gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _default_dir_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
 
 
 def write_json(path: Path, data: dict) -> None:
