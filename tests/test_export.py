@@ -279,5 +279,5 @@ def test_cli_skips_bad_sessions_and_fails_only_when_nothing_exported(sessions, t
     assert "skipped" in captured.err and "corrupt header" in captured.err and "not a hivla session" in captured.err
     assert "sessions exported" in captured.out and "override" in captured.out
     code = hivla(["export", str(bad), str(foreign), "--format", "sft", "--out", str(tmp_path / "never")])
-    assert code == 1 and "no readable session" in capsys.readouterr().err
+    assert code == 2 and "no readable session" in capsys.readouterr().err
     assert not (tmp_path / "never").exists()

@@ -49,7 +49,7 @@ def test_video_has_one_annotated_frame_per_step(session_dir, tmp_path, capsys):
     panel = video[:, 512:]
     assert (panel.max(axis=-1) > 100).any(axis=(1, 2)).all()
     # refuses to overwrite without --force
-    assert hivla(["replay", str(session_dir), "--video", str(out)]) == 1
+    assert hivla(["replay", str(session_dir), "--video", str(out)]) == 2
     assert "pass --force" in capsys.readouterr().err
 
 
@@ -64,11 +64,11 @@ def test_corrections_change_the_picture(session_dir, tmp_path):
 
 
 def test_bad_input(session_dir, tmp_path, capsys):
-    assert hivla(["replay", str(tmp_path / "nothing")]) == 1
+    assert hivla(["replay", str(tmp_path / "nothing")]) == 2
     assert "no such session" in capsys.readouterr().err
-    assert hivla(["replay", str(session_dir), "--episode", "7"]) == 1
+    assert hivla(["replay", str(session_dir), "--episode", "7"]) == 2
     assert "no episode [7]" in capsys.readouterr().err
-    assert hivla(["replay", str(session_dir), "--video", str(tmp_path / "x.mp4"), "--camera", "side"]) == 1
+    assert hivla(["replay", str(session_dir), "--video", str(tmp_path / "x.mp4"), "--camera", "side"]) == 2
     assert "no camera 'side'" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
 

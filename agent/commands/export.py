@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         report = export_sessions(args.sessions, args.out, options, on_skip=on_skip)
     except ExportError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
-        return 1
+        return 2
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
         finetune(settings)
     except (CorrectionDataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -32,14 +32,14 @@ def main(args: argparse.Namespace) -> int:
         session = read_session(args.session)
     except SessionError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
-        return 1
+        return 2
     try:
         print_timeline(session, console, args.episode, steps=args.steps)
         if args.video:
             out = Path(args.video)
             if out.exists() and not args.force:
                 err.print(f"[red]error:[/red] {escape(str(out))} exists; pass --force to overwrite it", soft_wrap=True)
-                return 1
+                return 2
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.partial.mp4")
             try:
@@ -50,5 +50,5 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"wrote {escape(str(out))} ({frames} frames, {escape(args.camera)} camera)", soft_wrap=True)
     except ValueError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
-        return 1
+        return 2
     return 0
