@@ -176,7 +176,13 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ episode control
 
-    def reset(self, seed: int | None = None, options: dict | None = None, reason: ReplanReason = "start") -> Observation:
+    def reset(self, seed: int | None = None, options: dict | None = None, reason: ReplanReason = "start",
+              *, keep_queued: bool = False) -> Observation:
+        """Start a new episode. Input still queued for the old one is discarded (it was said about
+        that episode), except with `keep_queued` (a /reset or /task: what follows it was typed for
+        the new episode)."""
+        if self._episode is not None and not keep_queued:
+            self._discard_queued()
         if self._episode is not None and not self._episode.over:
             self._end_episode("reset" if reason == "reset" else "task_change" if reason == "task_change" else "stopped")
         raw_obs, info = self.env.reset(seed=seed, options=options)
@@ -251,13 +257,13 @@ class ControlLoop:
         if self._pending_reset is not None:
             options, self._pending_reset = self._pending_reset, None
             if "task" in options:
-                self.reset(options=options, reason="task_change")
+                self.reset(options=options, reason="task_change", keep_queued=True)
             else:
                 # /reset: the same task family in a fresh scene (the next seed), so a person can
                 # coach the same kind of task again without the scene repeating exactly.
                 family = self._episode.family if self._episode else None
                 seed = None if self._last_seed is None else self._last_seed + 1
-                self.reset(seed=seed, options={"family": family} if family else None, reason="reset")
+                self.reset(seed=seed, options={"family": family} if family else None, reason="reset", keep_queued=True)
             return
         ep = self._episode
         assert ep is not None and self._obs is not None
@@ -316,6 +322,17 @@ class ControlLoop:
                 self._apply_correction(item, submitted)
             else:  # a classifier reply with nothing to do (empty line, unknown command, ...)
                 self._last_reply = getattr(item, "reply", "") or str(item)
+
+    def _discard_queued(self) -> None:
+        discarded = 0
+        while True:
+            try:
+                self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            discarded += 1
+        if discarded:
+            self._last_reply = f"not applied: {discarded} input(s) said about episode {self._episode.index} came after it ended"
 
     def _apply_command(self, cmd: Command) -> None:
         name = cmd.name

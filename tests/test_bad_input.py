@@ -450,3 +450,18 @@ def test_sigterm_during_an_export_removes_its_staging_folder(clean_session, tmp_
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130  # stopped mid-export, as by Ctrl-C
     assert not any(p.name.startswith(".out.") for p in tmp_path.iterdir()) and not (tmp_path / "out").exists()
+
+
+def test_input_queued_for_an_episode_never_lands_in_the_next():
+    """`hivla run --coach scripted`: what the coach says on an episode's last step is not applied to
+    the next episode's first step."""
+    from agent.envs import make_env
+    from agent.loop import ControlLoop
+    from agent.specs import make_high_level, make_low_level
+    from policies.types import Correction
+
+    loop = ControlLoop(make_env(image_size=32), make_high_level("oracle"), make_low_level("expert"))
+    loop.run_episode(seed=0, options={"family": "push_to_side"}, max_steps=3)
+    loop.submit(Correction(kind=CorrectionKind.CONSTRAINT, text="never use the drawer"))  # too late for episode 0
+    loop.run_episode(seed=1, options={"family": "push_to_side"}, max_steps=3)
+    assert loop.snapshot().corrections == () and loop.result().interventions == 0
