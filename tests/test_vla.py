@@ -204,3 +204,30 @@ def test_a_flow_head_trains_on_an_earlier_runs_cached_data(overfit, tmp_path):
     assert chunk.shape == (4, 5) and np.isfinite(chunk).all()
     with pytest.raises(ValueError, match="no cached VLA data"):
         train_vla(_settings(overfit, tmp_path / "x", 5, data_cache=str(tmp_path)))
+
+
+def test_a_resumed_run_may_change_the_loss_but_not_a_shape(data, tmp_path):
+    out = tmp_path / "run"
+    train_vla(_settings(data, out, 5))
+    s = _settings(data, out, 8, resume=True)
+    s.overrides = {"regression_loss": "l2", "random_shift_pad": 0}
+    assert train_vla(s)["steps"] == 8
+    assert json.loads((out / "config.json").read_text())["regression_loss"] == "l2"
+    s = _settings(data, out, 10, resume=True)
+    s.overrides = {"keypoints": 3}
+    with pytest.raises(ValueError, match="keypoints cannot change when resuming"):
+        train_vla(s)
+
+
+def test_sigterm_stops_training_like_ctrl_c():
+    import os
+    import signal
+
+    from agent.training.trainer import sigterm_as_interrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -105,13 +105,16 @@ def main(args: argparse.Namespace) -> int:
                   lr=pick["lr"], device=args.device, dtype=pick["dtype"], resume=args.resume,
                   eval_every=pick["eval_every"], save_every_s=pick["save_every"], stride=args.stride,
                   threads=pick["threads"], seed=args.seed, overrides=parse_overrides(args.set))
-    if args.model == "vla":
-        from agent.training.vla_trainer import VlaTrainSettings, train_vla
+    from agent.training.trainer import sigterm_as_interrupt
 
-        train_vla(VlaTrainSettings(**common, closed_loop_every=args.closed_loop_every,
-                                   closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache))
-        return 0
-    from agent.training.trainer import TrainSettings, train
+    with sigterm_as_interrupt():  # `kill PID` saves a resumable checkpoint, as Ctrl-C does
+        if args.model == "vla":
+            from agent.training.vla_trainer import VlaTrainSettings, train_vla
 
-    train(TrainSettings(**common))
+            train_vla(VlaTrainSettings(**common, closed_loop_every=args.closed_loop_every,
+                                       closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache))
+            return 0
+        from agent.training.trainer import TrainSettings, train
+
+        train(TrainSettings(**common))
     return 0

@@ -8,9 +8,12 @@ dataset and train.log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +56,24 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Inside, SIGTERM raises KeyboardInterrupt, so `kill PID` stops a background run (where SIGINT is
+    ignored: nohup and `&` jobs) the way Ctrl-C does: the training loop saves a resumable checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Logger:

@@ -23,7 +23,7 @@ from agent.training.trainer import TRAINER_STATE, Logger, TrainProgress, load_tr
 from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
 from policies.checkpoint import CheckpointError, load_state_dict_checked
 from policies.pi05.processor import NormStats, load_tokenizer
-from policies.vla.configuration import VlaConfig, make_config
+from policies.vla.configuration import RESUMABLE_FIELDS, VlaConfig, make_config
 from policies.vla.modeling import VlaModel, count_parameters
 from policies.vla.policy import VlaLowLevel, VlaPolicy, save_checkpoint
 from policies.vla.processor import VlaProcessor
@@ -66,9 +66,17 @@ def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, 
     cached = load_cache(out) if s.resume else None
     if s.resume and (out / "config.json").is_file():
         cfg = VlaConfig.load(out / "config.json")
-        changed = sorted(k for k, v in s.overrides.items() if getattr(cfg, k, object()) != v)
+        changed = {k: v for k, v in s.overrides.items() if getattr(cfg, k, object()) != v}
+        fixed = sorted(k for k in changed if k not in RESUMABLE_FIELDS)
+        if fixed:
+            raise ValueError(f"--set {', '.join(fixed)} cannot change when resuming (parameter shapes depend on it); "
+                             f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}")
         if changed:
-            raise ValueError(f"--set {', '.join(changed)} cannot change when resuming; start a new --out instead")
+            for key, value in changed.items():
+                setattr(cfg, key, value)
+            cfg.validate()
+            cfg.save(out / "config.json")
+            log.echo(f"resuming with {changed}")
         processor = VlaProcessor(cfg, load_tokenizer(out / "tokenizer.json"), NormStats.load(out / "norm_stats.json"))
         if cached is None:
             cached = encode_vla_samples(collect_vla_samples(s.data, cfg, s.stride, log.echo), processor)

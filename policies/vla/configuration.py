@@ -16,6 +16,9 @@ from pathlib import Path
 
 CAMERAS = ("front", "wrist")
 HEADS = ("regression", "flow")
+REGRESSION_LOSSES = ("l1", "l2")
+# fields a resumed training run may change: none changes a parameter's shape
+RESUMABLE_FIELDS = ("regression_loss", "random_shift_pad", "n_action_steps", "flow_steps")
 
 
 @dataclass
@@ -47,7 +50,11 @@ class VlaConfig:
     n_action_steps: int = 4  # of those, how many are executed before the policy is asked again
     hidden_dim: int = 256
     head_layers: int = 2
-    head: str = "regression"  # "regression": L1 on the chunk; "flow": flow matching (pi0's way)
+    head: str = "regression"  # "regression": the chunk regressed directly; "flow": flow matching (pi0's way)
+    # The regression loss. "l1" predicts each action's median, which stalls where the expert's motion
+    # alternates (its final descent onto a bowl is 0, -1.5 cm, 0, 0, ...: the median is no motion);
+    # "l2" predicts the mean, which keeps moving toward the goal (measured: see the model card).
+    regression_loss: str = "l1"
     flow_steps: int = 10  # Euler steps when sampling with the flow head
     time_dim: int = 32
 
@@ -65,6 +72,8 @@ class VlaConfig:
             raise ValueError(f"every conv width must be a multiple of group_norm_groups={self.group_norm_groups}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.regression_loss not in REGRESSION_LOSSES:
+            raise ValueError(f"regression_loss must be one of {REGRESSION_LOSSES}, got {self.regression_loss!r}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
         if self.text_width % self.text_heads:

@@ -3,7 +3,7 @@
     text   subtask tokens [B, L] -> embeddings -> transformer encoder -> masked mean      -> t [B, W]
     vision per camera: image [B, 3, S, S] -> conv 3x3 / GroupNorm / (FiLM from t) / ReLU, x len(channels)
            -> 1x1 conv to K heat maps -> spatial softmax -> K expected (x, y)           -> k [B, 2K]
-    head   [k_front, k_wrist, state, t] -> MLP -> chunk [B, H, A]  ("regression": L1 on the chunk)
+    head   [k_front, k_wrist, state, t] -> MLP -> chunk [B, H, A]  ("regression": L1 or L2 on the chunk)
            or, with "flow", an MLP velocity field over the noisy chunk and the flow time, integrated
            from noise in `flow_steps` Euler steps (pi0's flow matching, t ~ Beta(1.5, 1))
 
@@ -164,8 +164,9 @@ class VlaModel(nn.Module):
         mask = batch["action_mask"].unsqueeze(-1).to(actions.dtype)
         denom = (mask.sum() * actions.shape[-1]).clamp(min=1.0)
         if self.cfg.head == "regression":
-            pred = self.head(feats).view_as(actions).float()
-            loss = ((pred - actions).abs() * mask).sum() / denom
+            err = self.head(feats).view_as(actions).float() - actions
+            err = err.abs() if self.cfg.regression_loss == "l1" else err ** 2
+            loss = (err * mask).sum() / denom
         else:
             noise = torch.randn_like(actions)
             t = beta_time(len(actions), actions.device)
