@@ -76,7 +76,7 @@ def print_timeline(session: Session, console, episodes: list[int] | None = None,
         console.print(table)
         console.print(_outcome(ep))
         for what in ep.dropped:  # what the reader dropped from this episode
-            console.print(Text(f"  dropped: {what}", style="yellow"))
+            console.print(Text(f"  note: {what}", style="yellow"))
         console.print()
 
 

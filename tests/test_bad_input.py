@@ -185,10 +185,10 @@ def test_export_and_replay_print_what_they_dropped(session, tmp_path):
     _flip(frame_path(session, 0, "wrist"), 4, 10)
     done = hivla("export", str(session), "--format", "pairs", "--out", str(tmp_path / "p"), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert f"dropped {session} episode 0: frames/ep000000/wrist.bin: skipped" in done.stderr.replace("\n", "")
+    assert f"note {session} episode 0: frames/ep000000/wrist.bin: skipped" in done.stderr.replace("\n", "")
     done = hivla("replay", str(session), tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "dropped: frames/ep000000/wrist.bin: skipped" in done.stdout
+    assert "note: frames/ep000000/wrist.bin: skipped" in done.stdout
 
 
 # ------------------------------------------------------------------ 3. damaged event lines, no header

@@ -70,7 +70,7 @@ def main(args: argparse.Namespace) -> int:
     for damage in report.dropped:  # what a damaged session lost, per episode (also in the manifest)
         where = escape(damage["session"]) + (f" episode {damage['episode']}" if damage["episode"] is not None else "")
         outcome = " (truncated: outcome unknown)" if damage["truncated"] else ""
-        err.print(f"[yellow]dropped[/yellow] {where}{outcome}: {escape('; '.join(damage['dropped']) or 'steps at the end')}",
+        err.print(f"[yellow]note[/yellow] {where}{outcome}: {escape('; '.join(damage['dropped']) or 'steps at the end')}",
                   soft_wrap=True, highlight=False)
 
     table = Table(title=f"hivla export ({report.format})", title_justify="left")
