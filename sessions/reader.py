@@ -289,10 +289,12 @@ def _attach_frames(path: Path, header: SessionHeader, episode: EpisodeData, warn
             episode.note(f"{name}: skipped {hi - lo} damaged bytes at byte {lo}", warnings)
         if index.torn:
             episode.note(f"{name}: dropped a torn record after byte {index.valid_bytes}", warnings)
-    kept = [s for s in episode.steps if all(s.frame in index.entries for index in indexes.values())]
-    episode.dropped_steps = len(episode.steps) - len(kept)
+    kept, missing = [], []
+    for s in episode.steps:
+        (kept if all(s.frame in index.entries for index in indexes.values()) else missing).append(s)
+    missing = [s.step for s in missing]
+    episode.dropped_steps = len(missing)
     if episode.dropped_steps:
-        missing = [s.step for s in episode.steps if s not in kept]
         episode.note(f"dropped {episode.dropped_steps} steps whose frames are missing or damaged ({_ranges(missing)})", warnings)
     episode.steps = kept
     return missing[0] if episode.dropped_steps else None
