@@ -465,3 +465,15 @@ def test_input_queued_for_an_episode_never_lands_in_the_next():
     loop.submit(Correction(kind=CorrectionKind.CONSTRAINT, text="never use the drawer"))  # too late for episode 0
     loop.run_episode(seed=1, options={"family": "push_to_side"}, max_steps=3)
     assert loop.snapshot().corrections == () and loop.result().interventions == 0
+
+
+def test_script_lines_past_the_step_limit_are_reported():
+    from agent.console.controller import CoachController
+    from agent.console.script import parse_script, run_script
+
+    loop = _FinishedLoop()
+    said: list[str] = []
+    reason = run_script(loop, CoachController(loop), parse_script(["@2 /pause", "@50 /resume"]), max_steps=10,
+                        echo=said.append)
+    assert reason == "step limit"
+    assert said[-1] == "not said: 1 script line(s) from line 2 (@50) on come after the last step (10); raise --steps to reach them"

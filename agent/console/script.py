@@ -102,6 +102,10 @@ def run_script(
         iteration += 1
         if snap is not None and snap.episode_over and pending and pending[0].step > iteration:
             iteration = min(pending[0].step, limit)  # nothing happens in between: skip the idle steps
+    if pending:  # said nowhere: tell, rather than let the lines vanish
+        first = pending[0]
+        echo(f"not said: {len(pending)} script line(s) from line {first.lineno} (@{first.step}) on come after "
+             f"the last step ({limit}); raise --steps to reach them")
     return "step limit"
 
 
