@@ -73,7 +73,8 @@ def evaluate(trials: int = 200, noise: float = 0.0, budget: int = 100, seed: int
     started = time.perf_counter()
     max_episodes = 20 * trials * len(KINDS)  # a policy that never finishes a pick still ends
     while episode < max_episodes:
-        needed = {k for k in KINDS if len(results[k]) < trials}
+        coverable = set().union(*family_kinds.values())  # --families may not cover every kind
+        needed = {k for k in KINDS if len(results[k]) < trials and k in coverable}
         if not needed:
             break
         candidates = [f for f, kinds in family_kinds.items() if kinds & needed]
