@@ -135,7 +135,7 @@ def _pi05_dir(tmp_path):
 
 def test_training_resumes_where_it_stopped(data, tmp_path):
     out = tmp_path / "run"
-    train_vla(_settings(data, out, 10))
+    assert train_vla(_settings(data, out, 20, stop_at=10))["steps"] == 10
     summary = train_vla(_settings(data, out, 20, resume=True))
     assert summary["steps"] == 20
     assert json.loads((out / TRAINER_STATE).read_text())["step"] == 20

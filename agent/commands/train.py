@@ -43,6 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--closed-loop-trials", type=int, default=5, help="vla: trials per primitive in each")
     parser.add_argument("--data-cache", default=None, metavar="RUN",
                         help="vla: reuse the tensors and tokenizer an earlier run on the same --data cached in RUN")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="vla: stop (resumably) at this step; the learning-rate schedule still spans --steps")
     parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
     parser.add_argument("--threads", type=int, default=None,
@@ -112,7 +114,8 @@ def main(args: argparse.Namespace) -> int:
             from agent.training.vla_trainer import VlaTrainSettings, train_vla
 
             train_vla(VlaTrainSettings(**common, closed_loop_every=args.closed_loop_every,
-                                       closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache))
+                                       closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache,
+                                       stop_at=args.stop_at))
             return 0
         from agent.training.trainer import TrainSettings, train
 

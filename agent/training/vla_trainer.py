@@ -59,6 +59,7 @@ class VlaTrainSettings:
     threads: int = 1
     overrides: dict = field(default_factory=dict)
     data_cache: str | None = None  # an earlier run's directory on the same data: reuse its tensors and tokenizer
+    stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
 
 
 def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, dict, dict]:
@@ -197,7 +198,8 @@ def train_vla(s: VlaTrainSettings) -> dict:
     progress = TrainProgress(s.steps, state["step"], label="train vla")
     model.train()
     try:
-        while state["step"] < s.steps:
+        end = min(s.steps, s.stop_at or s.steps)
+        while state["step"] < end:
             if pos + s.batch_size > len(perm):
                 perm, pos = torch.randperm(len(train_idx), generator=g), 0
             idx = train_idx[perm[pos: pos + s.batch_size]]
@@ -228,9 +230,9 @@ def train_vla(s: VlaTrainSettings) -> dict:
                 log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items()) + f" samples/s {rate:.0f}")
                 window, t_window = [], time.perf_counter()
             metrics = {}
-            if step % s.eval_every == 0 or step == s.steps:
+            if step % s.eval_every == 0 or step == end:
                 metrics.update(held_out_metrics(ema, tensors, held_idx, s, device))
-            if s.closed_loop_every and (step % s.closed_loop_every == 0 or step == s.steps):
+            if s.closed_loop_every and (step % s.closed_loop_every == 0 or step == end):
                 t_eval = time.perf_counter()
                 metrics.update(closed_loop(ema, processor, s, device, log))
                 metrics["closed_loop_s"] = time.perf_counter() - t_eval
@@ -239,7 +241,7 @@ def train_vla(s: VlaTrainSettings) -> dict:
                 state["history"].append(metrics)
                 log.echo("eval " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
                 t_window = time.perf_counter()
-            if time.perf_counter() - last_save > s.save_every_s or step == s.steps:
+            if time.perf_counter() - last_save > s.save_every_s or step == end:
                 _save(out, model, ema, processor, opt, state, s)
                 last_save = time.perf_counter()
     except KeyboardInterrupt:

@@ -122,7 +122,7 @@ def tiny() -> VlaConfig:
 
 
 def small() -> VlaConfig:
-    return VlaConfig(preset="small")
+    return VlaConfig(regression_loss="l2", preset="small")
 
 
 PRESETS = {"tiny": tiny, "small": small}
