@@ -17,6 +17,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "train": ("agent.commands.train", "train a model: the pi05-style high level or the low-level VLA"),
     "finetune": ("agent.commands.finetune", "fine-tune the high level on corrections"),
     "replay": ("agent.commands.replay", "print or render a recorded session"),
+    "serve": ("agent.commands.serve", "serve a learned low level over openpi's websocket protocol"),
     "bench": ("agent.commands.bench", "run a benchmark script from benchmarks/"),
 }
 

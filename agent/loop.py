@@ -158,6 +158,7 @@ class ControlLoop:
         self._paused = False
         self._stopped = False
         self._last_reply = ""
+        self._low_level_lost = False  # a remote low level is unreachable; steps are held and marked paused
         self._pending_reset: dict | None = None
         self._last_seed: int | None = None
         # Wall-clock time at which each queued correction was submitted, for latency measurement.
@@ -274,7 +275,14 @@ class ControlLoop:
         holding = self._paused or self._stopped
         if not holding:
             self._maybe_replan()
-        action = self._next_action(holding)
+        try:
+            action = self._next_action(holding)
+            if self._low_level_lost and self._chunk is not None and self._chunk_pos == 1:  # a fresh chunk came
+                self._low_level_lost, self._last_reply = False, "low level: reconnected, resuming"
+        except ConnectionError as err:  # a remote low level (openpi:) lost its server: hold as if paused
+            self._low_level_lost, self._last_reply, self._chunk = True, f"low level: {err}", None
+            holding = True
+            action = self._next_action(holding)
         if self._latency_probe is not None and not holding and self._plan is not None:
             submitted, subtask = self._latency_probe
             if self._plan.subtask == subtask:

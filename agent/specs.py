@@ -4,6 +4,8 @@
     expert            privileged scripted executor (low level)
     pi05:PATH         a pi05 checkpoint directory (either level)
     vla:PATH          a low-level VLA checkpoint directory (low level)
+    openpi:HOST:PORT[:ROBOT]  a remote openpi policy server (low level); ROBOT names the observation and
+                      action mapping (hivla, libero, droid, or a .toml; default hivla)
     (empty / None)    the shipped defaults: the pi05 checkpoint policies/checkpoints/small as high
                       level and the VLA checkpoint policies/checkpoints/vla as low level
 
@@ -121,4 +123,14 @@ def make_low_level(spec: str | None = None, *, seed: int = 0, device: str = "cpu
         from policies.vla.policy import VlaLowLevel
 
         return VlaLowLevel(_load_vla(arg or str(SHIPPED_VLA), device, dtype))
-    raise SpecError(f"unknown low-level spec {spec!r}; expected 'expert', 'vla:PATH' or 'pi05:PATH'")
+    if kind == "openpi":
+        import os
+
+        from policies.openpi.client import OpenpiLowLevel, RemoteUnavailable, parse_openpi_spec
+
+        try:
+            host, port, robot = parse_openpi_spec(arg)
+            return OpenpiLowLevel(host, port, robot, api_key=os.environ.get("HIVLA_OPENPI_API_KEY"))
+        except (ValueError, RemoteUnavailable) as err:
+            raise SpecError(str(err)) from err
+    raise SpecError(f"unknown low-level spec {spec!r}; expected 'expert', 'vla:PATH', 'pi05:PATH' or 'openpi:HOST:PORT'")
