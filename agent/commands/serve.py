@@ -27,6 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frame-mb", type=float, default=16.0, help="largest request frame accepted (default 16)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
 
 
 def resolve_policy_spec(spec: str | None) -> str:
@@ -60,6 +61,10 @@ def main(args: argparse.Namespace) -> int:
     from agent.specs import describe_spec, make_low_level
     from policies.openpi.server import PolicyServer, ServedPolicy
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     low = make_low_level(spec, device=args.device, dtype=args.dtype)
     served = ServedPolicy(low.policy, spec=spec)
     server = PolicyServer(served, args.host, args.port, api_key=args.api_key or os.environ.get("HIVLA_API_KEY"),
