@@ -6,6 +6,7 @@
     vla:PATH          a low-level VLA checkpoint directory (low level)
     openpi:HOST:PORT[:ROBOT]  a remote openpi policy server (low level); ROBOT names the observation and
                       action mapping (hivla, libero, droid, or a .toml; default hivla)
+    hf:PATH           a local transformers VLM or LM directory, prompted from prompts/ (high level)
     (empty / None)    the shipped defaults: the pi05 checkpoint policies/checkpoints/small as high
                       level and the VLA checkpoint policies/checkpoints/vla as low level
 
@@ -100,7 +101,16 @@ def make_high_level(spec: str | None = None, *, seed: int = 0, device: str = "cp
             raise SpecError(f"{spec!r} names no checkpoint directory; write pi05:PATH "
                             f"(e.g. pi05:{SHIPPED_CHECKPOINT}), or omit --high-level for the default")
         return Pi05HighLevel(_load_pi05(arg or str(SHIPPED_CHECKPOINT), device, dtype))
-    raise SpecError(f"unknown high-level spec {spec!r}; expected 'oracle' or 'pi05:PATH'")
+    if kind == "hf":
+        if not arg:
+            raise SpecError(f"{spec!r} names no model directory; write hf:PATH (a local transformers VLM or LM)")
+        from policies.hf.planner import HfHighLevel, HfModelError
+
+        try:
+            return HfHighLevel(arg, device=device, dtype=dtype)
+        except HfModelError as err:
+            raise SpecError(str(err)) from err
+    raise SpecError(f"unknown high-level spec {spec!r}; expected 'oracle', 'pi05:PATH' or 'hf:PATH'")
 
 
 def make_low_level(spec: str | None = None, *, seed: int = 0, device: str = "cpu", dtype: str = "fp32") -> LowLevelPolicy:

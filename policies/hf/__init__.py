@@ -1,0 +1,1 @@
+"""Any local transformers model directory as hivla's high level (the `hf:PATH` spec)."""

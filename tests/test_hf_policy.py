@@ -1,0 +1,209 @@
+"""`hf:PATH` high level: any local transformers VLM or LM, prompted from prompts/hf_planner.toml through
+its chat template. The models here are tiny and random (built and saved locally; nothing downloaded),
+so their plans are nonsense: the tests are about the prompt, the parsing and the loop around them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.cli import main as hivla
+from agent.specs import SpecError, make_high_level
+from policies.hf.planner import HfHighLevel, parse_answer
+from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
+from prompts import load as load_prompt
+from sessions.reader import read_session
+
+torch.set_num_threads(1)
+
+
+def _tokenizer(special: list[str], chat_template: str, **tokens):
+    """A byte-level BPE trained here on the planner prompt, wrapped as a transformers tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    prompt = load_prompt("hf_planner")
+    corpus = [prompt["instructions"], prompt["user"], "pick up the red block So: open the drawer"] * 3
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=special, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=chat_template, **tokens)
+
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm(tmp_path_factory):
+    """A random Gemma 3 VLM (SigLIP tower on 28-px images, 4 tokens an image, 2 text layers of width 32)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tok = _tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                      "<end_of_image>", "<image_soft_token>"], GEMMA_TEMPLATE,
+                     bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                     extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                           "image_token": "<image_soft_token>"})
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),
+                                tokenizer=tok, chat_template=GEMMA_TEMPLATE, image_seq_length=4)
+    ids = tok.convert_tokens_to_ids
+    cfg = Gemma3Config(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096,
+                         sliding_window=128),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+        image_token_index=ids("<image_soft_token>"), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_vlm")
+    Gemma3ForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    """A random Qwen2 causal LM (2 layers of width 32) with a ChatML template."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = _tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], CHATML_TEMPLATE,
+                     eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_lm")
+    Qwen2ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _obs() -> Observation:
+    rng = np.random.default_rng(0)
+    return Observation(images={c: rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for c in ("front", "wrist")},
+                       state=np.zeros(8, np.float32), task="put the red block in the blue bowl", time=0.0)
+
+
+def _context() -> PlanContext:
+    return PlanContext(task="put the red block in the blue bowl",
+                       plan_history=[Plan("", "pick up the red block")],
+                       corrections=[Correction(CorrectionKind.CONSTRAINT, "never use the drawer"),
+                                    Correction(CorrectionKind.CONFIRM, "good")],
+                       completed_subtasks=["open the drawer"])
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The red block is on the table. So: pick up the red block", ("The red block is on the table.", "pick up the red block")),
+    ("so: open the drawer.\nand then more text", ("", "open the drawer")),
+    ("First so: this. Then So: close the drawer!", ("First so: this. Then", "close the drawer")),
+    ("no separator at all", None),
+    ("Thinking. So:   \n", None),
+])
+def test_answers_are_parsed_at_the_last_so(text, expected):
+    assert parse_answer(text) == expected
+
+
+# ------------------------------------------------------------------------------------------- models
+
+
+def test_a_tiny_vlm_sees_both_cameras_and_the_context(tiny_vlm):
+    high = make_high_level(f"hf:{tiny_vlm}")
+    assert isinstance(high, HfHighLevel) and high.is_vlm
+    messages = high.messages(_obs(), _context())
+    assert [c["type"] for c in messages[0]["content"]] == ["image", "image", "text"]
+    text = high.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for needed in ("Task: put the red block in the blue bowl", "Done so far: open the drawer",
+                   "Subtask in force: pick up the red block", '"never use the drawer"', "front and wrist camera"):
+        assert needed in text
+    assert '"good"' not in text  # a confirmation does not steer the plan
+    inputs = high.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 3, 28, 28)
+    plan = high.plan(_obs(), _context())
+    assert isinstance(plan, Plan) and plan.subtask and plan.source == "model"
+    assert high.last_answer is not None
+
+
+def test_a_tiny_text_only_lm_plans_without_images(tiny_lm):
+    high = make_high_level(f"hf:{tiny_lm}")
+    assert not high.is_vlm
+    (message,) = high.messages(_obs(), _context())
+    assert isinstance(message["content"], str) and "No camera images are attached" in message["content"]
+    plan = high.plan(_obs(), _context())
+    assert isinstance(plan, Plan) and plan.subtask
+
+
+def test_an_unreadable_answer_keeps_the_subtask_in_force_and_says_so(tiny_lm, monkeypatch):
+    high = HfHighLevel(tiny_lm)
+    monkeypatch.setattr(high, "answer", lambda obs, ctx: "blue blue blue")
+    plan = high.plan(_obs(), _context())
+    assert plan.subtask == "pick up the red block"
+    assert "could not read a plan" in plan.thought and "blue blue blue" in plan.thought
+    assert high.last_error == plan.thought
+    first = high.plan(_obs(), PlanContext(task="open the drawer"))  # no plan yet: the task itself
+    assert first.subtask == "open the drawer"
+    monkeypatch.setattr(high, "answer", lambda obs, ctx: "The drawer is shut. So: open the drawer.")
+    assert high.plan(_obs(), _context()) == Plan("The drawer is shut.", "open the drawer", "model")
+    assert high.last_error is None
+
+
+def test_hf_specs_that_name_no_usable_model_are_refused(tmp_path, tiny_lm):
+    with pytest.raises(SpecError, match="names no model directory"):
+        make_high_level("hf:")
+    with pytest.raises(SpecError, match="no config.json"):
+        make_high_level(f"hf:{tmp_path / 'missing'}")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    with pytest.raises(SpecError, match="cannot load"):
+        make_high_level(f"hf:{tmp_path / 'broken'}")
+    import shutil
+
+    no_template = tmp_path / "no_template"
+    shutil.copytree(tiny_lm, no_template)
+    for name in ("chat_template.jinja",):
+        (no_template / name).unlink(missing_ok=True)
+    import json
+
+    config = json.loads((no_template / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(SpecError, match="no chat template"):
+        make_high_level(f"hf:{no_template}")
+
+
+# ------------------------------------------------------------------------------------------- hivla coach
+
+
+@pytest.mark.parametrize("model", ["tiny_vlm", "tiny_lm"])
+def test_hivla_coach_runs_with_a_tiny_hf_model(model, request, tmp_path, capsys):
+    model_dir = request.getfixturevalue(model)
+    script = tmp_path / "script.txt"
+    script.write_text("@4 never use the drawer\n@8 pick up the red block\n")
+    out = tmp_path / "session"
+    code = hivla(["coach", "--family", "put_color_in_bowl", "--seed", "0", "--high-level", f"hf:{model_dir}",
+                  "--low-level", "expert", "--image-size", "64", "--replan-period", "0.5",
+                  "--script", str(script), "--steps", "14", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    episode = read_session(out).episodes[0]
+    assert len(episode.steps) == 14
+    assert [c.kind for c in episode.corrections] == [CorrectionKind.CONSTRAINT, CorrectionKind.OVERRIDE]
+    model_plans = [p for p in episode.plans if p.plan.source == "model"]
+    assert len(model_plans) >= 2  # the first plan and the re-plan on the constraint, at least
+    assert episode.corrections[1].model_plan is not None  # what the model would have done, logged
+    assert episode.steps[-1].subtask == "pick up the red block"
