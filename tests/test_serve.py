@@ -343,3 +343,25 @@ def test_trained_policy_succeeds_the_same_over_openpi(tmp_path_factory, tmp_path
     local, _ = _run(tmp_path, "local", f"vla:{ckpt}", 10, 3, 60)
     _same_outcome(local, remote)
     assert remote["mean_subtasks_completed"] > 0  # it did open the drawer somewhere
+
+
+def test_a_pi05_checkpoint_is_served_with_its_own_shapes(tmp_path):
+    from policies.pi05.configuration import make_config
+    from policies.pi05.modeling import Pi05Model
+    from policies.pi05.policy import load_pi05, save_checkpoint
+    from policies.pi05.processor import NormStats, train_tokenizer
+
+    tok = train_tokenizer(["pick up the red block", "open the drawer"] * 3, vocab_size=700)
+    cfg = make_config("tiny", vocab_size=tok.get_vocab_size())
+    rng = np.random.default_rng(0)
+    stats = NormStats.from_data(rng.normal(size=(64, cfg.state_dim)), rng.normal(size=(64, cfg.action_dim)))
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "pi05", Pi05Model(cfg).eval(), tok, stats)
+    srv = PolicyServer(ServedPolicy(load_pi05(tmp_path / "pi05"), "pi05:test"), "127.0.0.1", 0)
+    with srv.running():
+        low = make_low_level(f"openpi:127.0.0.1:{srv.port}")
+        assert low.metadata["chunk_size"] == low.metadata["n_action_steps"] == cfg.action_horizon
+        assert low.metadata["image_shape"] == [cfg.image_size, cfg.image_size, 3]
+        chunk = low.act(_obs(size=128), "open the drawer")
+        assert chunk.shape == (cfg.action_horizon, 5) and np.isfinite(chunk).all()
+        low.close()
