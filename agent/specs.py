@@ -33,8 +33,9 @@ def default_high_level_spec() -> str:
 
 
 def default_low_level_spec() -> str:
-    # Until a trained VLA ships in policies/checkpoints/vla, the scripted expert executes by default.
-    return "expert"
+    # The learned VLA (policies/checkpoints/vla/MODEL_CARD.md) executes by default, so learned models act
+    # at both levels; `--low-level expert` is the privileged reference.
+    return f"vla:{SHIPPED_VLA}"
 
 
 class SpecError(ValueError):
