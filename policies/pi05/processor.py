@@ -169,10 +169,7 @@ class Pi05Processor:
         self.cfg = cfg
         self.tok = tokenizer
         self.stats = norm_stats
-        for name, arr, dim in (("state", norm_stats.state_q01, cfg.state_dim),
-                               ("action", norm_stats.action_q01, cfg.action_dim)):
-            if arr.shape != (dim,):
-                raise ValueError(f"norm stats: {name} has {arr.shape[0]} dims, the model expects {dim}")
+        check_stats_dims(norm_stats, cfg.state_dim, cfg.action_dim)
         if tokenizer.token_to_id(state_token(0)) != cfg.bin_token_offset:
             raise ValueError(f"tokenizer puts <s0> at id {tokenizer.token_to_id(state_token(0))}, "
                              f"config.bin_token_offset is {cfg.bin_token_offset}")
@@ -257,13 +254,23 @@ class Pi05Processor:
     # -- images ----------------------------------------------------------------------------------
 
     def prepare_images(self, images: dict[str, np.ndarray]) -> np.ndarray:
-        """camera -> uint8 [H, W, 3]  =>  uint8 [n_cam, S, S, 3] at the model's image size."""
-        out = []
-        for cam in self.cfg.cameras:
-            if cam not in images:
-                raise ValueError(f"the model needs a {cam!r} camera image, got {sorted(images)}")
-            out.append(resize_image(images[cam], self.cfg.image_size))
-        return np.stack(out)
+        return stack_cameras(images, self.cfg.cameras, self.cfg.image_size)
+
+
+def stack_cameras(images: dict[str, np.ndarray], cameras, size: int) -> np.ndarray:
+    """camera -> uint8 [H, W, 3]  =>  uint8 [n_cam, size, size, 3] in `cameras` order."""
+    out = []
+    for cam in cameras:
+        if cam not in images:
+            raise ValueError(f"the model needs a {cam!r} camera image, got {sorted(images)}")
+        out.append(resize_image(images[cam], size))
+    return np.stack(out)
+
+
+def check_stats_dims(stats: NormStats, state_dim: int, action_dim: int) -> None:
+    for name, arr, dim in (("state", stats.state_q01, state_dim), ("action", stats.action_q01, action_dim)):
+        if arr.shape != (dim,):
+            raise ValueError(f"norm stats: {name} has {arr.shape[0]} dims, the model expects {dim}")
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:

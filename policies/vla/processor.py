@@ -7,7 +7,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from policies.pi05.processor import NormStats, from_unit, pad_to, resize_image, to_unit, train_tokenizer
+from policies.pi05.processor import (
+    NormStats, check_stats_dims, from_unit, pad_to, stack_cameras, to_unit, train_tokenizer,
+)
 from policies.vla.configuration import VlaConfig
 
 
@@ -24,10 +26,7 @@ class VlaProcessor:
         self.cfg = cfg
         self.tok = tokenizer
         self.stats = norm_stats
-        for name, arr, dim in (("state", norm_stats.state_q01, cfg.state_dim),
-                               ("action", norm_stats.action_q01, cfg.action_dim)):
-            if arr.shape != (dim,):
-                raise ValueError(f"norm stats: {name} has {arr.shape[0]} dims, the model expects {dim}")
+        check_stats_dims(norm_stats, cfg.state_dim, cfg.action_dim)
         if tokenizer.get_vocab_size() > cfg.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
 
@@ -50,10 +49,4 @@ class VlaProcessor:
         return pad_to(ids, self.cfg.max_subtask_tokens, self.cfg.pad_id)
 
     def prepare_images(self, images: dict[str, np.ndarray]) -> np.ndarray:
-        """camera -> uint8 [H, W, 3]  =>  uint8 [n_cam, S, S, 3] at the model's image size."""
-        out = []
-        for cam in self.cfg.cameras:
-            if cam not in images:
-                raise ValueError(f"the model needs a {cam!r} camera image, got {sorted(images)}")
-            out.append(resize_image(images[cam], self.cfg.image_size))
-        return np.stack(out)
+        return stack_cameras(images, self.cfg.cameras, self.cfg.image_size)
