@@ -13,6 +13,8 @@ import stat
 import sys
 from pathlib import Path
 
+from agent.commands.devices import add_device_arguments, device_problem
+
 
 EPILOG = """\
 in the console: type a correction ("no, the blue one first", "a bit more to the left",
@@ -46,6 +48,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--script", metavar="FILE", help="headless: say the lines of FILE ('-' = stdin; '@STEP text' schedules a line)")
     parser.add_argument("--steps", type=int, metavar="N", help="headless: run exactly N control steps")
+    add_device_arguments(parser)
 
 
 def _stdin_has_lines() -> bool:
@@ -70,7 +73,7 @@ def _check_args(args: argparse.Namespace) -> str | None:
         return f"--steps must be at least 1, got {args.steps}"
     if args.task is not None and not args.task.strip():
         return "--task is empty"
-    return None
+    return device_problem(args.device)
 
 
 def main(args: argparse.Namespace) -> int:

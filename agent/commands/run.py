@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.commands.devices import add_device_arguments, device_problem
 from agent.errors import UserError
 
 
@@ -39,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="per-episode step cap (default: the family budget)")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
     parser.add_argument("--out", type=Path, default=None, help="record sessions into this directory")
-    parser.add_argument("--device", default="cpu")
+    add_device_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -54,6 +55,7 @@ class RunConfig:
     max_steps: int | None
     out: str | None
     device: str
+    dtype: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,8 @@ def run_shard(config: RunConfig, jobs: list[tuple[str, int]], worker: int, progr
 
     first_seed = jobs[0][1] if jobs else 0
     env = make_env(suite=config.suite, image_size=config.image_size)
-    high = make_high_level(config.high_level, seed=first_seed, device=config.device)
-    low = make_low_level(config.low_level, seed=first_seed, device=config.device)
+    high = make_high_level(config.high_level, seed=first_seed, device=config.device, dtype=config.dtype)
+    low = make_low_level(config.low_level, seed=first_seed, device=config.device, dtype=config.dtype)
     coach = _make_coach(config, first_seed + 7919 * worker)
     recorder = _make_recorder(config, env, worker) if config.out else None
     records = []
@@ -226,10 +228,11 @@ def main(args: argparse.Namespace) -> int:
     high_level, low_level = resolve_specs(args.high_level, args.low_level)  # the run JSON names what acted
     # Build the policies once here, so a bad spec or checkpoint is one clear line before any episode
     # runs (a single worker reuses these models: the loaders cache them).
-    make_high_level(high_level, seed=args.seed, device=args.device)
-    make_low_level(low_level, seed=args.seed, device=args.device)
+    make_high_level(high_level, seed=args.seed, device=args.device, dtype=args.dtype)
+    make_low_level(low_level, seed=args.seed, device=args.device, dtype=args.dtype)
     config = RunConfig(high_level, low_level, args.suite, args.image_size, args.coach,
-                       args.coach_error_rate, args.max_steps, str(args.out) if args.out else None, args.device)
+                       args.coach_error_rate, args.max_steps, str(args.out) if args.out else None, args.device,
+                       args.dtype)
     jobs = [(family, args.seed + i) for i in range(args.episodes) for family in families]
     workers = min(args.workers, len(jobs))
     shards = [jobs[w::workers] for w in range(workers)]
@@ -293,7 +296,7 @@ def check_args(args: argparse.Namespace) -> str | None:
             return f"--json {args.json}: {parent} is not writable"
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         return f"--out {args.out} is a file; give a directory to record sessions into"
-    return None
+    return device_problem(args.device)
 
 
 def _run_parallel(config: RunConfig, shards, advance) -> None:

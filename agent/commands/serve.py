@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from agent.commands.devices import add_device_arguments, device_problem
 from agent.errors import UserError
 
 
@@ -25,8 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", default=None,
                         help="require 'Authorization: Api-Key KEY' (default: $HIVLA_API_KEY, else none)")
     parser.add_argument("--max-frame-mb", type=float, default=16.0, help="largest request frame accepted (default 16)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    add_device_arguments(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
 
 
@@ -53,6 +53,9 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--port must be 0..65535, got {args.port}")
     if args.max_frame_mb <= 0:
         raise UserError(f"--max-frame-mb must be positive, got {args.max_frame_mb}")
+    problem = device_problem(args.device)
+    if problem:
+        raise UserError(problem)
     spec = resolve_policy_spec(args.policy)
 
     import asyncio

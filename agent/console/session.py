@@ -245,8 +245,8 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
     high_spec = args.high_level or default_high_level_spec()
     low_spec = args.low_level or default_low_level_spec()
     try:
-        high = make_high_level(high_spec, seed=args.seed)
-        low = make_low_level(low_spec, seed=args.seed)
+        high = make_high_level(high_spec, seed=args.seed, device=args.device, dtype=args.dtype)
+        low = make_low_level(low_spec, seed=args.seed, device=args.device, dtype=args.dtype)
     except (SpecError, OSError, ValueError) as err:
         raise CoachSessionError(f"cannot build the policies: {err}") from None
     options = _env_options(args)
