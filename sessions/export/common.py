@@ -190,6 +190,39 @@ def context_text(ep: EpisodeData, step: int, before: DecisionPoint | None = None
     return "\n".join(lines)
 
 
+def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
+    """What the control loop's PlanContext held when the high level made this decision, as plain data:
+    {"task", "done" (subtasks completed, each once, the latest last), "in_force" (the subtask in force,
+    or None), "corrections" ([{"kind", "text"}], oldest first; a correction's row includes itself)}.
+
+    It lets a trainer re-render the decision with any prompt (hf: models read it through
+    prompts/hf_planner.toml) instead of parsing `context_text`. The loop applies a step's corrections
+    before it re-plans on the timer or on a finished subtask, so a plan row sees the corrections said
+    at its own step; a correction row sees the plans made before its step.
+    """
+    if point.correction is not None:
+        c = point.correction
+        before = sorted((p for p in ep.plans if p.step < c.step), key=lambda p: p.plan_id)
+        said = [x for x in ep.corrections if not x.withdrawn and (x.step, x.correction_id) <= (c.step, c.correction_id)]
+        in_force = c.replaced_plan.subtask if c.replaced_plan is not None else (before[-1].plan.subtask if before else None)
+    else:
+        plan_id = point.plan.plan_id if point.plan is not None else None
+        before = sorted((p for p in ep.plans if plan_id is not None and p.plan_id < plan_id), key=lambda p: p.plan_id)
+        said = [x for x in ep.corrections if not x.withdrawn and x.step <= point.step]
+        in_force = before[-1].plan.subtask if before else None
+    done: list[str] = []
+    # a plan made because its predecessor finished marks that one done (as agent.loop.record_completion
+    # notes it: each subtask once, the most recent completion last)
+    made = sorted(before + ([point.plan] if point.plan is not None else []), key=lambda p: p.plan_id)
+    for previous, plan in zip(made, made[1:]):
+        if plan.reason == "subtask_done":
+            if previous.plan.subtask in done:
+                done.remove(previous.plan.subtask)
+            done.append(previous.plan.subtask)
+    return {"task": ep.task, "done": done, "in_force": in_force,
+            "corrections": [{"kind": x.kind.value, "text": x.text} for x in said]}
+
+
 def assistant_text(plan: PlanData | None) -> str:
     if plan is None:
         return ""

@@ -6,6 +6,9 @@ Columns
              the user turn has one image part per entry of `images`, in order
   images     list of {"bytes": PNG, "path": None} (what `datasets.Image` stores): the current front and
              wrist frames, preceded by up to --max-frames-before earlier front frames
+  cameras    the cameras of the current frames, which are the last len(cameras) entries of `images`
+  context    the decision's context as data: {task, done, in_force, corrections: [{kind, text}]}, so a
+             trainer can re-render it with another prompt (`hivla finetune --base hf:DIR` does)
   kind       "plan" or the correction kind;  source: plan source or correction speaker
   session, session_id, episode, step, weight, corrected, task, family, subtask, split
 
@@ -31,6 +34,7 @@ from sessions.export.common import (
     context_text,
     decision_points,
     episode_selected,
+    planner_context,
     safe_join,
     split_of,
     write_json,
@@ -49,9 +53,13 @@ def _image_feature_type() -> pa.DataType:
 def sft_schema() -> pa.Schema:
     part = pa.struct([("type", pa.string()), ("text", pa.string())])
     message = pa.struct([("role", pa.string()), ("content", pa.list_(part))])
+    context = pa.struct([("task", pa.string()), ("done", pa.list_(pa.string())), ("in_force", pa.string()),
+                         ("corrections", pa.list_(pa.struct([("kind", pa.string()), ("text", pa.string())])))])
     return pa.schema([
         ("messages", pa.list_(message)),
         ("images", pa.list_(_image_feature_type())),
+        ("cameras", pa.list_(pa.string())),
+        ("context", context),
         ("kind", pa.string()), ("source", pa.string()), ("session", pa.string()), ("session_id", pa.string()),
         ("episode", pa.int64()), ("step", pa.int64()), ("weight", pa.float32()), ("corrected", pa.bool_()),
         ("task", pa.string()), ("family", pa.string()), ("subtask", pa.string()), ("split", pa.string()),
@@ -93,6 +101,8 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
             {"role": "assistant", "content": [{"type": "text", "text": assistant_text(point.target)}]},
         ],
         "images": [{"bytes": b, "path": None} for b in images],
+        "cameras": cameras,
+        "context": planner_context(ep, point),
         "kind": point.kind,
         "source": point.source,
         "session": str(point.session.path),
