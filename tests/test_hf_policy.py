@@ -12,82 +12,20 @@ from agent.cli import main as hivla
 from agent.specs import SpecError, make_high_level
 from policies.hf.planner import HfHighLevel, parse_answer
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
-from prompts import load as load_prompt
 from sessions.reader import read_session
+from tiny_hf import save_tiny_lm, save_tiny_vlm
 
 torch.set_num_threads(1)
 
 
-def _tokenizer(special: list[str], chat_template: str, **tokens):
-    """A byte-level BPE trained here on the planner prompt, wrapped as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    prompt = load_prompt("hf_planner")
-    corpus = [prompt["instructions"], prompt["user"], "pick up the red block So: open the drawer"] * 3
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=700, special_tokens=special, show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, chat_template=chat_template, **tokens)
-
-
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<start_of_image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
 @pytest.fixture(scope="module")
 def tiny_vlm(tmp_path_factory):
-    """A random Gemma 3 VLM (SigLIP tower on 28-px images, 4 tokens an image, 2 text layers of width 32)."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
-
-    tok = _tokenizer(["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
-                      "<end_of_image>", "<image_soft_token>"], GEMMA_TEMPLATE,
-                     bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                     extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                           "image_token": "<image_soft_token>"})
-    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 28, "width": 28}),
-                                tokenizer=tok, chat_template=GEMMA_TEMPLATE, image_seq_length=4)
-    ids = tok.convert_tokens_to_ids
-    cfg = Gemma3Config(
-        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=4096,
-                         sliding_window=128),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=28, patch_size=14),
-        mm_tokens_per_image=4, boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
-        image_token_index=ids("<image_soft_token>"), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_vlm")
-    Gemma3ForConditionalGeneration(cfg).save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
+    return save_tiny_vlm(tmp_path_factory.mktemp("tiny_vlm"))
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
-    """A random Qwen2 causal LM (2 layers of width 32) with a ChatML template."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tok = _tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"], CHATML_TEMPLATE,
-                     eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_lm")
-    Qwen2ForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny_lm"))
 
 
 def _obs() -> Observation:
@@ -124,7 +62,7 @@ def test_answers_are_parsed_at_the_last_so(text, expected):
 def test_a_tiny_vlm_sees_both_cameras_and_the_context(tiny_vlm):
     high = make_high_level(f"hf:{tiny_vlm}")
     assert isinstance(high, HfHighLevel) and high.is_vlm
-    messages = high.messages(_obs(), _context())
+    messages = high.messages(_obs().images, _context())
     assert [c["type"] for c in messages[0]["content"]] == ["image", "image", "text"]
     text = high.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     for needed in ("Task: put the red block in the blue bowl", "Done so far: open the drawer",
@@ -142,7 +80,7 @@ def test_a_tiny_vlm_sees_both_cameras_and_the_context(tiny_vlm):
 def test_a_tiny_text_only_lm_plans_without_images(tiny_lm):
     high = make_high_level(f"hf:{tiny_lm}")
     assert not high.is_vlm
-    (message,) = high.messages(_obs(), _context())
+    (message,) = high.messages(_obs().images, _context())
     assert isinstance(message["content"], str) and "No camera images are attached" in message["content"]
     plan = high.plan(_obs(), _context())
     assert isinstance(plan, Plan) and plan.subtask

@@ -5,28 +5,30 @@
 
 A directory whose config has a `vision_config` is loaded as a VLM (AutoModelForImageTextToText +
 AutoProcessor) and sees the cameras named in prompts/hf_planner.toml; any other as a text-only LM
-(AutoModelForCausalLM + AutoTokenizer). The prompt (task, what was done, the subtask in force, the
-person's corrections) is written from prompts/hf_planner.toml and rendered by the model's own chat
-template; decoding is greedy. Nothing is downloaded: everything loads with local_files_only.
+(AutoModelForCausalLM + AutoTokenizer); a LoRA adapter directory (what `hivla finetune --base hf:DIR`
+writes) as its base with the adapter merged (policies/hf/loading.py). The prompt (task, what was
+done, the subtask in force, the person's corrections) is written from prompts/hf_planner.toml and
+rendered by the model's own chat template; decoding is greedy. `encode` is that rendering, for
+inference and for fine-tuning alike (with an answer it also returns the labels). Nothing is
+downloaded: everything loads with local_files_only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from policies.hf.loading import DTYPES, HfModelError, load_local_model
 from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
 from policies.pi05.processor import PLAN_SEPARATOR
 from policies.types import Observation, Plan, PlanContext
 from prompts import load as load_prompt
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class HfModelError(ValueError):
-    """A directory that is not a usable local transformers model (the message names the fix)."""
+__all__ = ["DTYPES", "HfHighLevel", "HfModelError", "format_answer", "parse_answer", "planner_fields"]
+IGNORE_INDEX = -100  # transformers' label for tokens without loss
 
 
 def parse_answer(text: str) -> tuple[str, str] | None:
@@ -41,6 +43,11 @@ def parse_answer(text: str) -> tuple[str, str] | None:
     if not subtask:
         return None
     return text[:idx].strip(), subtask
+
+
+def format_answer(thought: str, subtask: str) -> str:
+    """The answer parse_answer reads: 'thought So: subtask' ('So: subtask' without a thought)."""
+    return f"{thought.strip()}{PLAN_SEPARATOR}{subtask}".strip()
 
 
 def planner_fields(context: PlanContext) -> dict[str, str]:
@@ -59,38 +66,15 @@ class HfHighLevel:
     """HighLevelPolicy over a local transformers VLM or LM."""
 
     def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "fp32", prompt: str = "hf_planner"):
-        from transformers import AutoConfig
-
         self.path = Path(path)
-        if not (self.path / "config.json").is_file():
-            raise HfModelError(f"{self.path} is not a transformers model directory (no config.json); "
-                               f"`save_pretrained` a model (and its tokenizer or processor) there")
-        if dtype not in DTYPES:
-            raise HfModelError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.prompt = load_prompt(prompt)
-        self.device = torch.device(device)
-        try:
-            config = AutoConfig.from_pretrained(self.path, local_files_only=True)
-            self.is_vlm = getattr(config, "vision_config", None) is not None
-            if self.is_vlm:
-                from transformers import AutoModelForImageTextToText, AutoProcessor
-
-                self.processor = AutoProcessor.from_pretrained(self.path, local_files_only=True)
-                self.tokenizer = self.processor.tokenizer
-                model = AutoModelForImageTextToText.from_pretrained(self.path, local_files_only=True, dtype=DTYPES[dtype])
-            else:
-                from transformers import AutoModelForCausalLM, AutoTokenizer
-
-                self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
-                self.processor = self.tokenizer
-                model = AutoModelForCausalLM.from_pretrained(self.path, local_files_only=True, dtype=DTYPES[dtype])
-        except (OSError, ValueError, KeyError) as err:
-            raise HfModelError(f"cannot load {self.path} as a transformers {'VLM' if getattr(self, 'is_vlm', False) else 'model'}: "
-                               f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+        loaded = load_local_model(self.path, dtype)
+        self.is_vlm, self.processor, self.tokenizer = loaded.is_vlm, loaded.processor, loaded.tokenizer
         if not getattr(self.processor, "chat_template", None) and not getattr(self.tokenizer, "chat_template", None):
             raise HfModelError(f"{self.path} has no chat template; set `tokenizer.chat_template` (or the "
                                f"processor's) and save it there")
-        self.model = model.to(self.device).eval()
+        self.prompt = load_prompt(prompt)
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device).eval()
         self.max_new_tokens = int(self.prompt.get("max_new_tokens", 48))
         self.cameras = tuple(self.prompt.get("cameras", ("front", "wrist")))
         self.last_answer = ""  # the model's raw text, for the log and for people
@@ -99,22 +83,56 @@ class HfHighLevel:
     def reset(self) -> None:
         self.last_answer, self.last_error = "", None
 
-    def messages(self, obs: Observation, context: PlanContext) -> list[dict]:
+    def messages(self, images: Mapping[str, np.ndarray], context: PlanContext) -> list[dict]:
+        """The user turn: the prompt's text and, for a VLM, the images of `self.cameras` in that order."""
         p = self.prompt
         cameras = p["with_images"].format(names=" and ".join(self.cameras)) if self.is_vlm else p["without_images"]
         text = p["user"].format(instructions=p["instructions"], cameras=cameras, **planner_fields(context))
         if not self.is_vlm:
             return [{"role": "user", "content": text}]
-        content = [{"type": "image", "image": np.ascontiguousarray(obs.images[cam])} for cam in self.cameras]
+        missing = [cam for cam in self.cameras if cam not in images]
+        if missing:
+            raise HfModelError(f"the hf planner prompt attaches the {', '.join(self.cameras)} cameras, but "
+                               f"{', '.join(missing)} is missing; set `cameras` in prompts/hf_planner.toml")
+        content = [{"type": "image", "image": np.ascontiguousarray(images[cam])} for cam in self.cameras]
         return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
 
-    @torch.no_grad()
-    def answer(self, obs: Observation, context: PlanContext) -> str:
-        inputs = self.processor.apply_chat_template(self.messages(obs, context), add_generation_prompt=True,
-                                                    tokenize=True, return_dict=True, return_tensors="pt")
+    def encode(self, images: Mapping[str, np.ndarray], context: PlanContext, answer: str | None = None) -> dict:
+        """The model's inputs (CPU tensors, batch of one) for the prompt at this decision, rendered by the
+        chat template with the generation prompt. With `answer`: the prompt followed by the answer as
+        the assistant turn, and `labels` that ignore the prompt (the loss falls on the answer and the
+        end-of-turn the template closes it with, so the model learns to stop)."""
+        messages = self.messages(images, context)
+        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt")
+        if answer is None:
+            return dict(prompt)
+        turn = [{"type": "text", "text": answer}] if self.is_vlm else answer
+        full = dict(self.processor.apply_chat_template(messages + [{"role": "assistant", "content": turn}],
+                                                       tokenize=True, return_dict=True, return_tensors="pt"))
+        n = prompt["input_ids"].shape[1]
+        if full["input_ids"].shape[1] <= n or not torch.equal(full["input_ids"][0, :n], prompt["input_ids"][0]):
+            raise HfModelError(f"{self.path}'s chat template does not render a conversation as its generation "
+                               f"prompt followed by the answer, so answer tokens cannot be told apart; use a "
+                               f"template whose generation prompt is a prefix of the answered conversation")
+        labels = full["input_ids"].clone()
+        labels[:, :n] = IGNORE_INDEX
+        full["labels"] = labels
+        return full
+
+    def to_device(self, inputs: dict) -> dict:
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs
+
+    def answer(self, obs: Observation, context: PlanContext) -> str:
+        return self.generate(obs.images, context)
+
+    @torch.no_grad()
+    def generate(self, images: Mapping[str, np.ndarray], context: PlanContext) -> str:
+        """The model's greedy answer to the prompt at (images, context)."""
+        inputs = self.to_device(self.encode(images, context))
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=pad_id)
         new = out[0, inputs["input_ids"].shape[1]:]
