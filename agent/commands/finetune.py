@@ -1,4 +1,5 @@
-"""`hivla finetune`: train the high level on base data ∪ coaching corrections (low level frozen).
+"""`hivla finetune`: train the high level on base data ∪ coaching corrections (low level frozen), or
+LoRA-tune a local transformers VLM / LM (`--base hf:DIR`) on an SFT export.
 
     hivla export runs/coached --format sft --out exports/round1
     hivla finetune --base policies/checkpoints/small --data exports/round1 --out runs/ckpt_round1 \\
@@ -12,6 +13,15 @@ weight 1 the approved plans; frames and states are read from the sessions they n
 coached session directories themselves. Prints the
 correction agreement (held-out and training corrections) and the base plan accuracy before and
 after; OUT is a checkpoint usable as `pi05:OUT` (see agent/training/finetune.py).
+
+    hivla export runs/coached --format sft --out exports/round1
+    hivla finetune --base hf:models/qwen --data exports/round1 --out runs/qwen_round1 \\
+                   [--steps 1000] [--lr 3e-4] [--lora-rank 16] [--device cuda] [--dtype bf16] [--merge] [--resume]
+    hivla coach --high-level hf:runs/qwen_round1
+
+With `--base hf:DIR` the examples are the export's rows rendered through prompts/hf_planner.toml and
+the model's chat template (what `hf:DIR` sees in the loop), the loss on the recorded answer; OUT is a
+peft LoRA adapter (see agent/training/hf_finetune.py). The options marked "pi05" do not apply there.
 """
 
 from __future__ import annotations
@@ -19,11 +29,20 @@ from __future__ import annotations
 import argparse
 import sys
 
+from agent.commands.devices import add_device_arguments
+
+# Options only the pi05 fine-tune reads, with their defaults: `--base hf:DIR` refuses them when changed.
+PI05_ONLY = {"base_data": None, "correction_share": 0.1, "lora": False, "anchor_weight": 1.0, "approved_plans": True,
+             "with_corrections": 0.5, "held_out_fraction": 0.2, "max_base_samples": 20_000, "base_stride": 5}
+# ... and the hf: fine-tune's own.
+HF_ONLY = {"lora_alpha": None, "lora_targets": "all-linear", "merge": False, "eval_samples": 32}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="the base checkpoint directory")
+    parser.add_argument("--base", required=True,
+                        help="the base checkpoint directory (pi05), or hf:DIR, a local transformers VLM or LM")
     parser.add_argument("--data", nargs="+", required=True, metavar="EXPORT",
-                        help="sft/pairs exports or session directories holding the coached sessions")
+                        help="sft/pairs exports or session directories holding the coached sessions (hf: sft exports)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
     parser.add_argument("--base-data", nargs="+", default=None, metavar="DIR",
                         help="the base training data: `hivla datagen` sessions, or a directory holding a cached "
@@ -31,9 +50,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--correction-share", type=float, default=0.1, help="share of every batch from corrections")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step, over all processes")
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--lora", action="store_true", help="train LoRA adapters (peft) instead of the backbone")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    parser.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up before the cosine decay (default 20)")
+    parser.add_argument("--lora", action="store_true", help="pi05: train LoRA adapters (peft) instead of the backbone "
+                                                             "(hf: always LoRA)")
     parser.add_argument("--lora-rank", type=int, default=16)
+    parser.add_argument("--lora-alpha", type=float, default=None, help="hf: LoRA scale numerator (default 2 x rank)")
+    parser.add_argument("--lora-targets", default="all-linear",
+                        help="hf: modules given adapters: all-linear, or names such as q_proj,v_proj")
+    parser.add_argument("--merge", action="store_true",
+                        help="hf: also write OUT/merged, the merged weights as a standalone model directory")
+    parser.add_argument("--eval-samples", type=int, default=32,
+                        help="hf: examples of each split evaluated before and after (0: no evaluation)")
     parser.add_argument("--anchor-weight", type=float, default=1.0,
                         help="keep the low level's inputs (backbone keys/values of image+task+subtask) at the base "
                              "checkpoint's; 0 turns it off")
@@ -46,21 +74,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-base-samples", type=int, default=20_000, help="base samples kept in memory")
     parser.add_argument("--base-stride", type=int, default=5, help="keep every Nth step of the base sessions")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out")
-    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    parser.add_argument("--dtype", default="bf16", choices=["fp32", "bf16"])
+    add_device_arguments(parser, dtype="bf16", dtype_help="bf16 (default): autocast for pi05, bf16 base weights "
+                                                           "for hf: (the LoRA adapters stay fp32)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--save-every", type=float, default=240.0, help="seconds between resumable checkpoints")
 
 
 def main(args: argparse.Namespace) -> int:
+    from agent.commands.devices import device_problem
+    from agent.errors import UserError
+
+    problem = device_problem(args.device)
+    if problem:
+        raise UserError(problem)
+    if args.base.startswith("hf:"):
+        return main_hf(args)
+    changed = sorted(f"--{k.replace('_', '-')}" for k, default in HF_ONLY.items() if getattr(args, k) != default)
+    if changed:
+        raise UserError(f"{', '.join(changed)} apply to --base hf:DIR only; {args.base} is a pi05 checkpoint")
     from agent.training.corrections import CorrectionDataError
     from agent.training.finetune import FinetuneSettings, finetune
     from policies.pi05.policy import CheckpointError
 
     settings = FinetuneSettings(
         base=args.base, data=args.data, out=args.out, base_data=args.base_data, correction_share=args.correction_share,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, lora=args.lora, lora_rank=args.lora_rank,
+        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps, lora=args.lora,
+        lora_rank=args.lora_rank,
         anchor_weight=args.anchor_weight, held_out_fraction=args.held_out_fraction,
         approved_plans=args.approved_plans, with_corrections=args.with_corrections,
         max_base_samples=args.max_base_samples, base_stride=args.base_stride, resume=args.resume,
@@ -71,6 +111,34 @@ def main(args: argparse.Namespace) -> int:
     except (CorrectionDataError, CheckpointError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    return 0
+
+
+def main_hf(args: argparse.Namespace) -> int:
+    """LoRA on a local transformers model (agent/training/hf_finetune.py)."""
+    from agent.errors import UserError
+
+    path = args.base[len("hf:"):]
+    if not path:
+        raise UserError("--base hf: names no model directory; write --base hf:DIR (a local transformers VLM or LM)")
+    changed = sorted(f"--{k.replace('_', '-')}".replace("--approved-plans", "--no-approved-plans")
+                     for k, default in PI05_ONLY.items() if getattr(args, k) != default)
+    if changed:
+        raise UserError(f"{', '.join(changed)} apply to pi05 checkpoints only; --base hf: trains LoRA adapters on "
+                        f"the SFT export alone")
+    from agent.training.hf_finetune import HfFinetuneSettings, finetune_hf
+
+    settings = HfFinetuneSettings(
+        base=path, data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_targets=args.lora_targets, merge=args.merge,
+        eval_samples=args.eval_samples, device=args.device, dtype=args.dtype, resume=args.resume,
+        save_every_s=args.save_every, seed=args.seed, threads=args.threads,
+    )
+    try:
+        finetune_hf(settings)
+    except ValueError as err:  # CorrectionDataError and HfModelError among them: each names the fix
+        raise UserError(str(err)) from err
     return 0
 
 

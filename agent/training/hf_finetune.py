@@ -1,0 +1,292 @@
+"""LoRA fine-tuning of an `hf:` high level (a local transformers VLM or LM) on an SFT export.
+
+    settings = HfFinetuneSettings(base="models/qwen", data=["exports/round1"], out="runs/qwen_round1")
+    summary = finetune_hf(settings)        # then: hivla coach --high-level hf:runs/qwen_round1
+
+Each example is rendered by the planner's own `HfHighLevel.encode` (prompts/hf_planner.toml through
+the model's chat template, the cameras attached for a VLM), the same function that prompts the model
+in the loop, with the recorded plan ("thought So: subtask") as the assistant turn; the loss falls on
+those answer tokens (and the template's end-of-turn), weighted by the export's `weight` column. Only
+LoRA adapters (peft) train; the base weights stay in --dtype (bf16 halves their memory), the adapters
+in fp32. One example a forward pass (VLM inputs differ in shape), `batch_size` of them accumulated per
+optimizer step; one process.
+
+OUT is what peft users expect: adapter_config.json (its base_model_name_or_path is the base model's
+absolute path) + adapter_model.safetensors from `save_pretrained`, plus the tokenizer or processor with
+its chat template. `hf:OUT` loads the base, applies the adapter and merges it; plain peft loads it with
+`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), OUT)`. With `merge`, OUT/merged
+is also written: the merged weights as a standalone transformers model directory (`hf:OUT/merged`).
+Resumable: every save also writes the optimizer state (train_state.safetensors) and the step
+(trainer_state.json), so `--resume` continues the same schedule; Ctrl-C or SIGTERM saves first.
+Evaluation, before and after: the mean answer loss on a fixed sample of training and validation
+examples, and plan agreement (the decoded subtask is the recorded one) on the validation examples
+(the training ones when there is no validation split).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.training.corrections import CorrectionDataError
+from agent.training.sft_data import SftExample, load_sft_export
+from agent.training.trainer import (
+    TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state, sigterm_as_interrupt,
+)
+from policies.hf.loading import ADAPTER_CONFIG, HfModelError, adapter_base
+from policies.hf.planner import HfHighLevel, parse_answer
+
+SUMMARY_FILE = "hf_finetune.json"
+MERGED_DIR = "merged"
+
+
+@dataclass
+class HfFinetuneSettings:
+    base: str  # a transformers model directory (or an adapter directory from an earlier fine-tune)
+    data: list[str]  # SFT exports
+    out: str
+    steps: int = 1000
+    batch_size: int = 32  # examples per optimizer step (accumulated, one a forward pass)
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    lora_rank: int = 16
+    lora_alpha: float | None = None  # default 2 x rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"  # peft's target_modules: "all-linear" or comma-separated module names
+    merge: bool = False
+    eval_samples: int = 32
+    device: str = "cpu"
+    dtype: str = "bf16"
+    resume: bool = False
+    save_every_s: float = 240.0
+    seed: int = 0
+    threads: int | None = None
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1:
+            raise ValueError("--steps must be >= 0 and --batch-size >= 1")
+        if self.lr <= 0 or self.lora_rank < 1 or self.eval_samples < 0 or self.warmup_steps < 0:
+            raise ValueError("--lr must be positive, --lora-rank at least 1, --eval-samples and --warmup-steps at least 0")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("hf: models fine-tune in one process; run `hivla finetune` without accelerate launch")
+        out = Path(self.out)
+        if (out / ADAPTER_CONFIG).is_file() and not self.resume:
+            raise ValueError(f"--out {out} holds a fine-tune already; pass --resume to continue it, or another --out")
+        if (out / ADAPTER_CONFIG).is_file() and not (out / TRAINER_STATE).is_file():
+            raise ValueError(f"--out {out} holds an adapter without hivla's {TRAINER_STATE}, so it cannot be resumed; "
+                             f"use another --out (or --base hf:{out} to train on top of it)")
+
+
+def lora_config(s: HfFinetuneSettings):
+    from peft import LoraConfig
+
+    targets = s.lora_targets if s.lora_targets == "all-linear" else [t.strip() for t in s.lora_targets.split(",") if t.strip()]
+    return LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha or 2 * s.lora_rank, lora_dropout=s.lora_dropout,
+                      target_modules=targets, bias="none")
+
+
+def _import_peft():
+    try:
+        import peft
+    except ImportError as err:
+        raise HfModelError("fine-tuning an hf: model trains LoRA adapters with peft: pip install 'hivla[lora]'") from err
+    return peft
+
+
+def with_adapters(planner: HfHighLevel, s: HfFinetuneSettings, resuming: bool) -> torch.nn.Module:
+    """The planner's model wrapped with trainable LoRA adapters: new ones, or OUT's when resuming."""
+    peft = _import_peft()
+    if resuming:
+        recorded = adapter_base(Path(s.out)).resolve()
+        if recorded != Path(s.base).resolve():
+            raise ValueError(f"--resume: {s.out} was fine-tuned from {recorded}, not {s.base}; pass --base hf:{recorded}")
+        model = peft.PeftModel.from_pretrained(planner.model, s.out, is_trainable=True)
+    else:
+        try:
+            model = peft.get_peft_model(planner.model, lora_config(s))
+        except ValueError as err:  # e.g. target modules the model does not have
+            raise HfModelError(f"cannot add LoRA adapters to {s.base}: {str(err).splitlines()[0]}; "
+                               f"check --lora-targets") from err
+    model.to(planner.device)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss, and the evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+def example_inputs(planner: HfHighLevel, e: SftExample) -> dict:
+    """One training sequence on the planner's device: the inference prompt + the recorded answer, with labels."""
+    images = e.frames() if planner.is_vlm else {}
+    return planner.to_device(planner.encode(images, e.context, e.answer))
+
+
+def example_loss(planner: HfHighLevel, e: SftExample) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of one example (transformers shifts the labels)."""
+    return planner.model(**example_inputs(planner, e)).loss.float()
+
+
+@torch.no_grad()
+def mean_loss(planner: HfHighLevel, examples: list[SftExample]) -> float | None:
+    if not examples:
+        return None
+    planner.model.eval()
+    losses = [float(example_loss(planner, e)) * e.weight for e in examples]
+    planner.model.train()
+    return sum(losses) / sum(e.weight for e in examples)
+
+
+def _norm(text: str | None) -> str:
+    return " ".join((text or "").lower().replace(".", " ").split())
+
+
+@torch.no_grad()
+def plan_agreement(planner: HfHighLevel, examples: list[SftExample]) -> float | None:
+    """Share of examples where the model's greedy answer parses to the recorded subtask."""
+    if not examples:
+        return None
+    planner.model.eval()
+    hits = []
+    for e in examples:
+        parsed = parse_answer(planner.generate(e.frames() if planner.is_vlm else {}, e.context))
+        hits.append(parsed is not None and _norm(parsed[1]) == _norm(e.subtask))
+    planner.model.train()
+    return sum(hits) / len(hits)
+
+
+def evaluate(planner: HfHighLevel, train_eval: list[SftExample], held_eval: list[SftExample]) -> dict:
+    return {"train_loss": mean_loss(planner, train_eval), "validation_loss": mean_loss(planner, held_eval),
+            "plan_agreement": plan_agreement(planner, held_eval or train_eval),
+            "agreement_on": "validation" if held_eval else "train"}
+
+
+def _fmt_eval(m: dict) -> str:
+    def num(v, pct=False):
+        return "-" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.4f}")
+
+    return (f"answer loss train {num(m['train_loss'])}, validation {num(m['validation_loss'])}; "
+            f"plan agreement ({m['agreement_on']}) {num(m['plan_agreement'], pct=True)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _sample(examples: list[SftExample], n: int, seed: int) -> list[SftExample]:
+    if len(examples) <= n:
+        return list(examples)
+    keep = np.random.default_rng(seed).choice(len(examples), n, replace=False)
+    return [examples[i] for i in sorted(keep)]
+
+
+def finetune_hf(s: HfFinetuneSettings) -> dict:
+    s.validate()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    examples = load_sft_export(s.data)  # before the model: bad data is refused without the slow load
+    train = [e for e in examples if e.split == "train"]
+    held = [e for e in examples if e.split != "train"]
+    if not train:
+        raise CorrectionDataError(f"--data {' '.join(s.data)}: every usable row is in the validation split; "
+                                  f"export with a smaller --val-fraction")
+    planner = HfHighLevel(s.base, device=s.device, dtype=s.dtype)
+    out = Path(s.out)  # made only once the data and the model are known to load
+    out.mkdir(parents=True, exist_ok=True)
+    log = Logger(out / "finetune.log")
+    log(f"settings {json.dumps(asdict(s))}")
+    resuming = s.resume and (out / TRAINER_STATE).is_file() and (out / ADAPTER_CONFIG).is_file()
+    model = with_adapters(planner, s, resuming)
+    planner.model = model  # encode/generate now run through the adapters
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=0.0)  # one group: load_train_state restores it
+    state: dict = {"step": 0, "elapsed_s": 0.0}
+    if resuming:
+        try:
+            state = load_train_state(out, opt)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"cannot resume from {out}: {err}; start again without --resume in a new --out") from err
+        log.echo(f"resumed at step {state['step']}")
+    n_trainable = sum(p.numel() for p in trainable)
+    n_total = sum(p.numel() for p in model.parameters())
+    long = sum(len(planner.tokenizer(e.answer)["input_ids"]) > planner.max_new_tokens for e in train)
+    log.echo(f"{s.base}: {'VLM' if planner.is_vlm else 'LM'}, {n_trainable / 1e6:.2f}M LoRA parameters of "
+             f"{n_total / 1e6:.1f}M, {s.dtype} on {planner.device}; {len(train)} train / {len(held)} validation "
+             f"examples" + (f"; {long} answers are longer than the planner's max_new_tokens "
+                             f"({planner.max_new_tokens}, prompts/hf_planner.toml), so it cannot finish them" if long else ""))
+    train_eval = _sample(train, s.eval_samples, s.seed + 1)
+    held_eval = _sample(held, s.eval_samples, s.seed + 2)
+    if "before" not in state:
+        state["before"] = evaluate(planner, train_eval, held_eval)
+        log.echo("before: " + _fmt_eval(state["before"]))
+
+    rng = np.random.default_rng(s.seed * 1000 + state["step"])
+    progress = TrainProgress(s.steps, state["step"], label="finetune")
+    last_save = time.perf_counter()
+    model.train()
+    try:
+        with sigterm_as_interrupt():
+            while state["step"] < s.steps:
+                t0 = time.perf_counter()
+                lr = lr_at(state["step"], s)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                batch = [train[i] for i in rng.integers(0, len(train), s.batch_size)]
+                total = sum(e.weight for e in batch)
+                opt.zero_grad(set_to_none=True)
+                batch_loss = 0.0
+                for e in batch:
+                    loss = example_loss(planner, e)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"loss is {loss.item()} at step {state['step']} ({e.key}); lower --lr")
+                    (loss * (e.weight / total)).backward()
+                    batch_loss += float(loss.detach()) * e.weight / total
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
+                opt.step()
+                state["step"] += 1
+                state["elapsed_s"] += time.perf_counter() - t0
+                progress.update(state["step"], {"loss": batch_loss})
+                if state["step"] % 10 == 0 or state["step"] == s.steps:
+                    log(f"step {state['step']} lr {lr:.2e} loss {batch_loss:.4f} grad_norm {grad_norm:.3f}")
+                if time.perf_counter() - last_save > s.save_every_s and state["step"] < s.steps:
+                    _save(out, model, planner, opt, state, s)
+                    last_save = time.perf_counter()
+    except KeyboardInterrupt:
+        log.echo(f"interrupted at step {state['step']}; saving a resumable adapter in {out}")
+        _save(out, model, planner, opt, state, s)
+        raise
+    finally:
+        progress.close()
+    state["after"] = evaluate(planner, train_eval, held_eval)
+    log.echo("after:  " + _fmt_eval(state["after"]))
+    state["trainable_parameters"] = n_trainable
+    _save(out, model, planner, opt, state, s)
+    if s.merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out / MERGED_DIR)
+        planner.processor.save_pretrained(out / MERGED_DIR)
+        log.echo(f"merged weights: {out / MERGED_DIR} (hf:{out / MERGED_DIR} needs no adapter)")
+    summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "trainable_parameters")}
+    summary.update(base=str(Path(s.base).resolve()), train_examples=len(train), validation_examples=len(held))
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    log.echo(f"adapter: {out} (use it as --high-level hf:{out})")
+    return summary
+
+
+def _save(out: Path, model, planner: HfHighLevel, opt, state: dict, s: HfFinetuneSettings) -> None:
+    """The adapter as peft writes it (naming the base by its absolute path), the tokenizer or processor
+    beside it (its chat template is part of what was trained), and the optimizer state for --resume."""
+    model.peft_config["default"].base_model_name_or_path = str(Path(s.base).resolve())
+    model.save_pretrained(out)
+    planner.processor.save_pretrained(out)
+    save_train_state(out, opt, state)
