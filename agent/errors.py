@@ -19,6 +19,7 @@ USER_ERRORS: dict[str, tuple[str, ...]] = {
     "policies.checkpoint": ("CheckpointError",),
     "sessions.reader": ("SessionError",),
     "sessions.export.common": ("ExportError",),
+    "sessions.rerun_log": ("RerunError",),
 }
 
 

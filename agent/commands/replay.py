@@ -1,4 +1,5 @@
-"""`hivla replay SESSION`: print a recorded session's timeline, or render it to an annotated mp4."""
+"""`hivla replay SESSION`: print a recorded session's timeline, render it to an annotated mp4
+(--video, for sharing), or log it for the rerun viewer (--rerun, for looking at it closely)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", default="front", help="camera shown in the video (default: front)")
     parser.add_argument("--codec", default="h264", choices=["h264", "av1", "lossless"], help="video codec")
     parser.add_argument("--width", type=int, default=512, help="approximate video width in pixels (default 512)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing video file")
+    parser.add_argument("--rerun", metavar="OUT.rrd",
+                        help="also write a rerun recording (both cameras, state, plans, corrections, detectors); "
+                             "needs pip install -e '.[viz]'")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing video or .rrd file")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -28,6 +32,10 @@ def main(args: argparse.Namespace) -> int:
 
     console = Console()
     err = Console(stderr=True)
+    if args.rerun:
+        from sessions.rerun_log import import_rerun
+
+        import_rerun()  # before reading the session: a missing rerun-sdk is one line naming the fix
     try:
         session = read_session(args.session)
     except SessionError as e:
@@ -48,6 +56,22 @@ def main(args: argparse.Namespace) -> int:
             finally:
                 tmp.unlink(missing_ok=True)
             console.print(f"wrote {escape(str(out))} ({frames} frames, {escape(args.camera)} camera)", soft_wrap=True)
+        if args.rerun:
+            from sessions.rerun_log import log_session
+
+            out = Path(args.rerun)
+            if out.exists() and not args.force:
+                err.print(f"[red]error:[/red] {escape(str(out))} exists; pass --force to overwrite it", soft_wrap=True)
+                return 2
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.partial.rrd")
+            try:
+                frames = log_session(session, tmp, args.episode)
+                os.replace(tmp, out)
+            finally:
+                tmp.unlink(missing_ok=True)
+            console.print(f"wrote {escape(str(out))} ({frames} frames; open it with `rerun {escape(str(out))}`)",
+                          soft_wrap=True)
     except ValueError as e:
         err.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True, highlight=False)
         return 2
