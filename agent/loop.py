@@ -62,6 +62,22 @@ class EpisodeResult:
 
 
 @dataclass(frozen=True)
+class PlanChange:
+    """A correction (or its withdrawal) that changed the subtask in force, for the console to show
+    old -> new for a few seconds and where the robot was when it was said."""
+
+    kind: str  # the CorrectionKind value
+    text: str
+    old: str | None  # subtask in force before
+    new: str | None  # subtask in force after
+    step: int  # control step at which the correction was said
+    sim_time: float
+    reference_index: int | None  # the reference subtask being worked on when it was said
+    withdrawn: bool = False  # True: this is /undo taking the correction back
+    at: float = field(default_factory=time.monotonic)  # when it happened (wall clock, for fading out)
+
+
+@dataclass(frozen=True)
 class LoopSnapshot:
     """A consistent, read-only view of the loop for UIs and tests."""
 
@@ -80,6 +96,10 @@ class LoopSnapshot:
     last_reply: str
     episode_over: bool
     success: bool
+    end_reason: str = ""
+    corrections_given: int = 0  # corrections in force this episode (withdrawn ones not counted)
+    plan_change: PlanChange | None = None  # the latest change a correction made to the plan
+    withdrawn: tuple[Correction, ...] = ()  # corrections withdrawn with /undo this episode, oldest first
 
 
 @dataclass
@@ -95,12 +115,16 @@ class _Episode:
     end_reason: str = ""
     corrections: list[Correction] = field(default_factory=list)
     correction_ids: list[int] = field(default_factory=list)
+    withdrawn: list[Correction] = field(default_factory=list)
+    plan_change: PlanChange | None = None
 
 
-def episode_over_reply(success: bool, step: int) -> str:
-    """What a correction typed after the episode ended is answered with (nothing is recorded)."""
+def episode_over_reply(success: bool, step: int, what_next: str | None = None) -> str:
+    """What a correction typed after the episode ended is answered with (nothing is recorded);
+    `what_next` replaces the default hint (the console knows when the next episode starts)."""
     how = "succeeded" if success else "ended"
-    return f"the episode {how} at step {step}: nothing recorded; /reset starts a new episode, /task TEXT a new task"
+    return f"the episode {how} at step {step}: nothing recorded; " + (
+        what_next or "/reset starts a new episode, /task TEXT a new task")
 
 
 def _starts_episode(item: Any) -> bool:
@@ -426,6 +450,18 @@ class ControlLoop:
             )
         )
         self._last_reply = f"{kind.value}: {correction.text}"
+        self._note_plan_change(correction, replaced, withdrawn=False)
+
+    def _note_plan_change(self, correction: Correction, before: Plan | None, *, withdrawn: bool) -> None:
+        ep = self._episode
+        assert ep is not None
+        old, new = (before.subtask if before else None), (self._plan.subtask if self._plan else None)
+        if old == new and not withdrawn:
+            return  # nothing visible changed (a nudge, a rule the plan already kept)
+        ep.plan_change = PlanChange(
+            kind=correction.kind.value, text=correction.text, old=old, new=new, step=correction.step,
+            sim_time=correction.time, reference_index=self._info.get("subtask_index"), withdrawn=withdrawn,
+        )
 
     def _undo_last_correction(self) -> None:
         ep = self._episode
@@ -436,10 +472,15 @@ class ControlLoop:
         withdrawn = ep.corrections.pop()
         correction_id = ep.correction_ids.pop()
         self._context.corrections.remove(withdrawn)
+        ep.withdrawn.append(withdrawn)
         self._record(CorrectionWithdrawn(episode=ep.index, step=ep.step, correction_id=correction_id, wall_time=time.time()))
-        self._last_reply = f"withdrew: {withdrawn.text}"
+        before = self._plan
         if withdrawn.kind in (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT):
             self._replan("correction")
+        after = self._plan.subtask if self._plan else None
+        self._last_reply = f"withdrew: [{withdrawn.kind.value}] {withdrawn.text} (said at step {withdrawn.step})" + (
+            f"; plan now: {after}" if before is not None and after != before.subtask else "")
+        self._note_plan_change(withdrawn, before, withdrawn=True)
 
     # ------------------------------------------------------------------ internals: planning
 
@@ -588,6 +629,10 @@ class ControlLoop:
             last_reply=self._last_reply,
             episode_over=ep.over,
             success=ep.success,
+            end_reason=ep.end_reason,
+            corrections_given=len(ep.corrections),
+            plan_change=ep.plan_change,
+            withdrawn=tuple(ep.withdrawn[-8:]),
         )
         with self._lock:
             self._snapshot = snap

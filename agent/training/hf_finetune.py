@@ -97,7 +97,7 @@ def _import_peft():
     try:
         import peft
     except ImportError as err:
-        raise HfModelError("fine-tuning an hf: model trains LoRA adapters with peft: pip install 'hivla[lora]'") from err
+        raise HfModelError("fine-tuning an hf: model trains LoRA adapters with peft: pip install -e '.[lora]'") from err
     return peft
 
 
@@ -191,6 +191,7 @@ def _sample(examples: list[SftExample], n: int, seed: int) -> list[SftExample]:
 
 def finetune_hf(s: HfFinetuneSettings) -> dict:
     s.validate()
+    _import_peft()  # a missing peft is said before the slow part
     if s.threads:
         torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)

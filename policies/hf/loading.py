@@ -106,7 +106,7 @@ def _load_adapter(path: Path, dtype: str) -> LoadedModel:
     try:
         from peft import PeftModel
     except ImportError as err:
-        raise HfModelError(f"{path} is a LoRA adapter, which needs peft: pip install 'hivla[lora]'") from err
+        raise HfModelError(f"{path} is a LoRA adapter, which needs peft: pip install -e '.[lora]'") from err
     loaded = load_local_model(adapter_base(path), dtype)  # the base may itself be an adapter (a later round)
     try:
         loaded.model = PeftModel.from_pretrained(loaded.model, path, local_files_only=True).merge_and_unload()
