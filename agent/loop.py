@@ -538,8 +538,8 @@ class ControlLoop:
     # ------------------------------------------------------------------ internals: acting
 
     def _next_action(self, holding: bool) -> np.ndarray:
-        if holding:
-            action = HOLD_ACTION.copy()
+        if holding or (self._plan is not None and self._plan.is_done and not self._nudge):
+            action = HOLD_ACTION.copy()  # paused, stopped, or nothing left to do
             action[4] = self._last_grip
             return action
         if self._nudge:

@@ -14,6 +14,10 @@ import numpy as np
 
 PlanSource = Literal["model", "human", "oracle"]
 
+# The subtask of a plan that says the task is finished: the control loop holds the arm still and
+# does not re-plan on "subtask done" (it would, at every step, for any real subtask already satisfied).
+TASK_DONE = "done"
+
 # float32[H, A]: H future actions, each [dx, dy, dz, dyaw, grip] (see agent.envs for units).
 ActionChunk = np.ndarray
 
@@ -48,6 +52,10 @@ class Plan:
     thought: str
     subtask: str
     source: PlanSource = "model"
+
+    @property
+    def is_done(self) -> bool:
+        return self.subtask == TASK_DONE
 
     def text(self) -> str:
         """The decoded text the high level produces: thought, then the subtask."""

@@ -4,11 +4,13 @@ decomposition, picks the next subtask and writes a short chain of thought for it
 Rules, in order:
  1. Holding a block: place it where its group says (or put it down if a correction rules it out and
     something else can be done first, or if the task does not need it).
- 2. Otherwise the first group that is not done and whose dependencies are done, with groups that a
+ 2. Otherwise the first group that is not done and whose dependencies are done (ties: the leftmost
+    block in the front camera first), with groups that a
     correction mentions positively ("the blue one first") moved to the front and groups whose block
     a negation or constraint names ("not the red block", "leave the green block alone") moved to the
     back - skipped while any alternative exists.
  3. A block that slipped out of the gripper after its pick is picked again.
+ 4. With everything done, the plan names no subtask (`TASK_DONE`): the robot holds still.
 Thought phrasings come from prompts/oracle.toml, drawn from a generator seeded by `seed`.
 """
 
@@ -20,9 +22,9 @@ import numpy as np
 
 import prompts
 from agent.envs.primitives import Subtask, normalize, parse_subtask, put_down
-from agent.envs.tasks import Group, TaskInstance
+from agent.envs.tasks import Group, TaskInstance, left_to_right
 from agent.envs.world import WorldState
-from policies.types import CorrectionKind, Observation, Plan, PlanContext
+from policies.types import TASK_DONE, CorrectionKind, Observation, Plan, PlanContext
 
 _NEGATIVE = re.compile(r"\b(?:not|don ?t|do not|never|leave|avoid|skip|stop|ignore|instead of|wrong)\b")
 _POSITIVE = re.compile(r"\b(?:first|instead|next|now|start with|begin with)\b")
@@ -51,8 +53,10 @@ class OraclePlanner:
         if world.held is not None:
             return self._plan_holding(world, task, flags, avoid)
         if all(all(f) for f in flags):
-            return self._plan(self._say("done", total=len(task.subtasks)), task.subtasks[-1])
-        group_index = self._choose_group(task, flags, avoid, prefer)
+            # Nothing is left: say so and name no subtask, so the loop holds still instead of
+            # re-running (and re-recording) the last subtask at every step.
+            return Plan(thought=self._say("done", total=len(task.subtasks)), subtask=TASK_DONE, source="oracle")
+        group_index = self._choose_group(world, task, flags, avoid, prefer)
         group = task.groups[group_index]
         sub = group.subtasks[flags[group_index].index(False)]
         prefix = ""
@@ -62,14 +66,17 @@ class OraclePlanner:
         return self._plan(prefix + self._thought(world, task, flags, group, sub), sub)
 
     # --- choosing -------------------------------------------------------------------------------
-    def _choose_group(self, task: TaskInstance, flags, avoid: set[str], prefer: set[str]) -> int:
+    def _choose_group(self, world: WorldState, task: TaskInstance, flags, avoid: set[str], prefer: set[str]) -> int:
         ready = [
             i for i, g in enumerate(task.groups)
             if not all(flags[i]) and all(all(flags[d]) for d in g.deps)
         ]
         if not ready:  # dependencies undone by an accident: fall back on reference order
             return next(i for i, f in enumerate(flags) if not all(f))
-        ready.sort(key=lambda i: (task.groups[i].obj in avoid, task.groups[i].obj not in prefer, i))
+        # Among groups equally right, the leftmost block in the front camera goes first: a rule the
+        # images show, so a learned planner can be right rather than guess the reference order.
+        ready.sort(key=lambda i: (task.groups[i].obj in avoid, task.groups[i].obj not in prefer,
+                                  left_to_right(world, task.groups[i].obj), i))
         return ready[0]
 
     def _plan_holding(self, world: WorldState, task: TaskInstance, flags, avoid: set[str]) -> Plan:

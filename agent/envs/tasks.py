@@ -100,7 +100,12 @@ class TaskInstance:
 
     def group_flags(self, world: WorldState) -> list[list[bool]]:
         """Done flags per group and subtask. Not latched: a block knocked out of its bowl makes its
-        place step undone again, so the oracle plans it again."""
+        place step undone again, so the oracle plans it again. A family whose decomposition follows
+        the world (a tower in whatever order it is being built) re-derives its groups first."""
+        family = FAMILIES.get(self.family)
+        followed = family.follow(self, world) if family is not None else None
+        if followed is not None:
+            self.groups = followed
         flags: list[list[bool] | None] = [None] * len(self.groups)
         placed: dict[int, bool] = {}
         lifted: dict[int, bool] = {}
@@ -146,6 +151,14 @@ OBJECT_REGION = ((-0.27, 0.27), (-0.23, 0.14))
 BLOCK_CLEARANCE = 0.05  # radius kept free around a block (the open jaws reach 5 cm out)
 BOWL_CLEARANCE = 0.085
 BLOCK_BOWL_GAP = 0.135  # centre distance block-bowl so an open jaw clears the rim
+
+
+def left_to_right(world: WorldState, obj: str | None) -> float:
+    """Where a group's block sits from left to right in the front camera (world x; the camera looks
+    along +y): the visible tie-break between groups that are equally right. No block: first."""
+    if obj is None or obj not in world.blocks:
+        return -math.inf
+    return float(world.block(obj).pos[0])
 
 
 def _excluded(x: float, y: float, r: float, uses_drawer: bool) -> bool:
@@ -272,6 +285,11 @@ class TaskFamily:
 
     def _sample(self, rng: np.random.Generator, params: dict) -> TaskInstance:
         raise NotImplementedError
+
+    def follow(self, task: TaskInstance, world: WorldState) -> list[Group] | None:
+        """The groups re-derived from the world, for families whose order the world decides; None
+        keeps the sampled ones."""
+        return None
 
     _re: re.Pattern | None = None  # the task texts this family understands (named groups = params)
 
@@ -424,11 +442,38 @@ class TowerOfN(TaskFamily):
         if rng.random() < 0.4:
             lb.bowl(_other_colors(rng, [], 1)[0])
         sizes = ["large", "large"] + ["small"] * (n - 2)  # large ones at the bottom
-        ids = [lb.block(c, s) for c, s in zip(colors, sizes)]
-        layout, names = lb.build()
-        order = [names[i] for i in ids]
-        groups = [move(order[i], stack_on(order[i - 1]), deps=(i - 2,) if i > 1 else ()) for i in range(1, n)]
-        return TaskInstance(self.name, self.phrase(rng), layout, groups, {"n": n, "order": order})
+        for c, s in zip(colors, sizes):
+            lb.block(c, s)
+        layout, _ = lb.build()
+        # The order the cameras show: large blocks before small ones (a stable tower), each size
+        # left to right in the front camera. Any tower of all the blocks succeeds (see `follow`).
+        specs = sorted(layout.blocks, key=lambda b: (b.size != "large", b.xy[0]))
+        order = [b.name for b in specs]
+        return TaskInstance(self.name, self.phrase(rng), layout, self._groups(order), {"n": n, "order": order})
+
+    @staticmethod
+    def _groups(order: list[str]) -> list[Group]:
+        return [move(order[i], stack_on(order[i - 1]), deps=(i - 2,) if i > 1 else ()) for i in range(1, len(order))]
+
+    def follow(self, task, world):
+        """Follow the tower being built, whatever its order: the tallest stack of these blocks (ties:
+        the base earliest in the visible order) is the tower, the block in the jaws goes on it next,
+        then the rest in the visible order."""
+        visible = [b for b in task.params["order"] if b in world.blocks]
+
+        def stack_from(base: str) -> list[str]:
+            chain = [base]
+            while above := [b for b in visible if b not in chain and world.on_block(b, chain[-1])]:
+                chain.append(above[0])
+            return chain
+
+        bases = [b for b in visible if world.held != b and not any(world.on_block(b, o) for o in visible if o != b)]
+        if not bases:
+            return None
+        tower = max((stack_from(b) for b in bases), key=len)  # max keeps the first of equal lengths
+        rest = [b for b in visible if b not in tower]
+        rest.sort(key=lambda b: b != world.held)  # stable: the visible order otherwise
+        return self._groups(tower + rest)
 
 
 class BlockInDrawerAndClose(TaskFamily):
