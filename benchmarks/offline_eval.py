@@ -4,7 +4,7 @@
      equivalent blocks counts against the model), overall, by subtask kind, and on the frames where a
      decision is due (the answer differs from the subtask the context names: a finished step, a
      stale plan) as opposed to frames that continue the step under way.
-  2. Low level: R² of the action chunk against the recorded expert actions, per action dimension
+  2. Low level (checkpoints trained with actions): R² of the action chunk against the recorded expert actions, per action dimension
      (1 = exact, 0 = no better than the mean action). The flow is integrated from zero noise, its
      most likely path; a sampled chunk scores lower by construction.
 
@@ -73,18 +73,19 @@ def main(argv=None) -> int:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     started = time.perf_counter()
 
+    has_actions = model.cfg.flow_loss_weight > 0
     hits: dict[str, list[bool]] = defaultdict(list)
     pred_actions, true_actions, masks = [], [], []
     for chunk in pick.split(args.batch_size):
         b = {k: v[chunk] for k, v in tensors.items()}
         with torch.no_grad(), autocast:
             out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
-            zero = torch.zeros(len(chunk), model.cfg.action_horizon, model.cfg.action_dim)
-            actions = model.sample_actions(b["images"], b["prefix_ids"], b["prefix_mask"], b["subtask_ids"],
-                                           b["subtask_mask"], noise=zero).float()
-        pred_actions.append(actions)
-        true_actions.append(b["actions"].float())
-        masks.append(b["action_mask"].bool())
+            if has_actions:
+                zero = torch.zeros(len(chunk), model.cfg.action_horizon, model.cfg.action_dim)
+                pred_actions.append(model.sample_actions(b["images"], b["prefix_ids"], b["prefix_mask"],
+                                                         b["subtask_ids"], b["subtask_mask"], noise=zero).float())
+                true_actions.append(b["actions"].float())
+                masks.append(b["action_mask"].bool())
         for row, cls, ctx, cmask in zip(out.tolist(), b["subtask_class"].tolist(), b["context_ids"], b["context_mask"]):
             truth = meta["subtasks"][cls]
             _, decoded = processor.parse_plan(processor.decode(row))
@@ -96,19 +97,24 @@ def main(argv=None) -> int:
             named = context.split("|")[0].split(":", 1)[-1].strip() if context.strip() else ""
             hits["decision due" if named != truth else "continuing"].append(ok)
 
-    pred, true, mask = torch.cat(pred_actions), torch.cat(true_actions), torch.cat(masks)
-    err = ((pred - true) ** 2)[mask].mean(0)
-    spread = ((true - true[mask].mean(0)) ** 2)[mask].mean(0)
-    r2 = (1 - err / spread).tolist()
+    r2 = None
+    if has_actions:
+        pred, true, mask = torch.cat(pred_actions), torch.cat(true_actions), torch.cat(masks)
+        err = ((pred - true) ** 2)[mask].mean(0)
+        spread = ((true - true[mask].mean(0)) ** 2)[mask].mean(0)
+        r2 = (1 - err / spread).tolist()
 
     rows = {k: {"frames": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())}
     result = {"checkpoint": str(args.checkpoint), "frames": len(pick), "context_last": model.cfg.context_last,
-              "subtask_accuracy": rows, "action_r2": dict(zip(ACTION_NAMES, r2)),
+              "subtask_accuracy": rows, "action_r2": dict(zip(ACTION_NAMES, r2)) if r2 else None,
               "seconds": time.perf_counter() - started}
     print(f"{'held-out frames':<28} {'n':>5} {'subtask acc':>11}")
     for k, v in rows.items():
         print(f"{k:<28} {v['frames']:>5} {100 * v['accuracy']:>10.1f}%")
-    print("action R² (zero-noise chunk vs expert): " + "  ".join(f"{n} {x:.3f}" for n, x in zip(ACTION_NAMES, r2)))
+    if r2:
+        print("action R² (zero-noise chunk vs expert): " + "  ".join(f"{n} {x:.3f}" for n, x in zip(ACTION_NAMES, r2)))
+    else:
+        print("action R²: none (a planner-only checkpoint: its action expert is untrained)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

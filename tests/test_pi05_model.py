@@ -279,3 +279,30 @@ def test_pi05_preset_parameter_count_on_meta_device():
     assert 2.45e9 < counts["backbone"] < 2.55e9
     assert 0.40e9 < counts["expert"] < 0.45e9
     assert 3.2e9 < counts["total"] < 3.45e9
+
+
+def test_conv_stem_gives_a_finer_token_grid_and_trains(processor):
+    cfg = dataclasses.replace(processor.cfg, vision_stem="conv", patch_size=8, random_shift_pad=2)
+    model = Pi05Model(cfg)
+    assert cfg.image_tokens_per_camera == (cfg.image_size // 8) ** 2
+    images = torch.randint(0, 256, (3, cfg.image_size, cfg.image_size, 3), dtype=torch.uint8)
+    assert model.vision.eval()(images).shape == (3, cfg.image_tokens_per_camera, cfg.width)
+    proc = Pi05Processor(cfg, processor.tok, processor.stats)
+    loss, _ = model.train()(make_batch(proc))
+    loss.backward()
+    assert model.vision.patch.net[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="power-of-two"):
+        dataclasses.replace(cfg, image_size=48, patch_size=12).validate()
+
+
+def test_a_planner_only_config_skips_the_action_expert_and_refuses_to_act(processor, tmp_path):
+    cfg = dataclasses.replace(processor.cfg, flow_loss_weight=0.0, action_token_stride=0)
+    model = Pi05Model(cfg)
+    proc = Pi05Processor(cfg, processor.tok, processor.stats)
+    loss, info = model(make_batch(proc))
+    loss.backward()
+    assert info["flow_loss"] == 0.0 and info["text_loss"] > 0
+    assert all(p.grad is None for p in model.expert.parameters()), "the expert is not run"
+    save_checkpoint(tmp_path / "planner", model, proc.tok, proc.stats)
+    with pytest.raises(CheckpointError, match="planner only"):
+        Pi05LowLevel(load_pi05(tmp_path / "planner"))

@@ -144,3 +144,19 @@ def test_datagen_records_sessions_the_dataset_reads(tmp_path):
     raw = collect_samples([out], ("front", "wrist"), image_size=32, horizon=4)
     assert len(raw) == 25
     assert raw.subtasks[0] and raw.tasks[0]
+
+
+def test_init_from_keeps_the_matching_weights_and_starts_a_new_vision_stem(sessions, tmp_path):
+    first = tmp_path / "first"
+    base = dict(data=[str(sessions)], preset="tiny", steps=2, batch_size=8, eval_every=2, eval_samples=8,
+                eval_generate=2, threads=1, warmup_steps=1, vocab_size=700)
+    train(TrainSettings(out=str(first), overrides={"image_size": 32}, **base))
+    second = tmp_path / "second"
+    s = TrainSettings(out=str(second), overrides={"image_size": 32, "vision_stem": "conv"}, init_from=str(first),
+                      **{**base, "steps": 1, "lr": 0.0})  # lr 0: the weights stay as initialised
+    train(s)
+    log = (second / "train.log").read_text()
+    assert f"initialised from {first}" in log and "vision.patch.net.0.weight" in log
+    assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
+    a, b = load_pi05(first).model.state_dict(), load_pi05(second).model.state_dict()
+    assert torch.equal(a["embed.weight"], b["embed.weight"]) and torch.equal(a["backbone.0.q.weight"], b["backbone.0.q.weight"])

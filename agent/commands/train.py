@@ -46,6 +46,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="vla: stop (resumably) at this step; the learning-rate schedule still spans --steps")
     parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
+    parser.add_argument("--init-from", default=None, metavar="CKPT",
+                        help="pi05: start from this checkpoint's weights, tokenizer and norm stats (tensors whose "
+                             "shape the new config changes start fresh)")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (pi05 2, vla 1); use 1 when other jobs share the cores")
@@ -119,5 +122,5 @@ def main(args: argparse.Namespace) -> int:
             return 0
         from agent.training.trainer import TrainSettings, train
 
-        train(TrainSettings(**common))
+        train(TrainSettings(**common, init_from=args.init_from))
     return 0

@@ -26,6 +26,7 @@ from agent.training.dataset import (
 )
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
+from policies.checkpoint import check_safetensors_file
 from policies.pi05.policy import CheckpointError, load_state_dict_checked, save_checkpoint
 from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer
 
@@ -56,6 +57,7 @@ class TrainSettings:
     seed: int = 0
     threads: int = 2
     overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
+    init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
 
 
 @contextlib.contextmanager
@@ -148,7 +150,11 @@ def prepare(s: TrainSettings, log: Logger):
         t0 = time.perf_counter()
         raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
                               context_last=cfg.context_last)
-        tokenizer, stats = build_tokenizer_and_stats(raw, s.vocab_size)
+        if s.init_from:  # keep the tokens and state bins the weights were trained with
+            tokenizer = load_tokenizer(Path(s.init_from) / "tokenizer.json")
+            stats = NormStats.load(Path(s.init_from) / "norm_stats.json")
+        else:
+            tokenizer, stats = build_tokenizer_and_stats(raw, s.vocab_size)
         cfg.vocab_size = tokenizer.get_vocab_size()
         processor = Pi05Processor(cfg, tokenizer, stats)
         cached = encode_samples(raw, processor)
@@ -160,6 +166,21 @@ def prepare(s: TrainSettings, log: Logger):
                  f"{truncated} targets cut at {cfg.max_target_tokens} tokens ({time.perf_counter() - t0:.0f}s)")
     tensors, meta = cached
     return cfg, processor, tensors, meta
+
+
+def warm_start(model: Pi05Model, weights: Path) -> list[str]:
+    """Copy every tensor of `weights` whose name and shape the model shares; returns the names of the
+    model's tensors left as initialised (e.g. a new vision stem), so the log says what is new."""
+    from safetensors.torch import load_file
+
+    check_safetensors_file(weights)
+    saved = load_file(str(weights))
+    own = model.state_dict()
+    shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise CheckpointError(f"{weights}: no tensor matches this model; is it a pi05 checkpoint?")
+    model.load_state_dict(shared, strict=False)
+    return sorted(k for k in own if k not in shared)
 
 
 def save_train_state(out: Path, opt: torch.optim.Optimizer, state: dict) -> None:
@@ -273,6 +294,9 @@ def train(s: TrainSettings) -> dict:
         except (CheckpointError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot resume from {out}: {err}") from err
         log.echo(f"resumed at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
+    elif s.init_from:
+        fresh = warm_start(model, Path(s.init_from) / "model.safetensors")
+        log.echo(f"initialised from {s.init_from}; {len(fresh)} tensors start fresh: {', '.join(fresh) or 'none'}")
     params = count_parameters(model)
     log.echo(f"model {cfg.preset}: {params['total'] / 1e6:.2f}M parameters {params}; "
              f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}")

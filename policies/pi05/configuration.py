@@ -15,6 +15,7 @@ from pathlib import Path
 
 CAMERAS = ("front", "wrist")
 CONTEXT_LAST = ("in_force", "done")
+VISION_STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -29,6 +30,10 @@ class Pi05Config:
     cameras: tuple[str, ...] = CAMERAS
     image_size: int = 64
     patch_size: int = 16
+    # "patch": a linear patch embedding (SigLIP, the published π0.5); "conv": a GroupNorm conv stem
+    # downsampling by patch_size, so small objects keep their colour (see modeling.ConvStem)
+    vision_stem: str = "patch"
+    random_shift_pad: int = 0  # training-time random shift of the images (pixels; DrQ), 0: none
     vision_width: int = 128
     vision_depth: int = 2
     vision_heads: int = 4
@@ -102,6 +107,10 @@ class Pi05Config:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.vision_stem not in VISION_STEMS:
+            raise ValueError(f"vision_stem must be one of {VISION_STEMS}, got {self.vision_stem!r}")
+        if self.vision_stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.vision_width % 8):
+            raise ValueError("a conv stem needs a power-of-two patch_size and a vision_width divisible by 8")
         if self.context_last not in CONTEXT_LAST:
             raise ValueError(f"context_last must be one of {CONTEXT_LAST}, got {self.context_last!r}")
         if self.vision_width % self.vision_heads:
@@ -184,10 +193,14 @@ def tiny() -> Pi05Config:
 
 
 def small() -> Pi05Config:
-    # 32 image tokens + 32 task/state + 24 context + 10 subtask + 40 target + 10 actions ≈ 150 tokens a
-    # sample. Width 256 as DESIGN.md's budget, but 4 layers (not 6): the 2 cores are shared with other
-    # jobs, and at 6 layers an hour bought too few optimizer steps (measured ~0.15 steps/s under load).
-    return Pi05Config(preset="small")
+    # The shipped high level. Width 256 as DESIGN.md's budget, but 4 layers (not 6): the 2 cores are
+    # shared with other jobs, and at 6 layers an hour bought too few optimizer steps. A conv stem gives
+    # 8x8 tokens a camera (128 image tokens + 32 task/state + 24 context + 10 subtask + 40 target): a
+    # 16-pixel linear patch could not tell which 4-pixel block was where (see the model card). Trained
+    # as the planner only: the low level is the VLA (policies/vla), so the action expert and the
+    # backbone's action tokens, a third of the step time, are left out (flow_loss_weight 0).
+    return Pi05Config(vision_stem="conv", patch_size=8, random_shift_pad=4, context_last="done",
+                      action_token_stride=0, flow_loss_weight=0.0, preset="small")
 
 
 def pi05() -> Pi05Config:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from policies.augment import random_shift
 from policies.pi05.configuration import Pi05Config
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [B, kv_heads, L, head_dim] (RoPE applied)
@@ -137,14 +138,39 @@ def _residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
     return x + y if gate is None else x + y * gate
 
 
+class ConvStem(nn.Module):
+    """A GroupNorm conv stem in place of the linear patch embedding (a "hybrid" ViT): log2(patch_size)
+    3x3 stride-2 convs, then one 3x3 conv, giving one token per patch_size^2 pixels. A linear patch
+    embedding trained from scratch on little data does not separate a 4-pixel block's colour from its
+    surroundings; a few conv layers do (the low-level VLA's lesson, and robomimic's / diffusion_policy's)."""
+
+    def __init__(self, out_channels: int, patch_size: int):
+        super().__init__()
+        downsamples = patch_size.bit_length() - 1
+        widths = [min(out_channels, 32 * 2**i) for i in range(downsamples)] + [out_channels]
+        layers: list[nn.Module] = []
+        cin = 3
+        for i, cout in enumerate(widths):
+            stride = 2 if i < downsamples else 1
+            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.ReLU()]
+            cin = cout
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 class VisionTower(nn.Module):
-    """SigLIP-style ViT: patch embedding, learned positions, pre-LN blocks, final LN, then a linear
-    projection into the backbone width. Shared by all cameras."""
+    """SigLIP-style ViT: patch embedding (or a conv stem, `vision_stem="conv"`), learned positions,
+    pre-LN blocks, final LN, then a linear projection into the backbone width. Shared by all cameras."""
 
     def __init__(self, cfg: Pi05Config):
         super().__init__()
         w = cfg.vision_width
-        self.patch = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if cfg.vision_stem == "conv":
+            self.patch: nn.Module = ConvStem(w, cfg.patch_size)
+        else:
+            self.patch = nn.Conv2d(3, w, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.pos = nn.Parameter(torch.randn(1, cfg.image_tokens_per_camera, w) * 0.02)
         layer = nn.TransformerEncoderLayer(
             w, cfg.vision_heads, cfg.vision_mlp_dim, dropout=0.0, activation="gelu",
@@ -153,10 +179,13 @@ class VisionTower(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.vision_depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(w)
         self.proj = nn.Linear(w, cfg.width)
+        self.shift_pad = cfg.random_shift_pad
 
     def forward(self, images: Tensor) -> Tensor:
         # images uint8 [B, H, W, 3] -> tokens [B, N, width]
-        x = images.permute(0, 3, 1, 2).to(self.patch.weight.dtype) / 127.5 - 1.0
+        x = images.permute(0, 3, 1, 2).to(self.pos.dtype) / 127.5 - 1.0
+        if self.training and self.shift_pad > 0:
+            x = random_shift(x, self.shift_pad)
         x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
         return self.proj(self.norm(self.blocks(x)))
 
@@ -377,8 +406,6 @@ class Pi05Model(nn.Module):
         cfg = self.cfg
         hidden, cache, layout = self.run_training_backbone(batch)
         base_valid, sub_valid = layout["base_valid"], layout["subtask_valid"]
-        n_base = base_valid.sum(1)
-        dtype = hidden.dtype
 
         # high level: next-token prediction on thought + subtask
         p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
@@ -394,6 +421,23 @@ class Pi05Model(nn.Module):
             a_labels = layout["action_token_ids"].masked_fill(~layout["action_token_valid"], -100)
             action_token_loss = F.cross_entropy(a_logits.flatten(0, 1), a_labels.flatten(), ignore_index=-100)
 
+        loss = cfg.text_loss_weight * text_loss + cfg.action_token_loss_weight * action_token_loss
+        flow_loss = torch.zeros((), device=hidden.device)
+        if cfg.flow_loss_weight > 0:  # 0: a planner-only recipe, the expert is not run
+            flow_loss = self.flow_loss(batch, cache, base_valid, sub_valid, (p, c, s), hidden.dtype)
+            loss = loss + cfg.flow_loss_weight * flow_loss
+        with torch.no_grad():
+            ok = labels != -100
+            token_acc = ((logits.argmax(-1) == labels) & ok).sum().float() / ok.sum().clamp(min=1)
+        return loss, {"loss": loss.item(), "text_loss": text_loss.item(), "flow_loss": flow_loss.item(),
+                      "action_token_loss": action_token_loss.item(), "token_acc": token_acc.item()}
+
+    def flow_loss(self, batch: dict[str, Tensor], cache: KVCache, base_valid: Tensor, sub_valid: Tensor,
+                  lengths: tuple[int, int, int], dtype: torch.dtype) -> Tensor:
+        """The low level's loss: flow matching on the chunk, attending to [base | subtask] keys/values."""
+        cfg = self.cfg
+        p, c, s = lengths
+        n_base = base_valid.sum(1)
         # low level: flow matching, x_t = t * noise + (1 - t) * actions, target velocity noise - actions
         actions = batch["actions"].float()
         b = actions.shape[0]
@@ -407,15 +451,7 @@ class Pi05Model(nn.Module):
                                  n_base + sub_valid.sum(1)).float()
         err = (v_pred - (noise - actions)).pow(2).mean(-1)  # [B, H]
         amask = batch["action_mask"].float()
-        flow_loss = (err * amask).sum() / amask.sum().clamp(min=1.0)
-
-        loss = (cfg.text_loss_weight * text_loss + cfg.flow_loss_weight * flow_loss
-                + cfg.action_token_loss_weight * action_token_loss)
-        with torch.no_grad():
-            ok = labels != -100
-            token_acc = ((logits.argmax(-1) == labels) & ok).sum().float() / ok.sum().clamp(min=1)
-        return loss, {"loss": loss.item(), "text_loss": text_loss.item(), "flow_loss": flow_loss.item(),
-                      "action_token_loss": action_token_loss.item(), "token_acc": token_acc.item()}
+        return (err * amask).sum() / amask.sum().clamp(min=1.0)
 
     # -- inference: high level -----------------------------------------------------------------
 

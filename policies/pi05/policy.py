@@ -153,6 +153,9 @@ class Pi05LowLevel:
     """LowLevelPolicy backed by the action expert."""
 
     def __init__(self, policy: Pi05Policy):
+        if policy.model.cfg.flow_loss_weight == 0:
+            raise CheckpointError("this pi05 checkpoint was trained as a planner only (flow_loss_weight 0): its "
+                                  "action expert is untrained; use it as --high-level and a vla: or expert low level")
         self.policy = policy
 
     def reset(self) -> None:

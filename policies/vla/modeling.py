@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from policies.augment import random_shift
 from policies.vla.configuration import VlaConfig
 
 
@@ -95,20 +96,6 @@ def mlp(d_in: int, hidden: int, layers: int, d_out: int) -> nn.Sequential:
         mods += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.GELU()]
     mods.append(nn.Linear(hidden if layers else d_in, d_out))
     return nn.Sequential(*mods)
-
-
-def random_shift(images: torch.Tensor, pad: int) -> torch.Tensor:
-    """DrQ-style augmentation: pad by replicating the border, crop back at a random offset per image.
-    images [N, C, S, S] float."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    dy = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), device=images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device)[None])  # [N, h]
-    cols = (dx[:, None] + torch.arange(w, device=images.device)[None])  # [N, w]
-    c = padded.shape[1]
-    padded = padded.gather(2, rows[:, None, :, None].expand(n, c, h, padded.shape[3]))
-    return padded.gather(3, cols[:, None, None, :].expand(n, c, h, w))
 
 
 def beta_time(n: int, device) -> torch.Tensor:
