@@ -21,6 +21,10 @@ class CommandName(str, enum.Enum):
     SAVE = "save"
     HELP = "help"
     QUIT = "quit"
+    # the console's pace (agent.console.pace): handled by the console, never sent to the loop
+    SPEED = "speed"
+    SLOW = "slow"
+    FAST = "fast"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,11 @@
-"""`hivla coach` on a real terminal: tmux runs it at 160x50 on the simulator (oracle planner,
-scripted expert); the test types a correction, /pause and /quit like a person, reads the
-screen with capture-pane, and checks the saved session with the session reader.
+"""`hivla coach` on a real terminal: tmux runs it at 160x50 on the simulator; the tests type like
+a person (Enter to start, corrections, /pause, /speed, /quit), read the screen with capture-pane,
+and check the saved session with the session reader.
+
+The first test is the newcomer's: `hivla coach` with no flags (shipped learned models, default
+task, default speed) waits at the first frame, starts on Enter, and is slow enough that three
+corrections typed 2 s apart all land before the episode ends; it then moves on to a second
+episode by itself.
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ def test_coach_on_a_terminal_records_correction_pause_and_quit(tmp_path):
     try:
         term.wait_for(r"hivla coach .* step \d+", timeout=120)
         term.wait_for(r"subtask .*\[oracle\]")
+        term.wait_for(r"waiting: press Enter")
+        term.type("")  # Enter starts the robot
         deadline = time.monotonic() + 30
         while _step(term.screen()) < 5 and time.monotonic() < deadline:  # let the robot move first
             time.sleep(0.2)
@@ -114,6 +121,51 @@ def test_coach_on_a_terminal_records_correction_pause_and_quit(tmp_path):
     assert any(paused) and not paused[0] and paused[-1]
     assert episode.end is not None and episode.end.reason == "quit"
     assert episode.frames("front").shape[1:] == (64, 64, 3)
+
+
+def test_coach_with_no_flags_waits_for_enter_takes_three_corrections_and_goes_on(tmp_path):
+    runs = tmp_path / "runs"
+    term = Tmux(tmp_path)
+    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HIVLA_RUNS_DIR": str(runs), "TERM": "xterm-256color"}
+    term.start(f"{sys.executable} -m agent.cli coach; echo HIVLA-EXIT=$?; sleep 600", env)
+    # An override, a nudge, then "stop": the person gives up on this attempt and lets it run out.
+    corrections = ["no, pick up the orange block first", "a bit higher", "stop"]
+    try:
+        term.wait_for(r"waiting: press Enter or /go to start .* step 0 ", timeout=120)
+        term.wait_for(r"task .*\S")
+        time.sleep(1.5)
+        assert _step(term.screen()) == 0, "the robot waits at the first frame until Enter"
+        term.type("")
+        term.wait_for(r"▶ running")
+        assert re.search(r"speed 0\.5×", term.screen())  # the default pace for a person
+        for text in corrections:
+            term.type(text)
+            time.sleep(2.0)
+        term.wait_for(r"\[stop\] stop", timeout=60)
+        # The three landed at half real time. The rest of this long episode (28 s simulated when the
+        # learned models fail it) need not be watched: the robot holds still after "stop", the
+        # person speeds the clock up, and at its time limit the session moves on by itself.
+        term.type("/speed max")
+        term.wait_for(r"episode 0 (success|failed)[^\n]*3 corrections[^\n]*; the next episode starts in", timeout=120)
+        term.type("")  # Enter skips the pause (test_episodes.py covers the pause running out)
+        term.wait_for(r"episode 1  step [1-9]", timeout=60)
+        term.type("/quit")
+        term.wait_for(r"HIVLA-EXIT=0", timeout=60)
+        final = term.screen()
+    finally:
+        term.kill()
+    assert re.search(r"episode 0 (success|failed \(timeout\)): .*3 corrections", final), final
+    assert "episode 1 ended (quit)" in final or "episode 1 success" in final
+
+    (out,) = runs.glob("coach-*")
+    session = read_session(out)
+    assert len(session.episodes) >= 2
+    first = session.episodes[0]
+    assert [c.text for c in first.corrections] == corrections
+    assert first.end is not None and first.end.reason in ("success", "timeout")  # ended by itself, not by /quit
+    assert all(c.step < first.end.steps for c in first.corrections)  # each landed before the end
+    assert [c.step for c in first.corrections] == sorted(c.step for c in first.corrections)
+    assert len(session.episodes[1].steps) > 0 and session.episodes[1].start.task
 
 
 def test_coach_without_a_terminal_exits_with_a_clear_message():

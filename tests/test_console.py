@@ -276,7 +276,7 @@ def test_completer_offers_commands_and_forcing_prefixes():
     assert complete("/pa") == ["/pause"]
     assert complete("/t") == ["/task "]
     assert "/override " in complete("/o")
-    assert complete("/") [:3] == ["/pause", "/resume", "/reset"]
+    assert complete("/") [:4] == ["/go", "/pause", "/resume", "/reset"]
     assert complete("ov") == []  # ordinary typing pops nothing up...
     assert complete("ov", tab=True) == ["override: "]  # ...but Tab offers the written prefix
     assert complete("/pause now") == []

@@ -103,6 +103,8 @@ COMMAND_ALIASES: dict[str, CommandName] = {
     "save": CommandName.SAVE,
     "help": CommandName.HELP, "h": CommandName.HELP, "?": CommandName.HELP, "commands": CommandName.HELP,
     "quit": CommandName.QUIT, "exit": CommandName.QUIT, "q": CommandName.QUIT,
+    "speed": CommandName.SPEED, "slow": CommandName.SLOW, "slower": CommandName.SLOW,
+    "fast": CommandName.FAST, "faster": CommandName.FAST,
 }
 FORCING_ALIASES: dict[str, CorrectionKind] = {
     "override": K.OVERRIDE, "do": K.OVERRIDE, "instead": K.OVERRIDE,
@@ -117,7 +119,7 @@ NEEDS_TEXT = {K.OVERRIDE: "/override pick up the blue block", K.CONSTRAINT: "/ru
 WRITTEN_PREFIX_RE = re.compile(r"^\s*(override|not|no|negation|rule|constraint|nudge|stop|confirm)\s*:\s*(.*)$", re.I)
 
 HELP_TEXT = (
-    "commands: /pause /resume /reset /task TEXT /undo /good /save /help /quit\n"
+    "commands: /go /pause /resume /reset /task TEXT /undo /good /speed X /slow /fast /save /help /quit\n"
     "force a kind: /override TEXT  /not TEXT  /rule TEXT  /nudge TEXT  /stop  (or 'override: TEXT', ...)\n"
     "or just type: 'no, the blue one first' (override), 'not that one' (negation), "
     "'never use the drawer' (rule), 'a bit left' (nudge), 'stop' / 'wait' / 'go on', 'good' (confirm)"
@@ -274,6 +276,8 @@ def _slash(text: str, notes: tuple[str, ...], context: ReferenceContext | None) 
         command = COMMAND_ALIASES[name]
         if command is CommandName.TASK and not argument:
             return Reply("/task needs the new task, e.g. /task put the red block in the blue bowl")
+        if command is CommandName.SPEED and not argument:
+            return Reply("/speed needs a value: simulated seconds per wall second, e.g. /speed 0.25, /speed 2, /speed max")
         return Command(command, argument, _with_notes(_command_reply(command, argument), notes))
     if name in FORCING_ALIASES:
         return _forced(FORCING_ALIASES[name], argument, text, notes, context, f"/{name}")
@@ -291,6 +295,9 @@ def _command_reply(command: CommandName, argument: str) -> str:
         CommandName.SAVE: "saving the session",
         CommandName.HELP: HELP_TEXT,
         CommandName.QUIT: "bye",
+        CommandName.SPEED: f"speed {argument}",
+        CommandName.SLOW: "slower",
+        CommandName.FAST: "faster",
     }[command]
 
 

@@ -1,7 +1,8 @@
 """The interactive coaching console: a live status view above an input line.
 
 Three things run at once and none waits for another:
-  - the control loop, on its own thread at 10 Hz (agent.console.worker.SimWorker);
+  - the control loop, on its own thread at the person's pace (agent.console.worker.SimWorker,
+    agent.console.pace: 10 Hz x speed, held at the first frame until Enter or /go);
   - a refresh task on the UI event loop that copies the loop's snapshot, renders the view
     (agent.console.view) and redraws, about `refresh_hz` times a second;
   - prompt-toolkit's input line (history, slash-command completion); Enter hands the line to the
@@ -31,6 +32,7 @@ from agent.console.controller import FORCING_COMMANDS, SLASH_COMMANDS, WRITTEN_P
 from agent.console.view import CorrectionLine, StatusSnapshot, render_fragments
 
 PROMPT = "coach> "
+PLAN_CHANGE_SHOW_S = 4.0  # how long the view shows "old -> new" after a correction changed the plan
 MESSAGE_LINES = 14  # at most this many console replies shown above the input line
 STYLE = Style.from_dict(
     {
@@ -99,6 +101,7 @@ class StatusTracker:
         self.controller = controller
         self.meta = meta
         self.loop_rate = RateMeter()
+        self.sim_rate = RateMeter()  # simulated seconds per wall second: the speed as measured
         self.view_rate = RateMeter()
         self.frames = 0
         self._episode: int | None = None
@@ -116,10 +119,14 @@ class StatusTracker:
             return StatusSnapshot(task="starting...", messages=list(self.controller.messages), **self.meta)
         if snap.episode != self._episode:
             self._episode, self._episode_wall_start = snap.episode, now
-            self.loop_rate = RateMeter()  # steps restart at 0 in a new episode
+            self.loop_rate, self.sim_rate = RateMeter(), RateMeter()  # steps restart at 0 in a new episode
         self.loop_rate.add(snap.step, now)
+        self.sim_rate.add(snap.sim_time, now)
         self.controller.loop_replied(snap.last_reply)  # e.g. "withdrew: ...", "nothing to undo"
-        if snap.episode_over and self._announced_end != snap.episode:
+        pace, sequencer = self.controller.pace, self.controller.sequencer
+        if sequencer is not None:
+            sequencer.observe(snap)  # says the episode's summary; starts the next after the pause
+        elif snap.episode_over and self._announced_end != snap.episode:
             self._announced_end = snap.episode
             outcome = "success" if snap.success else "ended"
             self.controller.say(f"episode {snap.episode} {outcome}: /reset for a new one, /task TEXT for another, /quit to leave")
@@ -128,6 +135,19 @@ class StatusTracker:
             self.controller.say(f"control loop stopped: {type(runner_error).__name__}: {runner_error}")
             self.controller.say("the session so far is kept: /quit saves it")
         plan = snap.plan
+        waiting = None
+        if pace is not None and pace.held:
+            waiting = "press Enter or /go to start"
+            self._episode_wall_start = now  # the episode's wall clock starts with the robot
+        elif sequencer is not None and sequencer.pausing:
+            waiting = f"next episode in {sequencer.seconds_left():.0f} s (Enter: now)"
+        change = snap.plan_change
+        if change is not None and now - change.at > PLAN_CHANGE_SHOW_S:
+            change = None
+        corrections = [CorrectionLine(kind=c.kind.value, text=c.text, step=c.step) for c in snap.corrections]
+        corrections += [CorrectionLine(kind=c.kind.value, text=c.text, step=c.step, withdrawn=True)
+                        for c in snap.withdrawn]
+        corrections.sort(key=lambda c: c.step)
         return StatusSnapshot(
             task=snap.task,
             thought=plan.thought if plan else "",
@@ -141,11 +161,16 @@ class StatusTracker:
             finished=("success" if snap.success else "ended") if snap.episode_over else None,
             subtasks=list(snap.subtasks),
             subtasks_done=list(snap.subtasks_done),
-            corrections=[CorrectionLine(kind=c.kind.value, text=c.text, step=c.step) for c in snap.corrections],
+            corrections=corrections,
             messages=list(self.controller.messages),
             front=snap.front_image,
             loop_hz=self.loop_rate.rate(),
             view_fps=self.view_rate.rate(),
+            speed=None if pace is None else pace.speed,
+            paced=pace is not None,
+            measured_speed=None if waiting or snap.episode_over else self.sim_rate.rate(),
+            waiting=waiting,
+            plan_change=change,
             **self.meta,
         )
 
@@ -271,6 +296,8 @@ class CoachApp:
             style = "class:echo" if line.startswith("› ") else "class:reply"
             fragments += [("", "\n")] if i else []
             fragments.append((style, line))
+        if not fragments and self.controller.pace is not None and self.controller.pace.held:
+            return [("class:reply", "read the task, then press Enter (or type /go) to start the robot")]
         return fragments or [("class:dim", "type a correction, or /help for the commands")]
 
     def refresh(self) -> None:

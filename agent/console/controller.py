@@ -23,12 +23,16 @@ MAX_MESSAGES = 50
 
 # The console's commands, in the order /help lists them.
 SLASH_COMMANDS: dict[str, str] = {
+    "/go": "start the robot (it waits at the first frame), or the next episode now",
     "/pause": "hold the robot still (steps keep being recorded, flagged paused)",
     "/resume": "carry on after /pause or a stop",
     "/reset": "end this episode and start a new one",
     "/task": "/task TEXT: start a new episode with this task",
     "/undo": "withdraw your last correction",
     "/good": "confirm that what the robot does is right",
+    "/speed": "/speed X: X simulated seconds per wall second (0.25, 0.5, 1, 2, max)",
+    "/slow": "half the speed (about)",
+    "/fast": "double the speed (about)",
     "/save": "flush the session to disk now",
     "/help": "show this list",
     "/quit": "save the session and leave (Ctrl-C does the same)",
@@ -44,7 +48,9 @@ FORCING_COMMANDS: dict[str, str] = {
     "/confirm": "that was right",
 }
 # Commands a finished episode still answers (the rest would act on a robot that has stopped).
-_STILL_ANSWERED = {CommandName.RESET, CommandName.TASK, CommandName.SAVE, CommandName.HELP, CommandName.QUIT}
+_STILL_ANSWERED = {CommandName.RESET, CommandName.TASK, CommandName.SAVE, CommandName.HELP, CommandName.QUIT,
+                   CommandName.SPEED, CommandName.SLOW, CommandName.FAST}
+_PACE_COMMANDS = {CommandName.SPEED, CommandName.SLOW, CommandName.FAST}
 WRITTEN_PREFIXES = ("override:", "not:", "rule:", "nudge:", "stop:", "confirm:")
 
 # Typographic characters people paste from other apps, mapped to the ASCII the classifier reads.
@@ -126,9 +132,13 @@ class CoachController:
         recorder: Any = None,
         classify: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pace: Any = None,
+        sequencer: Any = None,
     ) -> None:
         self.loop = loop
         self.recorder = recorder
+        self.pace = pace  # agent.console.pace.Pace, when the speed can be changed here
+        self.sequencer = sequencer  # agent.console.episodes.EpisodeSequencer, when episodes follow on
         self.classify = classify or _default_classify()
         self.clock = clock
         self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
@@ -160,6 +170,7 @@ class CoachController:
         elif isinstance(item, Command):
             self._answered.append(item.reply)
         shown = line if len(line) <= 80 else line[:77] + "..."
+        shown = shown if shown.strip() else "(Enter)"
         self.messages.append("› " + "".join(ch if ch.isprintable() else "?" for ch in shown))
         self.say(outcome.reply)
         return outcome
@@ -168,6 +179,8 @@ class CoachController:
         text, problem = check_line(line)
         if problem:
             return Outcome(problem)
+        if not text and (go := self._go()):  # Enter on an empty line: start, or skip the pause
+            return Outcome(go)
         text = expand_command_prefix(text)
         try:
             item = self.classify(text, self.reference_context())
@@ -175,6 +188,10 @@ class CoachController:
             return Outcome(f"could not understand that ({type(err).__name__}: {err}); nothing was sent")
         if isinstance(item, Reply):
             return Outcome(item.reply)
+        if isinstance(item, Command) and item.name in _PACE_COMMANDS:
+            return Outcome(self._change_speed(item))
+        if isinstance(item, Command) and item.name is CommandName.RESUME and (go := self._go()):
+            return Outcome(go)  # /go (or /resume) said to a robot waiting to start: it starts
         if isinstance(item, (Correction, Command)) and self._episode_over(item):
             return Outcome(self._episode_over_reply())
         if isinstance(item, Command):
@@ -197,6 +214,33 @@ class CoachController:
         self.loop.submit(cmd)
         return Outcome(cmd.reply or f"/{cmd.name.value}", submitted=cmd)
 
+    def _go(self) -> str | None:
+        """Start a robot held at its first frame, or skip the pause before the next episode; the
+        reply, or None when there was nothing to start."""
+        if self.pace is not None and self.pace.held:
+            self.pace.release()
+            return "go: the robot starts (/pause holds it, /slow and /fast change the pace)"
+        if self.sequencer is not None and self.sequencer.next_now():
+            return "starting the next episode"
+        return None
+
+    def _change_speed(self, cmd: Command) -> str:
+        if self.pace is None:
+            return "the pace cannot be changed here"
+        from agent.console.pace import describe_speed, parse_speed
+        from agent.errors import UserError
+
+        if cmd.name is CommandName.SLOW:
+            self.pace.slower()
+        elif cmd.name is CommandName.FAST:
+            self.pace.faster()
+        else:
+            try:
+                self.pace.set_speed(parse_speed(cmd.argument))
+            except UserError as err:
+                return f"{err}: speed unchanged"
+        return f"speed {describe_speed(self.pace.speed)} (simulated seconds per wall second)"
+
     def _episode_over(self, item: Any) -> bool:
         """True when the episode has ended and `item` would act on it (the loop refuses it too;
         answering here says so at once instead of after the next step)."""
@@ -209,7 +253,8 @@ class CoachController:
         from agent.loop import episode_over_reply
 
         snap = self.loop.snapshot()
-        return episode_over_reply(bool(getattr(snap, "success", False)), int(getattr(snap, "step", 0)))
+        what_next = self.sequencer.hint() if self.sequencer is not None else None
+        return episode_over_reply(bool(getattr(snap, "success", False)), int(getattr(snap, "step", 0)), what_next)
 
     def reference_context(self) -> Any:
         """What the robot is doing, so the classifier can resolve "the blue one", "not that one"."""

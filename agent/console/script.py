@@ -7,8 +7,9 @@ A script is plain text, one line per thing said (what a person would type in the
     a bit more to the left            said SPACING_STEPS (1 s) after the previous line
     /pause
 
-Headless runs are not paced in real time (the loop runs as fast as it can), so they suit CI and
-reproducible demos: the same script, seed and policies give the same session.
+Headless runs are not paced in real time (the loop runs as fast as it can) unless a pace is
+given (`--speed`, or a '/speed X' line), so they suit CI and reproducible demos: the same
+script, seed and policies give the same session.
 """
 
 from __future__ import annotations
@@ -72,14 +73,18 @@ def run_script(
     *,
     max_steps: int | None = None,
     echo: Callable[[str], None] = print,
+    pace: Any = None,
 ) -> str:
     """Step the loop, saying each script line at its step; returns why it stopped.
 
-    Without `max_steps` the run ends once every line has been said and the episode is over
-    (or after DEFAULT_MAX_STEPS, whichever comes first). While the episode is over nothing
-    moves, so the run goes straight on to the next line (a late line is answered "the episode
-    ... nothing recorded" at once instead of the loop idling until its step).
+    Without `max_steps` the run ends once every line has been said and the last episode is over
+    (or after DEFAULT_MAX_STEPS, whichever comes first); the controller's sequencer, if any,
+    starts the next episode when one ends. While the episode is over nothing moves, so the run
+    goes straight on to the next line (a late line is answered "the episode ... nothing
+    recorded" at once instead of the loop idling until its step). `pace` (agent.console.pace)
+    spaces the steps in wall time; without one they run back to back.
     """
+    sequencer = getattr(controller, "sequencer", None)
     pending = list(script)
     limit = max_steps if max_steps is not None else max(DEFAULT_MAX_STEPS, (script[-1].step + 1) if script else 0)
     iteration = 0
@@ -92,12 +97,20 @@ def run_script(
                 echo(f"    {printable(reply)}")
             if outcome.quit:
                 return "quit"
+        if pace is not None:
+            pace.wait_for_next_step()
         loop.step()
+        if pace is not None:
+            pace.stepped()
         snap = loop.snapshot()
         shown = controller.loop_replied(snap.last_reply) if snap is not None else None
         if shown:  # what the loop itself answered, e.g. "withdrew: ..."
             echo(f"    {shown}")
-        if max_steps is None and not pending and snap is not None and snap.episode_over:
+        if sequencer is not None:
+            sequencer.observe(snap)  # says the summary; may start the next episode at once
+            snap = loop.snapshot()
+        last = sequencer is None or sequencer.finished
+        if max_steps is None and not pending and snap is not None and snap.episode_over and last:
             return "episode over"
         iteration += 1
         if snap is not None and snap.episode_over and pending and pending[0].step > iteration:

@@ -2,8 +2,8 @@
 
 `open_coach_session(args)` builds everything from `hivla coach` arguments; the session then runs
 either the interactive console or a headless script, and on close stops the loop, closes the
-recorder and reads the session back to report what was saved (so a broken session is noticed
-at once, not when someone tries to export it).
+recorder and reads the session back to report what was saved, every episode listed (so a broken
+session is noticed at once, not when someone tries to export it).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.console.controller import CoachController
+from agent.console.episodes import EpisodeSequencer, verdict
+from agent.console.pace import Pace
 from agent.console.worker import SimWorker
 
 HISTORY_FILE_NAME = "coach_history.txt"
@@ -46,6 +48,7 @@ class SavedSummary:
     paused_steps: int
     corrections: int
     withdrawn: int
+    episode_lines: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         return (
@@ -53,6 +56,23 @@ class SavedSummary:
             f"{self.steps} steps of which {self.paused_steps} paused, {self.corrections} correction"
             f"{'s' * (self.corrections != 1)}" + (f", {self.withdrawn} withdrawn" if self.withdrawn else "") + ")"
         )
+
+    def text(self) -> str:
+        """The saved line, then one line per episode."""
+        return "\n".join([self.line(), *(f"  {line}" for line in self.episode_lines)])
+
+
+def episode_line(ep: Any) -> str:
+    """One recorded episode as the session summary lists it (read back from disk, not from memory)."""
+    corrections = len(ep.active_corrections)
+    end = ep.end
+    if end is None:
+        what, subtasks = "outcome unknown (cut off)", ""
+    else:
+        what = verdict("success" if end.success else end.reason)
+        subtasks = f"{end.subtasks_completed}/{end.subtasks_total} subtasks, "
+    return (f"episode {ep.episode} {what}: {subtasks}{corrections} correction{'s' * (corrections != 1)}, "
+            f"{len(ep.steps)} steps  {ep.task!r}" + (f" ({ep.start.family})" if ep.start.family else ""))
 
 
 def summarize_session(path: Path) -> SavedSummary:
@@ -67,6 +87,7 @@ def summarize_session(path: Path) -> SavedSummary:
         paused_steps=sum(s.paused for ep in session.episodes for s in ep.steps),
         corrections=len(corrections),
         withdrawn=sum(c.withdrawn for c in corrections),
+        episode_lines=[episode_line(ep) for ep in session.episodes],
     )
 
 
@@ -85,6 +106,9 @@ class CoachSession:
         camera_width: int = 48,
         refresh_hz: float = 10.0,
         worker: SimWorker | None = None,
+        pace: Pace | None = None,
+        sequence: dict | None = None,
+        observers: list | None = None,
     ):
         self.loop = loop
         self.recorder = recorder
@@ -92,8 +116,18 @@ class CoachSession:
         self.meta = meta
         self.camera_width = camera_width
         self.refresh_hz = refresh_hz
-        self.controller = CoachController(loop, recorder)
+        self.pace = pace or Pace(1.0)
+        # EpisodeSequencer keywords (episodes, pause_s, seed, family, task); None: one episode, then
+        # the console waits for /reset or /task as before.
+        self.sequence = sequence
+        self.observers = observers or []  # closed with the session (e.g. the live rerun log)
+        self.controller = CoachController(loop, recorder, pace=self.pace)
         self._closed = False
+
+    def _sequencer(self, start_next: Any, say: Any) -> EpisodeSequencer | None:
+        if self.sequence is None:
+            return None
+        return EpisodeSequencer(start_next, say=say, **self.sequence)
 
     # ------------------------------------------------------------------ modes
 
@@ -110,7 +144,14 @@ class CoachSession:
             self.loop, self.controller, runner=self.worker, meta=self.meta, camera_width=self.camera_width,
             refresh_hz=self.refresh_hz, history=history_for(history_path), input=input, output=output,
         )
-        self.worker.start_stepping(self.loop)
+        loop = self.loop
+        # The next episode's reset renders and re-plans: queued on the simulator thread, so the
+        # UI thread that notices the end never waits for it.
+        self.controller.sequencer = self._sequencer(
+            lambda seed, options: self.worker.submit(lambda: loop.reset(seed=seed, options=options)),
+            self.controller.say,
+        )
+        self.worker.start_stepping(self.loop, self.pace)
         reason = "error"
         previous = _quit_on_signals(app)
         try:
@@ -132,7 +173,12 @@ class CoachSession:
         from agent.console.view import render_plain
 
         started = time.monotonic()
-        reason = self.worker.call(lambda: run_script(self.loop, self.controller, script, max_steps=max_steps))
+        loop = self.loop
+        self.controller.sequencer = self._sequencer(lambda seed, options: loop.reset(seed=seed, options=options), print)
+        reason = self.worker.call(
+            lambda: run_script(self.loop, self.controller, script, max_steps=max_steps, pace=self.pace)
+        )
+        self.controller.sequencer = None  # the script is over: closing the last episode starts no next one
         self.worker.call(self.loop.close)
         snap = self.loop.snapshot()
         if snap is not None:
@@ -162,6 +208,11 @@ class CoachSession:
             except Exception as err:
                 print(f"hivla coach: could not close the simulator cleanly: {err}", file=sys.stderr)
         self.worker.close()
+        for observer in self.observers:
+            try:
+                observer.close()
+            except Exception as err:  # a viewer log is a copy; the session itself must still close
+                print(f"hivla coach: could not close {observer}: {err}", file=sys.stderr)
         if self.recorder is None:
             return None
         self.recorder.close()
@@ -170,7 +221,7 @@ class CoachSession:
         except Exception as err:
             print(f"hivla coach: session written to {self.recorder.path} but could not be read back: {err}", file=sys.stderr)
             return None
-        print(summary.line())
+        print(summary.text())
         return summary
 
     def __enter__(self) -> "CoachSession":
@@ -225,11 +276,17 @@ def open_coach_session(args: Any) -> CoachSession:
     thread); the first episode is reset."""
     worker = SimWorker()
     try:
-        loop, recorder, meta = worker.call(lambda: _build(args))
+        loop, recorder, meta, observers = worker.call(lambda: _build(args))
     except BaseException:
         worker.close()
         raise
-    return CoachSession(loop, recorder, meta, camera_width=args.camera_width, refresh_hz=args.refresh_hz, worker=worker)
+    pace = Pace(getattr(args, "speed", 1.0), held=bool(getattr(args, "start_paused", False)))
+    sequence = {
+        "episodes": getattr(args, "episodes", 1), "pause_s": getattr(args, "pause_between", 0.0), "seed": args.seed,
+        "family": getattr(args, "family", None), "task": (getattr(args, "task", None) or "").strip() or None,
+    }
+    return CoachSession(loop, recorder, meta, camera_width=args.camera_width, refresh_hz=args.refresh_hz, worker=worker,
+                        pace=pace, sequence=sequence, observers=observers)
 
 
 def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
@@ -268,16 +325,51 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
         env={"suite": args.suite, "image_size": args.image_size, "seed": args.seed, "options": options or {}},
         notes="hivla coach",
     )
+    observers = []
+    if getattr(args, "rerun", None):
+        from sessions.rerun_log import RerunLogger
+
+        # Before the recorder exists, so a missing rerun-sdk or a bad target leaves no empty session.
+        observers.append(RerunLogger.open(args.rerun, header))
     try:
         recorder = SessionRecorder(out_dir, header)
     except (RecorderError, OSError) as err:
+        for observer in observers:
+            observer.close()
         raise CoachSessionError(f"cannot record to {out_dir}: {err}") from None
-    loop = ControlLoop(env, high, low, recorder=recorder, replan_period_s=args.replan_period)
+    # The loop records to one place; observers (the live rerun log) see the same events after it.
+    loop_recorder = Tee(recorder, observers) if observers else recorder
+    loop = ControlLoop(env, high, low, recorder=loop_recorder, replan_period_s=args.replan_period)
     try:
         loop.reset(seed=args.seed, options=options)
     except Exception:
         recorder.close()
         raise
     meta = {"high_level": high_spec, "low_level": low_spec, "session_dir": str(out_dir)}
-    return loop, recorder, meta
+    return loop, recorder, meta, observers
+
+
+class Tee:
+    """The recorder first, then each observer: what the loop records, they see. An observer
+    that fails is dropped with one message; the recording goes on."""
+
+    def __init__(self, recorder: Any, observers: list) -> None:
+        self.recorder = recorder
+        self.observers = list(observers)
+
+    def record(self, event: Any) -> None:
+        self.recorder.record(event)
+        self._tell("record", event)
+
+    def record_step(self, step: Any, images: dict) -> None:
+        self.recorder.record_step(step, images)
+        self._tell("record_step", step, images)
+
+    def _tell(self, method: str, *args: Any) -> None:
+        for observer in list(self.observers):
+            try:
+                getattr(observer, method)(*args)
+            except Exception as err:
+                self.observers.remove(observer)
+                print(f"hivla coach: stopped logging to {observer}: {type(err).__name__}: {err}", file=sys.stderr)
 

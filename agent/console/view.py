@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich.console import Console, Group, RenderableType
@@ -17,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.console.halfblock import HalfBlockImage, halfblock_fragments
+from agent.console.pace import describe_speed
 from agent.specs import describe_spec
 
 SOURCE_STYLES = {"model": "bold bright_cyan", "human": "bold bright_magenta", "oracle": "bold yellow"}
@@ -67,12 +69,22 @@ class StatusSnapshot:
     session_dir: str = ""
     loop_hz: float | None = None  # measured control-loop rate
     view_fps: float | None = None  # measured view refresh rate
+    speed: float | None = None  # the pace asked for (simulated s per wall s); None: as fast as it steps
+    paced: bool = False  # whether a pace is in force at all (the console; a headless script is not)
+    measured_speed: float | None = None  # the pace as measured
+    waiting: str | None = None  # why the robot does not move yet ("press Enter or /go to start")
+    plan_change: Any = None  # agent.loop.PlanChange shown for a few seconds after a correction
 
 
 def _run_state(snap: StatusSnapshot) -> Text:
     if snap.finished:
         style = "bold green" if snap.finished == "success" else "bold yellow"
-        return Text(f"■ finished: {snap.finished}", style=style)
+        text = Text(f"■ finished: {snap.finished}", style=style)
+        if snap.waiting:  # the pause before the next episode
+            text.append(f"  ·  {snap.waiting}", style="bold")
+        return text
+    if snap.waiting:
+        return Text(f"⏸ waiting: {snap.waiting}", style="bold yellow")
     if snap.paused:
         return Text("❚❚ paused", style="bold red")
     return Text("▶ running", style="bold green")
@@ -85,6 +97,10 @@ def _header(snap: StatusSnapshot) -> Text:
         _run_state(snap),
         f"   episode {snap.episode}  step {snap.step}  t={snap.sim_time:5.1f}s  wall {snap.wall_time:5.1f}s",
     )
+    if snap.paced:
+        header.append(f"   speed {describe_speed(snap.speed)}", style="bold")
+        if snap.measured_speed is not None:
+            header.append(f" ({snap.measured_speed:.2f})", style="dim")
     rates = []
     if snap.loop_hz is not None:
         rates.append(f"loop {snap.loop_hz:4.1f} Hz")
@@ -92,7 +108,34 @@ def _header(snap: StatusSnapshot) -> Text:
         rates.append(f"view {snap.view_fps:4.1f} fps")
     if rates:
         header.append("   " + "  ".join(rates), style="dim")
+    change = _plan_change(snap.plan_change)
+    if change is not None:
+        header.append("\n")
+        header.append_text(change)
     return header
+
+
+def _plan_change(change: Any) -> Text | None:
+    """'↻ [override] "no, the blue one" at step 23: pick up the red block → pick up the blue block'."""
+    if change is None:
+        return None
+    where = f"said at step {change.step} (t={change.sim_time:.1f}s)"
+    if change.withdrawn:
+        text = Text("↶ withdrawn ", style="bold yellow")
+        text.append(f"[{change.kind}] ", style=KIND_STYLES.get(change.kind, "") + " strike")
+        text.append(f'"{change.text}"', style="strike")
+        text.append(f"  {where}", style="dim")
+        if change.new != change.old:
+            text.append(f"  plan back to: {change.new or '-'}", style="bold")
+        return text
+    text = Text("↻ ", style="bold bright_magenta")
+    text.append(f"[{change.kind}] ", style=KIND_STYLES.get(change.kind, ""))
+    text.append(f'"{change.text}"  ')
+    text.append(change.old or "-", style="strike dim")
+    text.append("  →  ", style="bold")
+    text.append(change.new or "-", style="bold bright_magenta")
+    text.append(f"   {where}", style="dim")
+    return text
 
 
 def _progress(snap: StatusSnapshot) -> Text:
@@ -103,10 +146,16 @@ def _progress(snap: StatusSnapshot) -> Text:
     # correction may have changed the order); else the first one not done.
     pending = [i for i, d in enumerate(snap.subtasks_done[:total]) if not d]
     current_index = next((i for i in pending if snap.subtasks[i] == snap.subtask), pending[0] if pending else None)
+    change = snap.plan_change
+    said_index = None if change is None else change.reference_index
     for i, name in enumerate(snap.subtasks):
         is_done = i < len(snap.subtasks_done) and snap.subtasks_done[i]
         mark, style = ("✓", "green") if is_done else (("→", "bold") if i == current_index else ("·", "dim"))
         text.append(f"\n {mark} {name}", style=style)
+        if i == said_index:  # where the robot was when the correction was said
+            text.append(f"   ✎ said here, step {change.step}", style="bold bright_magenta")
+    if change is not None and said_index is not None and said_index >= len(snap.subtasks):
+        text.append(f"\n ✎ said after the last subtask, step {change.step}", style="bold bright_magenta")
     return text
 
 
@@ -215,7 +264,7 @@ def _details_lines(snap: StatusSnapshot, width: int) -> list[list[tuple[str, str
     key = (
         width, snap.task, snap.thought, snap.subtask, snap.source, tuple(snap.subtasks), tuple(snap.subtasks_done),
         tuple((c.kind, c.text, c.step, c.withdrawn) for c in snap.corrections), snap.high_level, snap.low_level,
-        snap.session_dir,
+        snap.session_dir, getattr(snap.plan_change, "at", None),
     )
     lines = _details_cache.get(key)
     if lines is None:

@@ -3,8 +3,9 @@
 Why not simply build the environment on the main thread and step it from a loop thread: MuJoCo's
 offscreen renderer makes its GL context current on the thread that created it, and EGL refuses
 to render from another one (EGL_BAD_ACCESS from eglMakeCurrent). So every call that may touch
-the environment -- construction, reset, step, close -- runs here, through `call()` for one-off
-work and `start_stepping()` for the 10 Hz real-time loop.
+the environment -- construction, reset, step, close -- runs here, through `call()` (or `submit()`)
+for one-off work and `start_stepping()` for the paced loop (agent.console.pace: real time by
+default, slower for a person, held at the first frame until they say go).
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
-CONTROL_HZ = 10.0
-
 
 class SimWorker:
-    """A single thread running queued calls and, once started, `loop.step()` at `hz` (real time)."""
+    """A single thread running queued calls and, once started, `loop.step()` at the pace's rate."""
 
     def __init__(self, name: str = "hivla-sim") -> None:
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
         self._loop: Any = None
-        self._period = 1.0 / CONTROL_HZ
+        self._pace: Any = None
         self._stop = threading.Event()
         self.error: BaseException | None = None  # what stopped the stepping, shown by the console
         self.steps = 0
@@ -39,14 +38,26 @@ class SimWorker:
             return fn()
         if not self._thread.is_alive():
             raise RuntimeError("the simulator thread has stopped")
+        return self.submit(fn).result(timeout)
+
+    def submit(self, fn: Callable[[], T]) -> Future:
+        """Queue `fn` to run on the worker thread between steps; returns at once (for the UI thread,
+        which must not wait for a reset that renders and re-plans)."""
         future: Future = Future()
         self._calls.put((fn, future))
-        return future.result(timeout)
+        return future
 
-    def start_stepping(self, loop: Any, hz: float = CONTROL_HZ) -> None:
-        """From now on, call `loop.step()` every 1/hz s (never waiting for input; skips ahead if late)."""
-        self._period = 1.0 / hz
-        self.call(lambda: setattr(self, "_loop", loop))
+    def start_stepping(self, loop: Any, pace: Any = None) -> None:
+        """From now on, call `loop.step()` as `pace` (agent.console.pace.Pace) allows: every
+        1 / (10 Hz x speed) s, never waiting for input, not at all while it is held."""
+        from agent.console.pace import Pace
+
+        pace = pace if pace is not None else Pace(1.0)
+
+        def start() -> None:
+            self._pace, self._loop = pace, loop
+
+        self.call(start)
 
     def stop_stepping(self) -> None:
         self.call(lambda: setattr(self, "_loop", None))
@@ -73,15 +84,14 @@ class SimWorker:
                 return
 
     def _run(self) -> None:
-        next_tick = time.monotonic()
         while not self._stop.is_set():
-            if self._loop is None:
+            pace = self._pace
+            if self._loop is None or pace is None or pace.held:
                 self._run_calls(wait=0.05)
-                next_tick = time.monotonic()
                 continue
-            self._run_calls(wait=max(0.0, next_tick - time.monotonic()))
-            if self._loop is None or self._stop.is_set():
-                continue
+            self._run_calls(wait=pace.seconds_to_next_step())
+            if self._loop is None or self._stop.is_set() or pace.held or pace.seconds_to_next_step() > 0:
+                continue  # stopped, held, or the speed changed while the calls ran: ask again
             try:
                 self._loop.step()
                 self.steps += 1
@@ -89,8 +99,4 @@ class SimWorker:
                 self.error = err
                 self._loop = None
                 continue
-            next_tick += self._period
-            if next_tick < time.monotonic() - 2 * self._period:
-                # Far behind (a stall): start afresh rather than burst. A smaller lag, typical of a
-                # busy machine's scheduling delays, is made up so the average stays at `hz`.
-                next_tick = time.monotonic()
+            pace.stepped()
