@@ -23,7 +23,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sessions.schema import CorrectionRecord, CorrectionWithdrawn, EpisodeEnd, EpisodeStart, PlanEmitted, SessionHeader, Step
+from sessions.schema import (
+    CorrectionRecord,
+    CorrectionWithdrawn,
+    EpisodeEnd,
+    EpisodeStart,
+    PlanEmitted,
+    SessionHeader,
+    Step,
+)
 
 INSTALL_HINT = "pip install -e '.[viz]'"
 JPEG_QUALITY = 90  # a 128x128 frame is ~5 kB instead of 48 kB raw; the viewer decodes it
