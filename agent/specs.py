@@ -24,12 +24,10 @@ SHIPPED_CHECKPOINT = CHECKPOINTS / "small"  # the pi05 high level
 SHIPPED_VLA = CHECKPOINTS / "vla"  # the low-level VLA
 
 
-def _shipped_checkpoint_available() -> bool:
-    return (SHIPPED_CHECKPOINT / "model.safetensors").is_file()
-
-
 def default_high_level_spec() -> str:
-    return f"pi05:{SHIPPED_CHECKPOINT}" if _shipped_checkpoint_available() else "oracle"
+    # No silent fallback to the privileged oracle: a missing shipped checkpoint is the loader's
+    # one-line error, so a run never reports the oracle's numbers as the learned planner's.
+    return f"pi05:{SHIPPED_CHECKPOINT}"
 
 
 def default_low_level_spec() -> str:

@@ -117,10 +117,6 @@ def glyph(ch: str) -> np.ndarray:
     return _MASKS.get(ch, _UNKNOWN_MASK)
 
 
-def text_width(text: str, scale: int = 1) -> int:
-    return len(text) * (GLYPH_W + 1) * scale
-
-
 def draw_text(image: np.ndarray, x: int, y: int, text: str, color: tuple[int, int, int], scale: int = 1) -> None:
     """Draw `text` in place on uint8 [H, W, 3] `image`, top-left at (x, y); clipped at the edges."""
     height, width = image.shape[:2]

@@ -8,7 +8,6 @@ Codec presets:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -86,14 +85,6 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float, codec: str = "h264", gop: int | None = None) -> int:
-    """Write all `frames` to `path`; returns the number written."""
-    with VideoWriter(path, fps, codec, gop) as writer:
-        for frame in frames:
-            writer.write(frame)
-    return writer.frames
 
 
 def read_video(path: str | Path) -> np.ndarray:

@@ -124,8 +124,3 @@ def target_object(sub: P.Subtask) -> str | None:
         return "drawer"
     return None
 
-
-def objects_of(sub: P.Subtask) -> tuple[str, ...]:
-    """Every named object a subtask touches (for rules such as 'leave the green block alone')."""
-    target = target_object(sub)
-    return (target,) if target else ()

@@ -97,12 +97,9 @@ def expand_command_prefix(text: str) -> str:
         return text
     word, sep, rest = text.partition(" ")
     word = word.lower()
-    try:
-        from agent.coaching.classify import COMMAND_ALIASES, FORCING_ALIASES
+    from agent.coaching.classify import COMMAND_ALIASES, FORCING_ALIASES
 
-        aliases = {f"/{name}" for name in (*COMMAND_ALIASES, *FORCING_ALIASES)}
-    except ImportError:
-        aliases = set()
+    aliases = {f"/{name}" for name in (*COMMAND_ALIASES, *FORCING_ALIASES)}
     commands = [*SLASH_COMMANDS, *FORCING_COMMANDS]
     if len(word) < 2 or word in aliases or word in commands:
         return text
@@ -258,10 +255,8 @@ class CoachController:
 
     def reference_context(self) -> Any:
         """What the robot is doing, so the classifier can resolve "the blue one", "not that one"."""
-        try:
-            from agent.coaching.classify import ReferenceContext
-        except ImportError:
-            return None
+        from agent.coaching.classify import ReferenceContext
+
         snap = self.loop.snapshot()
         if snap is None:
             return None

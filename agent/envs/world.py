@@ -152,10 +152,6 @@ class WorldState:
     def blocks_on(self, name: str) -> list[str]:
         return [other for other in self.blocks if other != name and self.on_block(other, name)]
 
-    def is_clear(self, name: str) -> bool:
-        """Nothing rests on top of this block."""
-        return not self.blocks_on(name)
-
 
 PUSH_SIDE_X = 0.15  # |x| beyond which a block counts as pushed to that side
 PUSH_FRONT_Y = -0.22

@@ -11,10 +11,8 @@ CheckpointError naming the file and the problem.
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from policies.checkpoint import (  # noqa: F401 (CheckpointError and the checks are re-exported)
@@ -77,8 +75,6 @@ class Pi05Policy:
         self.model = model.to(self.device).eval()
         self.processor = processor
         self.cfg = model.cfg
-        self._queue: deque[np.ndarray] = deque()
-        self._queue_subtask: str | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str = "fp32") -> "Pi05Policy":
@@ -98,8 +94,7 @@ class Pi05Policy:
         return images, ids, mask
 
     def reset(self) -> None:
-        self._queue.clear()
-        self._queue_subtask = None
+        """Nothing to clear: every plan and chunk is computed from the observation alone."""
 
     @torch.no_grad()
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
@@ -123,13 +118,6 @@ class Pi05Policy:
         with self._autocast():
             actions = self.model.sample_actions(*self._base(obs), sub_ids, sub_mask)
         return self.processor.unnormalize_actions(actions[0].float().cpu().numpy())
-
-    def select_action(self, obs: Observation, subtask: str) -> np.ndarray:
-        """One action float32 [A]; a new chunk is predicted when the queue runs dry or the subtask changes."""
-        if not self._queue or subtask != self._queue_subtask:
-            self._queue = deque(self.predict_action_chunk(obs, subtask))
-            self._queue_subtask = subtask
-        return self._queue.popleft()
 
 
 def load_pi05(path: str | Path, device: str = "cpu", dtype: str = "fp32") -> Pi05Policy:

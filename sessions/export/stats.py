@@ -41,16 +41,6 @@ def image_sample(frames: np.ndarray) -> np.ndarray:
     return frames[::step_t, ::step_xy, ::step_xy]
 
 
-def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel stats of uint8 [T, H, W, 3] frames, in [0, 1], shaped (3, 1, 1)."""
-    sample = image_sample(frames)
-    pixels = sample.reshape(-1, 3).astype(np.float64) / 255.0
-    stats = vector_stats(pixels)
-    out = {k: v.reshape(3, 1, 1) for k, v in stats.items() if k != "count"}
-    out["count"] = np.array([len(frames)])
-    return out
-
-
 def image_stats_from_sample(sample: np.ndarray, frame_count: int) -> dict[str, np.ndarray]:
     """Per-channel stats from an already-gathered pixel sample [N, 3] (uint8)."""
     stats = vector_stats(sample.reshape(-1, 3).astype(np.float64) / 255.0)
