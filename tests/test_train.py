@@ -160,3 +160,12 @@ def test_init_from_keeps_the_matching_weights_and_starts_a_new_vision_stem(sessi
     assert (second / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
     a, b = load_pi05(first).model.state_dict(), load_pi05(second).model.state_dict()
     assert torch.equal(a["embed.weight"], b["embed.weight"]) and torch.equal(a["backbone.0.q.weight"], b["backbone.0.q.weight"])
+
+
+def test_stop_at_ends_resumably_before_the_schedule_does(sessions, tmp_path):
+    s = TrainSettings(data=[str(sessions)], out=str(tmp_path / "ck"), preset="tiny", steps=8, stop_at=3, batch_size=8,
+                      eval_every=100, eval_samples=8, eval_generate=2, threads=1, warmup_steps=1, vocab_size=700,
+                      overrides={"image_size": 32})
+    assert train(s)["steps"] == 3
+    s.resume, s.stop_at = True, None
+    assert train(s)["steps"] == 8

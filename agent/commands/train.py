@@ -18,7 +18,7 @@ from agent.errors import UserError
 # per-model defaults for the flags left unset
 DEFAULTS = {
     "pi05": {"steps": 4000, "batch_size": 32, "lr": 5e-4, "dtype": "bf16", "eval_every": 500, "save_every": 240.0,
-             "threads": 2, "presets": ("tiny", "small", "pi05")},
+             "threads": 2, "presets": ("tiny", "small", "small_vit", "pi05")},
     "vla": {"steps": 30_000, "batch_size": 64, "lr": 1e-3, "dtype": "fp32", "eval_every": 1000, "save_every": 180.0,
             "threads": 1, "presets": ("tiny", "small")},
 }
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pi05: the π0.5-style model (high level); vla: the low-level VLA")
     parser.add_argument("--data", nargs="+", required=True, help="session directories (or folders holding them)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
-    parser.add_argument("--preset", default="small", help="pi05: tiny | small | pi05; vla: tiny | small")
+    parser.add_argument("--preset", default="small", help="pi05: tiny | small | small_vit | pi05; vla: tiny | small")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (pi05 4000, vla 30000)")
     parser.add_argument("--batch-size", type=int, default=None, help="pi05 32, vla 64")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (pi05 5e-4, vla 1e-3)")
@@ -44,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-cache", default=None, metavar="RUN",
                         help="vla: reuse the tensors and tokenizer an earlier run on the same --data cached in RUN")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                        help="vla: stop (resumably) at this step; the learning-rate schedule still spans --steps")
+                        help="stop (resumably) at this step; the learning-rate schedule still spans --steps")
     parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="pi05: start from this checkpoint's weights, tokenizer and norm stats (tensors whose "
@@ -86,6 +86,13 @@ def check_args(args: argparse.Namespace) -> str | None:
     for path in map(Path, args.data):
         if not path.exists():
             return f"--data {path}: no such file or directory"
+    if args.init_from is not None:
+        if args.model != "pi05":
+            return "--init-from is for --model pi05"
+        missing = [f for f in ("model.safetensors", "tokenizer.json", "norm_stats.json")
+                   if not (Path(args.init_from) / f).is_file()]
+        if missing:
+            return f"--init-from {args.init_from}: not a pi05 checkpoint directory (no {', '.join(missing)})"
     if not any((p / HEADER_FILE).is_file() for p in find_sessions(args.data)):
         return (f"--data {' '.join(args.data)} holds no recorded session; record some with "
                 "`hivla datagen --out DIR` and pass that DIR")
@@ -122,5 +129,5 @@ def main(args: argparse.Namespace) -> int:
             return 0
         from agent.training.trainer import TrainSettings, train
 
-        train(TrainSettings(**common, init_from=args.init_from))
+        train(TrainSettings(**common, init_from=args.init_from, stop_at=args.stop_at))
     return 0

@@ -58,6 +58,7 @@ class TrainSettings:
     threads: int = 2
     overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
     init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
+    stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
 
 
 @contextlib.contextmanager
@@ -308,8 +309,9 @@ def train(s: TrainSettings) -> dict:
     t_window = time.perf_counter()
     progress = TrainProgress(s.steps, state["step"])
     model.train()
+    end = min(s.steps, s.stop_at or s.steps)
     try:
-        while state["step"] < s.steps:
+        while state["step"] < end:
             if pos + s.batch_size > len(perm):
                 perm, pos = torch.randperm(len(train_idx), generator=g), 0
             idx = train_idx[perm[pos: pos + s.batch_size]]
@@ -337,13 +339,13 @@ def train(s: TrainSettings) -> dict:
                 log(f"step {state['step']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items())
                     + f" samples/s {rate:.1f}")
                 window, t_window = [], time.perf_counter()
-            if state["step"] % s.eval_every == 0 or state["step"] == s.steps:
+            if state["step"] % s.eval_every == 0 or state["step"] == end:
                 metrics = evaluate(model, processor, tensors, meta, held_idx, s, device)
                 metrics["step"] = state["step"]
                 state["history"].append(metrics)
                 log.echo("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                             for k, v in metrics.items()))
-            if time.perf_counter() - last_save > s.save_every_s or state["step"] == s.steps:
+            if time.perf_counter() - last_save > s.save_every_s or state["step"] == end:
                 _save(out, model, processor, opt, state, s)
                 last_save = time.perf_counter()
     except KeyboardInterrupt:

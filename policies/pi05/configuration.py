@@ -1,7 +1,8 @@
-"""Configuration of the π0.5-style model: one dataclass, three size presets.
+"""Configuration of the π0.5-style model: one dataclass, four presets.
 
 - `tiny`: for tests (seconds on a CPU).
-- `small`: the shipped default, sized to train in about an hour on 2 CPU cores.
+- `small`: the shipped high level (a conv stem, trained as the planner only), sized for 2 CPU cores.
+- `small_vit`: the first shipped model (a linear patch embedding; the action expert trained too).
 - `pi05`: the published dims (PaliGemma 2B backbone + 300M action expert + So400m vision tower),
   built on the meta device so a later step can load published weights.
 """
@@ -203,6 +204,13 @@ def small() -> Pi05Config:
                       action_token_stride=0, flow_loss_weight=0.0, preset="small")
 
 
+def small_vit() -> Pi05Config:
+    # The first shipped model's architecture: a 16-pixel linear patch embedding (16 tokens a camera),
+    # the action expert and the backbone's action tokens trained too. The shipped planner starts
+    # from a checkpoint of this preset (see policies/checkpoints/small/MODEL_CARD.md).
+    return Pi05Config(preset="small_vit")
+
+
 def pi05() -> Pi05Config:
     # Published π0.5: PaliGemma (Gemma 2B) backbone, Gemma-300M action expert, SigLIP So400m/14 at 224 px.
     return Pi05Config(
@@ -214,7 +222,7 @@ def pi05() -> Pi05Config:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "pi05": pi05}
+PRESETS = {"tiny": tiny, "small": small, "small_vit": small_vit, "pi05": pi05}
 
 
 def make_config(preset: str, **overrides) -> Pi05Config:
