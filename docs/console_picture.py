@@ -193,7 +193,10 @@ def render_png(ansi: str, out: Path) -> None:
                 break
             style.apply(match.group(1))
             pos = match.end()
-        style.reset()  # tmux starts every captured line afresh
+        # No reset here: `tmux capture-pane -e` writes an SGR only where a cell's style differs
+        # from the cell before it, line ends included, so a line that starts in the style the line
+        # above ended in has no escape at all (a camera row that begins in the colour the row
+        # above ended in), and its style carries over.
     image.save(out, optimize=True)
 
 
