@@ -18,7 +18,7 @@ from agent.errors import UserError
 # per-model defaults for the flags left unset
 DEFAULTS = {
     "pi05": {"steps": 4000, "batch_size": 32, "lr": 5e-4, "dtype": "bf16", "eval_every": 500, "save_every": 240.0,
-             "threads": 2, "presets": ("tiny", "small", "small_vit", "pi05")},
+             "threads": 2, "presets": ("tiny", "small", "small_conv", "pi05")},
     "vla": {"steps": 30_000, "batch_size": 64, "lr": 1e-3, "dtype": "fp32", "eval_every": 1000, "save_every": 180.0,
             "threads": 1, "presets": ("tiny", "small")},
 }
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pi05: the π0.5-style model (high level); vla: the low-level VLA")
     parser.add_argument("--data", nargs="+", required=True, help="session directories (or folders holding them)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
-    parser.add_argument("--preset", default="small", help="pi05: tiny | small | small_vit | pi05; vla: tiny | small")
+    parser.add_argument("--preset", default="small", help="pi05: tiny | small | small_conv | pi05; vla: tiny | small")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (pi05 4000, vla 30000)")
     parser.add_argument("--batch-size", type=int, default=None, help="pi05 32, vla 64")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (pi05 5e-4, vla 1e-3)")
