@@ -76,8 +76,12 @@ class PlanEmitted(_Record):
     plan_id: int
     plan: PlanData
     reason: Literal["start", "timer", "subtask_done", "correction", "reset", "task_change"]
-    latency_s: float | None = None
-    wall_time: float
+    latency_s: float | None = None  # the high level's own compute time for this plan
+    wall_time: float  # when the plan landed (was applied), at control step `step`
+    # When it was asked (None: asked and applied at once, e.g. a human override or an older session).
+    # With the high level off the control path these differ: the robot kept acting in between.
+    asked_step: int | None = None
+    asked_wall_time: float | None = None
 
 
 class CorrectionRecord(_Record):
