@@ -57,10 +57,6 @@ class Plan:
     def is_done(self) -> bool:
         return self.subtask == TASK_DONE
 
-    def text(self) -> str:
-        """The decoded text the high level produces: thought, then the subtask."""
-        return f"{self.thought} So: {self.subtask}" if self.thought else self.subtask
-
 
 class CorrectionKind(str, enum.Enum):
     OVERRIDE = "override"  # do this subtask now

@@ -10,7 +10,7 @@ import torch
 
 from agent.cli import main as hivla
 from agent.specs import SpecError, make_high_level
-from policies.hf.planner import HfHighLevel, parse_answer
+from policies.hf.planner import HfHighLevel
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
 from sessions.reader import read_session
 from tiny_hf import save_tiny_lm, save_tiny_vlm
@@ -40,20 +40,6 @@ def _context() -> PlanContext:
                        corrections=[Correction(CorrectionKind.CONSTRAINT, "never use the drawer"),
                                     Correction(CorrectionKind.CONFIRM, "good")],
                        completed_subtasks=["open the drawer"])
-
-
-# ------------------------------------------------------------------------------------------- parsing
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("The red block is on the table. So: pick up the red block", ("The red block is on the table.", "pick up the red block")),
-    ("so: open the drawer.\nand then more text", ("", "open the drawer")),
-    ("First so: this. Then So: close the drawer!", ("First so: this. Then", "close the drawer")),
-    ("no separator at all", None),
-    ("Thinking. So:   \n", None),
-])
-def test_answers_are_parsed_at_the_last_so(text, expected):
-    assert parse_answer(text) == expected
 
 
 # ------------------------------------------------------------------------------------------- models

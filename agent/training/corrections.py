@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.training.dataset import RawSamples, last_completed
-from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
+from policies.planning import CONTEXT_CORRECTIONS, PLANNING_KINDS
 from policies.pi05.processor import resize_image
 
 TEACHING_KINDS = ("override", "negation", "constraint")

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from policies.pi05.configuration import Pi05Config
-from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
+from policies.planning import CONTEXT_CORRECTIONS, PLANNING_KINDS
 from policies.pi05.processor import NormStats, Pi05Processor, pad_to, prompt_corpus, resize_images, train_tokenizer
 
 CACHE_FILE = "data_cache.safetensors"

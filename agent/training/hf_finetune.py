@@ -40,7 +40,8 @@ from agent.training.trainer import (
     TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state, sigterm_as_interrupt,
 )
 from policies.hf.loading import ADAPTER_CONFIG, HfModelError, adapter_base
-from policies.hf.planner import HfHighLevel, parse_answer
+from policies.hf.planner import HfHighLevel
+from policies.planning import PlanParseError, parse_plan
 
 SUMMARY_FILE = "hf_finetune.json"
 MERGED_DIR = "merged"
@@ -157,8 +158,11 @@ def plan_agreement(planner: HfHighLevel, examples: list[SftExample]) -> float | 
     planner.model.eval()
     hits = []
     for e in examples:
-        parsed = parse_answer(planner.generate(e.frames() if planner.is_vlm else {}, e.context))
-        hits.append(parsed is not None and _norm(parsed[1]) == _norm(e.subtask))
+        try:
+            parsed = parse_plan(planner.generate(e.frames() if planner.is_vlm else {}, e.context)).subtask
+        except PlanParseError:
+            parsed = None
+        hits.append(parsed is not None and _norm(parsed) == _norm(e.subtask))
     planner.model.train()
     return sum(hits) / len(hits)
 

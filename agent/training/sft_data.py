@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.training.corrections import CorrectionDataError
-from policies.hf.planner import format_answer, parse_answer
-from policies.types import Correction, CorrectionKind, Plan, PlanContext
+from policies.planning import PlannerContext, PlanParseError, format_plan, parse_plan
 
 MAKE_SFT = "make one with `hivla export SESSION... --format sft --out DIR`"
 COLUMNS = ["images", "cameras", "context", "messages", "subtask", "weight", "split", "session_id", "episode", "step",
@@ -33,7 +32,7 @@ COLUMNS = ["images", "cameras", "context", "messages", "subtask", "weight", "spl
 @dataclass(frozen=True)
 class SftExample:
     images: dict[str, bytes]  # camera -> PNG of the frame at the decision
-    context: PlanContext
+    context: PlannerContext
     answer: str  # "thought So: subtask", the form the hf planner answers in
     subtask: str
     weight: float
@@ -46,23 +45,14 @@ class SftExample:
         return {camera: decode_png(png) for camera, png in self.images.items()}
 
 
-def plan_context(context: dict) -> PlanContext:
-    """The export's `context` column as the PlanContext the control loop gave the planner."""
-    in_force = context.get("in_force")
-    return PlanContext(
-        task=context["task"],
-        # only the subtask in force is read from the history (policies/hf/planner.planner_fields)
-        plan_history=[Plan(thought="", subtask=in_force)] if in_force else [],
-        corrections=[Correction(CorrectionKind(c["kind"]), c["text"]) for c in context.get("corrections") or []],
-        completed_subtasks=list(context.get("done") or []),
-    )
-
-
 def answer_of(row: dict) -> str:
     """The assistant turn as the planner's answer; a target without a thought still gets its 'So:'."""
     text = row["messages"][-1]["content"][0]["text"] or ""
-    parsed = parse_answer(text)
-    return format_answer(parsed[0] if parsed else "", row["subtask"])
+    try:
+        thought = parse_plan(text).thought
+    except PlanParseError:
+        thought = ""
+    return format_plan(thought, row["subtask"])
 
 
 def _export_files(path: Path) -> list[Path]:
@@ -100,7 +90,7 @@ def load_sft_export(paths: list[str | Path]) -> list[SftExample]:
                 current = row["images"][len(row["images"]) - len(cameras):] if cameras else []
                 examples.append(SftExample(
                     images={cam: image["bytes"] for cam, image in zip(cameras, current)},
-                    context=plan_context(row["context"]), answer=answer_of(row), subtask=row["subtask"],
+                    context=PlannerContext.from_dict(row["context"]), answer=answer_of(row), subtask=row["subtask"],
                     weight=float(row["weight"]), split=row["split"] or "train",
                     key=f"{row['session_id']}/{row['episode']}/{row['step']}/{row['kind']}"))
     if not examples:

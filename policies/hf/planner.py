@@ -22,43 +22,22 @@ import numpy as np
 import torch
 
 from policies.hf.loading import DTYPES, HfModelError, load_local_model
-from policies.pi05.policy import CONTEXT_CORRECTIONS, PLANNING_KINDS
-from policies.pi05.processor import PLAN_SEPARATOR
+from policies.planning import PlannerContext, PlanParseError, build_planner_context, parse_plan
 from policies.types import Observation, Plan, PlanContext
 from prompts import load as load_prompt
 
-__all__ = ["DTYPES", "HfHighLevel", "HfModelError", "format_answer", "parse_answer", "planner_fields"]
+__all__ = ["DTYPES", "HfHighLevel", "HfModelError", "planner_fields"]
 IGNORE_INDEX = -100  # transformers' label for tokens without loss
 
 
-def parse_answer(text: str) -> tuple[str, str] | None:
-    """'thought So: subtask' -> (thought, subtask) at the last 'So:' (case-insensitive); the subtask
-    is the first line after it without trailing punctuation. None when there is no subtask to read."""
-    marker = PLAN_SEPARATOR.strip().lower()
-    idx = text.lower().rfind(marker)
-    if idx < 0:
-        return None
-    lines = text[idx + len(marker):].strip().splitlines()
-    subtask = lines[0].strip().strip(" .!\"'").strip() if lines else ""
-    if not subtask:
-        return None
-    return text[:idx].strip(), subtask
-
-
-def format_answer(thought: str, subtask: str) -> str:
-    """The answer parse_answer reads: 'thought So: subtask' ('So: subtask' without a thought)."""
-    return f"{thought.strip()}{PLAN_SEPARATOR}{subtask}".strip()
-
-
-def planner_fields(context: PlanContext) -> dict[str, str]:
+def planner_fields(ctx: PlannerContext) -> dict[str, str]:
     """The context as the prompt's fields: what was done, the subtask in force, what the person said."""
     prompt = load_prompt("hf_planner")
-    corrections = [c.text for c in context.corrections if c.kind in PLANNING_KINDS][-CONTEXT_CORRECTIONS:]
     return {
-        "task": context.task,
-        "done": ", ".join(context.completed_subtasks) or prompt["nothing"],
-        "current": context.plan_history[-1].subtask if context.plan_history else prompt["nothing"],
-        "corrections": " | ".join(f'"{c}"' for c in corrections) or prompt["no_corrections"],
+        "task": ctx.task,
+        "done": ", ".join(ctx.done) or prompt["nothing"],
+        "current": ctx.in_force or prompt["nothing"],
+        "corrections": " | ".join(f'"{c}"' for c in ctx.texts) or prompt["no_corrections"],
     }
 
 
@@ -83,9 +62,12 @@ class HfHighLevel:
     def reset(self) -> None:
         self.last_answer, self.last_error = "", None
 
-    def messages(self, images: Mapping[str, np.ndarray], context: PlanContext) -> list[dict]:
-        """The user turn: the prompt's text and, for a VLM, the images of `self.cameras` in that order."""
+    def messages(self, images: Mapping[str, np.ndarray], context: PlanContext | PlannerContext) -> list[dict]:
+        """The user turn: the prompt's text and, for a VLM, the images of `self.cameras` in that order.
+        `context` is the loop's PlanContext or the PlannerContext built from it (as a session records it)."""
         p = self.prompt
+        if isinstance(context, PlanContext):
+            context = build_planner_context(context)
         cameras = p["with_images"].format(names=" and ".join(self.cameras)) if self.is_vlm else p["without_images"]
         text = p["user"].format(instructions=p["instructions"], cameras=cameras, **planner_fields(context))
         if not self.is_vlm:
@@ -97,7 +79,7 @@ class HfHighLevel:
         content = [{"type": "image", "image": np.ascontiguousarray(images[cam])} for cam in self.cameras]
         return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
 
-    def encode(self, images: Mapping[str, np.ndarray], context: PlanContext, answer: str | None = None) -> dict:
+    def encode(self, images: Mapping[str, np.ndarray], context: PlanContext | PlannerContext, answer: str | None = None) -> dict:
         """The model's inputs (CPU tensors, batch of one) for the prompt at this decision, rendered by the
         chat template with the generation prompt. With `answer`: the prompt followed by the answer as
         the assistant turn, and `labels` that ignore the prompt (the loss falls on the answer and the
@@ -130,7 +112,7 @@ class HfHighLevel:
         return self.generate(obs.images, context)
 
     @torch.no_grad()
-    def generate(self, images: Mapping[str, np.ndarray], context: PlanContext) -> str:
+    def generate(self, images: Mapping[str, np.ndarray], context: PlanContext | PlannerContext) -> str:
         """The model's greedy answer to the prompt at (images, context)."""
         inputs = self.to_device(self.encode(images, context))
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
@@ -141,10 +123,13 @@ class HfHighLevel:
     def plan(self, obs: Observation, context: PlanContext) -> Plan:
         text = self.answer(obs, context)
         self.last_answer = text
-        parsed = parse_answer(text)
-        if parsed is not None:
+        try:
+            plan = parse_plan(text)
+        except PlanParseError:
+            pass
+        else:
             self.last_error = None
-            return Plan(thought=parsed[0], subtask=parsed[1], source="model")
+            return plan
         # No silent fallback: the thought says the answer was unreadable and what is kept instead.
         keep = context.plan_history[-1].subtask if context.plan_history else context.task
         shown = " ".join(text.split())[:80]

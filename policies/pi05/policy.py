@@ -21,13 +21,11 @@ from policies.checkpoint import (  # noqa: F401 (CheckpointError and the checks 
 from policies.pi05.configuration import Pi05Config
 from policies.pi05.modeling import Pi05Model
 from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer, pad_to
-from policies.types import ActionChunk, CorrectionKind, Observation, Plan, PlanContext
+from policies.planning import build_planner_context
+from policies.types import ActionChunk, Observation, Plan, PlanContext
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "norm_stats.json")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-CONTEXT_CORRECTIONS = 4  # how many recent corrections the high level reads
-# corrections whose words steer the plan; pause/resume/stop/confirm are handled by the loop
-PLANNING_KINDS = {CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT, CorrectionKind.NUDGE}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,14 +96,8 @@ class Pi05Policy:
 
     @torch.no_grad()
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
-        context = context or PlanContext(task=obs.task)
-        corrections = [c.text for c in context.corrections if c.kind in PLANNING_KINDS][-CONTEXT_CORRECTIONS:]
-        if self.cfg.context_last == "done":
-            last = context.completed_subtasks[-1] if context.completed_subtasks else None
-        else:
-            last = context.plan_history[-1].subtask if context.plan_history else None
-        ctx_ids, ctx_mask = self._tensor(
-            self.processor.context_ids(last, corrections), self.cfg.max_context_tokens)
+        ctx = build_planner_context(context or PlanContext(task=obs.task))
+        ctx_ids, ctx_mask = self._tensor(self.processor.planner_context_ids(ctx), self.cfg.max_context_tokens)
         with self._autocast():
             out = self.model.generate(*self._base(obs), ctx_ids, ctx_mask)
         thought, subtask = self.processor.parse_plan(self.processor.decode(out[0].tolist()))

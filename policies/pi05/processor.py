@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from policies.pi05.configuration import Pi05Config
+from policies.planning import PLAN_SEPARATOR, PlannerContext, PlanParseError, parse_plan
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 TASK_MARK, COACH_MARK = "<task>", "<coach>"
-PLAN_SEPARATOR = " So: "
 STATE_BINS = 256
 
 
@@ -210,6 +210,10 @@ class Pi05Processor:
         room = self.cfg.max_context_tokens - 1
         return [self.tok.token_to_id(COACH_MARK)] + self.encode(" " + " | ".join(parts))[-room:]
 
+    def planner_context_ids(self, ctx: PlannerContext) -> list[int]:
+        """The coaching context of policies.planning's PlannerContext, in the config's compact layout."""
+        return self.context_ids(ctx.last(self.cfg.context_last), ctx.texts)
+
     def prefix_ids(self, task: str, state: np.ndarray) -> list[int]:
         """The base prefix text: task, then one bin token per state dimension."""
         cfg = self.cfg
@@ -244,12 +248,14 @@ class Pi05Processor:
 
     @staticmethod
     def parse_plan(text: str) -> tuple[str, str]:
-        """"thought So: subtask" -> (thought, subtask). Without the separator, all of it is the subtask."""
-        marker = PLAN_SEPARATOR.strip()
-        idx = text.rfind(marker)
-        if idx < 0:
+        """Decoded "thought So: subtask" -> (thought, subtask), read by policies.planning.parse_plan. The
+        model's targets always hold "So:"; a decode without it is shown whole as the subtask, so a broken
+        model's text stays visible in the plan instead of being dropped."""
+        try:
+            plan = parse_plan(text)
+        except PlanParseError:
             return "", text.strip()
-        return text[:idx].strip(), text[idx + len(marker):].strip()
+        return plan.thought, plan.subtask
 
     # -- images ----------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from policies.planning import format_plan
 from sessions.reader import EpisodeData, Session
 from sessions.schema import CorrectionRecord, PlanData, PlanEmitted
 
@@ -224,9 +225,8 @@ def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
 
 
 def assistant_text(plan: PlanData | None) -> str:
-    if plan is None:
-        return ""
-    return f"{plan.thought} So: {plan.subtask}" if plan.thought else plan.subtask
+    """The plan as the high level writes it (policies.planning.format_plan)."""
+    return format_plan(plan.thought, plan.subtask) if plan is not None else ""
 
 
 # ----------------------------------------------------------------------------- safe output

@@ -1,0 +1,97 @@
+"""The planner's two contracts: what it reads (the context) and what it writes ("thought So: subtask").
+
+    ctx = build_planner_context(context)        # the ONE rule for what a high level reads
+    text = format_plan("the drawer is shut", "open the drawer")   # "the drawer is shut So: open the drawer"
+    plan = parse_plan(text)                     # Plan(thought, subtask); PlanParseError if there is no subtask
+
+Every high level (pi05, hf), the control loop's recorder and every dataset builder goes through these,
+so a model is trained on the context and the answer format it meets at inference. The loop records
+`build_planner_context` in each PlanEmitted, so readers use what the planner saw instead of
+re-deriving it from the events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from policies.types import CorrectionKind, Plan, PlanContext, PlanSource
+
+PLAN_SEPARATOR = " So: "
+CONTEXT_CORRECTIONS = 4  # how many recent corrections the high level reads
+# corrections whose words steer the plan; pause/resume/stop/confirm are handled by the loop
+PLANNING_KINDS = frozenset({CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT,
+                            CorrectionKind.NUDGE})
+ContextLast = Literal["in_force", "done"]
+
+
+class PlanParseError(ValueError):
+    """Text with no "So: <subtask>" in it: no plan can be read from it."""
+
+
+@dataclass(frozen=True)
+class Said:
+    """One correction as the planner reads it: its kind and its words."""
+
+    kind: CorrectionKind
+    text: str
+
+
+@dataclass(frozen=True)
+class PlannerContext:
+    """What a high level reads beyond the cameras and the robot state, at one decision."""
+
+    task: str
+    done: tuple[str, ...] = ()  # subtasks completed, each once, the most recent last
+    in_force: str | None = None  # the subtask of the plan in force (None before the first plan)
+    corrections: tuple[Said, ...] = ()  # planning corrections in force, oldest first, the last CONTEXT_CORRECTIONS
+
+    def last(self, which: ContextLast = "in_force") -> str | None:
+        """The one subtask a compact context names: the one in force, or the one completed last."""
+        if which == "done":
+            return self.done[-1] if self.done else None
+        return self.in_force
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for s in self.corrections]
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "done": list(self.done), "in_force": self.in_force,
+                "corrections": [{"kind": s.kind.value, "text": s.text} for s in self.corrections]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PlannerContext":
+        return planner_context(data["task"], data.get("done") or (), data.get("in_force"),
+                               [Said(CorrectionKind(c["kind"]), c["text"]) for c in data.get("corrections") or ()])
+
+
+def planner_context(task: str, done=(), in_force: str | None = None, said=()) -> PlannerContext:
+    """The context from its parts: `said` is every correction in force, oldest first (objects with
+    `kind` and `text`); only the planning kinds, and the last CONTEXT_CORRECTIONS of them, are kept."""
+    kept = [Said(CorrectionKind(c.kind), c.text) for c in said if CorrectionKind(c.kind) in PLANNING_KINDS]
+    return PlannerContext(task=task, done=tuple(done), in_force=in_force,
+                          corrections=tuple(kept[-CONTEXT_CORRECTIONS:]))
+
+
+def build_planner_context(context: PlanContext) -> PlannerContext:
+    """What the high level reads from the loop's PlanContext (the ONE rule: every planner and dataset uses it)."""
+    in_force = context.plan_history[-1].subtask if context.plan_history else None
+    return planner_context(context.task, context.completed_subtasks, in_force, context.corrections)
+
+
+def format_plan(thought: str, subtask: str) -> str:
+    """The text a high level writes: "thought So: subtask" ("So: subtask" without a thought)."""
+    return f"{thought.strip()}{PLAN_SEPARATOR}{subtask}".strip()
+
+
+def parse_plan(text: str, source: PlanSource = "model") -> Plan:
+    """"thought So: subtask" -> Plan, read at the last "So:" (any case); the subtask is the first line
+    after it without trailing punctuation. PlanParseError when there is no subtask to read."""
+    marker = PLAN_SEPARATOR.strip().lower()
+    idx = text.lower().rfind(marker)
+    lines = text[idx + len(marker):].strip().splitlines() if idx >= 0 else []
+    subtask = lines[0].strip().strip(" .!\"'").strip() if lines else ""
+    if not subtask:
+        raise PlanParseError(f"no 'So: <subtask>' in {' '.join(text.split())[:80]!r}")
+    return Plan(thought=text[:idx].strip(), subtask=subtask, source=source)
