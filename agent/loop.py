@@ -23,8 +23,10 @@ import numpy as np
 
 from agent.inputs import Command, CommandName, UserInput
 from policies.base import HighLevelPolicy, LowLevelPolicy
+from policies.planning import build_planner_context
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
 from sessions.schema import (
+    ContextData,
     CorrectionRecord,
     CorrectionWithdrawn,
     EpisodeEnd,
@@ -516,6 +518,7 @@ class ControlLoop:
     def _set_plan(self, plan: Plan, reason: ReplanReason, latency: float | None = None) -> None:
         assert self._episode is not None and self._context is not None and self._obs is not None
         changed = self._plan is None or plan.subtask != self._plan.subtask
+        seen = build_planner_context(self._context)  # what the high level read for this plan, before it lands
         self._plan = plan
         self._plan_sim_time = self._obs.time
         self._context.plan_history.append(plan)
@@ -532,6 +535,7 @@ class ControlLoop:
                 reason=reason,
                 latency_s=latency,
                 wall_time=time.time(),
+                context=ContextData.model_validate(seen.to_dict()),
             )
         )
 

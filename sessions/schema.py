@@ -3,6 +3,9 @@
 A session directory holds `session.json` (a SessionHeader), an append-only `events.jsonl`
 (one record per line, discriminated by `type`) and per-episode camera frame files. Bump
 SCHEMA_VERSION on any incompatible change; readers refuse versions they do not know.
+
+Versions: 1, the first; 2, PlanEmitted records the context the planner read (`context`), which
+sessions of version 1 lack (their readers fall back to no context; see sessions.export).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.types import CorrectionKind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Record(BaseModel):
@@ -69,6 +72,20 @@ class Step(_Record):
     paused: bool = False
 
 
+class SaidData(_Record):
+    kind: CorrectionKind
+    text: str
+
+
+class ContextData(_Record):
+    """What the high level read at a decision: policies.planning.PlannerContext as data."""
+
+    task: str
+    done: list[str] = Field(default_factory=list)  # subtasks completed, each once, the latest last
+    in_force: str | None = None  # the subtask of the plan in force when it was asked
+    corrections: list[SaidData] = Field(default_factory=list)  # the planning corrections it read, oldest first
+
+
 class PlanEmitted(_Record):
     type: Literal["plan"] = "plan"
     episode: int
@@ -82,6 +99,7 @@ class PlanEmitted(_Record):
     # With the high level off the control path these differ: the robot kept acting in between.
     asked_step: int | None = None
     asked_wall_time: float | None = None
+    context: ContextData | None = None  # what the planner read (schema 2); None in sessions of schema 1
 
 
 class CorrectionRecord(_Record):
