@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.envs.primitives import parse_subtask  # noqa: E402
+from policies.grammar import parse_subtask  # noqa: E402
 from agent.training.dataset import load_cache, split_episodes  # noqa: E402
 from policies.pi05.policy import load_checkpoint  # noqa: E402
 

@@ -26,6 +26,7 @@ def main() -> int:
     from rich.table import Table
 
     from agent.envs.eval_primitives import evaluate
+    from agent.specs import make_low_level
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="policies/checkpoints/vla")
@@ -43,8 +44,8 @@ def main() -> int:
             cfg = json.loads((ckpt / "config.json").read_text())
             cfg["n_action_steps"] = n
             (ckpt / "config.json").write_text(json.dumps(cfg))
-            report = evaluate(trials=args.trials, low_level=f"vla:{ckpt}", families=[args.family], seed=21,
-                              log=lambda m: None)
+            report = evaluate(trials=args.trials, low_level=make_low_level(f"vla:{ckpt}", seed=21),
+                              policy_name=f"vla:{ckpt}", families=[args.family], seed=21, log=lambda m: None)
             results["by_steps"][str(n)] = {k: v["success_rate"] for k, v in report["per_primitive"].items() if v["trials"]}
     kinds = list(next(iter(results["by_steps"].values())))
     table = Table(title=f"VLA n_action_steps, {args.trials} trials a primitive ({args.family})")

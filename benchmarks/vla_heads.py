@@ -26,8 +26,9 @@ def main() -> int:
     from rich.table import Table
 
     from agent.envs.eval_primitives import evaluate
-    from agent.envs.primitives import KINDS
+    from agent.specs import make_low_level
     from agent.training.vla_trainer import VlaTrainSettings, train_vla
+    from policies.grammar import KINDS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-cache", required=True, help="an earlier `hivla train --model vla` --out on the data")
@@ -46,7 +47,8 @@ def main() -> int:
                                     resume=(out / "trainer_state.json").is_file())
         summary = train_vla(settings)
         t0 = time.perf_counter()
-        report = evaluate(trials=args.trials, seed=5, low_level=f"vla:{out}")
+        report = evaluate(trials=args.trials, seed=5, low_level=make_low_level(f"vla:{out}", seed=5),
+                          policy_name=f"vla:{out}")
         results["heads"][head] = {
             "train_time_s": summary["train_time_s"], "samples_per_s": summary["samples_per_s"],
             "held_out": summary["final_eval"], "eval_time_s": time.perf_counter() - t0,

@@ -8,7 +8,7 @@ import pytest
 from agent.envs import make_env
 from agent.envs import scene as S
 from agent.envs.expert import ScriptedExpert
-from agent.envs.primitives import SubtaskParseError
+from policies.grammar import SubtaskParseError
 from policies.base import LowLevelPolicy
 from policies.types import Observation
 

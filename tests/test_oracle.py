@@ -8,7 +8,7 @@ import prompts
 from agent.envs import make_env
 from agent.envs.expert import ScriptedExpert
 from agent.envs.oracle import OraclePlanner
-from agent.envs.primitives import parse_subtask
+from policies.grammar import parse_subtask
 from policies.base import HighLevelPolicy
 from policies.types import TASK_DONE, Correction, CorrectionKind, PlanContext
 

@@ -7,11 +7,11 @@ import pytest
 
 from agent.envs import FAMILIES, make_env
 from agent.envs import scene as S
-from agent.envs.primitives import (
+from agent.envs.primitives import is_satisfied
+from policies.grammar import (
     Subtask,
     SubtaskParseError,
     close_drawer,
-    is_satisfied,
     open_drawer,
     parse_subtask,
     pick,

@@ -52,7 +52,8 @@ from agent.coaching import vocab
 from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, classify
 from agent.coaching.nudge import describe_direction
 from agent.coaching.rules import Rule
-from agent.envs.primitives import PLACE_KINDS, SubtaskParseError, is_satisfied, parse_subtask, resolve_block
+from agent.envs.primitives import is_satisfied, resolve_block
+from policies.grammar import PLACE_KINDS, SubtaskParseError, parse_subtask
 from policies.types import CorrectionKind, Plan
 
 K = CorrectionKind

@@ -1,9 +1,9 @@
 """Words the coaching code understands: colours, object nouns, canonical subtask phrasing.
 
 One place for the object vocabulary of the console classifier, the nudge mapper and the scripted
-coach. What the simulator builds is the authority: colours come from `agent.envs.scene.COLORS`,
-sizes, push directions and the canonical subtask grammar from `agent.envs.primitives` (a block is
-"<colour> block", or "<size> <colour> block" when two blocks share a colour). The classifier also
+coach. The subtask language is the authority: colours, sizes, push directions and the canonical
+subtask grammar come from `policies.grammar` (a block is "<colour> block", or "<size> <colour> block"
+when two blocks share a colour). The classifier also
 knows a few colour words no scene uses, so "the pink one" is still read as an object reference
 (and answered with "no pink block in this world") instead of being misread.
 
@@ -15,15 +15,14 @@ Canonical subtask language (what the low level executes):
 
 from __future__ import annotations
 
-from agent.envs import primitives as P
-from agent.envs.scene import COLORS as _SCENE_COLORS
+from policies import grammar as G
 
-SCENE_COLORS: tuple[str, ...] = tuple(_SCENE_COLORS)
+SCENE_COLORS: tuple[str, ...] = G.COLORS
 EXTRA_COLORS: tuple[str, ...] = ("pink", "white", "black", "cyan", "magenta", "brown", "grey", "gray", "violet")
 ALL_COLORS: tuple[str, ...] = SCENE_COLORS + tuple(c for c in EXTRA_COLORS if c not in SCENE_COLORS)
 
-SIZES: tuple[str, ...] = tuple(P.SIZES)  # ("small", "large")
-PUSH_DIRECTIONS: tuple[str, ...] = tuple(P.DIRECTIONS)  # ("left", "right", "front")
+SIZES: tuple[str, ...] = tuple(G.SIZES)  # ("small", "large")
+PUSH_DIRECTIONS: tuple[str, ...] = tuple(G.DIRECTIONS)  # ("left", "right", "front")
 # Words people use for a size -> the scene's size name.
 SIZE_SYNONYMS: dict[str, str] = {
     "small": "small", "smaller": "small", "smallest": "small", "little": "small", "tiny": "small", "short": "small",
@@ -38,7 +37,7 @@ DRAWER_NOUNS = ("drawer", "drawers", "cabinet", "cupboard")
 PRONOUN_NOUNS = ("one", "ones")  # "the blue one": the kind comes from context
 GRIPPER_NOUNS = ("gripper", "hand", "claw", "fingers", "jaws", "grip", "pincer", "pincers")
 
-Subtask = P.Subtask
+Subtask = G.Subtask
 
 
 def noun_kind(word: str) -> str | None:
@@ -77,44 +76,44 @@ def block_size(name: str) -> str | None:
 
 
 def pick_up(block: str) -> str:
-    return P.pick(block).text
+    return G.pick(block).text
 
 
 def place_in_bowl(color: str) -> str:
-    return P.place_in_bowl(color).text
+    return G.place_in_bowl(color).text
 
 
 def stack_on(block: str) -> str:
-    return P.stack_on(block).text
+    return G.stack_on(block).text
 
 
 def push(block: str, direction: str) -> str:
-    return P.push(block, direction).text
+    return G.push(block, direction).text
 
 
-PUT_IN_DRAWER = P.put_in_drawer().text
-OPEN_DRAWER = P.open_drawer().text
-CLOSE_DRAWER = P.close_drawer().text
-PUT_DOWN = P.put_down().text
+PUT_IN_DRAWER = G.put_in_drawer().text
+OPEN_DRAWER = G.open_drawer().text
+CLOSE_DRAWER = G.close_drawer().text
+PUT_DOWN = G.put_down().text
 
 
-def split_subtask(text: str | None) -> P.Subtask | None:
+def split_subtask(text: str | None) -> G.Subtask | None:
     """Parse canonical subtask text; None for free text (or None)."""
     if not text:
         return None
     try:
-        return P.parse_subtask(text)
-    except P.SubtaskParseError:
+        return G.parse_subtask(text)
+    except G.SubtaskParseError:
         return None
 
 
-def target_kind(sub: P.Subtask) -> str:
+def target_kind(sub: G.Subtask) -> str:
     """What kind of object a subtask is about: 'block', 'bowl', 'drawer' or 'table'."""
     return {"place": "bowl", "drawer_put": "drawer", "open": "drawer", "close": "drawer", "put_down": "table"}.get(
         sub.kind, "block")
 
 
-def target_object(sub: P.Subtask) -> str | None:
+def target_object(sub: G.Subtask) -> str | None:
     """The object a subtask is about: 'red block' (pick/push/stack target), 'blue bowl', 'drawer'."""
     if sub.kind in ("pick", "push"):
         return sub.obj

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.envs.primitives import close_drawer, normalize, open_drawer, place_in_bowl, put_in_drawer, stack_on
+from policies.grammar import close_drawer, normalize, open_drawer, place_in_bowl, put_in_drawer, stack_on
 from agent.envs.tasks import (
     COLOR_NAMES,
     SUITES,

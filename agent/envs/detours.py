@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.envs.primitives import put_down
+from policies.grammar import put_down
 from policies.types import Observation, Plan, PlanContext
 
 

@@ -1,7 +1,7 @@
 """Measure a low-level policy per primitive: how often each subtask kind succeeds.
 
-    python -m agent.envs.eval_primitives --trials 200 [--low-level expert] [--noise 0.0] [--json FILE]
-    python -m agent.envs.eval_primitives --trials 200 --low-level vla:policies/checkpoints/vla
+    report = evaluate(trials=200, low_level=policy)      # a LowLevelPolicy, or "expert"
+    python benchmarks/eval_primitives.py --trials 200 --low-level vla:policies/checkpoints/vla   # from a spec
 
 Trials come from real task episodes: the oracle chooses each next subtask and the low level under
 test alone executes it (the scripted expert needs no images; any other policy sees the cameras at
@@ -13,16 +13,13 @@ drawn among those that still contain a primitive short of `--trials`.
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
-from agent.envs.primitives import KINDS, parse_subtask, put_down
+from policies.base import LowLevelPolicy
+from policies.grammar import KINDS, parse_subtask, put_down
 
 PUT_DOWN_SHARE = 0.25
 
@@ -42,9 +39,10 @@ def run_subtask(env, policy, sub_text: str, budget: int, obs, info) -> tuple[boo
 
 
 def evaluate(trials: int = 200, noise: float = 0.0, budget: int = 100, seed: int = 0, families=None,
-             log=print, low_level="expert", image_size: int = 128, device: str = "cpu", dtype: str = "fp32") -> dict:
-    """`low_level`: "expert" (the scripted expert with `noise`), any other low-level spec, or a
-    LowLevelPolicy object (a model being trained)."""
+             log=print, low_level: LowLevelPolicy | str = "expert", image_size: int = 128,
+             policy_name: str | None = None) -> dict:
+    """`low_level`: "expert" (the scripted expert with `noise`) or a LowLevelPolicy (a model being
+    trained, or one its caller built from a spec with agent.specs.make_low_level)."""
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
     from agent.envs.tabletop import make_env
@@ -55,11 +53,10 @@ def evaluate(trials: int = 200, noise: float = 0.0, budget: int = 100, seed: int
     if scripted:
         policy_name = f"expert(noise={noise})"
     elif isinstance(low_level, str):
-        from agent.specs import make_low_level
-
-        policy_name, low_level = low_level, make_low_level(low_level, seed=seed, device=device, dtype=dtype)
+        raise ValueError(f"evaluate() takes 'expert' or a LowLevelPolicy, not the spec {low_level!r}; build it "
+                         f"with agent.specs.make_low_level (as benchmarks/eval_primitives.py does)")
     else:
-        policy_name = type(low_level).__name__
+        policy_name = policy_name or type(low_level).__name__
     env = make_env(image_size=image_size if not scripted else 32, render_images=not scripted)
     rng = np.random.default_rng(seed)
     results: dict[str, list[bool]] = defaultdict(list)
@@ -123,36 +120,3 @@ def evaluate(trials: int = 200, noise: float = 0.0, budget: int = 100, seed: int
     }
     return {"low_level": policy_name, "noise_std": noise, "budget_steps": budget, "episodes": episode, "per_primitive": summary,
             "failures": failures, "wall_time_s": time.perf_counter() - started}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--low-level", default="expert", metavar="SPEC", help="low-level policy spec (default: expert)")
-    parser.add_argument("--image-size", type=int, default=128, help="camera resolution a learned policy sees")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--noise", type=float, default=0.0, help="expert action noise std (metres)")
-    parser.add_argument("--budget", type=int, default=100, help="steps allowed per subtask")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
-    report = evaluate(args.trials, args.noise, args.budget, args.seed, low_level=args.low_level,
-                      image_size=args.image_size, device=args.device, dtype=args.dtype)
-    table = Table(title=f"{report['low_level']} per primitive ({report['wall_time_s']:.0f} s)")
-    for col in ("primitive", "trials", "success", "median steps"):
-        table.add_column(col, justify="left" if col == "primitive" else "right")
-    for kind, s in report["per_primitive"].items():
-        table.add_row(kind, str(s["trials"]), f"{100 * s['success_rate']:.1f}%", f"{s['median_steps']}")
-    Console().print(table)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

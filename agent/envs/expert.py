@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.envs import scene as S
-from agent.envs.primitives import Subtask, is_satisfied, parse_subtask, resolve_block
+from agent.envs.primitives import is_satisfied, resolve_block
 from agent.envs.tabletop import ACTION_HIGH, ACTION_LOW, MAX_ROTATION, MAX_TRANSLATION
 from agent.envs.world import WorldState
+from policies.grammar import Subtask, parse_subtask
 
 CLOSE = 1.0
 OPEN = -1.0

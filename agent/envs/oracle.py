@@ -21,7 +21,7 @@ import re
 import numpy as np
 
 import prompts
-from agent.envs.primitives import Subtask, normalize, parse_subtask, put_down
+from policies.grammar import Subtask, normalize, parse_subtask, put_down
 from agent.envs.tasks import Group, TaskInstance, left_to_right
 from agent.envs.world import WorldState
 from policies.types import TASK_DONE, CorrectionKind, Observation, Plan, PlanContext

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from policies.grammar import COLORS as COLOR_NAMES
+
 # --- geometry constants read by the world model, the tasks and the expert -------------------------
 
 TABLE_HALF = (0.45, 0.40)  # table top half extents in x, y (centred at TABLE_CENTER)
@@ -70,6 +72,8 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "purple": (0.55, 0.20, 0.70),
     "orange": (0.98, 0.50, 0.08),
 }
+if tuple(COLORS) != COLOR_NAMES:  # the scene paints the grammar's colours, no more, no fewer
+    raise ImportError(f"agent.envs.scene.COLORS {tuple(COLORS)} must list policies.grammar.COLORS {COLOR_NAMES}")
 
 # Collision groups: the drawer must touch blocks and the gripper but not the table or cabinet it
 # slides in (the slide joint already constrains it).

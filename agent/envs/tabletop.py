@@ -36,7 +36,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agent.envs import scene as S  # noqa: E402
-from agent.envs.primitives import PLACE_KINDS  # noqa: E402
+from policies.grammar import PLACE_KINDS  # noqa: E402
 from agent.envs.tasks import FAMILIES, TaskInstance, get_family, get_suite, parse_task  # noqa: E402
 from agent.envs.world import (  # noqa: E402
     BlockState,
@@ -222,7 +222,8 @@ class TabletopEnv(gym.Env):
     def subtask_done(self, subtask: str, info: dict | None = None) -> bool | None:
         """Whether `subtask` (canonical text) has been achieved in the current world; None if the
         text does not parse. "it" in a place-type subtask is the block held most recently."""
-        from agent.envs.primitives import SubtaskParseError, is_satisfied, parse_subtask
+        from agent.envs.primitives import is_satisfied
+        from policies.grammar import SubtaskParseError, parse_subtask
 
         try:
             sub = parse_subtask(subtask)

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.envs import scene as S
-from agent.envs.primitives import (
+from agent.envs.primitives import is_satisfied
+from policies.grammar import (
+    COLORS as COLOR_NAMES,
     Subtask,
     close_drawer,
-    is_satisfied,
     normalize,
     open_drawer,
     pick,
@@ -32,8 +33,6 @@ from agent.envs.primitives import (
     stack_on,
 )
 from agent.envs.world import PUSH_SIDE_X, WorldState
-
-COLOR_NAMES = tuple(S.COLORS)
 
 
 class TaskSpecError(ValueError):

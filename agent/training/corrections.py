@@ -179,7 +179,7 @@ def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[Coache
 
 def episode_labels(session_id: str, ep) -> list[CorrectionLabel]:
     """What each teaching correction of an episode wanted (see the module docstring)."""
-    from agent.envs.primitives import SubtaskParseError, parse_subtask
+    from policies.grammar import SubtaskParseError, parse_subtask
 
     active = sorted((c for c in ep.corrections if not c.withdrawn), key=lambda c: (c.step, c.correction_id))
     steering = [c for c in active if c.kind.value in TEACHING_KINDS]

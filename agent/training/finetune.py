@@ -53,6 +53,7 @@ from agent.training.corrections import (
 )
 from agent.training.dataset import CACHE_FILE, collect_samples, encode_samples, load_cache
 from agent.training.trainer import BATCH_KEYS, Logger, load_train_state, save_train_state
+from policies.grammar import normalize
 from policies.pi05.modeling import Pi05Model
 from policies.pi05.policy import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
 from policies.pi05.processor import Pi05Processor
@@ -344,16 +345,12 @@ def decoded_subtasks(model: torch.nn.Module, processor: Pi05Processor, tensors: 
     return out
 
 
-def _norm(text: str | None) -> str:
-    return " ".join((text or "").lower().replace(".", " ").split())
-
-
 def agreement(model, processor, tensors: dict, labels: list, dtype: str, device) -> dict:
     """Share of corrections whose subtask the model now decodes itself, overall and per family."""
     if not labels:
         return {"n": 0, "agreement": None, "by_family": {}}
     predicted = decoded_subtasks(model, processor, tensors, dtype, device)
-    hits = [_norm(p) == _norm(lab.subtask) for p, lab in zip(predicted, labels)]
+    hits = [normalize(p) == normalize(lab.subtask) for p, lab in zip(predicted, labels)]
     fams: dict[str, list[bool]] = {}
     for h, lab in zip(hits, labels):
         fams.setdefault(lab.family or "?", []).append(h)
@@ -367,7 +364,7 @@ def base_plan_accuracy(model, processor, base: dict, dtype: str, device) -> floa
         return None
     predicted = decoded_subtasks(model, processor, base, dtype, device)
     truth = [processor.parse_plan(processor.decode(row[1:]))[1] for row in base["target_ids"].tolist()]
-    return sum(_norm(p) == _norm(t) for p, t in zip(predicted, truth)) / len(truth)
+    return sum(normalize(p) == normalize(t) for p, t in zip(predicted, truth)) / len(truth)
 
 
 def evaluate(model, processor, data: CorrectionData, base_eval: dict, s: FinetuneSettings, device) -> dict:

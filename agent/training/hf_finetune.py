@@ -39,6 +39,7 @@ from agent.training.sft_data import SftExample, load_sft_export
 from agent.training.trainer import (
     TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state, sigterm_as_interrupt,
 )
+from policies.grammar import normalize
 from policies.hf.loading import ADAPTER_CONFIG, HfModelError, adapter_base
 from policies.hf.planner import HfHighLevel
 from policies.planning import PlanParseError, parse_plan
@@ -146,10 +147,6 @@ def mean_loss(planner: HfHighLevel, examples: list[SftExample]) -> float | None:
     return sum(losses) / sum(e.weight for e in examples)
 
 
-def _norm(text: str | None) -> str:
-    return " ".join((text or "").lower().replace(".", " ").split())
-
-
 @torch.no_grad()
 def plan_agreement(planner: HfHighLevel, examples: list[SftExample]) -> float | None:
     """Share of examples where the model's greedy answer parses to the recorded subtask."""
@@ -162,7 +159,7 @@ def plan_agreement(planner: HfHighLevel, examples: list[SftExample]) -> float | 
             parsed = parse_plan(planner.generate(e.frames() if planner.is_vlm else {}, e.context)).subtask
         except PlanParseError:
             parsed = None
-        hits.append(parsed is not None and _norm(parsed) == _norm(e.subtask))
+        hits.append(parsed is not None and normalize(parsed) == normalize(e.subtask))
     planner.model.train()
     return sum(hits) / len(hits)
 
