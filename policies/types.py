@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from policies.rules import Rule
+
 PlanSource = Literal["model", "human", "oracle"]
 
 # The subtask of a plan that says the task is finished: the control loop holds the arm still and
@@ -78,6 +80,7 @@ class Correction:
     time: float = 0.0
     step: int = 0
     subtask: str | None = None  # the subtask it asks for (override) or forbids (negation), if any
+    rule: Rule | None = None  # what a constraint forbids, as the classifier read it (None: nothing checkable)
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.coaching.classify import classify
-from agent.coaching.rules import Rule, parse_rule, rules_from_corrections
+from agent.coaching.rules import parse_rule, rules_from_corrections
+from policies.rules import Rule
 from policies.types import Correction, CorrectionKind as K
 
 SCENE = ("large red block", "green block", "blue block")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from agent.coaching.nudge import nudge_to_action_offset
-from agent.coaching.rules import Rule, parse_rule
+from agent.coaching.rules import parse_rule
+from policies.rules import Rule
 from agent.coaching.scripted import CoachUtterance, FamilyBehaviour, ScriptedCoach
 from agent.envs.world import BlockState, BowlState, DrawerState, GripperState, WorldState
 from policies.types import Correction, CorrectionKind as K, Plan

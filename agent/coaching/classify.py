@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from agent.coaching import vocab
+from agent.coaching.rules import parse_rule
 from agent.inputs import Command, CommandName, Reply
 from policies.types import Correction, CorrectionKind
 
@@ -634,7 +635,8 @@ def _correction(kind: CorrectionKind, text: str, notes: tuple[str, ...], context
         subtask = _subtask_for(kind, text, context)
     unknown = [o for o in objects if o != "drawer" and o.split()[-2] not in vocab.SCENE_COLORS]
     reply_notes = notes + ((f"there is no {', '.join(unknown)} in this world",) if unknown else ())
-    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask,
+    rule = parse_rule(text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
+    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, rule=rule,
                                 reply=_with_notes(_reply(kind, text, subtask), reply_notes),
                                 notes=reply_notes, objects=objects, forced=forced)
 

@@ -18,7 +18,8 @@ import prompts
 from agent.coaching import vocab
 from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, classify
 from agent.coaching.nudge import nudge_to_action_offset
-from agent.coaching.rules import Rule, parse_rule
+from agent.coaching.rules import parse_rule
+from policies.rules import Rule
 from policies.types import CorrectionKind
 
 K = CorrectionKind

@@ -30,9 +30,9 @@ import dataclasses
 from typing import Any, Sequence
 
 from agent.coaching import vocab
-from agent.coaching.rules import Rule
 from agent.coaching.scripted import ReferenceBehaviour, ScriptedCoach, _Finding
 from agent.envs.tasks import TaskInstance
+from policies.rules import Rule
 
 
 class GoalBehaviour:

@@ -51,9 +51,9 @@ import prompts
 from agent.coaching import vocab
 from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, classify
 from agent.coaching.nudge import describe_direction
-from agent.coaching.rules import Rule
 from agent.envs.primitives import is_satisfied, resolve_block
 from policies.grammar import PLACE_KINDS, SubtaskParseError, parse_subtask
+from policies.rules import Rule
 from policies.types import CorrectionKind, Plan
 
 K = CorrectionKind

@@ -21,9 +21,9 @@ import re
 import numpy as np
 
 import prompts
-from policies.grammar import Subtask, normalize, parse_subtask, put_down
 from agent.envs.tasks import Group, TaskInstance, left_to_right
 from agent.envs.world import WorldState
+from policies.grammar import Subtask, normalize, parse_subtask, put_down
 from policies.types import TASK_DONE, CorrectionKind, Observation, Plan, PlanContext
 
 _NEGATIVE = re.compile(r"\b(?:not|don ?t|do not|never|leave|avoid|skip|stop|ignore|instead of|wrong)\b")
@@ -118,9 +118,9 @@ class OraclePlanner:
                 colour_phrase = n.split()[-2]  # "red" in "(large) red block"
                 if n in text or re.search(rf"\b{colour_phrase}\b(?! bowl)", text):
                     mentioned.add(n)
-            rule = self._rule(c, world)
+            rule = c.rule if c.kind is CorrectionKind.CONSTRAINT else None
             if rule is not None and rule.kind == "avoid_block" and not _POSITIVE.search(text):
-                # The coach's rule parser knows the many ways to say it ("off limits", "stay away").
+                # The classifier read the rule from the many ways to say it ("off limits", "stay away").
                 avoid |= {n for n in names if n == rule.obj or n.endswith(" " + rule.obj)} or mentioned
                 continue
             if not mentioned:
@@ -132,14 +132,6 @@ class OraclePlanner:
             elif c.kind in (CorrectionKind.OVERRIDE, CorrectionKind.CONSTRAINT) or _POSITIVE.search(text):
                 prefer |= mentioned
         return avoid - prefer, prefer
-
-    @staticmethod
-    def _rule(correction, world: WorldState):
-        if correction.kind is not CorrectionKind.CONSTRAINT:
-            return None
-        from agent.coaching.rules import parse_rule  # agent.coaching imports agent.envs: import late
-
-        return parse_rule(correction.text, tuple(world.blocks))
 
     # --- phrasing -------------------------------------------------------------------------------
     def _plan(self, thought: str, sub: Subtask) -> Plan:
