@@ -66,6 +66,20 @@ def test_the_sft_export_carries_the_context_the_planner_had(export):
         np.testing.assert_array_equal(decode_png(row["images"][-1]["bytes"]), episode.frame("wrist", position))
 
 
+def test_the_context_recorded_with_each_plan_is_what_the_events_give(export):
+    """The loop records what the planner read (schema 2); a session of schema 1 gets it from its events."""
+    from sessions.export.common import ExportOptions, decision_points, planner_context
+
+    session = read_session(export / "session")
+    ep = session.episodes[0]
+    points = decision_points(session, ep, ExportOptions(format="sft"))
+    assert all(p.context is not None for p in ep.plans)
+    recorded = [planner_context(ep, point) for point in points]
+    for plan in ep.plans:
+        plan.context = None  # as a session of schema 1 reads
+    assert [planner_context(ep, point) for point in points] == recorded
+
+
 def test_a_training_example_is_the_inference_prompt_followed_by_the_answer(export, lm):
     planner = HfHighLevel(lm)
     examples = load_sft_export([export / "sft"])

@@ -14,8 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from policies.planning import format_plan
+from policies.planning import planner_context as build_context
 from sessions.reader import EpisodeData, Session
-from sessions.schema import CorrectionRecord, PlanData, PlanEmitted
+from sessions.schema import ContextData, CorrectionRecord, PlanData, PlanEmitted
 
 FORMATS = ("lerobot", "sft", "pairs")
 # Corrections that steer execution without saying anything about what to do next.
@@ -163,44 +164,20 @@ def decision_points(session: Session, ep: EpisodeData, options: ExportOptions) -
     return points
 
 
-def context_text(ep: EpisodeData, step: int, before: DecisionPoint | None = None) -> str:
-    """The text a high level sees at `step`: task, progress, plan history, corrections so far.
-
-    For a correction's decision point the correction itself is the last line: the high level
-    replans with it in its context.
-    """
-    lines = [f"Task: {ep.task}"]
-    position = ep.position_of_step(step)
-    current = ep.steps[position] if ep.steps else None
-    if current is not None and current.subtask_index is not None and ep.start.subtasks:
-        done = ep.start.subtasks[: current.subtask_index]
-        if done:
-            lines.append("Done: " + "; ".join(done))
-    history: list[str] = []
-    for p in ep.plans:
-        if p.step > step or (p.step == step and (before is None or before.kind == "plan" or p.reason == "correction")):
-            continue
-        if not history or history[-1] != p.plan.subtask:
-            history.append(p.plan.subtask)
-    if history:
-        lines.append("Plans so far: " + "; ".join(history[-6:]))
-    said = [c for c in ep.corrections if not c.withdrawn and (c.step < step or (before is not None and before.correction is c))]
-    if said:
-        lines.append("Corrections: " + " | ".join(f"[{c.kind.value}] {c.text}" for c in said[-6:]))
-    lines.append("What should the robot do next? Think briefly, then name the subtask.")
-    return "\n".join(lines)
-
-
 def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
-    """What the control loop's PlanContext held when the high level made this decision, as plain data:
-    {"task", "done" (subtasks completed, each once, the latest last), "in_force" (the subtask in force,
-    or None), "corrections" ([{"kind", "text"}], oldest first; a correction's row includes itself)}.
+    """What the planner read at this decision, as plain data ({"task", "done", "in_force",
+    "corrections": [{"kind", "text"}]}; see policies.planning.PlannerContext), so a trainer re-renders
+    the decision with any prompt (hf: through prompts/hf_planner.toml).
 
-    It lets a trainer re-render the decision with any prompt (hf: models read it through
-    prompts/hf_planner.toml) instead of parsing `context_text`. The loop applies a step's corrections
-    before it re-plans on the timer or on a finished subtask, so a plan row sees the corrections said
-    at its own step; a correction row sees the plans made before its step.
+    Sessions of schema 2 record it with each plan: a plan's row reads its own, a correction's row the
+    one of the plan the correction caused (it ends with the correction). Sessions of schema 1, and a
+    correction that caused no plan (a nudge, a confirm), get the same rule applied to the events: the
+    loop applies a step's corrections before it re-plans, so a plan row sees the corrections said at
+    its own step; a correction row sees the plans made before its step and itself.
     """
+    recorded = _recorded_context(ep, point)
+    if recorded is not None:
+        return recorded.model_dump(mode="json")
     if point.correction is not None:
         c = point.correction
         before = sorted((p for p in ep.plans if p.step < c.step), key=lambda p: p.plan_id)
@@ -220,8 +197,29 @@ def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
             if previous.plan.subtask in done:
                 done.remove(previous.plan.subtask)
             done.append(previous.plan.subtask)
-    return {"task": ep.task, "done": done, "in_force": in_force,
-            "corrections": [{"kind": x.kind.value, "text": x.text} for x in said]}
+    return build_context(ep.task, done, in_force, said).to_dict()
+
+
+def _recorded_context(ep: EpisodeData, point: DecisionPoint) -> ContextData | None:
+    if point.plan is not None:
+        return point.plan.context
+    c = point.correction
+    caused = [p for p in ep.plans if p.reason == "correction" and p.step >= c.step and p.context is not None
+              and p.context.corrections and p.context.corrections[-1].text == c.text]
+    return min(caused, key=lambda p: p.plan_id).context if caused else None
+
+
+def context_text(context: dict) -> str:
+    """A decision's planner context (see `planner_context`) as the user text of a chat export."""
+    lines = [f"Task: {context['task']}"]
+    if context["done"]:
+        lines.append("Done: " + "; ".join(context["done"]))
+    if context["in_force"]:
+        lines.append(f"In force: {context['in_force']}")
+    if context["corrections"]:
+        lines.append("Corrections: " + " | ".join(f"[{c['kind']}] {c['text']}" for c in context["corrections"]))
+    lines.append("What should the robot do next? Think briefly, then name the subtask.")
+    return "\n".join(lines)
 
 
 def assistant_text(plan: PlanData | None) -> str:

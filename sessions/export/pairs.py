@@ -1,8 +1,8 @@
 """Compact correction pairs: what the model planned, what the person said instead.
 
 One row per selected correction (no images):
-  context            the high level's text context just before the correction (task, progress,
-                     plans so far, earlier corrections)
+  context            what the high level reads at the correction, as text (task, subtasks done,
+                     the subtask in force, the corrections it reads, this one last)
   model_thought/model_subtask   the model's own plan (model_plan, else the plan it replaced)
   replaced_subtask   the plan in force when the correction came
   correction, kind, speaker     what was said and how it was classified
@@ -23,6 +23,7 @@ from sessions.export.common import (
     context_text,
     decision_points,
     episode_selected,
+    planner_context,
     split_of,
 )
 from sessions.export.sft import write_split_files
@@ -58,7 +59,7 @@ def export_pairs(sessions: list[Session], root: Path, options: ExportOptions, re
                 rows[split].append({
                     "session": str(session.path), "session_id": session.header.session_id, "episode": ep.episode,
                     "step": c.step, "task": ep.task, "family": ep.start.family,
-                    "context": context_text(ep, c.step, None),
+                    "context": context_text(planner_context(ep, point)),
                     "model_thought": model.thought if model else None, "model_subtask": model.subtask if model else None,
                     "replaced_subtask": c.replaced_plan.subtask if c.replaced_plan else None,
                     "correction": c.text, "kind": c.kind.value, "speaker": c.speaker,

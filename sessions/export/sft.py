@@ -94,7 +94,8 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
     for cam in cameras:
         images.append(encode_png(cache.get(ep, cam)[point.position], level=1))
     content = [{"type": "image", "text": None} for _ in images]
-    content.append({"type": "text", "text": context_text(ep, point.step, point)})
+    context = planner_context(ep, point)
+    content.append({"type": "text", "text": context_text(context)})
     return {
         "messages": [
             {"role": "user", "content": content},
@@ -102,7 +103,7 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
         ],
         "images": [{"bytes": b, "path": None} for b in images],
         "cameras": cameras,
-        "context": planner_context(ep, point),
+        "context": context,
         "kind": point.kind,
         "source": point.source,
         "session": str(point.session.path),
