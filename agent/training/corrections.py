@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.training.dataset import RawSamples, last_completed
-from policies.planning import CONTEXT_CORRECTIONS, PLANNING_KINDS
+from policies.planning import planner_context
 from policies.pi05.processor import resize_image
 
 TEACHING_KINDS = ("override", "negation", "constraint")
@@ -218,9 +218,8 @@ def is_held_out(episode_key: str, fraction: float) -> bool:
 
 
 def said_before(ep, step: int) -> list[str]:
-    """The planning corrections in the model's context at `step` (as the control loop gives them)."""
-    said = [c.text for c in ep.active_corrections if c.step <= step and c.kind in PLANNING_KINDS]
-    return said[-CONTEXT_CORRECTIONS:]
+    """The planning corrections in the model's context at `step` (policies.planning's rule)."""
+    return planner_context(ep.task, said=[c for c in ep.active_corrections if c.step <= step]).texts
 
 
 def _draw(key: str, i: int, share: float) -> bool:
