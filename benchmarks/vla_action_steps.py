@@ -19,10 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import publish  # noqa: E402
+
 
 def main() -> int:
     import torch
-    from rich.console import Console
     from rich.table import Table
 
     from agent.envs.eval_primitives import evaluate
@@ -54,12 +55,7 @@ def main() -> int:
         table.add_column(k, justify="right")
     for n, rates in results["by_steps"].items():
         table.add_row(n, *(f"{100 * rates[k]:.0f}%" for k in kinds))
-    Console(width=110).print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    return publish(table, results, args.out)
 
 
 if __name__ == "__main__":

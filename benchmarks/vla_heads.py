@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import publish  # noqa: E402
+
 HEADS = ("regression", "flow")
 
 
 def main() -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from agent.envs.eval_primitives import evaluate
@@ -67,12 +68,7 @@ def main() -> int:
     table.add_row("train samples/s", *(f"{results['heads'][h]['samples_per_s']:.0f}" for h in HEADS))
     table.add_row("held-out R² dx/dy/dz", *("/".join(f"{results['heads'][h]['held_out'].get(f'r2_{d}', float('nan')):.2f}"
                                                      for d in ("dx", "dy", "dz")) for h in HEADS))
-    Console(width=110).print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    return publish(table, results, args.out)
 
 
 if __name__ == "__main__":

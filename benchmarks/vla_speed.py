@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.model_speed import median_time  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from benchmarks.model_speed import train_throughput as pi05_throughput  # noqa: E402
 from policies.pi05.configuration import make_config as pi05_config  # noqa: E402
 from policies.vla.configuration import make_config as vla_config  # noqa: E402
@@ -81,7 +82,6 @@ def control_steps(low_spec: str, steps: int) -> dict:
 
 
 def main() -> int:
-    from rich.console import Console
     from rich.table import Table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -120,12 +120,7 @@ def main() -> int:
         table.add_row(f"train {name}", f"{rate:.0f} samples/s", f"{rate / rows[0][1]:.1f}x pi05")
     table.add_row("control step, VLA + 2 cameras at 128 px", f"median {control['median_ms']:.1f} ms",
                   f"p90 {control['p90_ms']:.1f} ms")
-    Console(width=110).print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    return publish(table, results, args.out)
 
 
 if __name__ == "__main__":
