@@ -8,9 +8,14 @@
      (1 = exact, 0 = no better than the mean action). The flow is integrated from zero noise, its
      most likely path; a sampled chunk scores lower by construction.
 
-    python benchmarks/offline_eval.py --checkpoint runs/ckpt_small4 [--frames 600] [--threads 2]
+  3. Scene questions (planner frames only): exact-match accuracy of the answer, by question type.
 
-The checkpoint directory must hold the data cache `hivla train` wrote (data_cache.safetensors).
+    python benchmarks/offline_eval.py --checkpoint runs/ckpt_small4 [--frames 600] [--threads 2]
+    python benchmarks/offline_eval.py --checkpoint runs/planner --data runs/planner_frames_heldout
+
+Without --data the checkpoint directory must hold the data cache `hivla train` wrote
+(data_cache.safetensors) and its held-out split is used; with --data (planner frames recorded from
+seeds the model never saw, `hivla datagen --mode planner`) every frame there is held out.
 Prints a table and writes benchmarks/results/offline_eval.json (or --json).
 """
 
@@ -29,7 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from policies.grammar import parse_subtask  # noqa: E402
-from agent.training.dataset import load_cache, split_episodes  # noqa: E402
+from agent.training.dataset import collect_planner_frames, encode_samples, load_cache, split_episodes  # noqa: E402
+from agent.training.trainer import decode_held_out, get_batch, parse_subtask_or_empty  # noqa: E402
 from policies.pi05.policy import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "offline_eval.json"
@@ -39,6 +45,8 @@ ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="planner frames never trained on (default: the cache's split)")
+    p.add_argument("--questions", type=float, default=1.0, help="with --data: scene questions per frame")
     p.add_argument("--frames", type=int, default=600, help="held-out frames decoded (and chunks sampled)")
     p.add_argument("--held-out-fraction", type=float, default=0.1, help="as in hivla train")
     p.add_argument("--seed", type=int, default=0, help="the training run's --seed (it fixes the split)")
@@ -59,17 +67,28 @@ def subtask_kind(subtask: str) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    cached = load_cache(args.checkpoint)
-    if cached is None:
-        raise SystemExit(f"{args.checkpoint} has no data cache; evaluate the directory `hivla train --out` wrote")
-    tensors, meta = cached
     model, processor = load_checkpoint(args.checkpoint)
-    if meta.get("context_last", "in_force") != model.cfg.context_last:
-        raise SystemExit(f"the cache holds context_last={meta.get('context_last', 'in_force')!r} contexts, "
-                         f"the model reads {model.cfg.context_last!r}")
-    _, held = split_episodes(tensors["episode"], args.held_out_fraction, args.seed)
+    if args.data is not None:
+        cfg = model.cfg
+        raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
+                                     context_last=cfg.context_last, scene_questions=args.questions, seed=args.seed)
+        tensors, meta = encode_samples(raw, processor)
+        held = torch.arange(len(raw))
+    else:
+        cached = load_cache(args.checkpoint)
+        if cached is None:
+            raise SystemExit(f"{args.checkpoint} has no data cache; evaluate the directory `hivla train --out` wrote, "
+                             "or pass --data with planner frames")
+        tensors, meta = cached
+        if meta.get("context_last", "in_force") != model.cfg.context_last:
+            raise SystemExit(f"the cache holds context_last={meta.get('context_last', 'in_force')!r} contexts, "
+                             f"the model reads {model.cfg.context_last!r}")
+        _, held = split_episodes(tensors["episode"], args.held_out_fraction, args.seed)
     g = torch.Generator().manual_seed(1234)
-    pick = held[torch.randperm(len(held), generator=g)[: args.frames]]
+    held = held[torch.randperm(len(held), generator=g)]
+    is_plan = tensors["subtask_class"][held] >= 0
+    pick = held[is_plan][: args.frames]
+    questions = held[~is_plan][: args.frames]
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     started = time.perf_counter()
 
@@ -77,7 +96,8 @@ def main(argv=None) -> int:
     hits: dict[str, list[bool]] = defaultdict(list)
     pred_actions, true_actions, masks = [], [], []
     for chunk in pick.split(args.batch_size):
-        b = {k: v[chunk] for k, v in tensors.items()}
+        b = get_batch(tensors, chunk, torch.device("cpu"))
+        b["subtask_class"] = tensors["subtask_class"][chunk]
         with torch.no_grad(), autocast:
             out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
             if has_actions:
@@ -88,7 +108,7 @@ def main(argv=None) -> int:
                 masks.append(b["action_mask"].bool())
         for row, cls, ctx, cmask in zip(out.tolist(), b["subtask_class"].tolist(), b["context_ids"], b["context_mask"]):
             truth = meta["subtasks"][cls]
-            _, decoded = processor.parse_plan(processor.decode(row))
+            decoded = parse_subtask_or_empty(processor.decode(row))
             context = processor.decode(ctx[cmask.bool()].tolist())
             ok = decoded == truth
             hits["all"].append(ok)
@@ -104,13 +124,29 @@ def main(argv=None) -> int:
         spread = ((true - true[mask].mean(0)) ** 2)[mask].mean(0)
         r2 = (1 - err / spread).tolist()
 
+    answered: dict[str, list[bool]] = defaultdict(list)
+    if len(questions):
+        decoded = decode_held_out(model, processor, tensors, questions, argparse.Namespace(dtype=args.dtype),
+                                  torch.device("cpu"))
+        for text, c, t in zip(decoded, tensors["answer_class"][questions], tensors["question_type"][questions]):
+            ok = text == meta["answers"][int(c)]
+            answered["all"].append(ok)
+            answered[meta["question_types"][int(t)]].append(ok)
+
     rows = {k: {"frames": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())}
-    result = {"checkpoint": str(args.checkpoint), "frames": len(pick), "context_last": model.cfg.context_last,
-              "subtask_accuracy": rows, "action_r2": dict(zip(ACTION_NAMES, r2)) if r2 else None,
+    qa_rows = {k: {"questions": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(answered.items())}
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data) if args.data else "held-out split of the cache",
+              "frames": len(pick), "context_last": model.cfg.context_last,
+              "subtask_accuracy": rows, "scene_question_accuracy": qa_rows or None,
+              "action_r2": dict(zip(ACTION_NAMES, r2)) if r2 else None,
               "seconds": time.perf_counter() - started}
     print(f"{'held-out frames':<28} {'n':>5} {'subtask acc':>11}")
     for k, v in rows.items():
         print(f"{k:<28} {v['frames']:>5} {100 * v['accuracy']:>10.1f}%")
+    if qa_rows:
+        print(f"{'scene questions':<28} {'n':>5} {'answer acc':>11}")
+        for k, v in qa_rows.items():
+            print(f"{k:<28} {v['questions']:>5} {100 * v['accuracy']:>10.1f}%")
     if r2:
         print("action R² (zero-noise chunk vs expert): " + "  ".join(f"{n} {x:.3f}" for n, x in zip(ACTION_NAMES, r2)))
     else:

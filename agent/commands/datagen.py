@@ -1,6 +1,11 @@
-"""`hivla datagen`: record oracle-planned, expert-executed episodes as sessions (training data).
+"""`hivla datagen`: record oracle-planned, expert-executed episodes as training data.
 
     hivla datagen --suite base --episodes 200 --out runs/datagen --noise 0.1 --workers 2 --image-size 64
+    hivla datagen --mode planner --episodes 10000 --out runs/planner_frames --noise 0.1 --image-size 64
+
+`--mode sessions` (the default) records every step as a session (the low level's data). `--mode
+planner` steps the physics unrendered and renders both cameras only at the frames the planner learns
+from (every plan the loop asks for), into resumable shards (agent.training.planner_frames).
 
 Each worker runs the real control loop (OraclePlanner + ScriptedExpert) and writes its own session
 directory under --out through the session recorder, so plans (PlanEmitted) and the plan in force at
@@ -16,6 +21,10 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mode", choices=("sessions", "planner"), default="sessions",
+                        help="sessions: every step recorded (low-level data); planner: only the planner's frames, "
+                             "physics unrendered (many more scenes a minute)")
+    parser.add_argument("--shard-episodes", type=int, default=50, help="--mode planner: episodes a shard")
     parser.add_argument("--suite", default="base")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--out", required=True, help="directory for the recorded sessions")
@@ -78,6 +87,8 @@ def main(args: argparse.Namespace) -> int:
     if args.episodes < 1 or args.workers < 1:
         raise SystemExit("--episodes and --workers must be at least 1")
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.mode == "planner":
+        return record_planner_frames(args)
     seeds = [args.seed + i for i in range(args.episodes)]
     shards = [seeds[w:: args.workers] for w in range(args.workers)]
     started = time.perf_counter()
@@ -93,4 +104,38 @@ def main(args: argparse.Namespace) -> int:
     steps = sum(r["steps"] for r in results)
     wall = time.perf_counter() - started
     print(f"recorded {total} episodes ({ok} successful, {steps} steps) in {wall:.0f}s to {args.out}")
+    return 0
+
+
+def record_planner_frames(args: argparse.Namespace) -> int:
+    """--mode planner: shards of `--shard-episodes` episodes, written by `--workers` processes; shards
+    already on disk are skipped, so a killed run resumes where it stopped."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from agent.commands.output import progress_bar
+    from agent.envs.tabletop import STATE_NAMES
+    from agent.training import planner_frames as pf
+
+    out = Path(args.out)
+    pf.write_manifest(out, args.image_size, len(STATE_NAMES))
+    done = {p.name for p in pf.shards(out)}
+    blocks = [list(range(start, min(start + args.shard_episodes, args.seed + args.episodes)))
+              for start in range(args.seed, args.seed + args.episodes, args.shard_episodes)]
+    todo = [b for b in blocks if pf.shard_name(b[0]) not in done]
+    print(f"planner frames: {len(blocks) - len(todo)} of {len(blocks)} shards already in {out}; "
+          f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
+    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families)
+    started = time.perf_counter()
+    totals = {"episodes": 0, "successes": 0, "frames": 0}
+    with progress_bar("planner frames", len(todo)) as advance, ProcessPoolExecutor(args.workers) as pool:
+        futures = [pool.submit(pf.record_shard, str(out), block, *common) for block in todo]
+        for future in futures:
+            r = future.result()
+            for k in totals:
+                totals[k] += r[k]
+            advance(f"{totals['episodes']} episodes, {totals['frames']} frames")
+    wall = time.perf_counter() - started
+    rate = totals["episodes"] / max(wall, 1e-9) * 60
+    print(f"recorded {totals['episodes']} episodes ({totals['successes']} successful), {totals['frames']} frames "
+          f"in {wall:.0f}s ({rate:.0f} episodes/min) to {out}", flush=True)
     return 0

@@ -18,7 +18,7 @@ from agent.errors import UserError
 # per-model defaults for the flags left unset
 DEFAULTS = {
     "pi05": {"steps": 4000, "batch_size": 32, "lr": 5e-4, "dtype": "bf16", "eval_every": 500, "save_every": 240.0,
-             "threads": 2, "presets": ("tiny", "small", "small_conv", "pi05")},
+             "threads": 2, "presets": ("tiny", "small", "small_conv", "planner", "pi05")},
     "vla": {"steps": 30_000, "batch_size": 64, "lr": 1e-3, "dtype": "fp32", "eval_every": 1000, "save_every": 180.0,
             "threads": 1, "presets": ("tiny", "small")},
 }
@@ -50,6 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pi05: start from this checkpoint's weights, tokenizer and norm stats (tensors whose "
                              "shape the new config changes start fresh)")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
+    parser.add_argument("--scene-questions", type=float, default=0.4, metavar="N",
+                        help="pi05 on planner frames: scene questions co-trained per frame, on average (0: none)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (pi05 2, vla 1); use 1 when other jobs share the cores")
     parser.add_argument("--seed", type=int, default=0)
@@ -93,6 +95,12 @@ def check_args(args: argparse.Namespace) -> str | None:
                    if not (Path(args.init_from) / f).is_file()]
         if missing:
             return f"--init-from {args.init_from}: not a pi05 checkpoint directory (no {', '.join(missing)})"
+    if args.scene_questions < 0:
+        return f"--scene-questions must not be negative, got {args.scene_questions}"
+    from agent.training.planner_frames import is_planner_frames
+
+    if all(is_planner_frames(p) for p in args.data):
+        return None if args.model == "pi05" else "planner frames (datagen --mode planner) train --model pi05 only"
     if not any((p / HEADER_FILE).is_file() for p in find_sessions(args.data)):
         return (f"--data {' '.join(args.data)} holds no recorded session; record some with "
                 "`hivla datagen --out DIR` and pass that DIR")
@@ -129,5 +137,6 @@ def main(args: argparse.Namespace) -> int:
             return 0
         from agent.training.trainer import TrainSettings, train
 
-        train(TrainSettings(**common, init_from=args.init_from, stop_at=args.stop_at))
+        train(TrainSettings(**common, init_from=args.init_from, stop_at=args.stop_at,
+                            scene_questions=args.scene_questions))
     return 0

@@ -279,6 +279,11 @@ class TabletopEnv(gym.Env):
     def render(self):
         return self._render_camera("front")
 
+    def render_cameras(self) -> dict[str, np.ndarray]:
+        """Both cameras at this instant, even when built with render_images=False: a data recorder
+        that steps the physics unrendered renders only the frames a model learns from."""
+        return {c: self._render_camera(c) for c in CAMERAS}
+
     def close(self):
         if self._renderer is not None:
             self._renderer.close()

@@ -48,12 +48,19 @@ class RawSamples:
     actions: list[np.ndarray] = field(default_factory=list)  # [H, A]
     action_masks: list[np.ndarray] = field(default_factory=list)  # [H]
     episode_keys: list[str] = field(default_factory=list)  # "session/episode", for the held-out split
+    # Scene questions (co-trained with the plans): the answer the target holds instead of a plan, and
+    # the question's type; None on a plan sample. `frame_of`, when set, maps each sample to its row
+    # of `images` (several samples share one frame); empty means one frame a sample.
+    answers: list[str | None] = field(default_factory=list)
+    question_types: list[str | None] = field(default_factory=list)
+    frame_of: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.states)
 
     def texts(self) -> list[str]:
         return sorted(set(self.tasks) | set(self.thoughts) | set(self.subtasks) | set(self.plan_subtasks)
+                      | {a for a in self.answers if a}
                       | {c for cs in self.corrections for c in cs} | {f"{label}: {s}" for s in set(self.last_subtasks) if s for label in ("last", "done")})
 
 
@@ -101,10 +108,20 @@ def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | 
 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
-                    stride: int = 1, log=print, context_last: str = "in_force", frames: bool = True) -> RawSamples:
-    """`frames=False` reads the events only (no video decoding; `images` stays empty): enough to
+                    stride: int = 1, log=print, context_last: str = "in_force", frames: bool = True,
+                    scene_questions: float = 0.0) -> RawSamples:
+    """Samples from recorded sessions, or from planner-frame shards (`hivla datagen --mode planner`;
+    `scene_questions` is then how many scene questions a frame gets on average).
+    `frames=False` reads the events only (no video decoding; `images` stays empty): enough to
     rebuild the text columns of a cache."""
+    from agent.training.planner_frames import is_planner_frames
     from sessions.reader import iter_sessions
+
+    kinds = {is_planner_frames(p) for p in data_paths}
+    if kinds == {True}:
+        return collect_planner_frames(data_paths, cameras, image_size, horizon, log, context_last, scene_questions)
+    if len(kinds) > 1:
+        raise ValueError("--data mixes planner-frame directories with recorded sessions; train on one kind at a time")
 
     raw = RawSamples()
     n_sessions = 0
@@ -153,9 +170,63 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
     return raw
 
 
+def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
+                           log=print, context_last: str = "done", scene_questions: float = 0.0,
+                           seed: int = 0) -> RawSamples:
+    """Each kept frame gives one plan sample (the oracle's plan, with the context the loop gave the
+    planner) and, on average, `scene_questions` question samples on the same frame (the question in
+    the task's place, no coaching context, the answer as the target). No actions: a planner recipe."""
+    from agent.training.planner_frames import read_shard, shards
+    from agent.training.scene_questions import sample_questions
+    from policies.planning import PlannerContext
+
+    rng = np.random.default_rng(seed)
+    raw = RawSamples()
+    no_chunk, no_mask = np.zeros((horizon, 5), np.float32), np.zeros(horizon, bool)
+    stems = [stem for path in data_paths for stem in shards(path)]
+    if not stems:
+        raise ValueError(f"no planner-frame shards under {[str(p) for p in data_paths]}; "
+                         "record some with `hivla datagen --mode planner`")
+    for stem in stems:
+        rows, images, states = read_shard(stem)
+        if images.shape[1] != len(cameras):
+            raise ValueError(f"{stem}: frames of {images.shape[1]} cameras, the model reads {len(cameras)}")
+        images = resize_images(images.reshape(-1, *images.shape[2:]), image_size).reshape(
+            len(images), len(cameras), image_size, image_size, 3)
+        for row, frame, state in zip(rows, images, states):
+            raw.images.append(frame)
+            frame_index = len(raw.images) - 1
+            ctx = PlannerContext.from_dict(row["context"])
+            key = f"{stem.parent.name}/{row['episode']}"
+            n_questions = int(scene_questions) + int(rng.random() < scene_questions - int(scene_questions))
+            asked = sample_questions(row["facts"], rng, n_questions) if n_questions else []
+            samples = [(ctx.task, ctx.last(context_last), ctx.texts, row["thought"], row["subtask"], None, None)]
+            samples += [(question, None, [], "", "", answer, kind) for kind, question, answer in asked]
+            for task, last, corrections, thought, subtask, answer, kind in samples:
+                raw.frame_of.append(frame_index)
+                raw.states.append(np.asarray(state, np.float32))
+                raw.tasks.append(task)
+                raw.last_subtasks.append(last)
+                raw.corrections.append(list(corrections))
+                raw.thoughts.append(thought)
+                raw.plan_subtasks.append(subtask)
+                raw.subtasks.append(ctx.in_force or "")
+                raw.actions.append(no_chunk)
+                raw.action_masks.append(no_mask)
+                raw.episode_keys.append(key)
+                raw.answers.append(answer)
+                raw.question_types.append(kind)
+    n_plans = sum(a is None for a in raw.answers)
+    log(f"planner frames: {len(raw.images)} frames from {len(set(raw.episode_keys))} episodes in {len(stems)} shards; "
+        f"{n_plans} plan samples, {len(raw) - n_plans} scene questions")
+    return raw
+
+
 def build_tokenizer_and_stats(raw: RawSamples, vocab_size: int):
     tokenizer = train_tokenizer(prompt_corpus() + raw.texts() * 4, vocab_size=vocab_size)
     valid_actions = np.concatenate([a[m] for a, m in zip(raw.actions, raw.action_masks)])
+    if not len(valid_actions):  # planner frames: no actions, and a planner-only model never reads these stats
+        valid_actions = np.array([[-1.0] * raw.actions[0].shape[1], [1.0] * raw.actions[0].shape[1]], np.float32)
     stats = NormStats.from_data(np.stack(raw.states), valid_actions)
     return tokenizer, stats
 
@@ -163,11 +234,15 @@ def build_tokenizer_and_stats(raw: RawSamples, vocab_size: int):
 def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str, torch.Tensor], dict]:
     cfg = processor.cfg
     cols: dict[str, list] = {k: [] for k in ("prefix", "subtask", "target")}
+    answers = raw.answers or [None] * len(raw)
     for i in range(len(raw)):
         cols["prefix"].append(pad_to(processor.prefix_ids(raw.tasks[i], raw.states[i]), cfg.prefix_text_len))
         cols["subtask"].append(pad_to(processor.subtask_ids(raw.subtasks[i]), cfg.max_subtask_tokens))
-        cols["target"].append(pad_to(processor.target_ids(raw.thoughts[i], raw.plan_subtasks[i]), cfg.max_target_tokens))
-    out = {"images": torch.from_numpy(np.stack(raw.images))}
+        target = (processor.target_ids(raw.thoughts[i], raw.plan_subtasks[i]) if answers[i] is None
+                  else processor.answer_ids(answers[i]))
+        cols["target"].append(pad_to(target, cfg.max_target_tokens))
+    out = {"images": torch.from_numpy(np.stack(raw.images)),
+           "frame": torch.tensor(raw.frame_of or range(len(raw)), dtype=torch.long)}
     for name, pairs in cols.items():
         out[f"{name}_ids"] = torch.from_numpy(np.stack([p[0] for p in pairs]))
         out[f"{name}_mask"] = torch.from_numpy(np.stack([p[1] for p in pairs]))
@@ -177,9 +252,18 @@ def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str,
     keys = sorted(set(raw.episode_keys))
     episode_index = {k: i for i, k in enumerate(keys)}
     out["episode"] = torch.tensor([episode_index[k] for k in raw.episode_keys], dtype=torch.long)
-    subtasks = sorted(set(raw.plan_subtasks))
-    out["subtask_class"] = torch.tensor([subtasks.index(s) for s in raw.plan_subtasks], dtype=torch.long)
-    return out, {"subtasks": subtasks, "episodes": keys, "context_last": cfg.context_last}
+    # the evaluation's labels: the plan's subtask (-1 on a question), the answer and question type (-1 on a plan)
+    subtasks = sorted({s for s, a in zip(raw.plan_subtasks, answers) if a is None})
+    answer_texts = sorted({a for a in answers if a is not None})
+    types = sorted({t for t in raw.question_types if t})
+    subtask_index, answer_index, type_index = ({v: i for i, v in enumerate(vs)} for vs in (subtasks, answer_texts, types))
+    out["subtask_class"] = torch.tensor([subtask_index[s] if a is None else -1 for s, a in zip(raw.plan_subtasks, answers)],
+                                        dtype=torch.long)
+    out["answer_class"] = torch.tensor([-1 if a is None else answer_index[a] for a in answers], dtype=torch.long)
+    out["question_type"] = torch.tensor([type_index[t] if t else -1 for t in (raw.question_types or [None] * len(raw))],
+                                        dtype=torch.long)
+    return out, {"subtasks": subtasks, "answers": answer_texts, "question_types": types, "episodes": keys,
+                 "context_last": cfg.context_last}
 
 
 def encode_contexts(raw: RawSamples, processor: Pi05Processor) -> dict[str, torch.Tensor]:

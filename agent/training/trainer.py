@@ -29,6 +29,7 @@ from policies.pi05.modeling import Pi05Model, count_parameters
 from policies.checkpoint import check_safetensors_file
 from policies.pi05.policy import CheckpointError, load_state_dict_checked, save_checkpoint
 from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer
+from policies.planning import PlanParseError, parse_plan
 
 TRAIN_STATE = "train_state.safetensors"
 TRAINER_STATE = "trainer_state.json"
@@ -59,6 +60,7 @@ class TrainSettings:
     overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
     init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
     stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
+    scene_questions: float = 0.4  # planner frames: scene questions per frame, on average
 
 
 @contextlib.contextmanager
@@ -136,7 +138,7 @@ def prepare(s: TrainSettings, log: Logger):
         processor = Pi05Processor(cfg, tokenizer, stats)
         if cached is None:
             raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
-                                  context_last=cfg.context_last)
+                                  context_last=cfg.context_last, scene_questions=s.scene_questions)
             cached = encode_samples(raw, processor)
             save_cache(out, *cached)
         elif cached[1].get("context_last", "in_force") != cfg.context_last:
@@ -150,7 +152,7 @@ def prepare(s: TrainSettings, log: Logger):
         cfg = make_config(s.preset, **s.overrides)
         t0 = time.perf_counter()
         raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
-                              context_last=cfg.context_last)
+                              context_last=cfg.context_last, scene_questions=s.scene_questions)
         if s.init_from:  # keep the tokens and state bins the weights were trained with
             tokenizer = load_tokenizer(Path(s.init_from) / "tokenizer.json")
             stats = NormStats.load(Path(s.init_from) / "norm_stats.json")
@@ -161,7 +163,8 @@ def prepare(s: TrainSettings, log: Logger):
         cached = encode_samples(raw, processor)
         save_cache(out, *cached)
         truncated = sum(len(processor.target_ids(t, u)) >= cfg.max_target_tokens and
-                        processor.target_ids(t, u)[-1] != cfg.eos_id for t, u in zip(raw.thoughts, raw.plan_subtasks))
+                        processor.target_ids(t, u)[-1] != cfg.eos_id
+                        for t, u, a in zip(raw.thoughts, raw.plan_subtasks, raw.answers or [None] * len(raw)) if a is None)
         log.echo(f"data: {len(raw)} samples from {len(set(raw.episode_keys))} episodes, "
                  f"{len(cached[1]['subtasks'])} distinct subtasks, vocab {cfg.vocab_size}, "
                  f"{truncated} targets cut at {cfg.max_target_tokens} tokens ({time.perf_counter() - t0:.0f}s)")
@@ -225,8 +228,20 @@ BATCH_KEYS = ("images", "prefix_ids", "prefix_mask", "context_ids", "context_mas
               "target_ids", "target_mask", "actions", "action_mask")
 
 
+TEXT_SEGMENTS = ("prefix", "context", "subtask", "target")
+
+
 def get_batch(tensors: dict, idx: torch.Tensor, device: torch.device) -> dict:
-    return {k: tensors[k][idx].to(device) for k in BATCH_KEYS}
+    """The samples `idx` as model inputs. Frames are stored once and shared by the samples made on
+    them (`frame`); each text segment is cut to the longest in the batch, as its padding is masked
+    anyway (every segment is padded at its end), so a batch of short texts costs short sequences."""
+    batch = {k: tensors[k][idx] for k in BATCH_KEYS if k != "images"}
+    batch["images"] = tensors["images"][tensors["frame"][idx] if "frame" in tensors else idx]
+    for name in TEXT_SEGMENTS:
+        mask = batch[f"{name}_mask"]
+        keep = max(1, int(mask.sum(1).max()))
+        batch[f"{name}_ids"], batch[f"{name}_mask"] = batch[f"{name}_ids"][:, :keep], mask[:, :keep]
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 @torch.no_grad()
@@ -250,18 +265,37 @@ def evaluate(model: Pi05Model, processor: Pi05Processor, tensors: dict, meta: di
         n += len(chunk)
     torch.set_rng_state(cpu_state)
     metrics = {f"eval_{k}": v / n for k, v in totals.items()}
-    gen = pick[: s.eval_generate]
-    correct = 0
-    for chunk in gen.split(16):
+    plans = pick[tensors["subtask_class"][pick] >= 0][: s.eval_generate]
+    decoded = decode_held_out(model, processor, tensors, plans, s, device)
+    metrics["eval_subtask_acc"] = sum(parse_subtask_or_empty(text) == meta["subtasks"][int(c)] for text, c in
+                                      zip(decoded, tensors["subtask_class"][plans])) / max(1, len(plans))
+    if "answer_class" in tensors and bool((tensors["answer_class"][held] >= 0).any()):
+        questions = held[tensors["answer_class"][held] >= 0]
+        questions = questions[torch.randperm(len(questions), generator=g)[: s.eval_generate]]
+        decoded = decode_held_out(model, processor, tensors, questions, s, device)
+        right = [text == meta["answers"][int(c)] for text, c in zip(decoded, tensors["answer_class"][questions])]
+        metrics["eval_question_acc"] = sum(right) / len(right)
+    model.train()
+    return metrics
+
+
+def parse_subtask_or_empty(text: str) -> str:
+    try:
+        return parse_plan(text).subtask
+    except PlanParseError:
+        return ""
+
+
+def decode_held_out(model: Pi05Model, processor: Pi05Processor, tensors: dict, idx: torch.Tensor,
+                    s: TrainSettings, device: torch.device) -> list[str]:
+    """Greedy decoding of the samples `idx` (as at inference: [base | context] then the target)."""
+    texts: list[str] = []
+    for chunk in idx.split(32):
         b = get_batch(tensors, chunk, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
             out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
-        for row, cls in zip(out.tolist(), tensors["subtask_class"][chunk].tolist()):
-            _, subtask = processor.parse_plan(processor.decode(row))
-            correct += int(subtask == meta["subtasks"][cls])
-    metrics["eval_subtask_acc"] = correct / max(1, len(gen))
-    model.train()
-    return metrics
+        texts.extend(processor.decode(row) for row in out.tolist())
+    return texts
 
 
 # ---------------------------------------------------------------------------------------------

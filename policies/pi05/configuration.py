@@ -16,7 +16,7 @@ from pathlib import Path
 
 CAMERAS = ("front", "wrist")
 CONTEXT_LAST = ("in_force", "done")
-VISION_STEMS = ("patch", "conv")
+VISION_STEMS = ("patch", "conv", "resampler")
 
 
 @dataclass
@@ -33,7 +33,10 @@ class Pi05Config:
     patch_size: int = 16
     # "patch": a linear patch embedding (SigLIP, the published π0.5); "conv": a GroupNorm conv stem
     # downsampling by patch_size, so small objects keep their colour (see modeling.ConvStem)
+    # "resampler": a conv trunk keeping a 16x16 map, read by `vision_queries` learned queries that
+    # cross-attend to it (policies/pi05/vision.py); vision_depth counts its cross-attention blocks
     vision_stem: str = "patch"
+    vision_queries: int = 8
     random_shift_pad: int = 0  # training-time random shift of the images (pixels; DrQ), 0: none
     vision_width: int = 128
     vision_depth: int = 2
@@ -89,10 +92,16 @@ class Pi05Config:
     knowledge_insulation: bool = True
     bin_token_offset: int = 6  # id of the first state-bin token <s0> (see processor.special_tokens)
 
+    # co-trained on scene questions (the question in the task's place, the answer as the target), so
+    # the high level can answer `/ask`; a checkpoint trained without them refuses to answer
+    scene_questions: bool = False
+
     preset: str = "custom"
 
     @property
     def image_tokens_per_camera(self) -> int:
+        if self.vision_stem == "resampler":
+            return self.vision_queries
         return (self.image_size // self.patch_size) ** 2
 
     @property
@@ -177,7 +186,7 @@ def _check_types(data: dict) -> None:
             raise ValueError(f"config field {name!r} must be {want}, got {value!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
             raise ValueError(f"config field {name!r} must not be negative, got {value!r}")
-    for name in ("image_size", "patch_size", "vision_width", "vision_depth", "vision_heads", "width", "depth",
+    for name in ("image_size", "patch_size", "vision_width", "vision_queries", "vision_depth", "vision_heads", "width", "depth",
                  "num_heads", "num_kv_heads", "head_dim", "mlp_dim", "expert_width", "state_dim", "action_dim",
                  "action_horizon", "vocab_size"):
         if name in data and data[name] < 1:
@@ -210,6 +219,19 @@ def small_conv() -> Pi05Config:
                       action_token_stride=0, flow_loss_weight=0.0, preset="small_conv")
 
 
+def planner() -> Pi05Config:
+    # The planner that reads the scene (issue #21): a narrower backbone (192 wide, GeGLU 512: 2.2x the
+    # samples a second of `small`'s 256/1024 on one core, measured side by side) over 8 query tokens a camera
+    # read from a 16x16 conv map (policies/pi05/vision.py), random shift, trained as the planner only
+    # (thought + subtask, and the scene questions co-trained as text), so no action expert runs and
+    # the subtask segment is a single pad token. A sample is ~100 tokens instead of ~150.
+    return Pi05Config(vision_stem="resampler", vision_queries=8, vision_width=128, vision_depth=2,
+                      vision_heads=4, vision_mlp_dim=256, random_shift_pad=4, context_last="done",
+                      width=192, mlp_dim=512, head_dim=48,
+                      action_token_stride=0, flow_loss_weight=0.0, max_subtask_tokens=1, expert_width=32,
+                      expert_mlp_dim=64, scene_questions=True, preset="planner")
+
+
 def pi05() -> Pi05Config:
     # Published π0.5: PaliGemma (Gemma 2B) backbone, Gemma-300M action expert, SigLIP So400m/14 at 224 px.
     return Pi05Config(
@@ -221,7 +243,7 @@ def pi05() -> Pi05Config:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "small_conv": small_conv, "pi05": pi05}
+PRESETS = {"tiny": tiny, "small": small, "small_conv": small_conv, "planner": planner, "pi05": pi05}
 
 
 def make_config(preset: str, **overrides) -> Pi05Config:

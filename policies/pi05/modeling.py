@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from policies.augment import random_shift
 from policies.pi05.configuration import Pi05Config
+from policies.pi05.vision import ConvResampler
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [B, kv_heads, L, head_dim] (RoPE applied)
 
@@ -208,7 +209,7 @@ class Pi05Model(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.vision = VisionTower(cfg)
+        self.vision = ConvResampler(cfg) if cfg.vision_stem == "resampler" else VisionTower(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.backbone = nn.ModuleList(
             GemmaBlock(cfg.width, cfg.mlp_dim, cfg, adaptive=False) for _ in range(cfg.depth)

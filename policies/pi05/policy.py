@@ -104,6 +104,20 @@ class Pi05Policy:
         return Plan(thought=thought, subtask=subtask, source="model")
 
     @torch.no_grad()
+    def answer_question(self, obs: Observation, question: str) -> str:
+        """A scene question answered from the current frames and state (the question in the task's
+        place, no coaching context: as co-trained). Nothing about the plan changes."""
+        if not self.cfg.scene_questions:
+            raise ValueError("this planner was not co-trained on scene questions, so it cannot answer them "
+                             "(train one with `hivla train --preset planner` on planner frames)")
+        images = torch.from_numpy(self.processor.prepare_images(obs.images))[None].to(self.device)
+        ids, mask = self._tensor(self.processor.prefix_ids(question, obs.state), self.cfg.prefix_text_len)
+        no_ctx, no_ctx_mask = self._tensor([], self.cfg.max_context_tokens)
+        with self._autocast():
+            out = self.model.generate(images, ids, mask, no_ctx, no_ctx_mask)
+        return self.processor.decode(out[0].tolist())
+
+    @torch.no_grad()
     def predict_action_chunk(self, obs: Observation, subtask: str) -> ActionChunk:
         """float32 [H, A] in environment units."""
         sub_ids, sub_mask = self._tensor(self.processor.subtask_ids(subtask), self.cfg.max_subtask_tokens)
@@ -127,6 +141,10 @@ class Pi05HighLevel:
 
     def plan(self, obs: Observation, context: PlanContext) -> Plan:
         return self.policy.generate_plan(obs, context)
+
+    def answer(self, obs: Observation, question: str) -> str:
+        """SceneQuestionAnswerer: `/ask` in the console."""
+        return self.policy.answer_question(obs, question)
 
 
 class Pi05LowLevel:

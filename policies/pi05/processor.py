@@ -235,6 +235,11 @@ class Pi05Processor:
         thought_ids = thought_ids[: max(room, 0)]
         return ([cfg.bos_id] + thought_ids + sub)[: cfg.max_target_tokens - 1] + [cfg.eos_id]
 
+    def answer_ids(self, answer: str) -> list[int]:
+        """<bos> answer <eos>: the target of a scene question (no "So:", it names no subtask)."""
+        cfg = self.cfg
+        return ([cfg.bos_id] + self.encode(answer))[: cfg.max_target_tokens - 1] + [cfg.eos_id]
+
     def decode(self, ids: Iterable[int]) -> str:
         clean = []
         for i in ids:

@@ -1,0 +1,91 @@
+"""Scene questions and their answers, written from the simulator's facts (agent.envs.scene_facts).
+
+The planner's backbone is co-trained on them beside its plans (π0.5 co-trains on captions, VQA and
+localisation): a question about every kind of fact the plan depends on, so the image read-out learns
+where each block is, not only the few colour words a plan names.
+
+    qa = sample_questions(facts, rng, n=2)   # [(type, question, answer), ...]
+
+Answers are short and canonical ("in the blue bowl", "the red block and the green block", "nothing",
+"yes, it is open", "two"), so held-out accuracy is an exact match.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import prompts
+
+QUESTION_TYPES = ("where", "bowl", "drawer", "held", "drawer_state", "table", "leftmost", "count", "stacked")
+NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+
+
+def _listing(names: list[str]) -> str:
+    if not names:
+        return "nothing"
+    names = [f"the {n}" for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def where_phrase(fact: dict) -> str:
+    place, where = fact["place"], fact["where"]
+    return {"table": "on the table", "held": "in the gripper", "drawer": "in the drawer",
+            "bowl": f"in the {where}", "block": f"on the {where}", "moving": "moving"}[place]
+
+
+def answer(kind: str, facts: dict, obj: str | None = None) -> str:
+    """The canonical answer to a question of `kind` (about `obj`: a block or bowl name, if it needs one)."""
+    blocks: dict = facts["blocks"]  # left to right
+    if kind == "where":
+        return where_phrase(blocks[obj]) if obj in blocks else f"there is no {obj}"
+    if kind == "bowl":
+        return _listing([n for n, f in blocks.items() if f["place"] == "bowl" and f["where"] == obj])
+    if kind == "drawer":
+        return _listing([n for n, f in blocks.items() if f["place"] == "drawer"])
+    if kind == "held":
+        return f"the {facts['held']}" if facts["held"] else "nothing"
+    if kind == "drawer_state":
+        return "yes, it is open" if facts["drawer_open"] else "no, it is shut"
+    if kind == "table":
+        return _listing([n for n, f in blocks.items() if f["place"] == "table"])
+    if kind == "leftmost":
+        return f"the {next(iter(blocks))}" if blocks else "there are no blocks"
+    if kind == "count":
+        return NUMBERS[min(sum(f["place"] == "table" for f in blocks.values()), len(NUMBERS) - 1)]
+    if kind == "stacked":
+        return _listing([n for n, f in blocks.items() if f["place"] == "block" and f["where"] == obj])
+    raise ValueError(f"unknown question type {kind!r}; one of {QUESTION_TYPES}")
+
+
+def sample_questions(facts: dict, rng: np.random.Generator, n: int = 2) -> list[tuple[str, str, str]]:
+    """n distinct (type, question, answer) triples about this scene, phrasings drawn at random.
+    "where" questions sometimes name a block the scene does not hold (answer: "there is no ...")."""
+    phrasings = prompts.load("scene_questions")["questions"]
+    blocks = list(facts["blocks"])
+    out: list[tuple[str, str, str]] = []
+    seen: set[str] = set()
+    for _ in range(8 * n):
+        if len(out) >= n:
+            break
+        kind = QUESTION_TYPES[rng.integers(len(QUESTION_TYPES))]
+        obj = None
+        if kind in ("where", "stacked"):
+            if not blocks:
+                continue
+            obj = blocks[rng.integers(len(blocks))]
+            if kind == "where" and rng.random() < 0.15:
+                absent = [f"{c} block" for c in COLOURS if not any(c in b for b in blocks)]
+                if absent:
+                    obj = absent[rng.integers(len(absent))]
+        elif kind == "bowl":
+            if not facts["bowls"]:
+                continue
+            obj = facts["bowls"][rng.integers(len(facts["bowls"]))]
+        templates = phrasings[kind]
+        question = templates[rng.integers(len(templates))].format(obj=obj, bowl=obj)
+        if question in seen:
+            continue
+        seen.add(question)
+        out.append((kind, question, answer(kind, facts, obj)))
+    return out
