@@ -6,8 +6,20 @@ re-plans (a) when there is no plan, (b) on a timer, (c) when the current subtask
 `submit()`, which only enqueues: the loop never waits for anyone, it drains the queue at the
 start of the next control step.
 
-The loop is single-threaded by design (one owner of env, policies and recorder); UIs read
-`snapshot()` from other threads, which returns an immutable copy taken under a lock.
+The loop has one owner thread (env, low level and recorder); UIs read `snapshot()` from other
+threads, which returns an immutable copy taken under a lock.
+
+The high level runs in one of two modes:
+- synchronous (the default): each plan is computed inside the control step that asks for it. Which
+  step a plan lands at depends only on the seed, so headless runs, the oracle, datagen and tests
+  are deterministic; and an unpaced headless run has no wall-clock period to hide a plan in anyway.
+- asynchronous (`async_planning=True`, the console): plans are computed on their own thread
+  (agent.planner_thread) while the low level keeps acting on the subtask in force, so a plan never
+  stalls a paced robot. Every change to what the planner reads (a correction, an /undo, a finished
+  subtask, a new episode) bumps a generation counter; a plan asked under an older generation is
+  discarded when it lands, so a plan asked before a correction that came after it is never applied.
+  Where no subtask is in force (the start, a finished subtask, a negation or rule that may forbid
+  the current one) the robot holds still until the asked plan lands; an override applies at once.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from agent.inputs import Command, CommandName, UserInput
+from agent.planner_thread import PlannerThread, PlanRequest
 from policies.base import HighLevelPolicy, LowLevelPolicy
 from policies.planning import build_planner_context
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
@@ -151,6 +164,7 @@ class ControlLoop:
         compute_model_plan: bool = True,
         coach: Any = None,
         suspect_window_steps: int = 20,
+        async_planning: bool = False,
     ) -> None:
         self.env = env
         self.high = high
@@ -190,6 +204,17 @@ class ControlLoop:
         # Wall-clock time at which each queued correction was submitted, for latency measurement.
         self.correction_latencies: list[float] = []
         self._latency_probe: tuple[float, str] | None = None
+        # Asynchronous planning (see the module docstring); None: plans are computed in the step.
+        self._planner: PlannerThread | None = PlannerThread(high) if async_planning else None
+        self._generation = 0  # bumped whenever what the planner reads changes
+        self._awaiting: ReplanReason | None = None  # holding still for an asked plan (async only)
+        self._pending_corrections: list[tuple[CorrectionRecord, Correction, Plan | None, float]] = []
+        self._last_model_plan: Plan | None = None  # the high level's latest own plan this episode
+        self.stale_plans = 0  # plans discarded on landing because the context changed after they were asked
+
+    @property
+    def async_planning(self) -> bool:
+        return self._planner is not None
 
     # ------------------------------------------------------------------ input (any thread)
 
@@ -221,6 +246,10 @@ class ControlLoop:
             index=self._episode_counter, task=self._obs.task, family=info.get("family"), start_wall=time.time()
         )
         self._context = PlanContext(task=self._obs.task)
+        self._context_changed()
+        self._awaiting = None
+        self._pending_corrections.clear()
+        self._last_model_plan = None
         self._plan = None
         self._plan_id = None
         self._chunk = None
@@ -298,18 +327,19 @@ class ControlLoop:
             self._publish()  # the reply to anything typed after the end
             return
 
+        self._collect_plan()
         holding = self._paused or self._stopped
         if not holding:
             self._maybe_replan()
         try:
-            action = self._next_action(holding)
+            action = self._next_action(holding or self._awaiting is not None)
             if self._low_level_lost and self._chunk is not None and self._chunk_pos == 1:  # a fresh chunk came
                 self._low_level_lost, self._last_reply = False, "low level: reconnected, resuming"
         except ConnectionError as err:  # a remote low level (openpi:) lost its server: hold as if paused
             self._low_level_lost, self._last_reply, self._chunk = True, f"low level: {err}", None
             holding = True
             action = self._next_action(holding)
-        if self._latency_probe is not None and not holding and self._plan is not None:
+        if self._latency_probe is not None and not holding and self._awaiting is None and self._plan is not None:
             submitted, subtask = self._latency_probe
             if self._plan.subtask == subtask:
                 self.correction_latencies.append(time.perf_counter() - submitted)
@@ -395,7 +425,9 @@ class ControlLoop:
         if kind not in (CorrectionKind.CONFIRM, CorrectionKind.RESUME):
             ep.interventions += 1
         self._context.corrections.append(correction)
+        self._context_changed()
         ep.corrections.append(correction)
+        deferred = False  # async: the record waits for the plan this correction asked for
 
         if kind is CorrectionKind.PAUSE:
             self._paused = True
@@ -413,7 +445,11 @@ class ControlLoop:
             self._chunk = None  # after the nudge, re-plan the motion from where the arm now is
         elif kind is CorrectionKind.OVERRIDE:
             if self.compute_model_plan:
-                model_plan = self._ask_model()
+                # Asynchronous: the model's latest own plan (asking now would hold the override back
+                # by a whole plan); synchronous: what it plans now, as before.
+                model_plan = self._last_model_plan if self._planner is not None else self._ask_model()
+            self._flush_pending_corrections()  # a rule or negation still waiting: its plan never comes
+            self._awaiting = None  # the person's subtask is in force at once
             subtask = correction.subtask or correction.text
             self._set_plan(
                 Plan(thought=f'The person said "{correction.text}", so I do that now.', subtask=subtask, source="human"),
@@ -424,14 +460,17 @@ class ControlLoop:
         elif kind in (CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT):
             self._paused = self._stopped = False
             self._replan("correction")
-            model_plan = self._plan
-            if self._plan is not None:
-                self._latency_probe = (submitted, self._plan.subtask)
+            if self._planner is not None:
+                deferred = True
+            else:
+                model_plan = self._plan
+                if self._plan is not None:
+                    self._latency_probe = (submitted, self._plan.subtask)
 
         correction_id = self._correction_counter
         self._correction_counter += 1
         ep.correction_ids.append(correction_id)
-        self._record(
+        record = (
             CorrectionRecord(
                 episode=ep.index,
                 step=ep.step,
@@ -452,6 +491,10 @@ class ControlLoop:
             )
         )
         self._last_reply = f"{kind.value}: {correction.text}"
+        if deferred:
+            self._pending_corrections.append((record, correction, replaced, submitted))
+            return
+        self._record(record)
         self._note_plan_change(correction, replaced, withdrawn=False)
 
     def _note_plan_change(self, correction: Correction, before: Plan | None, *, withdrawn: bool) -> None:
@@ -471,9 +514,11 @@ class ControlLoop:
         if not ep.corrections:
             self._last_reply = "nothing to undo"
             return
+        self._flush_pending_corrections()  # a correction is recorded before it is withdrawn
         withdrawn = ep.corrections.pop()
         correction_id = ep.correction_ids.pop()
         self._context.corrections.remove(withdrawn)
+        self._context_changed()
         ep.withdrawn.append(withdrawn)
         self._record(CorrectionWithdrawn(episode=ep.index, step=ep.step, correction_id=correction_id, wall_time=time.time()))
         before = self._plan
@@ -494,14 +539,19 @@ class ControlLoop:
             return None
 
     def _maybe_replan(self) -> None:
+        if self._awaiting is not None:
+            return  # asynchronous: a plan asked under the current context is on its way
         if self._plan is None:
             self._replan("timer")
         elif self._current_subtask_done():
             record_completion(self._context.completed_subtasks, self._plan.subtask)
+            self._context_changed()
             self._replan("subtask_done")
         elif self._obs.time - self._plan_sim_time >= self.replan_period_s and self._plan.source != "human":
-            # A human's override stands until it is done; the model's own plans are revisited on a timer.
-            self._replan("timer")
+            # A human's override stands until it is done; the model's own plans are revisited on a timer,
+            # meanwhile (asynchronous) the robot keeps acting on the subtask in force.
+            if self._planner is None or not self._planner.busy:
+                self._replan("timer", hold=False)
 
     def _current_subtask_done(self) -> bool:
         done_fn: Callable[[str, dict], bool | None] | None = getattr(self.env, "subtask_done", None)
@@ -509,16 +559,65 @@ class ControlLoop:
             return False
         return bool(done_fn(self._plan.subtask, self._info))
 
-    def _replan(self, reason: ReplanReason) -> None:
-        assert self._obs is not None and self._context is not None
-        started = time.perf_counter()
+    def _replan(self, reason: ReplanReason, *, hold: bool = True) -> None:
+        """Plan now (synchronous), or ask the planner thread (asynchronous; with `hold` the robot
+        holds still until the plan lands, otherwise it keeps acting on the subtask in force)."""
+        assert self._obs is not None and self._context is not None and self._episode is not None
+        if self._planner is not None:
+            self._planner.ask(self._generation, reason, self._obs, self._context, self._episode.step)
+            if hold or self._plan is None:
+                self._awaiting = reason
+            return
+        asked_wall, started = time.time(), time.perf_counter()
         plan = self.high.plan(self._obs, self._context)
-        self._set_plan(plan, reason, latency=time.perf_counter() - started)
+        self._set_plan(plan, reason, latency=time.perf_counter() - started, asked=(self._episode.step, asked_wall))
 
-    def _set_plan(self, plan: Plan, reason: ReplanReason, latency: float | None = None) -> None:
+    def _context_changed(self) -> None:
+        """What the planner reads changed: a plan asked before now is stale when it lands."""
+        self._generation += 1
+
+    def _collect_plan(self) -> None:
+        """Asynchronous: apply the plan that landed since the last step, if it is still current."""
+        if self._planner is None:
+            return
+        result = self._planner.poll()
+        if result is None:
+            return
+        request: PlanRequest = result.request
+        if request.generation != self._generation:
+            self.stale_plans += 1  # asked before a correction (or a finished subtask) that came after it
+            if self._awaiting is not None and not self._planner.busy:
+                self._replan(self._awaiting)  # the one awaited was stale: ask again with what is known now
+            return
+        if result.error is not None:
+            self._awaiting = None
+            raise result.error  # as a synchronous plan's error would: the caller of step() reports it
+        awaited = self._awaiting
+        self._awaiting = None
+        self._set_plan(result.plan, request.reason, latency=result.latency_s,
+                       asked=(request.asked_step, request.asked_wall), seen=request.context)
+        if awaited == "correction" or self._pending_corrections:
+            self._flush_pending_corrections()
+
+    def _flush_pending_corrections(self) -> None:
+        """Record the corrections that waited for their plan, with the plan now in force."""
+        pending, self._pending_corrections = self._pending_corrections, []
+        for record, correction, replaced, submitted in pending:
+            plan = self._plan if self._awaiting is None else None  # None: it never came (undo, episode end)
+            self._record(record.model_copy(update={"model_plan": plan_data(plan), "resulting_plan": plan_data(plan)}))
+            if plan is not None:
+                self._latency_probe = (submitted, plan.subtask)
+            self._note_plan_change(correction, replaced, withdrawn=False)
+
+    def _set_plan(self, plan: Plan, reason: ReplanReason, latency: float | None = None,
+                  asked: tuple[int, float] | None = None, seen: PlanContext | None = None) -> None:
+        """Apply `plan`. `asked`: (control step, wall time) when it was asked, if it was; `seen`: the
+        context it was asked with, where that is not the loop's context now (asynchronous)."""
         assert self._episode is not None and self._context is not None and self._obs is not None
+        if plan.source != "human":
+            self._last_model_plan = plan
         changed = self._plan is None or plan.subtask != self._plan.subtask
-        seen = build_planner_context(self._context)  # what the high level read for this plan, before it lands
+        seen = build_planner_context(seen or self._context)  # what the high level read for this plan, before it lands
         self._plan = plan
         self._plan_sim_time = self._obs.time
         self._context.plan_history.append(plan)
@@ -535,6 +634,8 @@ class ControlLoop:
                 reason=reason,
                 latency_s=latency,
                 wall_time=time.time(),
+                asked_step=None if asked is None else asked[0],
+                asked_wall_time=None if asked is None else asked[1],
                 context=ContextData.model_validate(seen.to_dict()),
             )
         )
@@ -595,6 +696,8 @@ class ControlLoop:
         assert ep is not None
         if ep.over:
             return
+        self._flush_pending_corrections()
+        self._awaiting = None
         ep.over = True
         ep.end_reason = reason
         done = list(self._info.get("subtasks_done", []))
@@ -648,3 +751,5 @@ class ControlLoop:
     def close(self) -> None:
         if self._episode is not None and not self._episode.over:
             self._end_episode("quit")
+        if self._planner is not None:
+            self._planner.close()

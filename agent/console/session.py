@@ -339,7 +339,15 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
         raise CoachSessionError(f"cannot record to {out_dir}: {err}") from None
     # The loop records to one place; observers (the live rerun log) see the same events after it.
     loop_recorder = Tee(recorder, observers) if observers else recorder
-    loop = ControlLoop(env, high, low, recorder=loop_recorder, replan_period_s=args.replan_period)
+    # Paced (a person watching): the high level plans on its own thread, so the robot never waits
+    # for a plan. Unpaced headless scripts plan in the step, deterministic under the seed (agent/loop.py).
+    paced = getattr(args, "speed", None) is not None
+    if paced:
+        from agent.planner_thread import set_inference_threads
+
+        set_inference_threads()
+    loop = ControlLoop(env, high, low, recorder=loop_recorder, replan_period_s=args.replan_period,
+                       async_planning=paced)
     try:
         loop.reset(seed=args.seed, options=options)
     except Exception:
