@@ -472,13 +472,19 @@ class Pi05Model(nn.Module):
     @torch.no_grad()
     def generate(
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
-        max_new_tokens: int | None = None, use_cache: bool = True,
-    ) -> Tensor:
+        max_new_tokens: int | None = None, use_cache: bool | str = True, return_scores: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Greedy decoding of "thought So: subtask <eos>" after [base | context]. Returns ids [B, n]
-        (without <bos>; each row stops at its first <eos>, later positions are <pad>).
-        `use_cache=False` recomputes the whole sequence every step (the reference for the cache)."""
+        (without <bos>; each row stops at its first <eos>, later positions are <pad>), and with
+        `return_scores` the logits of each step [B, n, V] too.
+        `use_cache=True`: the static KV cache and fused weights (the fast path); "dynamic": the cache
+        grown by concatenation through `run_backbone` (the path before it); False: the whole sequence
+        recomputed every step (the reference for both)."""
         cfg = self.cfg
         max_new = max_new_tokens or cfg.max_target_tokens - 1
+        if use_cache is True:
+            ids, scores = self._decode_static(images, prefix_ids, prefix_mask, context_ids, context_mask, max_new)
+            return (ids, scores) if return_scores else ids
         b, dev = images.shape[0], images.device
         base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask)
         ctx_valid = context_mask.bool()
@@ -486,6 +492,7 @@ class Pi05Model(nn.Module):
         tokens = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=dev)
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         out: list[Tensor] = []
+        scores: list[Tensor] = []
         if use_cache:
             _, valid, _, cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask)
         for step in range(max_new):
@@ -504,14 +511,16 @@ class Pi05Model(nn.Module):
                 tgt_valid = torch.ones(b, n, dtype=torch.bool, device=dev)
                 mask = self.segment_mask([(self.BASE, base_valid), (self.CONTEXT, ctx_valid), (self.TARGET, tgt_valid)])
                 hidden, _ = self.run_backbone(x, positions, mask)
-            nxt = self.logits(hidden[:, -1]).float().argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, cfg.pad_id), nxt)
+            logits = self.logits(hidden[:, -1]).float()
+            nxt = torch.where(done, torch.full_like(logits[:, 0], cfg.pad_id, dtype=torch.long), logits.argmax(-1))
             out.append(nxt)
+            scores.append(logits)
             done = done | (nxt == cfg.eos_id)
             tokens = torch.cat([tokens, nxt[:, None]], 1)
             if bool(done.all()):
                 break
-        return torch.stack(out, 1)
+        ids = torch.stack(out, 1)
+        return (ids, torch.stack(scores, 1)) if return_scores else ids
 
     # -- inference: low level ------------------------------------------------------------------
 
@@ -532,10 +541,11 @@ class Pi05Model(nn.Module):
     @torch.no_grad()
     def sample_actions(
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, subtask_ids: Tensor, subtask_mask: Tensor,
-        noise: Tensor | None = None, num_steps: int | None = None, cache_context: bool = True,
+        noise: Tensor | None = None, num_steps: int | None = None, cache_context: bool = True, fast: bool = True,
     ) -> Tensor:
         """Integrate the flow from noise (t=1) to actions (t=0) with Euler steps. Returns normalised
-        actions [B, H, A]. `cache_context=False` recomputes the backbone every step (for benchmarks)."""
+        actions [B, H, A]. `cache_context=False` recomputes the backbone every step (for benchmarks);
+        `fast=False` runs the expert through `run_expert` (the reference for the static-cache path)."""
         cfg = self.cfg
         steps = num_steps or cfg.flow_steps
         b = images.shape[0]
@@ -545,6 +555,8 @@ class Pi05Model(nn.Module):
         dt = -1.0 / steps
         args = (images, prefix_ids, prefix_mask, subtask_ids, subtask_mask)
         ctx = self.encode_action_context(*args) if cache_context else None
+        if fast and cache_context:
+            return self._sample_actions_fast(ctx, x, steps)
         for i in range(steps):
             if not cache_context:
                 ctx = self.encode_action_context(*args)
@@ -553,6 +565,187 @@ class Pi05Model(nn.Module):
             v = self.run_expert(x.to(cache[0][0].dtype), t, cache, valid, start).float()
             x = x + dt * v
         return x
+
+    # -- inference fast paths --------------------------------------------------------------------
+    # A 30-token plan at the `small` dims costs ~0.05 ms of arithmetic a token on this CPU but took
+    # ~2-3 ms: each token ran ~300 small torch ops (norms in four ops, RoPE tables rebuilt per layer,
+    # the cache concatenated and the kv head repeated per layer). The paths below do the same
+    # arithmetic in ~30 ops a layer: weights fused once (q|k|rot q|rot k|v in one matmul, RoPE's
+    # rotate-half folded into the weights; gate|up in one), a preallocated (static) KV cache written
+    # in place, masks and rotary tables built once per plan or chunk, the flow time's modulations for
+    # every Euler step computed at once. Each equals its reference path (`use_cache=False`,
+    # `fast=False`) within float tolerance (tests/test_pi05_fast.py).
+
+    def _inference_weights(self, dtype: torch.dtype) -> "_FusedWeights":
+        """Fused copies of the weights for inference, rebuilt only when a parameter changes
+        (an optimizer step or load_state_dict bumps its version) or the device/dtype does."""
+        params = list(self.parameters())
+        key = (dtype, params[0].device, tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+        cached = self.__dict__.get("_fused")
+        if cached is None or cached.key != key:
+            with torch.no_grad():
+                cached = _FusedWeights(self, dtype, key)
+            self.__dict__["_fused"] = cached  # a plain attribute: not a parameter, not in the state dict
+        return cached
+
+    @staticmethod
+    def _rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+        """cos, sin [B, L, 1, d] for positions [B, L]; the same angles as `rope`, halves duplicated."""
+        freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+        angles = positions.float()[..., None] * freqs
+        return torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([angles.sin()] * 2, -1)[:, :, None]
+
+    def _fast_attention(self, layer: "_FusedLayer", h: Tensor, cos: Tensor, sin: Tensor, keys: Tensor,
+                        values: Tensor, at: int, mask: Tensor) -> Tensor:
+        """h [B, L, W] -> attention output [B, L, heads*d]. Writes this step's keys/values into the
+        static cache `keys`/`values` [B, kvh, L_max, d] at [at, at+L) and attends to [0, at+L)."""
+        cfg = self.cfg
+        b, n, _ = h.shape
+        hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qk, qk_rot, v = (h @ layer.qkv).split(layer.split, -1)
+        qk = (qk.view(b, n, hq + kvh, d) * cos + qk_rot.view(b, n, hq + kvh, d) * sin).to(keys.dtype)
+        end = at + n
+        keys[:, :, at:end] = qk[:, :, hq:].transpose(1, 2)
+        values[:, :, at:end] = v.view(b, n, kvh, d).transpose(1, 2)
+        # All queries of one call see the same keys (a decoded token; or the action tokens, which see
+        # the whole context and each other), so the query heads sharing a kv head become one query
+        # block: no copy of the keys per head (what repeat_interleave did).
+        q = qk[:, :, :hq].permute(0, 2, 1, 3).reshape(b, kvh, (hq // kvh) * n, d)
+        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask)
+        return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
+
+    def _decode_static(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
+                       context_mask: Tensor, max_new: int) -> tuple[Tensor, Tensor]:
+        """Greedy decoding with a static KV cache. Returns (ids [B, n], logits [B, n, V])."""
+        cfg = self.cfg
+        _, valid, _, prefix_cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask)
+        b, p = valid.shape
+        dev, dtype = valid.device, prefix_cache[0][0].dtype
+        w = self._inference_weights(dtype)
+        total = p + max_new
+        keys = [torch.empty(b, cfg.num_kv_heads, total, cfg.head_dim, device=dev, dtype=dtype) for _ in w.backbone]
+        values = [torch.empty_like(k) for k in keys]
+        for (k, v), kc, vc in zip(prefix_cache, keys, values):
+            kc[:, :, :p] = k
+            vc[:, :, :p] = v
+        key_valid = torch.cat([valid, torch.ones(b, max_new, dtype=torch.bool, device=dev)], 1)[:, None, None]
+        start = valid.sum(1)  # first target position
+        cos, sin = self._rope_tables(start[:, None] + torch.arange(max_new, device=dev)[None], cfg.head_dim,
+                                     cfg.rope_theta)
+        token = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        ids: list[Tensor] = []
+        scores: list[Tensor] = []
+        width = cfg.width
+        for step in range(max_new):
+            x = F.embedding(token, w.embed_in)  # [B, 1, W], already scaled by sqrt(width)
+            at = p + step
+            mask = key_valid[..., : at + 1]
+            c, s = cos[:, step: step + 1], sin[:, step: step + 1]
+            for i, layer in enumerate(w.backbone):
+                h = F.rms_norm(x, (width,), layer.attn_norm, layer.eps)
+                x = x + self._fast_attention(layer, h, c, s, keys[i], values[i], at, mask) @ layer.o
+                h = F.rms_norm(x, (width,), layer.mlp_norm, layer.eps)
+                gate, up = (h @ layer.gate_up).chunk(2, -1)
+                x = x + (F.gelu(gate, approximate="tanh") * up) @ layer.down
+            hidden = F.rms_norm(x[:, 0], (width,), w.final_norm, w.eps)
+            logits = (hidden @ w.embed_out).float()
+            nxt = logits.argmax(-1)
+            nxt = torch.where(done, cfg.pad_id, nxt)
+            ids.append(nxt)
+            scores.append(logits)
+            done = done | (nxt == cfg.eos_id)
+            token = nxt[:, None]
+            if bool(done.all()):
+                break
+        return torch.stack(ids, 1), torch.stack(scores, 1)
+
+    def _sample_actions_fast(self, ctx: tuple[KVCache, Tensor, Tensor], x: Tensor, steps: int) -> Tensor:
+        """The Euler loop of sample_actions on the expert with a static cache: the context keys/values
+        [base | subtask] copied once into buffers with room for the action tokens, the flow time's
+        modulations of every step at once, RoPE tables and the mask once."""
+        cfg = self.cfg
+        cache, valid, start = ctx
+        b, lc = valid.shape
+        horizon = x.shape[1]
+        dev, dtype = x.device, cache[0][0].dtype
+        w = self._inference_weights(dtype)
+        keys = [torch.empty(b, cfg.num_kv_heads, lc + horizon, cfg.head_dim, device=dev, dtype=dtype) for _ in w.expert]
+        values = [torch.empty_like(k) for k in keys]
+        for (k, v), kc, vc in zip(cache, keys, values):
+            kc[:, :, :lc] = k
+            vc[:, :, :lc] = v
+        mask = torch.cat([valid, torch.ones(b, horizon, dtype=torch.bool, device=dev)], 1)[:, None, None]
+        cos, sin = self._rope_tables(start[:, None] + torch.arange(horizon, device=dev)[None], cfg.head_dim,
+                                     cfg.rope_theta)
+        dt = -1.0 / steps
+        t = torch.tensor([1.0 + i * dt for i in range(steps)], device=dev).repeat_interleave(b)  # [steps * B]
+        cond = self.time_mlp(time_embedding(t, cfg.expert_width).to(dtype))
+        # per layer and norm: (1 + scale, shift, gate), each [steps, B, 1, D]
+        mods = [[_modulation(norm, cond, steps, b) for norm in (blk.attn_norm, blk.mlp_norm)] for blk in self.expert]
+        final_mod = _modulation(self.expert_norm, cond, steps, b)
+        width, eps = cfg.expert_width, self.expert_norm.eps
+        x = x.float()
+        for i in range(steps):
+            h = self.action_in(x.to(dtype))
+            for j, layer in enumerate(w.expert):
+                (scale, shift, gate), (mscale, mshift, mgate) = mods[j][0][i], mods[j][1][i]
+                n = torch.addcmul(shift, F.rms_norm(h.float(), (width,), None, eps), scale).to(dtype)
+                h = torch.addcmul(h, self._fast_attention(layer, n, cos, sin, keys[j], values[j], lc, mask) @ layer.o, gate)
+                n = torch.addcmul(mshift, F.rms_norm(h.float(), (width,), None, eps), mscale).to(dtype)
+                g, up = (n @ layer.gate_up).chunk(2, -1)
+                h = torch.addcmul(h, (F.gelu(g, approximate="tanh") * up) @ layer.down, mgate)
+            scale, shift, _ = final_mod[i]
+            n = torch.addcmul(shift, F.rms_norm(h.float(), (width,), None, eps), scale).to(dtype)
+            x = torch.add(x, self.action_out(n).float(), alpha=dt)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# fused inference weights (see Pi05Model's "inference fast paths")
+# ---------------------------------------------------------------------------------------------
+
+
+def _rotate_half_rows(weight: Tensor, heads: int, head_dim: int) -> Tensor:
+    """Rows of a q/k projection [heads*d, W] such that x @ result.T == rotate_half(x @ weight.T) per
+    head, where rotate_half([x1, x2]) = [-x2, x1]: RoPE's second term becomes one more matmul column."""
+    w = weight.view(heads, 2, head_dim // 2, -1)
+    return torch.cat([-w[:, 1:], w[:, :1]], 1).reshape(heads * head_dim, -1)
+
+
+class _FusedLayer:
+    def __init__(self, block: GemmaBlock, cfg: Pi05Config, dtype: torch.dtype):
+        hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        qw, kw = block.q.weight, block.k.weight
+        fused = torch.cat([qw, kw, _rotate_half_rows(qw, hq, d), _rotate_half_rows(kw, kvh, d), block.v.weight])
+        self.qkv = fused.T.contiguous().to(dtype)  # [W, (hq + kvh) * d * 2 + kvh * d]
+        self.split = [(hq + kvh) * d, (hq + kvh) * d, kvh * d]
+        self.o = block.o.weight.T.contiguous().to(dtype)
+        self.gate_up = torch.cat([block.mlp.gate.weight, block.mlp.up.weight]).T.contiguous().to(dtype)
+        self.down = block.mlp.down.weight.T.contiguous().to(dtype)
+        if not block.adaptive:  # Gemma's RMSNorm scales by (1 + weight)
+            self.attn_norm = (1.0 + block.attn_norm.weight.float()).to(dtype)
+            self.mlp_norm = (1.0 + block.mlp_norm.weight.float()).to(dtype)
+            self.eps = block.attn_norm.eps
+
+
+class _FusedWeights:
+    def __init__(self, model: "Pi05Model", dtype: torch.dtype, key: tuple):
+        self.key = key
+        cfg = model.cfg
+        self.backbone = [_FusedLayer(block, cfg, dtype) for block in model.backbone]
+        self.expert = [_FusedLayer(block, cfg, dtype) for block in model.expert]
+        self.embed_in = (model.embed.weight * math.sqrt(cfg.width)).to(dtype)
+        self.embed_out = model.embed.weight.T.contiguous().to(dtype)
+        self.final_norm = (1.0 + model.final_norm.weight.float()).to(dtype)
+        self.eps = model.final_norm.eps
+
+
+def _modulation(norm: AdaRMSNorm, cond: Tensor, steps: int, b: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """An adaptive norm's (1 + scale, shift, gate) for each Euler step at once: cond [steps*B, C] ->
+    per step three [B, 1, D] (scale and shift in float32, as AdaRMSNorm applies them)."""
+    scale, shift, gate = norm.modulation(cond).view(steps, b, 1, -1).chunk(3, dim=-1)
+    return list(zip((1.0 + scale.float()).unbind(0), shift.float().unbind(0), gate.unbind(0)))
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
