@@ -37,7 +37,7 @@ def test_the_data_mode_renders_only_the_frames_it_keeps(tmp_path, monkeypatch):
     real = TabletopEnv._render_camera
     monkeypatch.setattr(TabletopEnv, "_render_camera", lambda self, cam: rendered.append(cam) or real(self, cam))
     pf.write_manifest(tmp_path, 32, 8)
-    counts = pf.record_shard(str(tmp_path), [5, 6], "base", 0.0, 32, 300, None)
+    counts = pf.record_shard(str(tmp_path), [5, 6], "base", 0.0, 32, 300, None, render_size=64)
     rows, images, states = pf.read_shard(pf.shards(tmp_path)[0])
     # two cameras for each kept frame (the plans the loop asked for), nothing for the other steps
     assert counts["steps"] > 10 * counts["frames"] and len(rendered) == 2 * counts["frames"] == 2 * len(rows)

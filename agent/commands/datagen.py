@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="sessions: every step recorded (low-level data); planner: only the planner's frames, "
                              "physics unrendered (many more scenes a minute)")
     parser.add_argument("--shard-episodes", type=int, default=50, help="--mode planner: episodes a shard")
+    parser.add_argument("--render-size", type=int, default=128,
+                        help="--mode planner: cameras are rendered at this size (as `hivla run` and `coach` render "
+                             "them) and stored at --image-size")
     parser.add_argument("--suite", default="base")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--out", required=True, help="directory for the recorded sessions")
@@ -117,14 +120,14 @@ def record_planner_frames(args: argparse.Namespace) -> int:
     from agent.training import planner_frames as pf
 
     out = Path(args.out)
-    pf.write_manifest(out, args.image_size, len(STATE_NAMES))
+    pf.write_manifest(out, args.image_size, len(STATE_NAMES), args.render_size)
     done = {p.name for p in pf.shards(out)}
     blocks = [list(range(start, min(start + args.shard_episodes, args.seed + args.episodes)))
               for start in range(args.seed, args.seed + args.episodes, args.shard_episodes)]
     todo = [b for b in blocks if pf.shard_name(b[0]) not in done]
     print(f"planner frames: {len(blocks) - len(todo)} of {len(blocks)} shards already in {out}; "
           f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
-    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families)
+    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size)
     started = time.perf_counter()
     totals = {"episodes": 0, "successes": 0, "frames": 0}
     with progress_bar("planner frames", len(todo)) as advance, ProcessPoolExecutor(args.workers) as pool:

@@ -224,8 +224,10 @@ def planner() -> Pi05Config:
     # samples a second of `small`'s 256/1024 on one core, measured side by side) over 8 query tokens a camera
     # read from a 16x16 conv map (policies/pi05/vision.py), random shift, trained as the planner only
     # (thought + subtask, and the scene questions co-trained as text), so no action expert runs and
-    # the subtask segment is a single pad token. A sample is ~100 tokens instead of ~150.
-    return Pi05Config(vision_stem="resampler", vision_queries=8, vision_width=128, vision_depth=2,
+    # the subtask segment is a single token. A sample is ~80 tokens (batches are cut to their longest
+    # text) instead of ~150. The read-out's keys are 64 wide: 256 keys a camera make their projection
+    # the read-out's main cost after the convs (0.37 s vs 0.46 s per 64 images, fwd + bwd, bf16).
+    return Pi05Config(vision_stem="resampler", vision_queries=8, vision_width=64, vision_depth=2,
                       vision_heads=4, vision_mlp_dim=256, random_shift_pad=4, context_last="done",
                       width=192, mlp_dim=512, head_dim=48,
                       action_token_stride=0, flow_loss_weight=0.0, max_subtask_tokens=1, expert_width=32,
