@@ -160,3 +160,21 @@ def test_a_planner_not_trained_on_questions_says_so():
     obs = Observation(images={"front": img, "wrist": img}, state=np.zeros(8, np.float32), task="t", time=0.0)
     with pytest.raises(ValueError, match="not co-trained on scene questions"):
         policy.answer_question(obs, "what is in the red bowl?")
+
+
+def test_a_learned_low_level_is_shown_rendered_cameras_on_an_unrendered_env():
+    from agent.envs.expert import ScriptedExpert
+
+    seen = []
+
+    class Watching(ScriptedExpert):
+        def act(self, obs, subtask):
+            seen.append(obs.images["front"].std())
+            return super().act(obs, subtask)
+
+    env = make_env(family="put_color_in_bowl", image_size=32, render_images=False)
+    obs, info = env.reset(seed=1)
+    assert env.observation(obs, info).images["front"].std() == 0  # the env itself renders nothing
+    low = pf.RenderedLowLevel(Watching(), env)
+    low.act(env.observation(obs, info), "pick up the " + next(iter(info["privileged"].blocks)))
+    assert seen and seen[0] > 10

@@ -25,6 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="sessions: every step recorded (low-level data); planner: only the planner's frames, "
                              "physics unrendered (many more scenes a minute)")
     parser.add_argument("--shard-episodes", type=int, default=50, help="--mode planner: episodes a shard")
+    parser.add_argument("--low-level", default="expert", metavar="SPEC",
+                        help="--mode planner: who executes the subtasks: expert (with --noise), or a learned spec "
+                             "(vla:PATH; empty 'vla:' is not a path: use the shipped default with 'default'), so the "
+                             "oracle labels the states the learned system reaches")
     parser.add_argument("--render-size", type=int, default=128,
                         help="--mode planner: cameras are rendered at this size (as `hivla run` and `coach` render "
                              "them) and stored at --image-size")
@@ -127,7 +131,8 @@ def record_planner_frames(args: argparse.Namespace) -> int:
     todo = [b for b in blocks if pf.shard_name(b[0]) not in done]
     print(f"planner frames: {len(blocks) - len(todo)} of {len(blocks)} shards already in {out}; "
           f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
-    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size)
+    low_level = None if args.low_level == "default" else args.low_level
+    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size, low_level)
     started = time.perf_counter()
     totals = {"episodes": 0, "successes": 0, "frames": 0}
     with progress_bar("planner frames", len(todo)) as advance, ProcessPoolExecutor(args.workers) as pool:

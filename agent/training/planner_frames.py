@@ -71,6 +71,25 @@ class FrameTap:
         return plan
 
 
+@dataclass
+class RenderedLowLevel:
+    """A learned low level on an env that does not render: the cameras are rendered for it at each
+    chunk it is asked for (what it needs, no more), so episodes can be executed by the learned policy
+    and labelled by the oracle at every plan (DAgger for the planner: the states the learned system
+    reaches, not only the expert's)."""
+
+    low: object
+    env: object
+
+    def reset(self) -> None:
+        self.low.reset()
+
+    def act(self, obs: Observation, subtask: str) -> np.ndarray:
+        seen = Observation(images=self.env.render_cameras(), state=obs.state, task=obs.task, time=obs.time,
+                           privileged=obs.privileged)
+        return self.low.act(seen, subtask)
+
+
 def write_manifest(out: Path, image_size: int, state_dim: int, render_size: int = 128) -> None:
     path = out / MANIFEST
     meta = {"format": "hivla planner frames", "version": FORMAT_VERSION, "image_size": image_size,
@@ -88,7 +107,7 @@ def shard_name(first_seed: int) -> str:
 
 
 def record_shard(out: str, seeds: list[int], suite: str, noise: float, image_size: int, max_steps: int,
-                 families: list[str] | None, render_size: int = 128) -> dict:
+                 families: list[str] | None, render_size: int = 128, low_level: str | None = "expert") -> dict:
     """Run `seeds` as episodes and write them as one shard; returns counts. Frames are rendered at
     `render_size` and stored area-averaged to `image_size`: exactly what the planner's processor makes
     of the cameras `hivla run` and `hivla coach` render (128 px), where a native 64-px render differs
@@ -104,7 +123,15 @@ def record_shard(out: str, seeds: list[int], suite: str, noise: float, image_siz
     started = time.perf_counter()
     env = make_env(suite=suite, image_size=render_size, seed=seeds[0], render_images=False)
     tap = FrameTap(OraclePlanner(seed=seeds[0]), env, image_size)
-    low = ScriptedExpert(seed=seeds[0], noise_std=noise)
+    if low_level == "expert":
+        low = ScriptedExpert(seed=seeds[0], noise_std=noise)
+    else:  # a learned executor, None: the shipped default (it hands the loop the part of each chunk it executes)
+        import torch
+
+        from agent.specs import make_low_level
+
+        torch.set_num_threads(1)
+        low = RenderedLowLevel(make_low_level(low_level, seed=seeds[0]), env)
     loop = ControlLoop(env, tap, low, recorder=None, compute_model_plan=False)
     fams = list(families or SUITES[suite])
     successes = steps = 0
