@@ -52,7 +52,8 @@ from agent.training.corrections import (
     load_coached_episodes,
 )
 from agent.training.dataset import CACHE_FILE, collect_samples, encode_samples, load_cache
-from agent.training.trainer import BATCH_KEYS, Logger, load_train_state, save_train_state
+from agent.training.loop import Logger, load_train_state, save_train_state
+from agent.training.trainer import BATCH_KEYS
 from policies.grammar import normalize
 from policies.pi05.modeling import Pi05Model
 from policies.pi05.policy import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint

@@ -36,7 +36,7 @@ import torch
 
 from agent.training.corrections import CorrectionDataError
 from agent.training.sft_data import SftExample, load_sft_export
-from agent.training.trainer import (
+from agent.training.loop import (
     TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state, sigterm_as_interrupt,
 )
 from policies.grammar import normalize

@@ -1,4 +1,5 @@
-"""The training loop for the π0.5-style model: resumable, logged, evaluated on held-out episodes.
+"""The π0.5-style model's training recipe (run by agent/training/loop.py): its data, its model, its
+held-out evaluation (loss and greedy subtask / answer accuracy) and its checkpoint.
 
 OUT (the checkpoint directory) receives config.json, model.safetensors, tokenizer.json,
 norm_stats.json (a loadable checkpoint at every save), plus train_state.safetensors (optimizer
@@ -8,21 +9,19 @@ dataset and train.log.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import signal
-import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import torch
 
 from agent.training.dataset import (
     build_tokenizer_and_stats, collect_samples, encode_samples, load_cache, recontext_cache, save_cache, split_episodes,
+)
+from agent.training.loop import (  # noqa: F401  (TRAINER_STATE, sigterm_as_interrupt: imported from here too)
+    TRAIN_STATE, TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop, shuffled_batches, sigterm_as_interrupt,
 )
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
@@ -30,9 +29,6 @@ from policies.checkpoint import check_safetensors_file
 from policies.pi05.policy import CheckpointError, load_state_dict_checked, save_checkpoint
 from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer
 from policies.planning import PlanParseError, parse_plan
-
-TRAIN_STATE = "train_state.safetensors"
-TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass
@@ -61,46 +57,6 @@ class TrainSettings:
     init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
     stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
     scene_questions: float = 0.4  # planner frames: scene questions per frame, on average
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Inside, SIGTERM raises KeyboardInterrupt, so `kill PID` stops a background run (where SIGINT is
-    ignored: nohup and `&` jobs) the way Ctrl-C does: the training loop saves a resumable checkpoint."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-class Logger:
-    def __init__(self, path: Path):
-        self.file = path.open("a", encoding="utf-8")
-
-    def __call__(self, msg: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {msg}"
-        self.file.write(line + "\n")
-        self.file.flush()
-
-    def echo(self, msg: str) -> None:
-        self(msg)
-        print(msg, flush=True)
-
-
-def lr_at(step: int, s: TrainSettings) -> float:
-    """Linear warm-up, then cosine decay to a tenth of the peak."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,39 +143,6 @@ def warm_start(model: Pi05Model, weights: Path) -> list[str]:
     return sorted(k for k in own if k not in shared)
 
 
-def save_train_state(out: Path, opt: torch.optim.Optimizer, state: dict) -> None:
-    from safetensors.torch import save_file
-
-    flat = {}
-    for i, (_, st) in enumerate(sorted(opt.state_dict()["state"].items())):
-        for k, v in st.items():
-            flat[f"{i}.{k}"] = v.detach().cpu().float().reshape(-1) if k == "step" else v.detach().cpu().contiguous()
-    tmp = out / f".{TRAIN_STATE}.tmp"
-    save_file(flat, str(tmp))
-    tmp.replace(out / TRAIN_STATE)
-    tmp = out / f".{TRAINER_STATE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out / TRAINER_STATE)
-
-
-def load_train_state(out: Path, opt: torch.optim.Optimizer) -> dict:
-    from safetensors.torch import load_file
-
-    flat = load_file(str(out / TRAIN_STATE))
-    sd = opt.state_dict()
-    n_params = len(sd["param_groups"][0]["params"])
-    state = {}
-    for i in range(n_params):
-        keys = {k.split(".", 1)[1]: v for k, v in flat.items() if k.split(".", 1)[0] == str(i)}
-        if keys:
-            if "step" in keys:
-                keys["step"] = keys["step"].reshape(())
-            state[i] = keys
-    sd["state"] = state
-    opt.load_state_dict(sd)
-    return json.loads((out / TRAINER_STATE).read_text(encoding="utf-8"))
-
-
 # ---------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------
@@ -298,37 +221,32 @@ def decode_held_out(model: Pi05Model, processor: Pi05Processor, tensors: dict, i
     return texts
 
 
+
 # ---------------------------------------------------------------------------------------------
-# the loop
+# the recipe
 # ---------------------------------------------------------------------------------------------
 
 
 def train(s: TrainSettings) -> dict:
-    torch.set_num_threads(s.threads)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "train.log")
-    log(f"settings {json.dumps(asdict(s))}")
+    loop = TrainingLoop(LoopSettings(
+        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+        weight_decay=s.weight_decay, betas=(0.9, 0.95), dtype=s.dtype, device=s.device, resume=s.resume,
+        stop_at=s.stop_at, eval_every=s.eval_every, save_every_s=s.save_every_s, log_every=50, threads=s.threads,
+        settings=asdict(s)))
+    log, device, out = loop.log, loop.device, loop.out
     torch.manual_seed(s.seed)
-    device = torch.device(s.device)
-    cfg, processor, tensors, meta = prepare(s, log)
+    with loop.accelerator.main_process_first():
+        cfg, processor, tensors, meta = prepare(s, log)
     train_idx, held_idx = split_episodes(tensors["episode"], s.held_out_fraction, s.seed)
     if len(train_idx) == 0:
         raise ValueError("no training samples left after holding out episodes; record more episodes")
 
     model = Pi05Model(cfg).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
-    state = {"step": 0, "elapsed_s": 0.0, "samples": 0, "history": []}
-    if s.resume and (out / TRAINER_STATE).is_file():
+    if loop.resuming:
         try:
             load_state_dict_checked(model, out / "model.safetensors")
-            state = load_train_state(out, opt)
         except (CheckpointError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot resume from {out}: {err}") from err
-        log.echo(f"resumed at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
     elif s.init_from:
         fresh = warm_start(model, Path(s.init_from) / "model.safetensors")
         log.echo(f"initialised from {s.init_from}; {len(fresh)} tensors start fresh: {', '.join(fresh) or 'none'}")
@@ -336,58 +254,14 @@ def train(s: TrainSettings) -> dict:
     log.echo(f"model {cfg.preset}: {params['total'] / 1e6:.2f}M parameters {params}; "
              f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}")
 
-    g = torch.Generator().manual_seed(s.seed + state["step"])
-    perm, pos = torch.randperm(len(train_idx), generator=g), 0
-    last_save = time.perf_counter()
-    window: list[dict] = []
-    t_window = time.perf_counter()
-    progress = TrainProgress(s.steps, state["step"])
-    model.train()
-    end = min(s.steps, s.stop_at or s.steps)
-    try:
-        while state["step"] < end:
-            if pos + s.batch_size > len(perm):
-                perm, pos = torch.randperm(len(train_idx), generator=g), 0
-            idx = train_idx[perm[pos: pos + s.batch_size]]
-            pos += s.batch_size
-            lr = lr_at(state["step"], s)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
-                loss, info = model(get_batch(tensors, idx, device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            info["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
-            opt.step()
-            state["elapsed_s"] += time.perf_counter() - t0
-            state["step"] += 1
-            state["samples"] += len(idx)
-            window.append(info)
-            progress.update(state["step"], info)
-            if state["step"] % 50 == 0:
-                avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                rate = len(window) * s.batch_size / (time.perf_counter() - t_window)
-                log(f"step {state['step']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items())
-                    + f" samples/s {rate:.1f}")
-                window, t_window = [], time.perf_counter()
-            if state["step"] % s.eval_every == 0 or state["step"] == end:
-                metrics = evaluate(model, processor, tensors, meta, held_idx, s, device)
-                metrics["step"] = state["step"]
-                state["history"].append(metrics)
-                log.echo("eval " + " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                                            for k, v in metrics.items()))
-            if time.perf_counter() - last_save > s.save_every_s or state["step"] == end:
-                _save(out, model, processor, opt, state, s)
-                last_save = time.perf_counter()
-    except KeyboardInterrupt:
-        log.echo(f"interrupted at step {state['step']}; saving a resumable checkpoint")
-        _save(out, model, processor, opt, state, s)
-        raise
-    finally:
-        progress.close()
+    def batches(step: int) -> Iterator[dict]:
+        g = torch.Generator().manual_seed(s.seed + step + 7919 * loop.rank)  # each process its own draws
+        for idx in shuffled_batches(train_idx, max(1, s.batch_size // loop.world), g):
+            yield get_batch(tensors, idx, device)
+
+    state = loop.run(Recipe(
+        model=model, batches=batches, save=lambda state: _save(out, model, processor, state, s),
+        evaluate=lambda step, final: evaluate(model, processor, tensors, meta, held_idx, s, device)))
     summary = {"steps": state["step"], "samples": state["samples"], "train_time_s": state["elapsed_s"],
                "samples_per_s": state["samples"] / max(state["elapsed_s"], 1e-9),
                "final_eval": state["history"][-1] if state["history"] else {}, "parameters": params}
@@ -395,33 +269,8 @@ def train(s: TrainSettings) -> dict:
     return summary
 
 
-def _save(out: Path, model, processor, opt, state, s: TrainSettings) -> None:
+def _save(out: Path, model: Pi05Model, processor: Pi05Processor, state: dict, s: TrainSettings) -> None:
     info = {"preset": model.cfg.preset, "step": state["step"], "samples": state["samples"],
             "train_time_s": state["elapsed_s"], "data": s.data, "dtype": s.dtype,
             "last_eval": state["history"][-1] if state["history"] else None}
     save_checkpoint(out, model, processor.tok, processor.stats, extra=info)
-    save_train_state(out, opt, state)
-
-
-class TrainProgress:
-    """A rich progress bar on a terminal, nothing otherwise (the log file has the numbers)."""
-
-    def __init__(self, total: int, start: int, label: str = "train"):
-        self.bar = None
-        if sys.stdout.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[info]}"))
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=total, completed=start, info="")
-
-    def update(self, step: int, info: dict) -> None:
-        if self.bar is not None:
-            shown = [(label, key) for label, key in (("loss", "loss"), ("text", "text_loss"), ("flow", "flow_loss"))
-                     if key in info]
-            self.bar.update(self.task, completed=step, info=" ".join(f"{label} {info[key]:.3f}" for label, key in shown))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,5 +1,5 @@
-"""The training loop for the low-level VLA: resumable, logged, with held-out action R² and a periodic
-closed-loop evaluation in the simulator (the number that matters: does the policy finish subtasks).
+"""The low-level VLA's training recipe (run by agent/training/loop.py): held-out action R², a periodic
+closed-loop evaluation in the simulator (the number that matters: does the policy finish subtasks), an EMA.
 
 OUT receives a loadable checkpoint at every save (config.json, model.safetensors holding the EMA
 weights, tokenizer.json, norm_stats.json), plus train_model.safetensors (the raw weights),
@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from agent.training.dataset import split_episodes
-from agent.training.trainer import TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state
+from agent.training.loop import (  # noqa: F401  (TRAINER_STATE: imported from here too)
+    TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop, shuffled_batches,
+)
 from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
 from policies.checkpoint import CheckpointError, load_state_dict_checked
 from policies.pi05.processor import NormStats, load_tokenizer
@@ -161,95 +165,53 @@ def closed_loop(model: VlaModel, processor: VlaProcessor, s: VlaTrainSettings, d
 
 
 def train_vla(s: VlaTrainSettings) -> dict:
-    torch.set_num_threads(s.threads)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "train.log")
-    log(f"settings {json.dumps(asdict(s))}")
+    every = [n for n in (s.eval_every, s.closed_loop_every) if n]
+    loop = TrainingLoop(LoopSettings(
+        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+        weight_decay=s.weight_decay, dtype=s.dtype, device=s.device, resume=s.resume, stop_at=s.stop_at,
+        eval_every=math.gcd(*every) if every else 0, save_every_s=s.save_every_s, log_every=100,
+        label="train vla", threads=s.threads, settings=asdict(s)))
+    log, device, out = loop.log, loop.device, loop.out
     torch.manual_seed(s.seed)
-    device = torch.device(s.device)
-    cfg, processor, tensors, meta = prepare(s, log)
+    with loop.accelerator.main_process_first():
+        cfg, processor, tensors, meta = prepare(s, log)
     train_idx, held_idx = split_episodes(tensors["episode"], s.held_out_fraction, s.seed)
     if len(train_idx) == 0:
         raise ValueError("no training samples left after holding out episodes; record more episodes")
 
     model = VlaModel(cfg).to(device)
     ema = copy.deepcopy(model).eval()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr)
-    state = {"step": 0, "elapsed_s": 0.0, "samples": 0, "history": []}
-    if s.resume and (out / TRAINER_STATE).is_file():
+    if loop.resuming:
         try:
             load_state_dict_checked(model, out / RAW_WEIGHTS)
             load_state_dict_checked(ema, out / "model.safetensors")
-            state = load_train_state(out, opt)
         except (CheckpointError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot resume from {out}: {err}") from err
-        log.echo(f"resumed at step {state['step']} ({state['elapsed_s'] / 60:.1f} min trained)")
     log.echo(f"model {cfg.preset} ({cfg.head} head): {count_parameters(model) / 1e6:.3f}M parameters; "
-             f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}, {s.threads} thread(s)")
-
+             f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}, {loop.threads} thread(s)")
     ema_params, params = list(ema.parameters()), list(model.parameters())
-    g = torch.Generator().manual_seed(s.seed + state["step"])
-    perm, pos = torch.randperm(len(train_idx), generator=g), 0
-    last_save, window, t_window = time.perf_counter(), [], time.perf_counter()
-    progress = TrainProgress(s.steps, state["step"], label="train vla")
-    model.train()
-    try:
-        end = min(s.steps, s.stop_at or s.steps)
-        while state["step"] < end:
-            if pos + s.batch_size > len(perm):
-                perm, pos = torch.randperm(len(train_idx), generator=g), 0
-            idx = train_idx[perm[pos: pos + s.batch_size]]
-            pos += s.batch_size
-            lr = lr_at(state["step"], s)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            t0 = time.perf_counter()
-            with autocast(device, s.dtype):
-                loss, info = model(get_batch(tensors, idx, device))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            info["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
-            opt.step()
-            with torch.no_grad():  # EMA; early steps average less so the EMA is not stuck at init
-                torch._foreach_lerp_(ema_params, params, 1.0 - min(s.ema_decay, (1 + state["step"]) / (10 + state["step"])))
-            state["elapsed_s"] += time.perf_counter() - t0
-            state["step"] += 1
-            state["samples"] += len(idx)
-            window.append(info)
-            progress.update(state["step"], info)
-            step = state["step"]
-            if step % 100 == 0:
-                avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                rate = len(window) * s.batch_size / (time.perf_counter() - t_window)
-                log(f"step {step} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items()) + f" samples/s {rate:.0f}")
-                window, t_window = [], time.perf_counter()
-            metrics = {}
-            if step % s.eval_every == 0 or step == end:
-                metrics.update(held_out_metrics(ema, tensors, held_idx, s, device))
-            if s.closed_loop_every and (step % s.closed_loop_every == 0 or step == end):
-                t_eval = time.perf_counter()
-                metrics.update(closed_loop(ema, processor, s, device, log))
-                metrics["closed_loop_s"] = time.perf_counter() - t_eval
-            if metrics:
-                metrics["step"] = step
-                state["history"].append(metrics)
-                log.echo("eval " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()))
-                t_window = time.perf_counter()
-            if time.perf_counter() - last_save > s.save_every_s or step == end:
-                _save(out, model, ema, processor, opt, state, s)
-                last_save = time.perf_counter()
-    except KeyboardInterrupt:
-        log.echo(f"interrupted at step {state['step']}; saving a resumable checkpoint")
-        _save(out, model, ema, processor, opt, state, s)
-        raise
-    finally:
-        progress.close()
+
+    def batches(step: int) -> Iterator[dict]:
+        g = torch.Generator().manual_seed(s.seed + step + 7919 * loop.rank)  # each process its own draws
+        for idx in shuffled_batches(train_idx, max(1, s.batch_size // loop.world), g):
+            yield get_batch(tensors, idx, device)
+
+    @torch.no_grad()
+    def update_ema(step: int) -> None:  # early steps average less, so the EMA is not stuck at the init
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(s.ema_decay, (1 + step) / (10 + step)))
+
+    def evaluate(step: int, final: bool) -> dict:
+        metrics = {}
+        if step % s.eval_every == 0 or final:
+            metrics.update(held_out_metrics(ema, tensors, held_idx, s, device))
+        if s.closed_loop_every and (step % s.closed_loop_every == 0 or final):
+            t_eval = time.perf_counter()
+            metrics.update(closed_loop(ema, processor, s, device, log))
+            metrics["closed_loop_s"] = time.perf_counter() - t_eval
+        return metrics
+
+    state = loop.run(Recipe(model=model, batches=batches, after_step=update_ema, evaluate=evaluate,
+                            save=lambda state: _save(out, model, ema, processor, state, s)))
     summary = {"steps": state["step"], "samples": state["samples"], "train_time_s": state["elapsed_s"],
                "samples_per_s": state["samples"] / max(state["elapsed_s"], 1e-9),
                "final_eval": state["history"][-1] if state["history"] else {}, "parameters": count_parameters(model)}
@@ -257,7 +219,7 @@ def train_vla(s: VlaTrainSettings) -> dict:
     return summary
 
 
-def _save(out: Path, model: VlaModel, ema: VlaModel, processor: VlaProcessor, opt, state: dict, s: VlaTrainSettings) -> None:
+def _save(out: Path, model: VlaModel, ema: VlaModel, processor: VlaProcessor, state: dict, s: VlaTrainSettings) -> None:
     from safetensors.torch import save_file
 
     info = {"model": "vla", "preset": model.cfg.preset, "head": model.cfg.head, "step": state["step"],
@@ -267,4 +229,3 @@ def _save(out: Path, model: VlaModel, ema: VlaModel, processor: VlaProcessor, op
     tmp = out / f".{RAW_WEIGHTS}.tmp"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     tmp.replace(out / RAW_WEIGHTS)
-    save_train_state(out, opt, state)
