@@ -22,7 +22,8 @@ model now decodes itself at the moment the coach spoke, with the context it had 
 coaching) on held-out correction episodes and on the training ones, and the subtask accuracy on
 a fixed sample of base data (does the model still plan the base tasks?).
 
-Multi-process: everything goes through `accelerate` (DDP; gloo on the CPU), so
+The loop is agent/training/loop.py's, as for every recipe. Multi-process: it goes through `accelerate`
+(DDP; gloo on the CPU), so
 `accelerate launch --multi_gpu --num_processes 2 -m agent.commands.finetune ...` runs the same loop
 on two processes (on a machine without GPUs accelerate falls back to DDP over gloo on the CPU; its
 `--cpu` flag instead means one CPU process); each process draws its own part of every batch. Resumable: OUT holds a loadable checkpoint
@@ -34,13 +35,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
-import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,7 +50,7 @@ from agent.training.corrections import (
     load_coached_episodes,
 )
 from agent.training.dataset import CACHE_FILE, collect_samples, encode_samples, load_cache
-from agent.training.loop import Logger, load_train_state, save_train_state
+from agent.training.loop import LoopSettings, Recipe, TrainingLoop
 from agent.training.trainer import BATCH_KEYS
 from policies.grammar import normalize
 from policies.pi05.modeling import Pi05Model
@@ -287,13 +285,23 @@ def merged_copy(model: torch.nn.Module, cfg) -> Pi05Model:
 class HighLevelObjective(torch.nn.Module):
     """Text loss of the plan (+ the low-level anchor). A module so DDP can wrap it."""
 
-    def __init__(self, model: torch.nn.Module, anchor_weight: float):
+    def __init__(self, model: torch.nn.Module, anchor_weight: float, reference: Pi05Model | None = None):
         super().__init__()
         self.model = model
         self.anchor_weight = anchor_weight
+        self.reference = reference  # the frozen base model, whose keys/values anchor the low level's inputs
+
+    def train(self, mode: bool = True) -> "HighLevelObjective":
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the anchor is the base model as it plans, never in training mode
+        return self
 
     def forward(self, batch: dict, reference: list | None = None) -> tuple[torch.Tensor, dict]:
+        """reference: the base model's keys/values on this batch (default: computed by `self.reference`)."""
         m = self.model
+        if reference is None and self.reference is not None and self.anchor_weight > 0:
+            reference = reference_keys_values(self.reference, batch)
         hidden, cache, layout = m.run_training_backbone(batch)
         base_valid, sub_valid = layout["base_valid"], layout["subtask_valid"]
         p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
@@ -377,15 +385,8 @@ def evaluate(model, processor, data: CorrectionData, base_eval: dict, s: Finetun
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# the recipe
 # ---------------------------------------------------------------------------------------------
-
-
-def lr_at(step: int, s: FinetuneSettings) -> float:
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    progress = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
-    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _draw(n_pool: int, k: int, g: torch.Generator) -> torch.Tensor:
@@ -401,40 +402,33 @@ def _cat(a: dict, b: dict) -> dict:
 
 
 def finetune(s: FinetuneSettings) -> dict:
-    from accelerate import Accelerator
-
     s.validate()
-    accelerator = Accelerator(cpu=s.device == "cpu")
-    world, rank = accelerator.num_processes, accelerator.process_index
-    threads = s.threads or max(1, (os.cpu_count() or 1) // world)
-    torch.set_num_threads(threads)
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
-    main = accelerator.is_main_process
-    log = Logger(out / "finetune.log") if main else (lambda *a, **k: None)
-    say = log.echo if main else (lambda *a, **k: None)
-    if main:
-        log(f"settings {json.dumps(asdict(s))}")
-        log.echo(f"{world} process(es) ({accelerator.distributed_type.value}, backend "
-                 f"{accelerator.state.backend or 'none'}), {threads} torch thread(s) each")
-    device = accelerator.device
+    loop = TrainingLoop(LoopSettings(
+        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+        weight_decay=s.weight_decay, betas=(0.9, 0.95), dtype=s.dtype, device=s.device, resume=s.resume,
+        save_every_s=s.save_every_s, log_every=25, log_file="finetune.log", label="finetune", progress=s.progress,
+        threads=s.threads, settings=asdict(s)))
+    world, main, device, out, say = loop.world, loop.main, loop.device, loop.out, loop.log.echo
     torch.manual_seed(s.seed)
 
     # -- model: the base checkpoint (or, resuming, OUT's), expert frozen
     base_model, processor = load_checkpoint(s.base)
-    state = {"step": 0, "elapsed_s": 0.0, "history": []}
-    resuming = s.resume and (out / STATE_FILE).is_file()
-    model: torch.nn.Module = base_model
+    state = loop.state
+    if loop.resuming and (out / STATE_FILE).is_file():
+        try:
+            state.update(json.loads((out / STATE_FILE).read_text()))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"cannot resume from {out}: {err}") from err
     if s.lora:
         model = add_lora(copy.deepcopy(base_model), s.lora_rank)
-        if resuming:
+        if loop.resuming:
             from safetensors.torch import load_file
 
             model.load_state_dict(load_file(str(out / LORA_FILE)), strict=False)
     else:
         model = copy.deepcopy(base_model)
         freeze_low_level(model)
-        if resuming:
+        if loop.resuming:
             load_state_dict_checked(model, out / "model.safetensors")
     reference = base_model.to(device).eval() if s.anchor_weight > 0 else None
     if reference is not None:
@@ -454,83 +448,35 @@ def finetune(s: FinetuneSettings) -> dict:
     say(f"batch {s.batch_size} = {world} x ({n_corr} correction + {n_base} base samples); "
         f"correction data {data.stats['correction_samples']} samples = {100 * share_of_base:.2f}% of the "
         f"{base_total} base samples")
-
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=s.lr, betas=(0.9, 0.95))
-    if resuming:
-        try:
-            state = load_train_state(out, opt) if (out / "train_state.safetensors").is_file() else state
-            state = {**state, **json.loads((out / STATE_FILE).read_text())}
-        except (OSError, ValueError, KeyError) as err:
-            raise CheckpointError(f"cannot resume from {out}: {err}") from err
-        say(f"resumed at step {state['step']}")
-    objective = HighLevelObjective(model, s.anchor_weight).to(device)
-    objective, opt = accelerator.prepare(objective, opt)
-
-    if not resuming and main:
+    objective = HighLevelObjective(model.to(device), s.anchor_weight, reference)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not loop.resuming and main:
         state["before"] = evaluate(model, processor, data, base_eval, s, device)
         say("before: " + _fmt_eval(state["before"]))
-    accelerator.wait_for_everyone()
+    loop.accelerator.wait_for_everyone()
+    state.update(corrections=data.stats, base_samples_total=base_total, correction_share_of_base=share_of_base,
+                 trainable_parameters=n_trainable, processes=world)
 
-    g = torch.Generator().manual_seed(s.seed * 1000 + rank * 7919 + state["step"])
-    progress = _Progress(s.steps, state["step"], enabled=main and s.progress)
-    last_save = time.perf_counter()
-    window: list[dict] = []
-    objective.train()
-    try:
-        while state["step"] < s.steps:
-            t0 = time.perf_counter()
-            lr = lr_at(state["step"], s)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = _cat(_batch(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g), device),
-                         _batch(base, _draw(len(base["prefix_ids"]), n_base, g), device)) if n_base else \
-                _batch(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
-                ref = reference_keys_values(reference, batch) if reference is not None else None
-                loss, info = objective(batch, ref)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {state['step']}; lower --lr")
-            opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            info["grad_norm"] = float(accelerator.clip_grad_norm_(trainable, 1.0))
-            opt.step()
-            state["step"] += 1
-            state["elapsed_s"] += time.perf_counter() - t0
-            window.append(info)
-            progress.update(state["step"], info)
-            if main and state["step"] % 25 == 0:
-                avg = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                log(f"step {state['step']} lr {lr:.2e} " + " ".join(f"{k} {v:.4f}" for k, v in avg.items()))
-                window = []
-            if time.perf_counter() - last_save > s.save_every_s and state["step"] < s.steps:
-                _save(accelerator, out, objective, processor, opt, state, s)
-                last_save = time.perf_counter()
-    except KeyboardInterrupt:
-        say(f"interrupted at step {state['step']}; saving a resumable checkpoint")
-        _save(accelerator, out, objective, processor, opt, state, s)
-        raise
-    finally:
-        progress.close()
+    def batches(step: int) -> Iterator[dict]:
+        g = torch.Generator().manual_seed(s.seed * 1000 + loop.rank * 7919 + step)
+        while True:
+            corrections = _batch(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g), device)
+            yield _cat(corrections, _batch(base, _draw(len(base["prefix_ids"]), n_base, g), device)) if n_base \
+                else corrections
 
-    if main:
-        state["after"] = evaluate(accelerator.unwrap_model(objective).model, processor, data, base_eval, s, device)
-        say("after:  " + _fmt_eval(state["after"]))
-    state["corrections"] = data.stats
-    state["base_samples_total"] = base_total
-    state["correction_share_of_base"] = share_of_base
-    state["trainable_parameters"] = n_trainable
-    state["processes"] = world
-    _save(accelerator, out, objective, processor, opt, state, s)
+    def after(step: int, final: bool) -> dict:
+        if final:
+            state["after"] = evaluate(model, processor, data, base_eval, s, device)
+            say("after:  " + _fmt_eval(state["after"]))
+        return {}
+
+    loop.run(Recipe(model=objective, batches=batches, evaluate=after,
+                    save=lambda state: _save(out, model, processor, state, s)))
     summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "corrections", "base_samples_total",
                                            "correction_share_of_base", "trainable_parameters", "processes")}
     if main:
         (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    accelerator.wait_for_everyone()
+    loop.accelerator.wait_for_everyone()
     return summary
 
 
@@ -542,42 +488,14 @@ def _fmt_eval(m: dict) -> str:
             f"base plan accuracy {pct(m['base_plan_accuracy'])}")
 
 
-def _save(accelerator, out: Path, objective, processor, opt, state: dict, s: FinetuneSettings) -> None:
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(objective).model
-        plain = merged_copy(model, processor.cfg) if s.lora else model
-        info = {"finetuned_from": str(Path(s.base).resolve()), "step": state["step"], "data": s.data,
-                "correction_share": s.correction_share, "lora": s.lora, "anchor_weight": s.anchor_weight,
-                "before": state.get("before"), "after": state.get("after"), **s.extra}
-        save_checkpoint(out, plain, processor.tok, processor.stats, extra=info)
-        if s.lora:
-            from safetensors.torch import save_file
+def _save(out: Path, model: torch.nn.Module, processor: Pi05Processor, state: dict, s: FinetuneSettings) -> None:
+    plain = merged_copy(model, processor.cfg) if s.lora else model
+    info = {"finetuned_from": str(Path(s.base).resolve()), "step": state["step"], "data": s.data,
+            "correction_share": s.correction_share, "lora": s.lora, "anchor_weight": s.anchor_weight,
+            "before": state.get("before"), "after": state.get("after"), **s.extra}
+    save_checkpoint(out, plain, processor.tok, processor.stats, extra=info)
+    if s.lora:
+        from safetensors.torch import save_file
 
-            save_file(lora_state(model), str(out / LORA_FILE))
-        save_train_state(out, opt, {k: v for k, v in state.items() if k in ("step", "elapsed_s", "history")})
-        (out / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
-    accelerator.wait_for_everyone()
-
-
-class _Progress:
-    """A rich progress bar with the running losses (main process only)."""
-
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[info]}"))
-            self.bar.start()
-            self.task = self.bar.add_task("finetune", total=total, completed=start, info="")
-
-    def update(self, step: int, info: dict) -> None:
-        if self.bar is not None:
-            extra = f" anchor {info['anchor']:.3f}" if "anchor" in info else ""
-            self.bar.update(self.task, completed=step, info=f"text {info['text_loss']:.3f}{extra}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        save_file(lora_state(model), str(out / LORA_FILE))
+    (out / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")

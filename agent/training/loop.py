@@ -236,9 +236,9 @@ class TrainingLoop:
         self.out.mkdir(parents=True, exist_ok=True)
         self.log = Logger(self.out / s.log_file, enabled=self.main)
         self.log(f"settings {json.dumps(s.settings or {'out': s.out})}")
-        if self.world > 1:
-            self.log.echo(f"{self.world} process(es) ({self.accelerator.distributed_type.value}, backend "
-                          f"{self.accelerator.state.backend or 'none'}), {self.threads} torch thread(s) each")
+        (self.log.echo if self.world > 1 else self.log)(
+            f"{self.world} process(es) ({self.accelerator.distributed_type.value}, backend "
+            f"{self.accelerator.state.backend or 'none'}), {self.threads} torch thread(s) each")
         self.resuming = s.resume and (self.out / TRAINER_STATE).is_file()
         self.state: dict = {"step": 0, "elapsed_s": 0.0, "samples": 0, "history": []}
         if self.resuming:
