@@ -16,8 +16,9 @@ absolute path) + adapter_model.safetensors from `save_pretrained`, plus the toke
 its chat template. `hf:OUT` loads the base, applies the adapter and merges it; plain peft loads it with
 `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), OUT)`. With `merge`, OUT/merged
 is also written: the merged weights as a standalone transformers model directory (`hf:OUT/merged`).
-Resumable: every save also writes the optimizer state (train_state.safetensors) and the step
-(trainer_state.json), so `--resume` continues the same schedule; Ctrl-C or SIGTERM saves first.
+The loop is agent/training/loop.py's, as for every recipe. Resumable: every save also writes the
+optimizer state (train_state.safetensors) and the step (trainer_state.json), so `--resume` continues
+the same schedule; Ctrl-C or SIGTERM saves first.
 Evaluation, before and after: the mean answer loss on a fixed sample of training and validation
 examples, and plan agreement (the decoded subtask is the recorded one) on the validation examples
 (the training ones when there is no validation split).
@@ -27,18 +28,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from agent.training.corrections import CorrectionDataError
 from agent.training.sft_data import SftExample, load_sft_export
-from agent.training.loop import (
-    TRAINER_STATE, Logger, TrainProgress, load_train_state, lr_at, save_train_state, sigterm_as_interrupt,
-)
+from agent.training.loop import TRAINER_STATE, LoopSettings, Recipe, TrainingLoop
 from policies.grammar import normalize
 from policies.hf.loading import ADAPTER_CONFIG, HfModelError, adapter_base
 from policies.hf.planner import HfHighLevel
@@ -137,6 +136,20 @@ def example_loss(planner: HfHighLevel, e: SftExample) -> torch.Tensor:
     return planner.model(**example_inputs(planner, e)).loss.float()
 
 
+class AnswerLoss(torch.nn.Module):
+    """The planner's model as the loop trains it: `forward(example) -> (loss, info)`, the loss that
+    transformers computes on the answer tokens (a module, so the loop can prepare and train it)."""
+
+    def __init__(self, planner: HfHighLevel):
+        super().__init__()
+        self.planner = planner
+        self.model = planner.model
+
+    def forward(self, e: SftExample) -> tuple[torch.Tensor, dict]:
+        loss = example_loss(self.planner, e)
+        return loss, {"loss": float(loss.detach())}
+
+
 @torch.no_grad()
 def mean_loss(planner: HfHighLevel, examples: list[SftExample]) -> float | None:
     if not examples:
@@ -179,7 +192,7 @@ def _fmt_eval(m: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# the recipe
 # ---------------------------------------------------------------------------------------------
 
 
@@ -204,22 +217,16 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
                                   f"export with a smaller --val-fraction")
     planner = HfHighLevel(s.base, device=s.device, dtype=s.dtype)
     out = Path(s.out)  # made only once the data and the model are known to load
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / "finetune.log")
-    log(f"settings {json.dumps(asdict(s))}")
-    resuming = s.resume and (out / TRAINER_STATE).is_file() and (out / ADAPTER_CONFIG).is_file()
-    model = with_adapters(planner, s, resuming)
+    loop = TrainingLoop(LoopSettings(
+        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+        # the base weights are in --dtype already and the adapters train in fp32: no autocast
+        dtype="fp32", device=s.device, resume=s.resume and (out / ADAPTER_CONFIG).is_file(),
+        save_every_s=s.save_every_s, log_every=10, log_file="finetune.log", label="finetune",
+        threads=s.threads or torch.get_num_threads(), settings=asdict(s)))
+    log, state = loop.log, loop.state
+    model = with_adapters(planner, s, loop.resuming)
     planner.model = model  # encode/generate now run through the adapters
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=s.lr, weight_decay=0.0)  # one group: load_train_state restores it
-    state: dict = {"step": 0, "elapsed_s": 0.0}
-    if resuming:
-        try:
-            state = load_train_state(out, opt)
-        except (OSError, ValueError, KeyError) as err:
-            raise ValueError(f"cannot resume from {out}: {err}; start again without --resume in a new --out") from err
-        log.echo(f"resumed at step {state['step']}")
-    n_trainable = sum(p.numel() for p in trainable)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in model.parameters())
     long = sum(len(planner.tokenizer(e.answer)["input_ids"]) > planner.max_new_tokens for e in train)
     log.echo(f"{s.base}: {'VLM' if planner.is_vlm else 'LM'}, {n_trainable / 1e6:.2f}M LoRA parameters of "
@@ -231,48 +238,25 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
     if "before" not in state:
         state["before"] = evaluate(planner, train_eval, held_eval)
         log.echo("before: " + _fmt_eval(state["before"]))
-
-    rng = np.random.default_rng(s.seed * 1000 + state["step"])
-    progress = TrainProgress(s.steps, state["step"], label="finetune")
-    last_save = time.perf_counter()
-    model.train()
-    try:
-        with sigterm_as_interrupt():
-            while state["step"] < s.steps:
-                t0 = time.perf_counter()
-                lr = lr_at(state["step"], s)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                batch = [train[i] for i in rng.integers(0, len(train), s.batch_size)]
-                total = sum(e.weight for e in batch)
-                opt.zero_grad(set_to_none=True)
-                batch_loss = 0.0
-                for e in batch:
-                    loss = example_loss(planner, e)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {state['step']} ({e.key}); lower --lr")
-                    (loss * (e.weight / total)).backward()
-                    batch_loss += float(loss.detach()) * e.weight / total
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, 1.0))
-                opt.step()
-                state["step"] += 1
-                state["elapsed_s"] += time.perf_counter() - t0
-                progress.update(state["step"], {"loss": batch_loss})
-                if state["step"] % 10 == 0 or state["step"] == s.steps:
-                    log(f"step {state['step']} lr {lr:.2e} loss {batch_loss:.4f} grad_norm {grad_norm:.3f}")
-                if time.perf_counter() - last_save > s.save_every_s and state["step"] < s.steps:
-                    _save(out, model, planner, opt, state, s)
-                    last_save = time.perf_counter()
-    except KeyboardInterrupt:
-        log.echo(f"interrupted at step {state['step']}; saving a resumable adapter in {out}")
-        _save(out, model, planner, opt, state, s)
-        raise
-    finally:
-        progress.close()
-    state["after"] = evaluate(planner, train_eval, held_eval)
-    log.echo("after:  " + _fmt_eval(state["after"]))
     state["trainable_parameters"] = n_trainable
-    _save(out, model, planner, opt, state, s)
+
+    def batches(step: int) -> Iterator[list]:
+        """`batch_size` examples a step, one a forward pass, each weighted by its export weight."""
+        rng = np.random.default_rng(s.seed * 1000 + step)
+        while True:
+            batch = [train[i] for i in rng.integers(0, len(train), s.batch_size)]
+            total = sum(e.weight for e in batch)
+            yield [(e.weight / total, e) for e in batch]
+
+    def after(step: int, final: bool) -> dict:
+        if final:
+            state["after"] = evaluate(planner, train_eval, held_eval)
+            log.echo("after:  " + _fmt_eval(state["after"]))
+        return {}
+
+    loop.run(Recipe(model=AnswerLoss(planner), batches=batches, evaluate=after, param_groups=[
+        {"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}],
+        save=lambda state: _save(out, model, planner, s)))
     if s.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(out / MERGED_DIR)
@@ -285,10 +269,9 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
     return summary
 
 
-def _save(out: Path, model, planner: HfHighLevel, opt, state: dict, s: HfFinetuneSettings) -> None:
-    """The adapter as peft writes it (naming the base by its absolute path), the tokenizer or processor
-    beside it (its chat template is part of what was trained), and the optimizer state for --resume."""
+def _save(out: Path, model, planner: HfHighLevel, s: HfFinetuneSettings) -> None:
+    """The adapter as peft writes it (naming the base by its absolute path) and the tokenizer or
+    processor beside it (its chat template is part of what was trained); the loop adds its resume state."""
     model.peft_config["default"].base_model_name_or_path = str(Path(s.base).resolve())
     model.save_pretrained(out)
     planner.processor.save_pretrained(out)
-    save_train_state(out, opt, state)
