@@ -278,11 +278,14 @@ class Pi05Model(nn.Module):
         return q, k, v
 
     def run_backbone(
-        self, x: Tensor, positions: Tensor, mask: Tensor, past: KVCache | None = None
-    ) -> tuple[Tensor, KVCache]:
+        self, x: Tensor, positions: Tensor, mask: Tensor, past: KVCache | None = None, kv_only: bool = False
+    ) -> tuple[Tensor | None, KVCache]:
         """x [B, L, W] at positions [B, L]; mask [B, L, L_past + L]. Returns the final-normed hidden
-        states and, per layer, the keys/values of past + these tokens (the new cache)."""
+        states and, per layer, the keys/values of past + these tokens (the new cache). `kv_only`: the
+        caller needs only the cache (a prefix), so the last layer stops at its keys/values (no
+        attention output, MLP or final norm: about a fifth of a 4-layer prefix pass) and hidden is None."""
         cache: KVCache = []
+        last = len(self.backbone) - 1
         for i, block in enumerate(self.backbone):
             h, _ = block.norm("attn", x, None)
             q, k, v = self._project_qkv(block, h, positions)
@@ -290,6 +293,8 @@ class Pi05Model(nn.Module):
                 k = torch.cat([past[i][0], k], dim=2)
                 v = torch.cat([past[i][1], v], dim=2)
             cache.append((k, v))
+            if kv_only and i == last:
+                return None, cache
             x = x + block.o(self._attend(q, k, v, mask))
             h, _ = block.norm("mlp", x, None)
             x = x + block.mlp(h)
@@ -466,7 +471,7 @@ class Pi05Model(nn.Module):
         positions = torch.cat([base_valid.long().cumsum(1) - 1,
                                self.positions_from(base_valid.sum(1), ctx_valid.shape[1])], 1)
         mask = self.segment_mask([(self.BASE, base_valid), (self.CONTEXT, ctx_valid)])
-        _, cache = self.run_backbone(x, positions, mask)
+        _, cache = self.run_backbone(x, positions, mask, kv_only=True)
         return x, torch.cat([base_valid, ctx_valid], 1), positions, cache
 
     @torch.no_grad()
@@ -535,7 +540,7 @@ class Pi05Model(nn.Module):
         n_base = base_valid.sum(1)
         positions = torch.cat([base_valid.long().cumsum(1) - 1, self.positions_from(n_base, sub_valid.shape[1])], 1)
         mask = self.segment_mask([(self.BASE, base_valid), (self.SUBTASK, sub_valid)])
-        _, cache = self.run_backbone(x, positions, mask)
+        _, cache = self.run_backbone(x, positions, mask, kv_only=True)
         return cache, torch.cat([base_valid, sub_valid], 1), n_base + sub_valid.sum(1)
 
     @torch.no_grad()
