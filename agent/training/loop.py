@@ -247,6 +247,18 @@ class TrainingLoop:
             except (OSError, ValueError) as err:
                 raise CheckpointError(f"cannot resume from {self.out}: {err}") from err
 
+    def shuffled(self, indices: torch.Tensor, seed: int, step: int) -> Iterator[torch.Tensor]:
+        """This process's share of every batch, drawn from `indices` in epochs, from `step` on."""
+        g = torch.Generator().manual_seed(seed + step + 7919 * self.rank)  # each process its own draws
+        return shuffled_batches(indices, max(1, self.s.batch_size // self.world), g)
+
+    def summary(self) -> dict:
+        """What a run did: steps, samples, time, and the last evaluation."""
+        st = self.state
+        return {"steps": st["step"], "samples": st["samples"], "train_time_s": st["elapsed_s"],
+                "samples_per_s": st["samples"] / max(st["elapsed_s"], 1e-9),
+                "final_eval": st["history"][-1] if st["history"] else {}}
+
     @property
     def end(self) -> int:
         return min(self.s.steps, self.s.stop_at or self.s.steps)

@@ -21,7 +21,7 @@ from agent.training.dataset import (
     build_tokenizer_and_stats, collect_samples, encode_samples, load_cache, recontext_cache, save_cache, split_episodes,
 )
 from agent.training.loop import (  # noqa: F401  (TRAINER_STATE, sigterm_as_interrupt: imported from here too)
-    TRAIN_STATE, TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop, shuffled_batches, sigterm_as_interrupt,
+    TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop, sigterm_as_interrupt,
 )
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
@@ -126,6 +126,14 @@ def prepare(s: TrainSettings, log: Logger):
                  f"{truncated} targets cut at {cfg.max_target_tokens} tokens ({time.perf_counter() - t0:.0f}s)")
     tensors, meta = cached
     return cfg, processor, tensors, meta
+
+
+def split_held_out(tensors: dict, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training and held-out sample indices, whole episodes held out; refuses a split that leaves none to train on."""
+    train_idx, held_idx = split_episodes(tensors["episode"], fraction, seed)
+    if len(train_idx) == 0:
+        raise ValueError("no training samples left after holding out episodes; record more episodes")
+    return train_idx, held_idx
 
 
 def warm_start(model: Pi05Model, weights: Path) -> list[str]:
@@ -237,9 +245,7 @@ def train(s: TrainSettings) -> dict:
     torch.manual_seed(s.seed)
     with loop.accelerator.main_process_first():
         cfg, processor, tensors, meta = prepare(s, log)
-    train_idx, held_idx = split_episodes(tensors["episode"], s.held_out_fraction, s.seed)
-    if len(train_idx) == 0:
-        raise ValueError("no training samples left after holding out episodes; record more episodes")
+    train_idx, held_idx = split_held_out(tensors, s.held_out_fraction, s.seed)
 
     model = Pi05Model(cfg).to(device)
     if loop.resuming:
@@ -255,16 +261,11 @@ def train(s: TrainSettings) -> dict:
              f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}")
 
     def batches(step: int) -> Iterator[dict]:
-        g = torch.Generator().manual_seed(s.seed + step + 7919 * loop.rank)  # each process its own draws
-        for idx in shuffled_batches(train_idx, max(1, s.batch_size // loop.world), g):
-            yield get_batch(tensors, idx, device)
+        return (get_batch(tensors, idx, device) for idx in loop.shuffled(train_idx, s.seed, step))
 
-    state = loop.run(Recipe(
-        model=model, batches=batches, save=lambda state: _save(out, model, processor, state, s),
-        evaluate=lambda step, final: evaluate(model, processor, tensors, meta, held_idx, s, device)))
-    summary = {"steps": state["step"], "samples": state["samples"], "train_time_s": state["elapsed_s"],
-               "samples_per_s": state["samples"] / max(state["elapsed_s"], 1e-9),
-               "final_eval": state["history"][-1] if state["history"] else {}, "parameters": params}
+    loop.run(Recipe(model=model, batches=batches, save=lambda state: _save(out, model, processor, state, s),
+                    evaluate=lambda step, final: evaluate(model, processor, tensors, meta, held_idx, s, device)))
+    summary = {**loop.summary(), "parameters": params}
     log.echo(f"done: {json.dumps(summary)}")
     return summary
 

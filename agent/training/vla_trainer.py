@@ -20,10 +20,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from agent.training.dataset import split_episodes
 from agent.training.loop import (  # noqa: F401  (TRAINER_STATE: imported from here too)
-    TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop, shuffled_batches,
+    TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop,
 )
+from agent.training.trainer import split_held_out
 from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
 from policies.checkpoint import CheckpointError, load_state_dict_checked
 from policies.pi05.processor import NormStats, load_tokenizer
@@ -175,9 +175,7 @@ def train_vla(s: VlaTrainSettings) -> dict:
     torch.manual_seed(s.seed)
     with loop.accelerator.main_process_first():
         cfg, processor, tensors, meta = prepare(s, log)
-    train_idx, held_idx = split_episodes(tensors["episode"], s.held_out_fraction, s.seed)
-    if len(train_idx) == 0:
-        raise ValueError("no training samples left after holding out episodes; record more episodes")
+    train_idx, held_idx = split_held_out(tensors, s.held_out_fraction, s.seed)
 
     model = VlaModel(cfg).to(device)
     ema = copy.deepcopy(model).eval()
@@ -192,9 +190,7 @@ def train_vla(s: VlaTrainSettings) -> dict:
     ema_params, params = list(ema.parameters()), list(model.parameters())
 
     def batches(step: int) -> Iterator[dict]:
-        g = torch.Generator().manual_seed(s.seed + step + 7919 * loop.rank)  # each process its own draws
-        for idx in shuffled_batches(train_idx, max(1, s.batch_size // loop.world), g):
-            yield get_batch(tensors, idx, device)
+        return (get_batch(tensors, idx, device) for idx in loop.shuffled(train_idx, s.seed, step))
 
     @torch.no_grad()
     def update_ema(step: int) -> None:  # early steps average less, so the EMA is not stuck at the init
@@ -210,11 +206,9 @@ def train_vla(s: VlaTrainSettings) -> dict:
             metrics["closed_loop_s"] = time.perf_counter() - t_eval
         return metrics
 
-    state = loop.run(Recipe(model=model, batches=batches, after_step=update_ema, evaluate=evaluate,
-                            save=lambda state: _save(out, model, ema, processor, state, s)))
-    summary = {"steps": state["step"], "samples": state["samples"], "train_time_s": state["elapsed_s"],
-               "samples_per_s": state["samples"] / max(state["elapsed_s"], 1e-9),
-               "final_eval": state["history"][-1] if state["history"] else {}, "parameters": count_parameters(model)}
+    loop.run(Recipe(model=model, batches=batches, after_step=update_ema, evaluate=evaluate,
+                    save=lambda state: _save(out, model, ema, processor, state, s)))
+    summary = {**loop.summary(), "parameters": count_parameters(model)}
     log.echo(f"done: {json.dumps(summary)}")
     return summary
 
