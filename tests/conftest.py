@@ -28,3 +28,24 @@ def random_vla_checkpoint(tmp_path_factory):
     out = tmp_path_factory.mktemp("random_vla")
     save_checkpoint(out, VlaModel(cfg).eval(), VlaProcessor(cfg, tok, stats))
     return out
+
+
+@pytest.fixture
+def sigterm_at_step(monkeypatch):
+    """sigterm_at_step(n): the training loop gets a real SIGTERM right after its step n, as from `kill PID`."""
+    import os
+    import signal
+
+    from agent.training import loop
+
+    def arm(at: int) -> None:
+        real = loop.TrainProgress.update
+
+        def update(self, step: int, info: dict) -> None:
+            real(self, step, info)
+            if step == at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        monkeypatch.setattr(loop.TrainProgress, "update", update)
+
+    return arm

@@ -245,6 +245,33 @@ def test_accelerate_launch_two_processes_on_the_cpu(tmp_path):
     assert load_pi05(out).cfg.preset == "tiny"
 
 
+def test_sigterm_mid_finetune_saves_and_resume_continues(tmp_path, sigterm_at_step):
+    from agent.training.finetune import FinetuneSettings, finetune
+    from agent.training.trainer import TrainSettings, train
+    from policies.pi05.policy import load_pi05
+    from sessions.synthetic import write_synthetic_session
+
+    data = tmp_path / "base"
+    write_synthetic_session(data / "a", episodes=2, steps=20, image_size=32, seed=0)
+    train(TrainSettings(data=[str(data)], out=str(tmp_path / "ckpt"), preset="tiny", steps=2, batch_size=8,
+                        eval_every=2, eval_samples=8, eval_generate=2, threads=1, warmup_steps=1, vocab_size=700,
+                        overrides={"image_size": 32}))
+    coached = record_coached_episode(tmp_path / "coached" / "session", size=32)
+    out = tmp_path / "ft"
+    s = FinetuneSettings(base=str(tmp_path / "ckpt"), data=[str(coached)], out=str(out), base_data=[str(data)], steps=6,
+                         batch_size=4, held_out_fraction=0.0, base_stride=2, threads=1, progress=False)
+    sigterm_at_step(3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(s)
+    saved = json.loads((out / "finetune_state.json").read_text())
+    assert saved["step"] == 3 and saved["before"]["train_agreement"] is not None
+    assert load_pi05(out).cfg.preset == "tiny"
+    s.resume = True
+    summary = finetune(s)
+    assert summary["step"] == 6 and summary["before"] == saved["before"] and summary["after"] is not None
+    assert "resumed at step 3" in (out / "finetune.log").read_text()
+
+
 def test_a_plan_that_undid_progress_is_not_approved():
     from types import SimpleNamespace as NS
 

@@ -122,6 +122,21 @@ def test_hivla_finetune_hf_lowers_the_answer_loss_and_hf_out_plans_in_a_run(expo
     assert plans and plans[0].plan.source == "model"
 
 
+def test_sigterm_mid_hf_finetune_saves_a_resumable_adapter(export, lm, tmp_path, sigterm_at_step):
+    from agent.training.hf_finetune import HfFinetuneSettings, finetune_hf
+
+    out = tmp_path / "adapter"
+    s = HfFinetuneSettings(base=str(lm), data=[str(export / "sft")], out=str(out), steps=4, batch_size=2, lr=2e-2,
+                           warmup_steps=1, dtype="fp32", eval_samples=2)
+    sigterm_at_step(2)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_hf(s)
+    assert json.loads((out / "trainer_state.json").read_text())["step"] == 2 and (out / "adapter_config.json").is_file()
+    s.resume = True
+    assert finetune_hf(s)["step"] == 4
+    assert "resumed at step 2" in (out / "finetune.log").read_text()
+
+
 def test_a_tiny_vlm_fine_tunes_on_the_camera_frames(export, tmp_path):
     from agent.training.hf_finetune import HfFinetuneSettings, finetune_hf
 

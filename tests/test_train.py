@@ -11,6 +11,7 @@ import torch
 from agent.training.dataset import (
     collect_samples, context_subtasks, last_completed, load_cache, planner_targets, split_episodes,
 )
+from agent.training.loop import TRAIN_STATE
 from agent.training.trainer import TRAINER_STATE, TrainSettings, train
 from policies.pi05.policy import load_pi05
 from policies.types import Observation, Plan, PlanContext
@@ -169,3 +170,62 @@ def test_stop_at_ends_resumably_before_the_schedule_does(sessions, tmp_path):
     assert train(s)["steps"] == 3
     s.resume, s.stop_at = True, None
     assert train(s)["steps"] == 8
+
+
+def _tiny(sessions, out, steps, **kw) -> TrainSettings:
+    return TrainSettings(data=[str(sessions)], out=str(out), preset="tiny", steps=steps, batch_size=8, eval_every=100,
+                         eval_samples=8, eval_generate=2, threads=1, warmup_steps=1, vocab_size=700,
+                         overrides={"image_size": 32}, **kw)
+
+
+def test_sigterm_mid_run_saves_a_checkpoint_the_run_resumes_from(sessions, tmp_path, sigterm_at_step):
+    out = tmp_path / "ck"
+    sigterm_at_step(3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny(sessions, out, 6))
+    assert json.loads((out / TRAINER_STATE).read_text())["step"] == 3
+    assert json.loads((out / "checkpoint_info.json").read_text())["step"] == 3
+    assert load_pi05(out).cfg.preset == "tiny"  # what was saved is a loadable checkpoint
+    assert "interrupted at step 3" in (out / "train.log").read_text()
+    assert train(_tiny(sessions, out, 6, resume=True))["steps"] == 6
+    assert "resumed at step 3" in (out / "train.log").read_text()
+
+
+def test_a_run_saved_by_the_earlier_trainer_still_resumes(sessions, tmp_path):
+    """Runs saved before the shared loop numbered the optimizer moments by position, without metadata,
+    and were read back into the first parameter group; such a run resumes as it did."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "ck"
+    train(_tiny(sessions, out, 2))
+    flat = load_file(str(out / TRAIN_STATE))
+    index = {i: pos for pos, i in enumerate(sorted({int(k.split(".")[0]) for k in flat}))}
+    save_file({f"{index[int(k.split('.')[0])]}.{k.split('.', 1)[1]}": v for k, v in flat.items()}, str(out / TRAIN_STATE))
+    state = json.loads((out / TRAINER_STATE).read_text())
+    (out / TRAINER_STATE).write_text(json.dumps({k: state[k] for k in ("step", "elapsed_s", "samples", "history")}))
+    assert train(_tiny(sessions, out, 4, resume=True))["steps"] == 4
+    assert "resumed at step 2" in (out / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_accelerate_launch_trains_on_two_processes(sessions, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m agent.commands.train` (gloo on the CPU): the second
+    process reads the data the first one prepared, each trains on its half of every batch, the first saves."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agent.commands.train", "--data",
+           str(sessions), "--out", str(out), "--preset", "tiny", "--steps", "4", "--batch-size", "8", "--threads", "1",
+           "--eval-every", "4", "--dtype", "fp32", "--set", "image_size=32"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    log = (out / "train.log").read_text()
+    assert "2 process(es) (MULTI_CPU, backend gloo)" in log
+    assert json.loads((out / TRAINER_STATE).read_text())["step"] == 4
+    assert load_pi05(out).cfg.preset == "tiny"

@@ -140,3 +140,11 @@ def main(args: argparse.Namespace) -> int:
         train(TrainSettings(**common, init_from=args.init_from, stop_at=args.stop_at,
                             scene_questions=args.scene_questions))
     return 0
+
+
+if __name__ == "__main__":  # `accelerate launch -m agent.commands.train ...`
+    import sys
+
+    from agent.cli import main as cli_main
+
+    sys.exit(cli_main(["train", *sys.argv[1:]]))

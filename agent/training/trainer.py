@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -243,8 +243,10 @@ def train(s: TrainSettings) -> dict:
         settings=asdict(s)))
     log, device, out = loop.log, loop.device, loop.out
     torch.manual_seed(s.seed)
-    with loop.accelerator.main_process_first():
-        cfg, processor, tensors, meta = prepare(s, log)
+    with loop.accelerator.main_process_first():  # the other processes read the data and vocabulary it made
+        cfg, processor, tensors, meta = prepare(s if loop.main else replace(s, resume=True), log)
+        if loop.main and loop.world > 1 and not (out / "config.json").is_file():
+            save_checkpoint(out, Pi05Model(cfg), processor.tok, processor.stats, extra={"step": 0})
     train_idx, held_idx = split_held_out(tensors, s.held_out_fraction, s.seed)
 
     model = Pi05Model(cfg).to(device)

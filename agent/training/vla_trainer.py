@@ -13,7 +13,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -173,8 +173,10 @@ def train_vla(s: VlaTrainSettings) -> dict:
         label="train vla", threads=s.threads, settings=asdict(s)))
     log, device, out = loop.log, loop.device, loop.out
     torch.manual_seed(s.seed)
-    with loop.accelerator.main_process_first():
-        cfg, processor, tensors, meta = prepare(s, log)
+    with loop.accelerator.main_process_first():  # the other processes read the data and vocabulary it made
+        cfg, processor, tensors, meta = prepare(s if loop.main or s.data_cache else replace(s, resume=True), log)
+        if loop.main and loop.world > 1 and not (out / "config.json").is_file():
+            save_checkpoint(out, VlaModel(cfg), processor, extra={"step": 0})
     train_idx, held_idx = split_held_out(tensors, s.held_out_fraction, s.seed)
 
     model = VlaModel(cfg).to(device)
