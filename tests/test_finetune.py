@@ -216,18 +216,23 @@ def test_lora_merges_into_a_plain_checkpoint():
     assert not any("lora" in k for k in merged.state_dict())
 
 
-@pytest.mark.slow
-def test_accelerate_launch_two_processes_on_the_cpu(tmp_path):
-    """`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU) runs the same fine-tune."""
+def tiny_base_and_coaching(tmp_path: Path, episodes: int, steps: int) -> tuple[Path, Path]:
+    """Base sessions, a tiny base checkpoint trained `steps` steps on them (tmp_path/ckpt), a coached session."""
     from agent.training.trainer import TrainSettings, train
     from sessions.synthetic import write_synthetic_session
 
     data = tmp_path / "base"
-    write_synthetic_session(data / "a", episodes=3, steps=30, image_size=32, seed=0)
-    train(TrainSettings(data=[str(data)], out=str(tmp_path / "ckpt"), preset="tiny", steps=4, batch_size=8,
-                        eval_every=4, eval_samples=8, eval_generate=2, threads=1, warmup_steps=2, vocab_size=700,
+    write_synthetic_session(data / "a", episodes=episodes, steps=30, image_size=32, seed=0)
+    train(TrainSettings(data=[str(data)], out=str(tmp_path / "ckpt"), preset="tiny", steps=steps, batch_size=8,
+                        eval_every=steps, eval_samples=8, eval_generate=2, threads=1, warmup_steps=2, vocab_size=700,
                         overrides={"image_size": 32}))
-    coached = record_coached_episode(tmp_path / "coached" / "session", size=32)
+    return data, record_coached_episode(tmp_path / "coached" / "session", size=32)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_on_the_cpu(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU) runs the same fine-tune."""
+    data, coached = tiny_base_and_coaching(tmp_path, episodes=3, steps=4)
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agent.commands.finetune",
@@ -247,16 +252,9 @@ def test_accelerate_launch_two_processes_on_the_cpu(tmp_path):
 
 def test_sigterm_mid_finetune_saves_and_resume_continues(tmp_path, sigterm_at_step):
     from agent.training.finetune import FinetuneSettings, finetune
-    from agent.training.trainer import TrainSettings, train
     from policies.pi05.policy import load_pi05
-    from sessions.synthetic import write_synthetic_session
 
-    data = tmp_path / "base"
-    write_synthetic_session(data / "a", episodes=2, steps=20, image_size=32, seed=0)
-    train(TrainSettings(data=[str(data)], out=str(tmp_path / "ckpt"), preset="tiny", steps=2, batch_size=8,
-                        eval_every=2, eval_samples=8, eval_generate=2, threads=1, warmup_steps=1, vocab_size=700,
-                        overrides={"image_size": 32}))
-    coached = record_coached_episode(tmp_path / "coached" / "session", size=32)
+    data, coached = tiny_base_and_coaching(tmp_path, episodes=2, steps=2)
     out = tmp_path / "ft"
     s = FinetuneSettings(base=str(tmp_path / "ckpt"), data=[str(coached)], out=str(out), base_data=[str(data)], steps=6,
                          batch_size=4, held_out_fraction=0.0, base_stride=2, threads=1, progress=False)
