@@ -32,13 +32,15 @@ def random_vla_checkpoint(tmp_path_factory):
 
 @pytest.fixture
 def sigterm_at_step(monkeypatch):
-    """sigterm_at_step(n): the training loop gets a real SIGTERM right after its step n, as from `kill PID`."""
+    """sigterm_at_step(n, run, out): call `run`, which trains into `out`, and send it a real SIGTERM right after
+    its step n, as `kill PID` does; it must stop with KeyboardInterrupt. Returns out's trainer_state.json."""
+    import json
     import os
     import signal
 
     from agent.training import loop
 
-    def arm(at: int) -> None:
+    def interrupt(at: int, run, out) -> dict:
         real = loop.TrainProgress.update
 
         def update(self, step: int, info: dict) -> None:
@@ -47,5 +49,9 @@ def sigterm_at_step(monkeypatch):
                 os.kill(os.getpid(), signal.SIGTERM)
 
         monkeypatch.setattr(loop.TrainProgress, "update", update)
+        with pytest.raises(KeyboardInterrupt):
+            run()
+        monkeypatch.setattr(loop.TrainProgress, "update", real)
+        return json.loads((out / loop.TRAINER_STATE).read_text())
 
-    return arm
+    return interrupt
