@@ -25,6 +25,8 @@ class CommandName(str, enum.Enum):
     SPEED = "speed"
     SLOW = "slow"
     FAST = "fast"
+    # a question for the high level (agent.console.controller): answered in the console, never sent to the loop
+    ASK = "ask"
 
 
 @dataclass(frozen=True)

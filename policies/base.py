@@ -23,3 +23,12 @@ class LowLevelPolicy(Protocol):
     def reset(self) -> None: ...
 
     def act(self, obs: Observation, subtask: str) -> ActionChunk: ...
+
+
+@runtime_checkable
+class SceneQuestionAnswerer(Protocol):
+    """A high level that answers a person's question about the scene ("what do you see?", "why
+    the blue one?") from the current observation. The console's `/ask` (and a typed question) goes
+    here; the answer changes no plan and is never recorded as a correction."""
+
+    def answer(self, obs: Observation, question: str) -> str: ...

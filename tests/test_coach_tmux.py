@@ -168,6 +168,44 @@ def test_coach_with_no_flags_waits_for_enter_takes_three_corrections_and_goes_on
     assert len(session.episodes[1].steps) > 0 and session.episodes[1].start.task
 
 
+def test_an_unsure_reading_is_asked_back_and_only_yes_records_it(tmp_path):
+    out = tmp_path / "session"
+    term = Tmux(tmp_path)
+    command = (
+        f"{sys.executable} -m agent.cli coach --family put_color_in_bowl --seed 0 --high-level oracle "
+        f"--low-level expert --image-size 64 --out {out} --history-file none --episodes 1"
+        "; echo HIVLA-EXIT=$?; sleep 600"
+    )
+    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HIVLA_RUNS_DIR": str(tmp_path / "runs"),
+           "TERM": "xterm-256color"}
+    unsure = "the blue bowl is where it should go"  # the intent model is about 54% sure it is an override
+    asked = re.escape("did you mean: place it in the blue bowl now? (y / n / rephrase)")
+    term.start(command, env)
+    try:
+        # The robot waits at the first frame (nothing steps, so the episode cannot run out while we
+        # talk); what is confirmed now is applied when it starts.
+        term.wait_for(r"waiting: press Enter", timeout=120)
+        term.wait_for(r"intent model loaded", timeout=120)
+        term.type(unsure)
+        term.wait_for(asked)
+        term.type("n")
+        term.wait_for(r"nothing recorded: say it another way")
+        term.type("what do you see?")  # the oracle has no answer method: one line says so
+        term.wait_for(r"the high level \(OraclePlanner\) does not answer questions")
+        term.type(unsure)
+        term.wait_for(asked + r"[\s\S]*" + asked)
+        term.type("y")
+        term.wait_for(r"ok: override → place it in the blue bowl")
+        term.type("")  # Enter: the robot starts and the confirmed correction lands
+        term.wait_for(r"\[override\] the blue bowl is where it should go")
+        term.type("/quit")
+        term.wait_for(r"HIVLA-EXIT=0", timeout=60)
+    finally:
+        term.kill()
+    corrections = read_session(out).episodes[0].corrections
+    assert [(c.kind, c.text) for c in corrections] == [(CorrectionKind.OVERRIDE, unsure)]
+
+
 def test_coach_without_a_terminal_exits_with_a_clear_message():
     done = subprocess.run([sys.executable, "-m", "agent.cli", "coach"], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=60, cwd=REPO)

@@ -7,6 +7,9 @@
                           extracted) with a console reply, notes and the objects it mentions
   * `Reply`               nothing to do, only an answer ("unknown command /foo — try /help")
 
+A line starting with a question word ("what do you see?", "why did you do that") is a question:
+Command(ASK, text), as `/ask TEXT` is.
+
 Precedence, first match wins:
 
  1. Cleaning: NFKC, curly quotes straightened, control/format characters stripped, whitespace
@@ -106,6 +109,7 @@ COMMAND_ALIASES: dict[str, CommandName] = {
     "quit": CommandName.QUIT, "exit": CommandName.QUIT, "q": CommandName.QUIT,
     "speed": CommandName.SPEED, "slow": CommandName.SLOW, "slower": CommandName.SLOW,
     "fast": CommandName.FAST, "faster": CommandName.FAST,
+    "ask": CommandName.ASK,
 }
 FORCING_ALIASES: dict[str, CorrectionKind] = {
     "override": K.OVERRIDE, "do": K.OVERRIDE, "instead": K.OVERRIDE,
@@ -120,7 +124,7 @@ NEEDS_TEXT = {K.OVERRIDE: "/override pick up the blue block", K.CONSTRAINT: "/ru
 WRITTEN_PREFIX_RE = re.compile(r"^\s*(override|not|no|negation|rule|constraint|nudge|stop|confirm)\s*:\s*(.*)$", re.I)
 
 HELP_TEXT = (
-    "commands: /go /pause /resume /reset /task TEXT /undo /good /speed X /slow /fast /save /help /quit\n"
+    "commands: /go /pause /resume /reset /task TEXT /undo /good /speed X /slow /fast /ask QUESTION /save /help /quit\n"
     "force a kind: /override TEXT  /not TEXT  /rule TEXT  /nudge TEXT  /stop  (or 'override: TEXT', ...)\n"
     "or just type: 'no, the blue one first' (override), 'not that one' (negation), "
     "'never use the drawer' (rule), 'a bit left' (nudge), 'stop' / 'wait' / 'go on', 'good' (confirm)"
@@ -207,6 +211,11 @@ CONSTRAINT_PATTERNS = tuple(re.compile(p) for p in (
 ))
 
 
+# "what do you see?", "why did you do that": a question for the high level, not a correction
+# ("what about the blue one" and "how about ..." are suggestions, read as corrections).
+QUESTION_RE = re.compile(r"^(what|what's|whats|why|where|where's|which|how|who|when)\b(?!\s+about\b)")
+
+
 # ====================================================================== entry point
 
 
@@ -228,12 +237,21 @@ def _classify(raw: object, context: ReferenceContext | None) -> ParsedInput:
     if prefixed:
         kind = FORCING_ALIASES[prefixed.group(1).lower()]
         return _forced(kind, prefixed.group(2).strip(), text, notes, context, f"{prefixed.group(1)}:")
+    if QUESTION_RE.match(text.lower()):
+        return Command(CommandName.ASK, text, _with_notes(_command_reply(CommandName.ASK, text), notes))
     kind = _free_text_kind(text)
     if kind is None:
         return Reply(_with_notes(
             f'not sure what "{_short(text)}" asks for — rephrase, or force a kind with '
             "/override TEXT, /not TEXT, /rule TEXT or /nudge TEXT (/help lists all)", notes))
     return _correction(kind, text, notes, context, forced=False)
+
+
+def correction_as(kind: CorrectionKind, text: str, context: ReferenceContext | None = None) -> ClassifiedCorrection:
+    """`text` read as a correction of `kind` chosen elsewhere (the console's intent model): the
+    grammar still finds the subtask, the objects and the reply."""
+    cleaned, notes = clean_text(text)
+    return _correction(kind, cleaned, notes, context, forced=False)
 
 
 def clean_text(raw: object) -> tuple[str, tuple[str, ...]]:
@@ -279,6 +297,8 @@ def _slash(text: str, notes: tuple[str, ...], context: ReferenceContext | None) 
             return Reply("/task needs the new task, e.g. /task put the red block in the blue bowl")
         if command is CommandName.SPEED and not argument:
             return Reply("/speed needs a value: simulated seconds per wall second, e.g. /speed 0.25, /speed 2, /speed max")
+        if command is CommandName.ASK and not argument:
+            return Reply("/ask needs a question, e.g. /ask what do you see?")
         return Command(command, argument, _with_notes(_command_reply(command, argument), notes))
     if name in FORCING_ALIASES:
         return _forced(FORCING_ALIASES[name], argument, text, notes, context, f"/{name}")
@@ -299,6 +319,7 @@ def _command_reply(command: CommandName, argument: str) -> str:
         CommandName.SPEED: f"speed {argument}",
         CommandName.SLOW: "slower",
         CommandName.FAST: "faster",
+        CommandName.ASK: f"asking: {argument}",
     }[command]
 
 

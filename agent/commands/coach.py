@@ -21,12 +21,13 @@ from agent.commands.devices import add_device_arguments, device_problem
 EPILOG = """\
 in the console: Enter (or /go) starts the robot; type a correction ("no, the blue one first",
 "a bit more to the left", "never touch the drawer") or a command: /pause /resume /reset /task TEXT
-/undo /good /speed X /slow /fast /save /help /quit (Tab completes; /override /not /rule /nudge /stop
-force a kind). Ctrl-C saves and quits.
+/undo /good /speed X /slow /fast /ask QUESTION /save /help /quit (Tab completes; /override /not /rule
+/nudge /stop force a kind). A typed question goes to the high level, "slower"/"faster" change the pace.
+A reading the console is unsure of is asked back (y / n / rephrase). Ctrl-C saves and quits.
 
 headless: hivla coach --script FILE (or lines piped on stdin), one line per thing said;
 "@STEP text" says it at that control step, other lines follow 1 s after the previous one;
---steps N runs exactly N control steps.
+--steps N runs exactly N control steps; --confirm asks unsure readings back (the next line answers).
 """
 
 
@@ -65,6 +66,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--script", metavar="FILE", help="headless: say the lines of FILE ('-' = stdin; '@STEP text' schedules a line)")
     parser.add_argument("--steps", type=int, metavar="N", help="headless: run exactly N control steps")
+    parser.add_argument("--confirm", action="store_true",
+                        help="headless: ask unsure readings back as the console does; the next script line answers "
+                             "(y / n / a rephrased line). The console always asks back.")
     add_device_arguments(parser)
 
 
@@ -168,6 +172,7 @@ def main(args: argparse.Namespace) -> int:
     except CoachSessionError as err:
         print(f"hivla coach: {err}", file=sys.stderr)
         return 2
+    session.controller.ask_back = script is None or args.confirm
     with session:
         if script is not None:
             return session.run_headless(script, max_steps=args.steps)

@@ -193,6 +193,7 @@ class CoachApp:
     ) -> None:
         self.loop = loop
         self.controller = controller
+        controller.prepare()  # the intent model loads while the person reads the task
         self.runner = runner
         self.camera_width = camera_width
         self.refresh_period = 1.0 / refresh_hz

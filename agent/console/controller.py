@@ -1,10 +1,17 @@
-"""What happens to a line the person types: check it, classify it, act on it, answer.
+"""What happens to a line the person types: check it, understand it, act on it, answer.
 
 The controller never touches the environment or the policies: corrections and loop commands go
 to `ControlLoop.submit` (applied at the next control step, so typing never stalls the robot);
 only the console's own commands (/save, /help, /quit) are handled here. Every line gets a reply
 for the view, including the ones that are refused (empty, too long, control characters,
 text that is not plain English).
+
+Free text is read by agent.coaching.understand (intent model for the kind, grammar for the
+objects). With `ask_back` (the interactive console; headless scripts only with --confirm) an
+unsure reading is asked back, "did you mean: never touch the green block for this episode?
+(y / n / rephrase)", and acted on only after "y"; "n" records nothing, anything else is read as
+the rephrased line. A question (typed, or /ask QUESTION) goes to the high level's `answer` when it
+has one (policies.base.SceneQuestionAnswerer); it never changes the plan and is never recorded.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ SLASH_COMMANDS: dict[str, str] = {
     "/speed": "/speed X: X simulated seconds per wall second (0.25, 0.5, 1, 2, max)",
     "/slow": "half the speed (about)",
     "/fast": "double the speed (about)",
+    "/ask": "/ask QUESTION: ask the high level about the scene (a typed question does the same)",
     "/save": "flush the session to disk now",
     "/help": "show this list",
     "/quit": "save the session and leave (Ctrl-C does the same)",
@@ -107,6 +115,10 @@ def expand_command_prefix(text: str) -> str:
     return matches[0] + sep + rest if len(matches) == 1 else text
 
 
+YES_WORDS = frozenset({"y", "yes", "yep", "yeah", "yes please", "correct", "right", "exactly", "ok", "okay", "sure"})
+NO_WORDS = frozenset({"n", "no", "nope", "nah", "no thanks", "wrong", "cancel"})
+
+
 @dataclass(frozen=True)
 class Outcome:
     reply: str
@@ -114,10 +126,21 @@ class Outcome:
     submitted: Any = None  # what went to the loop (a Correction or Command), if anything
 
 
-def _default_classify() -> Callable[..., Any]:
-    from agent.coaching.classify import classify
+def _default_understand() -> Callable[..., Any]:
+    from agent.coaching.understand import understand
 
-    return classify
+    return understand
+
+
+def _sure(classify: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain classifier (text, context) -> item, as a reader whose every reading is sure."""
+    from agent.coaching.understand import Understanding
+
+    def read(text: str, context: Any) -> Any:
+        item = classify(text, context)
+        return Understanding(item, getattr(getattr(item, "kind", None), "value", "command"))
+
+    return read
 
 
 class CoachController:
@@ -131,18 +154,31 @@ class CoachController:
         clock: Callable[[], float] = time.monotonic,
         pace: Any = None,
         sequencer: Any = None,
+        understand: Callable[..., Any] | None = None,
+        ask_back: bool = False,
     ) -> None:
         self.loop = loop
         self.recorder = recorder
         self.pace = pace  # agent.console.pace.Pace, when the speed can be changed here
         self.sequencer = sequencer  # agent.console.episodes.EpisodeSequencer, when episodes follow on
-        self.classify = classify or _default_classify()
+        # (text, context) -> agent.coaching.understand.Understanding; a plain `classify` is always sure
+        self._shipped_reader = understand is None and classify is None
+        self.understand = understand or (_sure(classify) if classify is not None else _default_understand())
+        self.ask_back = ask_back  # ask unsure readings back before acting on them
+        self.pending: Any = None  # the Understanding asked back, waiting for y / n / a rephrased line
         self.clock = clock
         self.messages: deque[str] = deque(maxlen=MAX_MESSAGES)
         self.lines_handled = 0
         self._last_loop_reply = ""
         # Replies the loop will echo for what we submitted; already answered here, not repeated.
         self._answered: deque[str] = deque(maxlen=8)
+
+    def prepare(self) -> None:
+        """Start loading the intent model (a few seconds) on a thread, rather than on the first line."""
+        if self._shipped_reader:
+            from agent.coaching.understand import start_loading
+
+            start_loading(on_ready=self.say)
 
     def say(self, text: str) -> None:
         for line in text.splitlines() or [""]:
@@ -176,15 +212,39 @@ class CoachController:
         text, problem = check_line(line)
         if problem:
             return Outcome(problem)
+        if self.pending is not None:
+            answered = self._answer_pending(text)
+            if answered is not None:
+                return answered
         if not text and (go := self._go()):  # Enter on an empty line: start, or skip the pause
             return Outcome(go)
         text = expand_command_prefix(text)
         try:
-            item = self.classify(text, self.reference_context())
+            reading = self.understand(text, self.reference_context())
         except Exception as err:  # a classifier bug must not end the session
             return Outcome(f"could not understand that ({type(err).__name__}: {err}); nothing was sent")
+        if self.ask_back and reading.unsure and not isinstance(reading.item, Reply):
+            self.pending = reading
+            return Outcome(f"did you mean: {reading.meaning()}? (y / n / rephrase)")
+        return self._act(reading.item)
+
+    def _answer_pending(self, text: str) -> Outcome | None:
+        """y: act on the reading asked back; n: nothing; anything else: the rephrased line (None)."""
+        reading, self.pending = self.pending, None
+        word = " ".join(text.lower().strip(" !.").split())
+        if word in YES_WORDS:
+            outcome = self._act(reading.item)
+            return Outcome(f"ok: {outcome.reply}", quit=outcome.quit, submitted=outcome.submitted)
+        if word in NO_WORDS:
+            return Outcome("nothing recorded: say it another way, or force the kind with /override, /not, /rule "
+                           "or /nudge TEXT")
+        return None
+
+    def _act(self, item: Any) -> Outcome:
         if isinstance(item, Reply):
             return Outcome(item.reply)
+        if isinstance(item, Command) and item.name is CommandName.ASK:
+            return Outcome(self._ask(item.argument))
         if isinstance(item, Command) and item.name in _PACE_COMMANDS:
             return Outcome(self._change_speed(item))
         if isinstance(item, Command) and item.name is CommandName.RESUME and (go := self._go()):
@@ -198,6 +258,23 @@ class CoachController:
             reply = getattr(item, "reply", None) or f"{item.kind.value}: {item.text}"
             return Outcome(reply, submitted=item)
         return Outcome(f"could not understand that (classifier returned {type(item).__name__}); nothing was sent")
+
+    def _ask(self, question: str) -> str:
+        """The high level's answer, or one line saying it cannot answer. Changes nothing."""
+        from policies.base import SceneQuestionAnswerer
+
+        high = getattr(self.loop, "high", None)
+        if not isinstance(high, SceneQuestionAnswerer):
+            name = type(high).__name__ if high is not None else "none"
+            return f"the high level ({name}) does not answer questions; /ask needs one that does (e.g. a pi05 planner)"
+        obs = getattr(self.loop, "_obs", None)  # the latest observation the loop stepped to
+        if obs is None:
+            return "no observation yet: ask again once the episode has started"
+        try:
+            answer = high.answer(obs, question)
+        except Exception as err:  # a failing answer must not end the session
+            return f"could not answer ({type(err).__name__}: {err})"
+        return f"Q: {question}\nA: {answer}"
 
     def _command(self, cmd: Command) -> Outcome:
         if cmd.name is CommandName.QUIT:
