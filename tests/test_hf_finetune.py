@@ -134,6 +134,30 @@ def test_sigterm_mid_hf_finetune_saves_a_resumable_adapter(export, lm, tmp_path,
     assert "resumed at step 2" in (out / "finetune.log").read_text()
 
 
+@pytest.mark.slow
+def test_accelerate_launch_fine_tunes_the_adapters_on_two_processes(export, lm, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on the CPU): each process accumulates its
+    share of the examples, the gradients meet once a step, the main process saves the adapter."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agent.commands.finetune", "--base",
+           f"hf:{lm}", "--data", str(export / "sft"), "--out", str(out), "--steps", "3", "--batch-size", "4",
+           "--warmup-steps", "1", "--dtype", "fp32", "--eval-samples", "2", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 process(es) (MULTI_CPU, backend gloo)" in (out / "finetune.log").read_text()
+    summary = json.loads((out / "hf_finetune.json").read_text())
+    assert summary["processes"] == 2 and summary["step"] == 3 and np.isfinite(summary["after"]["train_loss"])
+    assert HfHighLevel(out).model is not None  # the saved adapter loads
+
+
 def test_a_tiny_vlm_fine_tunes_on_the_camera_frames(export, tmp_path):
     from agent.training.hf_finetune import HfFinetuneSettings, finetune_hf
 

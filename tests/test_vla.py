@@ -150,6 +150,27 @@ def test_sigterm_mid_run_saves_and_the_run_resumes_from_there(data, tmp_path, si
     assert "resumed at step 4" in (out / "train.log").read_text()
 
 
+@pytest.mark.slow
+def test_accelerate_launch_trains_the_vla_on_two_processes(data, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m agent.commands.train --model vla` (gloo on the CPU)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "agent.commands.train", "--model", "vla",
+           "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "4", "--batch-size", "16",
+           "--eval-every", "4", "--closed-loop-every", "0", "--threads", "1"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "2 process(es) (MULTI_CPU, backend gloo)" in (out / "train.log").read_text()
+    assert json.loads((out / TRAINER_STATE).read_text())["step"] == 4 and load_vla(out).cfg.preset == "tiny"
+
+
 def test_the_vla_spec_builds_a_low_level_that_executes_part_of_each_chunk(overfit):
     from agent.specs import describe_spec, make_low_level
 

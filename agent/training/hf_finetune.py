@@ -9,7 +9,7 @@ in the loop, with the recorded plan ("thought So: subtask") as the assistant tur
 those answer tokens (and the template's end-of-turn), weighted by the export's `weight` column. Only
 LoRA adapters (peft) train; the base weights stay in --dtype (bf16 halves their memory), the adapters
 in fp32. One example a forward pass (VLM inputs differ in shape), `batch_size` of them accumulated per
-optimizer step; one process.
+optimizer step; under `accelerate launch`, each process accumulates its share of them (DDP).
 
 OUT is what peft users expect: adapter_config.json (its base_model_name_or_path is the base model's
 absolute path) + adapter_model.safetensors from `save_pretrained`, plus the tokenizer or processor with
@@ -76,8 +76,6 @@ class HfFinetuneSettings:
             raise ValueError("--lr must be positive, --lora-rank at least 1, --eval-samples and --warmup-steps at least 0")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("hf: models fine-tune in one process; run `hivla finetune` without accelerate launch")
         out = Path(self.out)
         if (out / ADAPTER_CONFIG).is_file() and not self.resume:
             raise ValueError(f"--out {out} holds a fine-tune already; pass --resume to continue it, or another --out")
@@ -137,16 +135,15 @@ def example_loss(planner: HfHighLevel, e: SftExample) -> torch.Tensor:
 
 
 class AnswerLoss(torch.nn.Module):
-    """The planner's model as the loop trains it: `forward(example) -> (loss, info)`, the loss that
-    transformers computes on the answer tokens (a module, so the loop can prepare and train it)."""
+    """The planner's model as the loop trains it: `forward(example_inputs(...)) -> (loss, info)`, the
+    loss that transformers computes on the answer tokens (a module, so the loop can prepare and train it)."""
 
-    def __init__(self, planner: HfHighLevel):
+    def __init__(self, model: torch.nn.Module):
         super().__init__()
-        self.planner = planner
-        self.model = planner.model
+        self.model = model
 
-    def forward(self, e: SftExample) -> tuple[torch.Tensor, dict]:
-        loss = example_loss(self.planner, e)
+    def forward(self, inputs: dict) -> tuple[torch.Tensor, dict]:
+        loss = self.model(**inputs).loss.float()
         return loss, {"loss": float(loss.detach())}
 
 
@@ -215,7 +212,11 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
     if not train:
         raise CorrectionDataError(f"--data {' '.join(s.data)}: every usable row is in the validation split; "
                                   f"export with a smaller --val-fraction")
-    planner = HfHighLevel(s.base, device=s.device, dtype=s.dtype)
+    from accelerate import PartialState
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1  # under accelerate launch: this process's device
+    planner = HfHighLevel(s.base, device=str(PartialState(cpu=s.device == "cpu").device) if several else s.device,
+                          dtype=s.dtype)
     out = Path(s.out)  # made only once the data and the model are known to load
     loop = TrainingLoop(LoopSettings(
         out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
@@ -223,7 +224,7 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
         dtype="fp32", device=s.device, resume=s.resume and (out / ADAPTER_CONFIG).is_file(),
         save_every_s=s.save_every_s, log_every=10, log_file="finetune.log", label="finetune",
         threads=s.threads or torch.get_num_threads(), settings=asdict(s)))
-    log, state = loop.log, loop.state
+    log, state, main = loop.log, loop.state, loop.main
     model = with_adapters(planner, s, loop.resuming)
     planner.model = model  # encode/generate now run through the adapters
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -235,18 +236,18 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
                              f"({planner.max_new_tokens}, prompts/hf_planner.toml), so it cannot finish them" if long else ""))
     train_eval = _sample(train, s.eval_samples, s.seed + 1)
     held_eval = _sample(held, s.eval_samples, s.seed + 2)
-    if "before" not in state:
+    if main and "before" not in state:
         state["before"] = evaluate(planner, train_eval, held_eval)
         log.echo("before: " + _fmt_eval(state["before"]))
     state["trainable_parameters"] = n_trainable
 
     def batches(step: int) -> Iterator[list]:
-        """`batch_size` examples a step, one a forward pass, each weighted by its export weight."""
-        rng = np.random.default_rng(s.seed * 1000 + step)
+        """This process's share of `batch_size` examples a step, one a forward pass, weighted by the export."""
+        rng = np.random.default_rng(s.seed * 1000 + step + 7919 * loop.rank)
         while True:
-            batch = [train[i] for i in rng.integers(0, len(train), s.batch_size)]
+            batch = [train[i] for i in rng.integers(0, len(train), max(1, s.batch_size // loop.world))]
             total = sum(e.weight for e in batch)
-            yield [(e.weight / total, e) for e in batch]
+            yield [(e.weight / total, example_inputs(planner, e)) for e in batch]
 
     def after(step: int, final: bool) -> dict:
         if final:
@@ -254,16 +255,19 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
             log.echo("after:  " + _fmt_eval(state["after"]))
         return {}
 
-    loop.run(Recipe(model=AnswerLoss(planner), batches=batches, evaluate=after, param_groups=[
+    loop.run(Recipe(model=AnswerLoss(model), batches=batches, evaluate=after, param_groups=[
         {"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}],
         save=lambda state: _save(out, model, planner, s)))
+    summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "trainable_parameters")}
+    summary.update(base=str(Path(s.base).resolve()), train_examples=len(train), validation_examples=len(held),
+                   processes=loop.world)
+    if not main:
+        return summary
     if s.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(out / MERGED_DIR)
         planner.processor.save_pretrained(out / MERGED_DIR)
         log.echo(f"merged weights: {out / MERGED_DIR} (hf:{out / MERGED_DIR} needs no adapter)")
-    summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "trainable_parameters")}
-    summary.update(base=str(Path(s.base).resolve()), train_examples=len(train), validation_examples=len(held))
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     log.echo(f"adapter: {out} (use it as --high-level hf:{out})")
     return summary

@@ -325,12 +325,15 @@ class TrainingLoop:
         parts = batch if isinstance(batch, list) else [(1.0, batch)]
         opt.zero_grad(set_to_none=True)
         info: dict[str, float] = {}
-        for weight, part in parts:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.dtype == "bf16"):
-                loss, part_info = model(part)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.state['step']}; lower --lr")
-            self.accelerator.backward(loss * weight)
+        for i, (weight, part) in enumerate(parts):
+            # processes exchange gradients once a step, after the last micro-batch
+            sync = contextlib.nullcontext() if i == len(parts) - 1 else self.accelerator.no_sync(model)
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.s.dtype == "bf16"):
+                    loss, part_info = model(part)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {self.state['step']}; lower --lr")
+                self.accelerator.backward(loss * weight)
             for k, v in part_info.items():
                 info[k] = info.get(k, 0.0) + weight * v
         info["grad_norm"] = float(self.accelerator.clip_grad_norm_(trainable, self.s.clip))
