@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from agent.training.finetune_data import CorrectionData, base_dataset, correction_dataset
 from agent.training.loop import LoopSettings, Recipe, TrainingLoop
@@ -175,10 +174,7 @@ class HighLevelObjective(torch.nn.Module):
         hidden, cache, layout = m.run_training_backbone(batch)
         base_valid, sub_valid = layout["base_valid"], layout["subtask_valid"]
         p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
-        t = batch["target_ids"].shape[1] - 1  # the target input; segments the trainer may append come after it
-        logits = m.logits(hidden[:, p + c + s: p + c + s + t]).float()
-        labels = batch["target_ids"][:, 1:].masked_fill(~batch["target_mask"][:, 1:].bool(), -100)
-        text_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        text_loss, _, _ = m.text_loss(hidden, batch, layout)
         loss = text_loss
         info = {"text_loss": float(text_loss.detach())}
         if reference is not None and self.anchor_weight > 0:

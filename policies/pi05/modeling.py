@@ -416,9 +416,7 @@ class Pi05Model(nn.Module):
         # high level: next-token prediction on thought + subtask
         p, c, s = base_valid.shape[1], layout["context_valid"].shape[1], sub_valid.shape[1]
         t_len = layout["target_valid"].shape[1]
-        logits = self.logits(hidden[:, p + c + s: p + c + s + t_len]).float()
-        labels = batch["target_ids"][:, 1:].masked_fill(~batch["target_mask"][:, 1:].bool(), -100)
-        text_loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        text_loss, logits, labels = self.text_loss(hidden, batch, layout)
 
         # backbone learns the actions too, as discrete tokens (its only action signal: see KI below)
         action_token_loss = torch.zeros((), device=hidden.device)
@@ -437,6 +435,15 @@ class Pi05Model(nn.Module):
             token_acc = ((logits.argmax(-1) == labels) & ok).sum().float() / ok.sum().clamp(min=1)
         return loss, {"loss": loss.item(), "text_loss": text_loss.item(), "flow_loss": flow_loss.item(),
                       "action_token_loss": action_token_loss.item(), "token_acc": token_acc.item()}
+
+    def text_loss(self, hidden: Tensor, batch: dict[str, Tensor],
+                  layout: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """The high level's loss: next-token cross-entropy on the target ("thought So: subtask"), read from
+        run_training_backbone's hidden states; with its logits [B, T, V] and labels [B, T] (-100: padding)."""
+        p, c, s = (layout[k].shape[1] for k in ("base_valid", "context_valid", "subtask_valid"))
+        logits = self.logits(hidden[:, p + c + s: p + c + s + layout["target_valid"].shape[1]]).float()
+        labels = batch["target_ids"][:, 1:].masked_fill(~batch["target_mask"][:, 1:].bool(), -100)
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100), logits, labels
 
     def flow_loss(self, batch: dict[str, Tensor], cache: KVCache, base_valid: Tensor, sub_valid: Tensor,
                   lengths: tuple[int, int, int], dtype: torch.dtype) -> Tensor:
