@@ -271,7 +271,9 @@ class ControlLoop:
                 wall_time=time.time(),
             )
         )
-        self._replan(reason)
+        # The first plan of an episode is computed here in both modes: the robot has not moved yet,
+        # and the console shows it on the first frame while it waits for the person to start.
+        self._replan(reason, now=True)
         self._publish()
         return self._obs
 
@@ -559,11 +561,11 @@ class ControlLoop:
             return False
         return bool(done_fn(self._plan.subtask, self._info))
 
-    def _replan(self, reason: ReplanReason, *, hold: bool = True) -> None:
-        """Plan now (synchronous), or ask the planner thread (asynchronous; with `hold` the robot
-        holds still until the plan lands, otherwise it keeps acting on the subtask in force)."""
+    def _replan(self, reason: ReplanReason, *, hold: bool = True, now: bool = False) -> None:
+        """Plan now (synchronous, or `now`), or ask the planner thread (asynchronous; with `hold` the
+        robot holds still until the plan lands, otherwise it keeps acting on the subtask in force)."""
         assert self._obs is not None and self._context is not None and self._episode is not None
-        if self._planner is not None:
+        if self._planner is not None and not now:
             self._planner.ask(self._generation, reason, self._obs, self._context, self._episode.step)
             if hold or self._plan is None:
                 self._awaiting = reason

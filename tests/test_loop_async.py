@@ -180,3 +180,11 @@ def test_synchronous_mode_records_each_plan_asked_and_landed_at_the_same_step():
     plans = [e for e in rec.events if e.type == "plan"]
     assert plans and all(p.asked_step == p.step for p in plans)
     assert not loop.async_planning
+
+
+def test_the_first_plan_of_an_episode_is_in_force_at_reset_for_the_first_frame():
+    loop, _planner, rec = make_async_loop()
+    loop.reset(seed=0)  # the console shows this frame and waits for the person before any step
+    assert loop.snapshot().plan is not None and loop.snapshot().plan.subtask == "go to a"
+    assert [e.reason for e in rec.events if e.type == "plan"] == ["start"]
+    loop.close()
