@@ -13,9 +13,10 @@ grammar's own reading of the line is the opposite one: always when the model hea
 the grammar a negation or rule, and below SURE_REFUSAL the other way round. The console then asks back ("did you mean:
 never touch the green block for this episode? (y / n / rephrase)") and acts only on yes.
 
-A few misspelt object words are mended first ("gren" -> "green", "blok" -> "block"): only words
-within one edit of a colour or an object noun of this world, and only words the grammar does not
-already know.
+A few misspelt words are mended first ("gren" -> "green", "blok" -> "block", "contineu" ->
+"continue"): only words within one edit of a colour or an object noun of this world (or one swapped,
+doubled or dropped letter from a few words that say what is wanted), and only words the grammar does
+not already know.
 """
 
 from __future__ import annotations
@@ -103,14 +104,22 @@ _KNOWN = (set(vocab.ALL_COLORS) | set(vocab.BLOCK_NOUNS) | set(vocab.BOWL_NOUNS)
              "bed", "rod", "lowly", "blow", "slowly", "brown", "ranger"})
 
 
-def _one_edit(a: str, b: str) -> bool:
+# Words that say what is wanted, mended only for a swapped, doubled or dropped letter ("contineu",
+# "waiit", "rigth"): a changed letter would turn real words ("tower", "might") into them.
+_KIND_TARGETS = ("continue", "resume", "wait", "stop", "proceed", "pause", "freeze", "forward", "higher", "lower", "slower", "faster",
+                 "gripper", "rotate", "clockwise", "release", "right", "never", "always", "alone", "please")
+_KNOWN |= set(_KIND_TARGETS) | {"tower", "towers", "slowly", "flower", "power", "might", "night", "light", "tight",
+                                 "eight", "fight", "sight", "whatever", "forever"}
+
+
+def _one_edit(a: str, b: str, substitution: bool = True) -> bool:
     """Damerau distance exactly one (a deletion, insertion, substitution or adjacent swap)."""
     if a == b or abs(len(a) - len(b)) > 1:
         return False
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
-                                  and a[diff[1]] == b[diff[0]])
+        return (len(diff) == 1 and substitution) or (len(diff) == 2 and diff[1] == diff[0] + 1
+                                                      and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
     short, long_ = (a, b) if len(a) < len(b) else (b, a)
     return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
 
@@ -124,6 +133,10 @@ def _mend_word(word: str) -> str:
             continue  # three letters: only a swap ("rde"), else "bed" would become "red"
         if _one_edit(lower, target):
             return target
+    if len(lower) >= 5:
+        for target in _KIND_TARGETS:
+            if _one_edit(lower, target, substitution=False):
+                return target
     return word
 
 
@@ -195,9 +208,11 @@ def understand(text: object, context: ReferenceContext | None = None,
         # grammar's known blind spot: ask unless the intent model is quite sure.
         if kind is K.OVERRIDE or confidence < SURE_REFUSAL:
             why = why or f"the grammar reads it as a {grammar_kind.value}"
-        if grammar_kind is K.OVERRIDE and len(set(grammar.objects)) > 1:
-            # "not the yellow one, the orange one": a refusal and a request about two objects. The
-            # grammar reads clause by clause; the encoder pools them into one vector.
+        two_objects = len(set(grammar.objects)) > 1
+        if grammar_kind is K.OVERRIDE and (two_objects or (kind is K.NEGATION and confidence < SURE_REFUSAL)):
+            # "not the yellow one, the orange one", "no, in the purple bowl": the grammar reads clause
+            # by clause and knows a leading "no" starts a request; the encoder pools the line into one
+            # vector. (Its blind spot is rules, "leave X where it is": there the model's reading stays.)
             kind, intent, item = K.OVERRIDE, "override", grammar
     rule = parse_rule(item.text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
     return Understanding(item, intent, confidence, rule=rule, why_unsure=why)
