@@ -133,6 +133,7 @@ def test_coach_with_no_flags_waits_for_enter_takes_three_corrections_and_goes_on
     try:
         term.wait_for(r"waiting: press Enter or /go to start .* step 0 ", timeout=120)
         term.wait_for(r"task .*\S")
+        term.wait_for(r"intent model loaded", timeout=120)  # typed lines before it: overrides are asked back
         time.sleep(1.5)
         assert _step(term.screen()) == 0, "the robot waits at the first frame until Enter"
         term.type("")

@@ -175,7 +175,9 @@ def test_lines_typed_while_the_model_loads_are_the_grammars_and_unsure(monkeypat
             return True
 
     monkeypatch.setattr(reader, "_loader", Loading())
-    u = reader.understand("no, the blue one first")
-    assert u.item.kind is K.OVERRIDE and u.item.subtask == "pick up the blue block"
+    u = reader.understand("leave the green block where it is")  # the grammar's override: asked back
+    assert u.item.kind is K.OVERRIDE and u.item.subtask == "pick up the green block"
     assert u.unsure and "still loading" in u.why_unsure
+    u = reader.understand("never touch the blue block")  # its other readings hold, as before the model
+    assert u.item.kind is K.CONSTRAINT and not u.unsure
     assert isinstance(reader.understand("asdf qwer").item, Reply)

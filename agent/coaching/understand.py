@@ -173,8 +173,9 @@ def understand(text: object, context: ReferenceContext | None = None,
         if mended != cleaned:
             grammar = classify(mended, context)
         reading = _from_grammar(grammar, cleaned)
-        if isinstance(grammar, Reply):
-            return reading
+        if not (isinstance(grammar, ClassifiedCorrection) and grammar.kind is K.OVERRIDE):
+            return reading  # as the console read lines before the model: the grammar's other readings hold
+        # the grammar's blind spot: rules it reads as overrides ("leave the green block where it is")
         return Understanding(reading.item, reading.intent, 0.0, reading.rule,
                              why_unsure="read by the grammar alone: the intent model is still loading")
     p = probs(mended)
@@ -223,7 +224,7 @@ _loader: threading.Thread | None = None
 
 def start_loading(on_ready: Callable[[str], None] | None = None) -> None:
     """Load the shipped intent model on a thread (a few seconds), so a console opens at once; lines
-    typed before it is ready are read by the grammar and count as unsure. `on_ready` gets one line
+    typed before it is ready are read by the grammar, and its overrides count as unsure. `on_ready` gets one line
     saying it is loaded (or why it failed)."""
     global _loader
     if _loader is None:
