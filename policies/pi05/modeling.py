@@ -481,7 +481,7 @@ class Pi05Model(nn.Module):
         _, cache = self.run_backbone(x, positions, mask, kv_only=True)
         return x, torch.cat([base_valid, ctx_valid], 1), positions, cache
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (~7% of a plan on this CPU)
     def generate(
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
         max_new_tokens: int | None = None, use_cache: bool | str = True, return_scores: bool = False,
@@ -550,7 +550,7 @@ class Pi05Model(nn.Module):
         _, cache = self.run_backbone(x, positions, mask, kv_only=True)
         return cache, torch.cat([base_valid, sub_valid], 1), n_base + sub_valid.sum(1)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # no autograd bookkeeping at all (~7% of a plan on this CPU)
     def sample_actions(
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, subtask_ids: Tensor, subtask_mask: Tensor,
         noise: Tensor | None = None, num_steps: int | None = None, cache_context: bool = True, fast: bool = True,
