@@ -10,6 +10,8 @@ load change on a shared machine hits all of them alike; medians and ratios are p
           reference), transformers' PI0ForConditionalGeneration.sample_actions at the same dims
   train   (--train) training samples/s in fp32 vs bf16 autocast
 
+  before  (--before REV) our plan and chunk with policies/pi05/modeling.py as it was at git revision
+          REV, the same weights loaded into it: the speed-up of the code, not of a different model
     python benchmarks/model_speed.py [--device cpu|cuda] [--preset small|pi05] [--threads 2] [--dtype fp32|bf16]
 Writes benchmarks/results/model_speed_{preset}_{device}.json.
 """
@@ -141,6 +143,25 @@ def transformers_pi0(cfg, device: str, dtype: torch.dtype):
     return model, inputs
 
 
+def model_at_revision(rev: str, model: Pi05Model) -> torch.nn.Module:
+    """Pi05Model as policies/pi05/modeling.py defined it at git revision `rev`, with `model`'s weights."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    repo = Path(__file__).resolve().parent.parent
+    source = subprocess.run(["git", "show", f"{rev}:policies/pi05/modeling.py"], cwd=repo, check=True,
+                            capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp()) / "modeling_before.py"
+    path.write_text(source, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("modeling_before", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    before = module.Pi05Model(model.cfg).to(next(model.parameters()).device)
+    before.load_state_dict(model.state_dict())
+    return before.to(next(model.parameters()).dtype).eval()
+
+
 def train_throughput(cfg, dtype: str, batch: int, repeats: int) -> float:
     model = Pi05Model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -166,6 +187,7 @@ def main() -> int:
     parser.add_argument("--decode-tokens", type=int, default=30)
     parser.add_argument("--train", action="store_true", help="also training samples/s, fp32 vs bf16 (cpu)")
     parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument("--before", metavar="REV", help="also time modeling.py as it was at this git revision")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -202,6 +224,10 @@ def main() -> int:
         "plan_hf_gemma_static": lambda: gemma.generate(gemma_ids, max_new_tokens=n, min_new_tokens=n, **hf_kw),
         "plan_hf_gemma_1token": lambda: gemma.generate(gemma_ids, max_new_tokens=1, min_new_tokens=1, **hf_kw),
     }
+    if args.before:
+        before = model_at_revision(args.before, model)
+        results["before_revision"] = args.before
+        plan_fns["plan_before_rev"] = lambda: before.generate(*plan_args, max_new_tokens=n)
     chunk_fns = {
         "chunk_ours_fast": lambda: model.sample_actions(*chunk_args),
         "chunk_ours_reference": lambda: model.sample_actions(*chunk_args, fast=False),
@@ -210,6 +236,8 @@ def main() -> int:
     if pi0 is not None:
         pi0_model, pi0_inputs = pi0
         chunk_fns["chunk_hf_pi0"] = lambda: pi0_model.sample_actions(**pi0_inputs)
+    if args.before:
+        chunk_fns["chunk_before_rev"] = lambda: before.sample_actions(*chunk_args)
     with torch.inference_mode():
         results.update(round_robin(plan_fns, args.repeats, sync))
         results.update(round_robin(chunk_fns, args.repeats, sync))
@@ -241,7 +269,14 @@ def main() -> int:
     for col, justify in (("measure", "left"), ("A", "right"), ("B", "right"), ("B/A", "right")):
         table.add_column(col, justify=justify)
     ms = lambda s: f"{s * 1000:.2f} ms"
-    table.add_row(f"plan, {n} tokens: ours static cache (A) vs ours before (B)", ms(r["plan_ours_static"]),
+    if args.before:
+        r["plan_speedup_over_before_rev"] = r["plan_before_rev"] / r["plan_ours_static"]
+        r["chunk_speedup_over_before_rev"] = r["chunk_before_rev"] / r["chunk_ours_fast"]
+        table.add_row(f"plan, {n} tokens: ours (A) vs modeling.py at {args.before} (B)", ms(r["plan_ours_static"]),
+                      ms(r["plan_before_rev"]), f"{r['plan_speedup_over_before_rev']:.2f}x")
+        table.add_row(f"action chunk: ours (A) vs modeling.py at {args.before} (B)", ms(r["chunk_ours_fast"]),
+                      ms(r["chunk_before_rev"]), f"{r['chunk_speedup_over_before_rev']:.2f}x")
+    table.add_row(f"plan, {n} tokens: ours static cache (A) vs ours concatenating cache (B)", ms(r["plan_ours_static"]),
                   ms(r["plan_ours_dynamic"]), f"{r['plan_static_over_dynamic']:.2f}x")
     table.add_row(f"plan, {n} tokens: ours (A) vs transformers Gemma generate, static cache (B)",
                   ms(r["plan_ours_static"]), ms(r["plan_hf_gemma_static"]), f"{r['plan_ours_vs_hf_gemma']:.2f}x")
