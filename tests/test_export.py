@@ -208,6 +208,35 @@ def test_sft_rows(sessions, tmp_path):
     assert manifest["format"] == "sft" and manifest["rows"]["train"] == len(table)
 
 
+def test_sft_export_loads_in_datasets_as_trl_documents_it(sessions, tmp_path):
+    """`load_dataset("parquet", ...)`, as TRL's vision SFT docs do it: `images` decodes as PIL images
+    with no cast, `messages` is the conversational format with one image part per image."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("PIL")
+    out = tmp_path / "sft"
+    export_sessions([sessions[0]], out, ExportOptions(format="sft", max_frames_before=1, val_fraction=0.4, seed=3))
+    ds = datasets.load_dataset("parquet", data_files={"train": str(out / "train.parquet"),
+                                                      "validation": str(out / "validation.parquet")},
+                               cache_dir=str(tmp_path / "cache"))
+    train = ds["train"]
+    assert isinstance(train.features["images"].feature, datasets.Image)
+    declared = json.loads(pq.read_schema(out / "train.parquet").metadata[b"huggingface"])["info"]["features"]
+    assert train.features == datasets.Features.from_dict(declared), "every column's declared feature is used"
+    kinds = set()
+    for row in train:
+        kinds.add(row["kind"])
+        user, assistant = row["messages"]
+        assert [user["role"], assistant["role"]] == ["user", "assistant"]
+        assert [p["type"] for p in user["content"]] == ["image"] * len(row["images"]) + ["text"]
+        assert assistant["content"] == [{"type": "text", "text": assistant["content"][0]["text"]}]
+        for image in row["images"]:
+            assert image.size == (32, 32) and np.asarray(image.convert("RGB")).shape == (32, 32, 3)
+    assert "override" in kinds, "a coached session: its corrections are rows"
+    front = np.asarray(train[0]["images"][-2].convert("RGB"))
+    np.testing.assert_array_equal(front, decode_png(pq.read_table(out / "train.parquet").to_pylist()[0]["images"][-2]["bytes"]))
+    assert len(ds["validation"]) > 0
+
+
 def test_pairs_and_split(sessions, tmp_path):
     out = tmp_path / "pairs"
     report = export_sessions([sessions[0]], out, ExportOptions(format="pairs", val_fraction=0.5, seed=1))

@@ -5,7 +5,9 @@ Columns
               {"role": "assistant", "content": [{"type": "text", "text": "<thought> So: <subtask>"}]}]
              the user turn has one image part per entry of `images`, in order
   images     list of {"bytes": PNG, "path": None} (what `datasets.Image` stores): the current front and
-             wrist frames, preceded by up to --max-frames-before earlier front frames
+             wrist frames, preceded by up to --max-frames-before earlier front frames; declared a
+             `Sequence` of `Image` in the parquet metadata, so `datasets.load_dataset("parquet", ...)`
+             decodes them as PIL images with no cast (sessions/export/hf_features.py)
   cameras    the cameras of the current frames, which are the last len(cameras) entries of `images`
   context    the decision's context as data: {task, done, in_force, corrections: [{kind, text}]}, so a
              trainer can re-render it with another prompt (`hivla finetune --base hf:DIR` does)
@@ -39,6 +41,7 @@ from sessions.export.common import (
     split_of,
     write_json,
 )
+from sessions.export.hf_features import IMAGE_TYPE, with_hf_features
 from sessions.export.png import encode_png
 from sessions.reader import EpisodeData, Session
 
@@ -46,24 +49,20 @@ PROMPT_VERSION = 1
 HISTORY_STRIDE = 5  # earlier frames are taken every half second at 10 Hz
 
 
-def _image_feature_type() -> pa.DataType:
-    return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-
-
 def sft_schema() -> pa.Schema:
     part = pa.struct([("type", pa.string()), ("text", pa.string())])
     message = pa.struct([("role", pa.string()), ("content", pa.list_(part))])
     context = pa.struct([("task", pa.string()), ("done", pa.list_(pa.string())), ("in_force", pa.string()),
                          ("corrections", pa.list_(pa.struct([("kind", pa.string()), ("text", pa.string())])))])
-    return pa.schema([
+    return with_hf_features(pa.schema([
         ("messages", pa.list_(message)),
-        ("images", pa.list_(_image_feature_type())),
+        ("images", pa.list_(IMAGE_TYPE)),
         ("cameras", pa.list_(pa.string())),
         ("context", context),
         ("kind", pa.string()), ("source", pa.string()), ("session", pa.string()), ("session_id", pa.string()),
         ("episode", pa.int64()), ("step", pa.int64()), ("weight", pa.float32()), ("corrected", pa.bool_()),
         ("task", pa.string()), ("family", pa.string()), ("subtask", pa.string()), ("split", pa.string()),
-    ])
+    ]), image_lists=("images",))
 
 
 class _FrameCache:
