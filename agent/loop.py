@@ -46,6 +46,7 @@ from sessions.schema import (
     EpisodeStart,
     PlanData,
     PlanEmitted,
+    QuestionAnswered,
     Step,
 )
 
@@ -745,6 +746,17 @@ class ControlLoop:
         )
         with self._lock:
             self._snapshot = snap
+
+    def latest_observation(self) -> Observation | None:
+        """The observation the loop stepped to last (what a question about the scene is asked on)."""
+        return self._obs
+
+    def record_question(self, question: str, answer: str) -> None:
+        """Record a question put to the high level and its answer. Nothing else changes: the plan,
+        the context and the corrections stay as they are (the recorder's queue is thread-safe)."""
+        if self._episode is not None:
+            self._record(QuestionAnswered(episode=self._episode.index, step=self._episode.step,
+                                          question=question, answer=answer, wall_time=time.time()))
 
     def snapshot(self) -> LoopSnapshot | None:
         with self._lock:

@@ -37,6 +37,7 @@ from sessions.schema import (
     EpisodeStart,
     Event,
     PlanEmitted,
+    QuestionAnswered,
     SessionHeader,
     Step,
 )
@@ -54,6 +55,7 @@ class EpisodeData:
     steps: list[Step] = field(default_factory=list)
     plans: list[PlanEmitted] = field(default_factory=list)
     corrections: list[CorrectionRecord] = field(default_factory=list)  # withdrawn ones flagged
+    questions: list[QuestionAnswered] = field(default_factory=list)  # /ask and its answers
     end: EpisodeEnd | None = None  # None: not finished, or its outcome is unknown (truncated)
     dropped_steps: int = 0  # steps read from events.jsonl but lost their frames
     dropped: list[str] = field(default_factory=list)  # what the reader dropped, for people
@@ -186,6 +188,8 @@ def read_session(path: str | os.PathLike) -> Session:
             k = corrections_by_id.get((event.episode, event.correction_id))
             if k is not None:
                 episode.corrections[k] = episode.corrections[k].model_copy(update={"withdrawn": True})
+        elif isinstance(event, QuestionAnswered):
+            episode.questions.append(event)
         elif isinstance(event, EpisodeEnd):
             if episode.end is None:
                 episode.end = event

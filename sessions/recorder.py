@@ -41,6 +41,7 @@ from sessions.schema import (
     EpisodeEnd,
     EpisodeStart,
     PlanEmitted,
+    QuestionAnswered,
     SessionHeader,
     Step,
 )
@@ -222,13 +223,14 @@ class SessionRecorder:
             copies[name] = img.copy()  # the caller may reuse its buffers
         self._put(("step", step, copies))
 
-    def record(self, event: PlanEmitted | CorrectionRecord | CorrectionWithdrawn | EpisodeEnd | EpisodeStart) -> None:
-        """Queue a plan, correction, withdrawal or episode end (an EpisodeStart also works)."""
+    def record(self, event: PlanEmitted | CorrectionRecord | CorrectionWithdrawn | QuestionAnswered | EpisodeEnd
+               | EpisodeStart) -> None:
+        """Queue a plan, correction, withdrawal, question or episode end (an EpisodeStart also works)."""
         if isinstance(event, EpisodeStart):
             return self.start_episode(event)
         if isinstance(event, Step):
             raise TypeError("steps carry images: use record_step(step, images)")
-        if not isinstance(event, (PlanEmitted, CorrectionRecord, CorrectionWithdrawn, EpisodeEnd)):
+        if not isinstance(event, (PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, EpisodeEnd)):
             raise TypeError(f"cannot record a {type(event).__name__}")
         self._put(("event", event))
 

@@ -127,6 +127,19 @@ class CorrectionWithdrawn(_Record):
     wall_time: float
 
 
+class QuestionAnswered(_Record):
+    """A question put to the high level (`/ask`, or a typed question) and its answer. It changes
+    nothing in the episode; exported as a `vqa` language event."""
+
+    type: Literal["question"] = "question"
+    episode: int
+    step: int
+    question: str
+    answer: str
+    camera: str = "front"  # the view the answer is grounded in (LeRobot's vqa rows name one)
+    wall_time: float
+
+
 class EpisodeEnd(_Record):
     type: Literal["episode_end"] = "episode_end"
     episode: int
@@ -139,6 +152,6 @@ class EpisodeEnd(_Record):
 
 
 Event = Annotated[
-    Union[EpisodeStart, Step, PlanEmitted, CorrectionRecord, CorrectionWithdrawn, EpisodeEnd],
+    Union[EpisodeStart, Step, PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, EpisodeEnd],
     Field(discriminator="type"),
 ]

@@ -97,8 +97,16 @@ class StandInLoop:
     _obs: object = None
     submitted: list = field(default_factory=list)
 
+    recorded: list = field(default_factory=list)
+
     def submit(self, item):
         self.submitted.append(item)
+
+    def latest_observation(self):
+        return self._obs
+
+    def record_question(self, question, answer):
+        self.recorded.append((question, answer))
 
     def snapshot(self):
         return None
@@ -159,6 +167,7 @@ def test_questions_go_to_the_high_level_and_change_nothing():
     assert out.reply == "Q: what do you see?\nA: I see a red block (what do you see?)"
     assert ctl.handle("/ask why the red one?").reply.startswith("Q: why the red one?")
     assert loop.submitted == [] and out.submitted is None
+    assert loop.recorded[0] == ("what do you see?", "I see a red block (what do you see?)")
 
 
 def test_a_high_level_that_cannot_answer_says_so_in_one_line():

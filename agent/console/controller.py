@@ -267,13 +267,14 @@ class CoachController:
         if not isinstance(high, SceneQuestionAnswerer):
             name = type(high).__name__ if high is not None else "none"
             return f"the high level ({name}) does not answer questions; /ask needs one that does (e.g. a pi05 planner)"
-        obs = getattr(self.loop, "_obs", None)  # the latest observation the loop stepped to
+        obs = self.loop.latest_observation()
         if obs is None:
             return "no observation yet: ask again once the episode has started"
         try:
             answer = high.answer(obs, question)
         except Exception as err:  # a failing answer must not end the session
             return f"could not answer ({type(err).__name__}: {err})"
+        self.loop.record_question(question, answer)  # a vqa event in the session; the plan is untouched
         return f"Q: {question}\nA: {answer}"
 
     def _command(self, cmd: Command) -> Outcome:

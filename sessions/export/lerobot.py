@@ -15,7 +15,9 @@ Language columns, as lerobot.datasets.language defines them:
   language_persistent  the episode's `subtask` rows (the subtask) and `plan` rows (the high
                        level's chain of thought ending in the subtask), role "assistant", each
                        stamped with the frame time it came into force; the same list on every frame
-  language_events      each correction as an `interjection` row (role "user") on the frame it came
+  language_events      each correction as an `interjection` row (role "user") on the frame it came;
+                       each `/ask` as two `vqa` rows (the user's question, the assistant's answer)
+                       naming the camera the answer is grounded in
 """
 
 from __future__ import annotations
@@ -172,6 +174,14 @@ def _language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list
         frame = min(seg.end - seg.start - 1, ep.position_of_step(c.step) - seg.start)
         events.setdefault(frame, []).append({"role": "user", "content": c.text, "style": "interjection", "camera": None, "tool_calls": None})
         exported.append(c)
+    for q in ep.questions:  # /ask: the question and the high level's answer, grounded in a camera's view
+        if not first_step <= q.step <= last_step + 1:
+            continue
+        frame = min(seg.end - seg.start - 1, ep.position_of_step(q.step) - seg.start)
+        camera = f"observation.images.{q.camera}"
+        events.setdefault(frame, []).extend(
+            {"role": role, "content": text, "style": "vqa", "camera": camera, "tool_calls": None}
+            for role, text in (("user", q.question), ("assistant", q.answer)))
     return persistent, events, exported
 
 
