@@ -16,10 +16,8 @@ import pytest
 import torch
 
 from agent.training.corrections import (
-    COACHED_THOUGHT,
     agreement_samples,
     correction_samples,
-    episode_labels,
     is_held_out,
     load_coached_episodes,
 )
@@ -35,6 +33,7 @@ from agent.training.trainer import BATCH_KEYS
 from policies.pi05.configuration import make_config
 from policies.pi05.modeling import Pi05Model
 from policies.types import CorrectionKind as K
+from sessions.export.coaching import COACHED_THOUGHT
 from sessions.recorder import SessionRecorder, make_header
 from sessions.schema import CorrectionRecord, EpisodeEnd, EpisodeStart, PlanData, PlanEmitted, Step
 
@@ -91,8 +90,13 @@ def record_coached_episode(path: Path, size: int = 16) -> Path:
 
 
 @pytest.fixture(scope="module")
-def coached(tmp_path_factory):
-    return load_coached_episodes([record_coached_episode(tmp_path_factory.mktemp("s") / "session")])
+def coached_session(tmp_path_factory):
+    return record_coached_episode(tmp_path_factory.mktemp("s") / "session")
+
+
+@pytest.fixture(scope="module")
+def coached(coached_session):
+    return load_coached_episodes([coached_session])
 
 
 def test_what_each_correction_teaches(coached):
@@ -138,10 +142,10 @@ def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
     assert len(agree) == 2 and agree.last_subtasks == ["pick up the red block", "pick up the green block"]
 
 
-def test_exports_choose_the_corrections(tmp_path, coached):
+def test_exports_choose_the_corrections(tmp_path, coached_session):
     from sessions.export import ExportOptions, export_sessions
 
-    session = coached[0].session.path
+    session = coached_session
     export_sessions([session], tmp_path / "sft", ExportOptions(format="sft"))
     (via_export,) = load_coached_episodes([tmp_path / "sft"])
     assert [lab.step for lab in via_export.labels] == [10, 28] and via_export.approved == [(0, "pick up the red block")]
@@ -268,10 +272,38 @@ def test_sigterm_mid_finetune_saves_and_resume_continues(tmp_path, sigterm_at_st
     assert "resumed at step 3" in (out / "finetune.log").read_text()
 
 
+def test_finetune_reads_the_export_alone(tmp_path, capsys):
+    """The export holds everything a fine-tune needs: it runs with the coached sessions deleted. An
+    export made before exports carried the labels is refused in one line that names the fix."""
+    import shutil
+
+    from agent.cli import main as hivla
+    from agent.training.finetune import FinetuneSettings, finetune
+    from sessions.export import ExportOptions, export_sessions
+
+    data, coached = tiny_base_and_coaching(tmp_path, episodes=2, steps=2)
+    export = tmp_path / "export"
+    export_sessions([coached], export, ExportOptions(format="sft"))
+    shutil.rmtree(coached.parent)
+    summary = finetune(FinetuneSettings(base=str(tmp_path / "ckpt"), data=[str(export)], out=str(tmp_path / "ft"),
+                                        base_data=[str(data)], steps=2, batch_size=4, held_out_fraction=0.0,
+                                        base_stride=2, threads=1, progress=False))
+    assert summary["step"] == 2 and summary["corrections"]["train_corrections"] == 2
+    assert summary["corrections"]["approved_plan_samples"] == 1 and summary["after"]["train_agreement"] is not None
+
+    manifest = json.loads((export / "manifest.json").read_text())
+    (export / manifest.pop("coaching")).unlink()
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    assert hivla(["finetune", "--base", str(tmp_path / "ckpt"), "--data", str(export), "--out", str(tmp_path / "ft2"),
+                  "--base-data", str(data), "--steps", "1", "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "export again with `hivla export" in err[0], err
+
+
 def test_a_plan_that_undid_progress_is_not_approved():
     from types import SimpleNamespace as NS
 
-    from agent.training.corrections import progress_thought, undid_progress
+    from sessions.export.coaching import progress_thought, undid_progress
 
     steps = [NS(step=k, subtask_index=idx) for k, idx in enumerate([0, 0, 1, 1, 2, 1, 1, 2, 2, 3])]
     ep = NS(steps=steps, plans=[NS(step=0), NS(step=4), NS(step=7)], start=NS(subtasks=["a", "b", "c", "d"]))

@@ -14,7 +14,7 @@ into the saved weights.
 Batches: a fixed share (`correction_share`, default 0.1) of every batch comes from the coaching
 data (agent/training/finetune_data.py, over corrections.py: the frames around each correction,
 relabelled with what the coach wanted, plus, with `approved_plans`, the model's own decisions the
-coach let stand), the rest from the base training data (sessions recorded by `hivla datagen`, or a cached tensor dataset such
+coach let stand; all of it read from the export's coaching table, whose labels the export computed), the rest from the base training data (sessions recorded by `hivla datagen`, or a cached tensor dataset such
 as the base checkpoint's data_cache).
 
 Evaluation, before and after: correction agreement (the share of corrections whose subtask the
@@ -58,7 +58,7 @@ LORA_TARGETS = r"backbone\.\d+\.(q|k|v|o|mlp\.gate|mlp\.up|mlp\.down)"
 @dataclass
 class FinetuneSettings:
     base: str  # base checkpoint directory
-    data: list[str]  # exports (sft/pairs) or session directories with the coached sessions
+    data: list[str]  # exports (sft/pairs: their coaching table, nothing else) or coached session directories
     out: str
     base_data: list[str] | None = None  # datagen sessions or a directory with a cached tensor dataset
     correction_share: float = 0.1

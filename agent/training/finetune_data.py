@@ -1,7 +1,8 @@
 """The data of `hivla finetune` (pi05): the coaching corrections and the base data each batch mixes.
 
 Corrections: the relabelled frames around each correction (agent/training/corrections.py), one
-agreement sample per correction, split by episode into training and held-out. Base data: the
+agreement sample per correction, split by episode into training and held-out; read from the
+exports' coaching tables alone (labels computed at export: sessions/export/coaching.py). Base data: the
 sessions the base checkpoint was trained on, or a cached tensor dataset (the base checkpoint's
 data_cache, or base_cache.safetensors that an earlier fine-tune wrote), at most max_base_samples.
 """

@@ -9,6 +9,8 @@ One row per selected correction (no images):
   human_subtask      the subtask adopted because of it (None for kinds that do not name one)
   window_start_step/window_end_step   the frames around it (--max-frames-before/after, default 0)
   plus session, session_id, episode, step, task, family, mistake, suspect_from_step, split
+Beside the split files: coaching.parquet, what each exported episode teaches a pi05 fine-tune
+(sessions/export/coaching.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from sessions.export.coaching import CoachingWriter
 from sessions.export.common import (
     ExportOptions,
     ExportReport,
@@ -44,6 +47,7 @@ def export_pairs(sessions: list[Session], root: Path, options: ExportOptions, re
     pair_options = ExportOptions(**{**options.to_json(), "only_corrections": True})
     rows: dict[str, list[dict]] = {"train": [], "validation": []}
     before, after = options.max_frames_before or 0, options.max_frames_after or 0
+    coaching = CoachingWriter(root, pair_options)
     for session in sessions:
         used = False
         for ep in session.episodes:
@@ -74,6 +78,7 @@ def export_pairs(sessions: list[Session], root: Path, options: ExportOptions, re
                 exported_here = used = True
             if exported_here:
                 report.episodes += 1
+                coaching.add(session, ep)
         if used:
             report.sessions.append(str(session.path))
-    write_split_files(root, rows, PAIRS_SCHEMA, report, "pairs", options)
+    write_split_files(root, rows, PAIRS_SCHEMA, report, "pairs", options, coaching.close())

@@ -14,6 +14,9 @@ Columns
   kind       "plan" or the correction kind;  source: plan source or correction speaker
   session, session_id, episode, step, weight, corrected, task, family, subtask, split
 
+Beside the split files: coaching.parquet, what each exported episode teaches a pi05 fine-tune, as
+columns (sessions/export/coaching.py).
+
 The assistant turn is the plan in force after the decision: for a correction, the plan adopted
 because of it (the human's subtask where the correction replaced the model's). Plans that a
 correction replaced, or that fall in a correction's suspect window, get weight 0.
@@ -26,6 +29,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sessions.export.coaching import CoachingWriter
 from sessions.export.common import (
     EXPORT_FORMAT_VERSION,
     DecisionPoint,
@@ -121,6 +125,7 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
 def export_sft(sessions: list[Session], root: Path, options: ExportOptions, report: ExportReport) -> None:
     rows: dict[str, list[dict]] = {"train": [], "validation": []}
     cache = _FrameCache()
+    coaching = CoachingWriter(root, options)
     for session in sessions:
         if "front" not in session.header.cameras:
             report.skipped.append((str(session.path), "no 'front' camera"))
@@ -138,12 +143,15 @@ def export_sft(sessions: list[Session], root: Path, options: ExportOptions, repo
             if points:
                 report.episodes += 1
                 used = True
+                coaching.add(session, ep, lambda camera, ep=ep: cache.get(ep, camera))
         if used:
             report.sessions.append(str(session.path))
-    write_split_files(root, rows, sft_schema(), report, "sft", options)
+    write_split_files(root, rows, sft_schema(), report, "sft", options, coaching.close())
 
 
-def write_split_files(root: Path, rows: dict[str, list[dict]], schema: pa.Schema, report: ExportReport, fmt: str, options: ExportOptions) -> None:
+def write_split_files(root: Path, rows: dict[str, list[dict]], schema: pa.Schema, report: ExportReport, fmt: str,
+                      options: ExportOptions, extra: dict | None = None) -> None:
+    """The split files and the manifest (with `extra`: the coaching table's entry, see coaching.py)."""
     if not any(rows.values()):
         raise ExportError("nothing to export: no decision point passed the filters")
     files = {}
@@ -157,5 +165,5 @@ def write_split_files(root: Path, rows: dict[str, list[dict]], schema: pa.Schema
     write_json(safe_join(root, "manifest.json"), {
         "hivla_export_version": EXPORT_FORMAT_VERSION, "format": fmt, "prompt_version": PROMPT_VERSION,
         "files": files, "rows": report.rows, "by_kind": report.by_kind, "options": options.to_json(),
-        "sessions": report.sessions, "skipped": report.skipped, "dropped": report.dropped,
+        "sessions": report.sessions, "skipped": report.skipped, "dropped": report.dropped, **(extra or {}),
     })
