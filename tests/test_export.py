@@ -235,6 +235,10 @@ def test_sft_export_loads_in_datasets_as_trl_documents_it(sessions, tmp_path):
     front = np.asarray(train[0]["images"][-2].convert("RGB"))
     np.testing.assert_array_equal(front, decode_png(pq.read_table(out / "train.parquet").to_pylist()[0]["images"][-2]["bytes"]))
     assert len(ds["validation"]) > 0
+    # the whole folder as one dataset: the split files, not the fine-tune's coaching table beside them
+    whole = datasets.load_dataset("parquet", data_dir=str(out), cache_dir=str(tmp_path / "cache"))
+    assert set(whole) == {"train", "validation"} and whole["train"].features == train.features
+    assert (out / "coaching.parquet").is_file()
 
 
 def test_pairs_and_split(sessions, tmp_path):

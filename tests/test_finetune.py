@@ -156,6 +156,30 @@ def test_exports_choose_the_corrections(tmp_path, coached_session):
     assert [lab.step for lab in load_coached_episodes([tmp_path / "pairs"])[0].labels] == [10, 28]
 
 
+def test_a_lerobot_export_teaches_what_the_sft_export_does(tmp_path, coached_session):
+    """A LeRobot v3 export carries the same coaching table (its frames in the videos): the same
+    labels, approved plans and samples as the SFT export, read with the session gone."""
+    import shutil
+
+    from sessions.export import ExportOptions, export_sessions
+
+    session = shutil.copytree(coached_session, tmp_path / "session")
+    export_sessions([session], tmp_path / "sft", ExportOptions(format="sft"))
+    export_sessions([session], tmp_path / "lerobot", ExportOptions(format="lerobot", video_codec="lossless"))
+    shutil.rmtree(session)
+    (sft,), (lerobot,) = load_coached_episodes([tmp_path / "sft"]), load_coached_episodes([tmp_path / "lerobot"])
+    assert lerobot.labels == sft.labels and [lab.step for lab in lerobot.labels] == [10, 28]
+    assert lerobot.approved == sft.approved == [(0, "pick up the red block")]
+    for build in (lambda c: correction_samples(c, ("front", "wrist"), image_size=16, horizon=4, with_corrections=0.5),
+                  lambda c: agreement_samples(c, ("front", "wrist"), image_size=16, horizon=4, context_last="done")):
+        a, b = build([sft])[0], build([lerobot])[0]
+        assert len(a) == len(b) > 0
+        np.testing.assert_array_equal(np.stack(a.images), np.stack(b.images))
+        assert (a.plan_subtasks, a.last_subtasks, a.corrections, a.thoughts) == \
+               (b.plan_subtasks, b.last_subtasks, b.corrections, b.thoughts)
+        np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
+
+
 def test_held_out_split_is_stable():
     keys = [f"s{i}/{j}" for i in range(20) for j in range(5)]
     held = [k for k in keys if is_held_out(k, 0.2)]

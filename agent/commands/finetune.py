@@ -8,10 +8,11 @@ LoRA-tune a local transformers VLM / LM (`--base hf:DIR`) on an SFT export.
     # the same on two processes (DDP; with no GPU, accelerate uses gloo on the CPU):
     accelerate launch --multi_gpu --num_processes 2 -m agent.commands.finetune --base ... --data ... --out ...
 
---data takes sft/pairs exports, read alone (their coaching table holds, computed at export, what each
-correction teaches, the approved plans, and the frames, states and contexts: the sessions may be
-gone; an export made before it existed is refused with "export again"), or the coached session
-directories themselves (the same table built in memory). Prints the
+--data takes sft, pairs or LeRobot v3 exports, read alone (their coaching table holds, computed at
+export, what each correction teaches, the approved plans, and the states and contexts, with the frames
+as PNG or, in a LeRobot export, in its videos: the sessions may be gone; an export made before the
+table existed is refused with "export again"), or the coached session directories themselves (the
+same table built in memory). Prints the
 correction agreement (held-out and training corrections) and the base plan accuracy before and
 after; OUT is a checkpoint usable as `pi05:OUT` (see agent/training/finetune.py).
 
@@ -43,8 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True,
                         help="the base checkpoint directory (pi05), or hf:DIR, a local transformers VLM or LM")
     parser.add_argument("--data", nargs="+", required=True, metavar="EXPORT",
-                        help="sft/pairs exports (read alone) or session directories holding the coached sessions "
-                             "(hf: sft exports)")
+                        help="sft/pairs/lerobot exports (read alone) or session directories holding the coached "
+                             "sessions (hf: sft exports)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
     parser.add_argument("--base-data", nargs="+", default=None, metavar="DIR",
                         help="the base training data: `hivla datagen` sessions, or a directory holding a cached "

@@ -1,7 +1,8 @@
 """Training samples from coaching corrections, for `hivla finetune` (pi05).
 
-Where the corrections come from (`--data`): sft or pairs exports (`hivla export --format sft|pairs`),
-whose coaching table (coaching.parquet, sessions/export/coaching.py) holds, computed once at export,
+Where the corrections come from (`--data`): sft, pairs or LeRobot v3 exports (`hivla export`),
+whose coaching table (coaching.parquet; a LeRobot export's meta/hivla_coaching.parquet, its frames
+in the videos; sessions/export/coaching.py) holds, computed once at export,
 what each correction teaches, which of the model's plans the coach let stand, and per step the frames,
 state, action and every context a sample needs. Nothing else is read: the sessions an export was made
 from may be gone. Session directories are accepted too; their coaching table is built in memory by the
@@ -96,7 +97,7 @@ class ExportedEpisode:
         return max(0, bisect.bisect_right(self._numbers, step) - 1)
 
     def frames(self, camera: str) -> np.ndarray:
-        """uint8 [T, H, W, 3]: frame i is the image of steps[i]."""
+        """uint8 [T, H, W, 3]: frame i is the image of steps[i] (its PNG, or a LeRobot export's video frame)."""
         from sessions.export.png import decode_png
 
         cameras = self.rows[0]["cameras"]
@@ -104,7 +105,31 @@ class ExportedEpisode:
             raise CorrectionDataError(f"episode {self.key} has no {camera!r} camera (it has {', '.join(cameras)}); "
                                       "the checkpoint reads cameras the coached sessions did not record")
         k = cameras.index(camera)
-        return np.stack([decode_png(r["images"][k]["bytes"]) for r in self.rows])
+        return np.stack([decode_png(r["images"][k]["bytes"]) if r.get("images") else r["_videos"].frame(camera, r["index"])
+                         for r in self.rows])
+
+
+class LeRobotVideos:
+    """The frames of a LeRobot export (hivla writes one video file a camera), decoded once when first asked."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._frames: dict[str, np.ndarray] = {}
+
+    def frame(self, camera: str, index: int) -> np.ndarray:
+        if camera not in self._frames:
+            from sessions.export.lerobot import VIDEO_PATH
+            from sessions.video import read_video
+
+            path = self.root / VIDEO_PATH.format(video_key=f"observation.images.{camera}", chunk_index=0, file_index=0)
+            if not path.is_file():
+                raise CorrectionDataError(f"{self.root}: no video {path.relative_to(self.root)}; {EXPORT_AGAIN}")
+            self._frames[camera] = read_video(path)
+        frames = self._frames[camera]
+        if index >= len(frames):
+            raise CorrectionDataError(f"{self.root}: frame {index} is past the end of the {camera!r} video "
+                                      f"({len(frames)} frames); {EXPORT_AGAIN}")
+        return frames[index]
 
 
 @dataclass
@@ -133,7 +158,7 @@ def _export_rows(export_dir: Path) -> list[dict]:
         raise CorrectionDataError(f"{export_dir}: manifest.json is unreadable ({err}); {EXPORT_AGAIN}") from err
     fmt = manifest.get("format")
     if fmt not in ("sft", "pairs"):
-        raise CorrectionDataError(f"{export_dir}: a {fmt!r} export; finetune reads sft or pairs exports "
+        raise CorrectionDataError(f"{export_dir}: a {fmt!r} export; finetune reads sft, pairs or lerobot exports "
                                   "(or the session directories themselves)")
     name = manifest.get("coaching")
     if not name:
@@ -143,6 +168,25 @@ def _export_rows(export_dir: Path) -> list[dict]:
     if Path(name).name != name or not path.is_file():
         raise CorrectionDataError(f"{export_dir}: its manifest names {name}, which is not there; {EXPORT_AGAIN}")
     return pq.read_table(path).to_pylist()
+
+
+def _lerobot_rows(root: Path) -> list[dict]:
+    """The coaching table of a LeRobot v3 export (meta/hivla_coaching.parquet), its frames in the videos."""
+    import pyarrow.parquet as pq
+
+    try:
+        manifest = json.loads((root / "meta" / "hivla_manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CorrectionDataError(f"{root}: meta/hivla_manifest.json is unreadable ({err}); {EXPORT_AGAIN}") from err
+    name = manifest.get("coaching")
+    if not name:
+        raise CorrectionDataError(f"{root} was exported before exports carried the fine-tune's labels (no "
+                                  f"meta/hivla_coaching.parquet); {EXPORT_AGAIN}")
+    path = root / name
+    if ".." in Path(name).parts or not path.is_file():
+        raise CorrectionDataError(f"{root}: its manifest names {name}, which is not there; {EXPORT_AGAIN}")
+    videos = LeRobotVideos(root)
+    return [{**r, "_videos": videos} for r in pq.read_table(path).to_pylist()]
 
 
 def _session_rows(path: Path, log) -> list[dict]:
@@ -171,7 +215,12 @@ def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[Coache
     for p in map(Path, paths):
         if not p.exists():
             raise CorrectionDataError(f"{p}: no such file or directory")
-        rows = _export_rows(p) if (p / "manifest.json").is_file() else _session_rows(p, log)
+        if (p / "manifest.json").is_file():
+            rows = _export_rows(p)
+        elif (p / "meta" / "hivla_manifest.json").is_file():
+            rows = _lerobot_rows(p)
+        else:
+            rows = _session_rows(p, log)
         for r in rows:
             steps = by_episode.setdefault(f"{r['session_id']}/{r['episode']}", {})
             kept = steps.setdefault(r["step"], r)

@@ -58,7 +58,7 @@ LORA_TARGETS = r"backbone\.\d+\.(q|k|v|o|mlp\.gate|mlp\.up|mlp\.down)"
 @dataclass
 class FinetuneSettings:
     base: str  # base checkpoint directory
-    data: list[str]  # exports (sft/pairs: their coaching table, nothing else) or coached session directories
+    data: list[str]  # exports (sft/pairs/lerobot: their coaching table, nothing else) or coached session directories
     out: str
     base_data: list[str] | None = None  # datagen sessions or a directory with a cached tensor dataset
     correction_share: float = 0.1

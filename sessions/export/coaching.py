@@ -1,9 +1,11 @@
 """What coached episodes teach the high level, computed once at export: the coaching table.
 
 The sft and pairs exports write it as `coaching.parquet` beside their split files (the manifest names
-it under "coaching"); `hivla finetune` on a pi05 checkpoint reads it and nothing else (no session, no
-re-run of the decision points: agent/training/corrections.py). One row per step of every exported
-episode that teaches something:
+it under "coaching"), LeRobot exports as `meta/hivla_coaching.parquet` (hivla_manifest.json names it),
+without images and with each frame's episode_index, frame_index and index in the dataset (its frames
+are in the videos; steps outside an exported window are not in the table). `hivla finetune` on a
+pi05 checkpoint reads it and nothing else (no session, no re-run of the decision points:
+agent/training/corrections.py). One row per step of every exported episode that teaches something:
 
   session_id, episode, step, task, family
   cameras, images  the frame of each camera at this step (PNG; `datasets` reads a list of Image)
@@ -179,14 +181,15 @@ def episode_teaching(session: Session, ep: EpisodeData, options: ExportOptions) 
 
 
 def coaching_rows(session: Session, ep: EpisodeData, options: ExportOptions,
-                  frames_of: Callable[[str], np.ndarray] | None = None) -> list[dict]:
-    """The coaching table's rows of one episode (none if it teaches nothing the filters keep);
-    `frames_of(camera)`: the episode's decoded frames, when the caller has them already."""
+                  frames_of: Callable[[str], np.ndarray] | None = None, images: bool = True) -> list[dict]:
+    """The coaching table's rows of one episode, one a step in order (none if it teaches nothing the
+    filters keep); `frames_of(camera)`: the episode's decoded frames, when the caller has them
+    already; images=False: no `images` column (a LeRobot export has the frames in its videos)."""
     labels, approved = episode_teaching(session, ep, options)
     if not labels and not approved:
         return []
     cameras = sorted(session.header.cameras)
-    frames = {c: (frames_of or ep.frames)(c) for c in cameras}
+    frames = {c: (frames_of or ep.frames)(c) for c in cameras} if images else {}
     done = completed_subtasks(ep)
     approved_at = dict(approved)
     labels_at: dict[int, list[dict]] = {}
@@ -197,7 +200,7 @@ def coaching_rows(session: Session, ep: EpisodeData, options: ExportOptions,
         rows.append({
             "session_id": session.header.session_id, "episode": ep.episode, "step": s.step, "task": ep.task,
             "family": ep.start.family, "cameras": cameras,
-            "images": [{"bytes": encode_png(frames[c][i], level=1), "path": None} for c in cameras],
+            **({"images": [{"bytes": encode_png(frames[c][i], level=1), "path": None} for c in cameras]} if images else {}),
             "state": list(s.state), "action": list(s.action), "subtask": s.subtask, "paused": bool(s.paused),
             "subtask_index": s.subtask_index, "thought": progress_thought(ep, i),
             "last_in_force": ep.steps[i - 1].subtask if i > 0 else None, "last_done": done[i],
@@ -206,19 +209,23 @@ def coaching_rows(session: Session, ep: EpisodeData, options: ExportOptions,
     return rows
 
 
-def coaching_schema() -> pa.Schema:
+def coaching_schema(images: bool = True, lerobot: bool = False) -> pa.Schema:
+    """The table's schema; without `images`, and with lerobot=True the frame's place in a LeRobot
+    dataset (episode_index, frame_index, index) instead."""
     label = pa.struct([("kind", pa.string()), ("text", pa.string()), ("subtask", pa.string()),
                        ("replaced", pa.string()), ("model", pa.string()), ("mistake", pa.string()),
                        ("suspect_from_step", pa.int64()), ("wrong_plan", pa.bool_()),
                        ("before_wrong_plan", pa.string())])
+    where = [("episode_index", pa.int64()), ("frame_index", pa.int64()), ("index", pa.int64())] if lerobot else []
+    frames = [("images", pa.list_(IMAGE_TYPE))] if images else []
     return with_hf_features(pa.schema([
-        ("session_id", pa.string()), ("episode", pa.int64()), ("step", pa.int64()), ("task", pa.string()),
-        ("family", pa.string()), ("cameras", pa.list_(pa.string())), ("images", pa.list_(IMAGE_TYPE)),
+        *where, ("session_id", pa.string()), ("episode", pa.int64()), ("step", pa.int64()), ("task", pa.string()),
+        ("family", pa.string()), ("cameras", pa.list_(pa.string())), *frames,
         ("state", pa.list_(pa.float32())), ("action", pa.list_(pa.float32())), ("subtask", pa.string()),
         ("paused", pa.bool_()), ("subtask_index", pa.int64()), ("thought", pa.string()),
         ("last_in_force", pa.string()), ("last_done", pa.string()), ("said", pa.list_(pa.string())),
         ("approved", pa.string()), ("labels", pa.list_(label)),
-    ]), image_lists=("images",))
+    ]), image_lists=("images",) if images else ())
 
 
 class CoachingWriter:

@@ -10,6 +10,8 @@ Layout written (one chunk, one file each -- datasets this size never need more):
     videos/observation.images.<cam>/chunk-000/file-000.mp4   all episodes back to back
     meta/hivla_episodes.parquet         where each episode came from (session, episode, steps)
     meta/hivla_corrections.parquet      every exported correction with its kind and plans
+    meta/hivla_coaching.parquet         what each exported frame teaches a pi05 fine-tune (labels,
+                                        contexts; sessions/export/coaching.py), by dataset index
 
 Language columns, as lerobot.datasets.language defines them:
   language_persistent  the episode's `subtask` rows (the subtask) and `plan` rows (the high
@@ -30,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sessions.export.coaching import coaching_rows, coaching_schema
 from sessions.export.common import (
     EXPORT_FORMAT_VERSION,
     ExportError,
@@ -54,6 +57,7 @@ VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.m
 EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 VIDEO_GOP = 2  # keyframe every 2 frames, as LeRobot encodes: random access decodes stay cheap
 INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+COACHING_PATH = "meta/hivla_coaching.parquet"  # what the exported frames teach `hivla finetune`
 
 
 def persistent_row_type() -> pa.StructType:
@@ -201,6 +205,7 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
     provenance: list[dict] = []
     correction_rows: list[dict] = []
     all_pixels: dict[str, list[np.ndarray]] = {cam: [] for cam in schema.cameras}
+    teaching = _Teaching(options)
     global_index = 0
     try:
         for episode_index, seg in enumerate(segments):
@@ -280,6 +285,7 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
                     "mistake": c.mistake,
                 })
                 report.count_kind(c.kind.value)
+            teaching.add(seg, episode_index, global_index)
             global_index += length
             report.rows[seg.split] = report.rows.get(seg.split, 0) + 1
     finally:
@@ -294,6 +300,8 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
     _write_table(safe_join(root, EPISODES_PATH), pa.Table.from_pylist(episode_rows))
     _write_table(safe_join(root, "meta", "hivla_episodes.parquet"), pa.Table.from_pylist(provenance))
     _write_table(safe_join(root, "meta", "hivla_corrections.parquet"), _corrections_table(correction_rows))
+    _write_table(safe_join(root, *COACHING_PATH.split("/")),
+                 pa.Table.from_pylist(teaching.rows, schema=coaching_schema(images=False, lerobot=True)))
 
     global_stats = {
         "observation.state": vector_stats(np.concatenate(columns["observation.state"])),
@@ -330,7 +338,27 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
     write_json(safe_join(root, "meta", "hivla_manifest.json"), {
         "hivla_export_version": EXPORT_FORMAT_VERSION, "format": "lerobot", "options": options.to_json(),
         "sessions": report.sessions, "skipped": report.skipped, "dropped": report.dropped,
+        "coaching": COACHING_PATH, "coaching_rows": len(teaching.rows),
     })
+
+
+class _Teaching:
+    """The coaching table's rows (sessions/export/coaching.py) of the exported frames: computed on
+    the whole recorded episode, kept for the steps of each segment, placed by their dataset index."""
+
+    def __init__(self, options: ExportOptions) -> None:
+        self.options = options
+        self.rows: list[dict] = []
+        self._episode: tuple[int, list[dict]] | None = None
+
+    def add(self, seg: Segment, episode_index: int, first_index: int) -> None:
+        if self._episode is None or self._episode[0] != id(seg.episode):  # an episode's windows come in a row
+            self._episode = (id(seg.episode), coaching_rows(seg.session, seg.episode, self.options, images=False))
+        rows = self._episode[1]
+        for position in range(seg.start, seg.end) if rows else ():
+            frame = position - seg.start
+            self.rows.append({**rows[position], "episode_index": episode_index, "frame_index": frame,
+                              "index": first_index + frame})
 
 
 def _features(schema: Schema, video_keys: dict[str, str], root: Path, options: ExportOptions) -> dict:
