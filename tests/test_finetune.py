@@ -180,6 +180,24 @@ def test_a_lerobot_export_teaches_what_the_sft_export_does(tmp_path, coached_ses
         np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
 
 
+def test_the_exports_done_context_is_the_base_datas(coached_session, tmp_path):
+    """The coaching table's last_done is the rule the base data is built with (dataset.last_completed),
+    and a damaged table is one error that says to export again."""
+    from agent.training.corrections import CorrectionDataError
+    from agent.training.dataset import last_completed
+    from sessions.export import ExportOptions, export_sessions
+    from sessions.export.coaching import completed_subtasks
+    from sessions.reader import read_session
+
+    (ep,) = read_session(coached_session).episodes
+    assert completed_subtasks(ep) == last_completed(ep.steps, sorted(ep.plans, key=lambda p: p.plan_id))
+    assert any(completed_subtasks(ep))
+    export_sessions([coached_session], tmp_path / "sft", ExportOptions(format="sft"))
+    (tmp_path / "sft" / "coaching.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CorrectionDataError, match="export again"):
+        load_coached_episodes([tmp_path / "sft"])
+
+
 def test_held_out_split_is_stable():
     keys = [f"s{i}/{j}" for i in range(20) for j in range(5)]
     held = [k for k in keys if is_held_out(k, 0.2)]

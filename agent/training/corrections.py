@@ -150,8 +150,6 @@ class CoachedEpisode:
 
 def _export_rows(export_dir: Path) -> list[dict]:
     """The coaching table of an sft/pairs export."""
-    import pyarrow.parquet as pq
-
     try:
         manifest = json.loads((export_dir / "manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -167,13 +165,21 @@ def _export_rows(export_dir: Path) -> list[dict]:
     path = export_dir / name
     if Path(name).name != name or not path.is_file():
         raise CorrectionDataError(f"{export_dir}: its manifest names {name}, which is not there; {EXPORT_AGAIN}")
-    return pq.read_table(path).to_pylist()
+    return _read_table(path)
+
+
+def _read_table(path: Path) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as err:
+        raise CorrectionDataError(f"{path} is unreadable ({err}); {EXPORT_AGAIN}") from err
 
 
 def _lerobot_rows(root: Path) -> list[dict]:
     """The coaching table of a LeRobot v3 export (meta/hivla_coaching.parquet), its frames in the videos."""
-    import pyarrow.parquet as pq
-
     try:
         manifest = json.loads((root / "meta" / "hivla_manifest.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
@@ -186,7 +192,7 @@ def _lerobot_rows(root: Path) -> list[dict]:
     if ".." in Path(name).parts or not path.is_file():
         raise CorrectionDataError(f"{root}: its manifest names {name}, which is not there; {EXPORT_AGAIN}")
     videos = LeRobotVideos(root)
-    return [{**r, "_videos": videos} for r in pq.read_table(path).to_pylist()]
+    return [{**r, "_videos": videos} for r in _read_table(path)]
 
 
 def _session_rows(path: Path, log) -> list[dict]:
