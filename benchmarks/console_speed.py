@@ -34,6 +34,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.cli import quiet_openmp  # noqa: E402
+
+quiet_openmp()  # before torch loads, as `hivla` does: idle OpenMP workers sleep, not spin
+
 from agent.console.pace import Pace  # noqa: E402
 from agent.console.worker import SimWorker  # noqa: E402
 from agent.envs import make_env  # noqa: E402
@@ -180,6 +184,7 @@ def main() -> int:
     period = 1.0 / (CONTROL_HZ * args.speed)
     results: dict = {"speed_set": args.speed, "control_period_s": period, "busy_cores": args.busy_cores,
                      "cores": os.cpu_count(), "load_average_before": load_before,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                      "high_level": default_high_level_spec(), "low_level": default_low_level_spec(),
                      "image_size": args.image_size, "seconds_per_setting": args.seconds, "settings": {}}
     for setting in SETTINGS:

@@ -27,9 +27,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.cli import quiet_openmp  # noqa: E402
+
+quiet_openmp()  # before torch loads, as `hivla` does: idle OpenMP workers sleep, not spin
+
+import torch  # noqa: E402
 
 from policies.pi05.configuration import make_config  # noqa: E402
 from policies.pi05.modeling import Pi05Model, count_parameters  # noqa: E402
@@ -208,7 +212,8 @@ def main() -> int:
     results: dict = {"preset": args.preset, "device": device, "dtype": dtype_name, "threads": args.threads,
                      "parameters": count_parameters(model), "decode_tokens": n, "plan_prefix_tokens": prefix_len,
                      "flow_steps": cfg.flow_steps, "repeats": args.repeats, "torch": torch.__version__,
-                     "load_average_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+                     "load_average_before": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
     plan_args = (x["images"], x["prefix_ids"], x["prefix_mask"], x["context_ids"], x["context_mask"])
     chunk_args = (x["images"], x["prefix_ids"], x["prefix_mask"], x["subtask_ids"], x["subtask_mask"])
     import transformers
