@@ -18,6 +18,8 @@ class CommandName(str, enum.Enum):
     TASK = "task"
     UNDO = "undo"
     GOOD = "good"
+    RULES = "rules"  # list the rules remembered for the session, numbered
+    FORGET = "forget"  # /forget N: drop remembered rule N (it stops applying from now on)
     SAVE = "save"
     HELP = "help"
     QUIT = "quit"

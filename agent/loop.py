@@ -20,6 +20,10 @@ The high level runs in one of two modes:
   discarded when it lands, so a plan asked before a correction that came after it is never applied.
   Where no subtask is in force (the start, a finished subtask, a negation or rule that may forbid
   the current one) the robot holds still until the asked plan lands; an override applies at once.
+
+Corrections last the episode, except rules kept for the session (agent.memory: said for good, /rule,
+or said in a second episode): the loop's `memory` puts them in every later episode's PlanContext
+until /forget N, and records RuleRemembered / RuleForgotten.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Callable, Literal
 import numpy as np
 
 from agent.inputs import Command, CommandName, UserInput
+from agent.memory import SessionMemory
 from agent.planner_thread import PlannerThread, PlanRequest
 from policies.base import HighLevelPolicy, LowLevelPolicy
 from policies.planning import build_planner_context
@@ -47,6 +52,8 @@ from sessions.schema import (
     PlanData,
     PlanEmitted,
     QuestionAnswered,
+    RuleForgotten,
+    RuleRemembered,
     Step,
 )
 
@@ -116,6 +123,7 @@ class LoopSnapshot:
     corrections_given: int = 0  # corrections in force this episode (withdrawn ones not counted)
     plan_change: PlanChange | None = None  # the latest change a correction made to the plan
     withdrawn: tuple[Correction, ...] = ()  # corrections withdrawn with /undo this episode, oldest first
+    memory: tuple[str, ...] = ()  # rules remembered for the session, in /rules order
 
 
 @dataclass
@@ -166,6 +174,7 @@ class ControlLoop:
         coach: Any = None,
         suspect_window_steps: int = 20,
         async_planning: bool = False,
+        remember: bool = True,
     ) -> None:
         self.env = env
         self.high = high
@@ -212,6 +221,8 @@ class ControlLoop:
         self._pending_corrections: list[tuple[CorrectionRecord, Correction, Plan | None, float]] = []
         self._last_model_plan: Plan | None = None  # the high level's latest own plan this episode
         self.stale_plans = 0  # plans discarded on landing because the context changed after they were asked
+        # Session memory (agent.memory): rules kept across episodes; `remember=False` keeps none (a baseline).
+        self.memory = SessionMemory(enabled=remember)
 
     @property
     def async_planning(self) -> bool:
@@ -246,7 +257,7 @@ class ControlLoop:
         self._episode = _Episode(
             index=self._episode_counter, task=self._obs.task, family=info.get("family"), start_wall=time.time()
         )
-        self._context = PlanContext(task=self._obs.task)
+        self._context = PlanContext(task=self._obs.task, memory=self.memory.corrections())
         self._context_changed()
         self._awaiting = None
         self._pending_corrections.clear()
@@ -415,6 +426,10 @@ class ControlLoop:
             self._pending_reset = {"task": cmd.argument}
         elif name is CommandName.UNDO:
             self._undo_last_correction()
+        elif name is CommandName.RULES:
+            self._last_reply = self.memory.listing()
+        elif name is CommandName.FORGET:
+            self._forget(int(cmd.argument) if cmd.argument.isdigit() else 0)
         elif name is CommandName.GOOD:
             self._apply_correction(Correction(kind=CorrectionKind.CONFIRM, text=cmd.argument or "good"), time.perf_counter())
 
@@ -428,6 +443,8 @@ class ControlLoop:
         if kind not in (CorrectionKind.CONFIRM, CorrectionKind.RESUME):
             ep.interventions += 1
         self._context.corrections.append(correction)
+        if kind is CorrectionKind.CONSTRAINT:
+            self._remember(correction, correction_id=self._correction_counter)
         self._context_changed()
         ep.corrections.append(correction)
         deferred = False  # async: the record waits for the plan this correction asked for
@@ -521,6 +538,9 @@ class ControlLoop:
         withdrawn = ep.corrections.pop()
         correction_id = ep.correction_ids.pop()
         self._context.corrections.remove(withdrawn)
+        number = self.memory.number_of(withdrawn)
+        if number is not None:  # a rule withdrawn is not kept for later episodes either
+            self._forget(number, reply=False)
         self._context_changed()
         ep.withdrawn.append(withdrawn)
         self._record(CorrectionWithdrawn(episode=ep.index, step=ep.step, correction_id=correction_id, wall_time=time.time()))
@@ -531,6 +551,37 @@ class ControlLoop:
         self._last_reply = f"withdrew: [{withdrawn.kind.value}] {withdrawn.text} (said at step {withdrawn.step})" + (
             f"; plan now: {after}" if before is not None and after != before.subtask else "")
         self._note_plan_change(withdrawn, before, withdrawn=True)
+
+    # ------------------------------------------------------------------ internals: session memory
+
+    def _remember(self, correction: Correction, correction_id: int) -> None:
+        """Keep a constraint for the rest of the session if it is said for good, or said again."""
+        ep = self._episode
+        assert ep is not None and self._context is not None
+        kept = self.memory.offer(correction, ep.index)
+        if kept is None:
+            return
+        self._context.memory.append(correction)
+        self._record(RuleRemembered(episode=ep.index, step=ep.step, rule_id=kept.rule_id, text=correction.text,
+                                    how=kept.how, correction_id=correction_id, wall_time=time.time()))
+
+    def _forget(self, number: int, *, reply: bool = True) -> None:
+        """/forget N: remembered rule N stops applying from this step on (recorded, so the session says when)."""
+        ep = self._episode
+        assert ep is not None and self._context is not None
+        gone = self.memory.forget(number)
+        if gone is None:
+            if reply:
+                self._last_reply = f"no rule {number} to forget; " + self.memory.listing()
+            return
+        if gone.correction in self._context.memory:
+            self._context.memory.remove(gone.correction)
+        self._context_changed()
+        self._record(RuleForgotten(episode=ep.index, step=ep.step, rule_id=gone.rule_id, wall_time=time.time()))
+        if reply:
+            said_now = gone.correction in ep.corrections
+            self._last_reply = f"forgot rule {number}: {gone.correction.text}" + (
+                " (said this episode: /undo also withdraws it here)" if said_now else "")
 
     # ------------------------------------------------------------------ internals: planning
 
@@ -743,6 +794,7 @@ class ControlLoop:
             corrections_given=len(ep.corrections),
             plan_change=ep.plan_change,
             withdrawn=tuple(ep.withdrawn[-8:]),
+            memory=self.memory.texts(),
         )
         with self._lock:
             self._snapshot = snap

@@ -45,6 +45,7 @@ class PlannerContext:
     done: tuple[str, ...] = ()  # subtasks completed, each once, the most recent last
     in_force: str | None = None  # the subtask of the plan in force (None before the first plan)
     corrections: tuple[Said, ...] = ()  # planning corrections in force, oldest first, the last CONTEXT_CORRECTIONS
+    memory: tuple[str, ...] = ()  # rules remembered for the session (said "from now on", /rule), oldest first
 
     def last(self, which: ContextLast = "in_force") -> str | None:
         """The one subtask a compact context names: the one in force, or the one completed last."""
@@ -58,26 +59,30 @@ class PlannerContext:
 
     def to_dict(self) -> dict:
         return {"task": self.task, "done": list(self.done), "in_force": self.in_force,
-                "corrections": [{"kind": s.kind.value, "text": s.text} for s in self.corrections]}
+                "corrections": [{"kind": s.kind.value, "text": s.text} for s in self.corrections],
+                "memory": list(self.memory)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlannerContext":
         return planner_context(data["task"], data.get("done") or (), data.get("in_force"),
-                               [Said(CorrectionKind(c["kind"]), c["text"]) for c in data.get("corrections") or ()])
+                               [Said(CorrectionKind(c["kind"]), c["text"]) for c in data.get("corrections") or ()],
+                               data.get("memory") or ())
 
 
-def planner_context(task: str, done=(), in_force: str | None = None, said=()) -> PlannerContext:
+def planner_context(task: str, done=(), in_force: str | None = None, said=(), memory=()) -> PlannerContext:
     """The context from its parts: `said` is every correction in force, oldest first (objects with
-    `kind` and `text`); only the planning kinds, and the last CONTEXT_CORRECTIONS of them, are kept."""
+    `kind` and `text`); only the planning kinds, and the last CONTEXT_CORRECTIONS of them, are kept.
+    `memory`: the session's remembered rules (texts), all of them: a rule for good is never cut."""
     kept = [Said(CorrectionKind(c.kind), c.text) for c in said if CorrectionKind(c.kind) in PLANNING_KINDS]
     return PlannerContext(task=task, done=tuple(done), in_force=in_force,
-                          corrections=tuple(kept[-CONTEXT_CORRECTIONS:]))
+                          corrections=tuple(kept[-CONTEXT_CORRECTIONS:]), memory=tuple(memory))
 
 
 def build_planner_context(context: PlanContext) -> PlannerContext:
     """What the high level reads from the loop's PlanContext (the ONE rule: every planner and dataset uses it)."""
     in_force = context.plan_history[-1].subtask if context.plan_history else None
-    return planner_context(context.task, context.completed_subtasks, in_force, context.corrections)
+    return planner_context(context.task, context.completed_subtasks, in_force, context.corrections,
+                           [c.text for c in context.memory])
 
 
 def format_plan(thought: str, subtask: str) -> str:

@@ -81,6 +81,7 @@ class Correction:
     step: int = 0
     subtask: str | None = None  # the subtask it asks for (override) or forbids (negation), if any
     rule: Rule | None = None  # what a constraint forbids, as the classifier read it (None: nothing checkable)
+    lasting: bool = False  # a constraint said as a rule for good ("from now on ...", /rule): kept for the session
 
 
 @dataclass
@@ -91,6 +92,8 @@ class PlanContext:
     plan_history: list[Plan] = field(default_factory=list)
     corrections: list[Correction] = field(default_factory=list)
     completed_subtasks: list[str] = field(default_factory=list)
+    # rules remembered for the session (lasting constraints, this episode's and earlier ones), oldest first
+    memory: list[Correction] = field(default_factory=list)
 
     @property
     def constraints(self) -> list[Correction]:

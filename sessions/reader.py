@@ -38,6 +38,8 @@ from sessions.schema import (
     Event,
     PlanEmitted,
     QuestionAnswered,
+    RuleForgotten,
+    RuleRemembered,
     SessionHeader,
     Step,
 )
@@ -56,6 +58,7 @@ class EpisodeData:
     plans: list[PlanEmitted] = field(default_factory=list)
     corrections: list[CorrectionRecord] = field(default_factory=list)  # withdrawn ones flagged
     questions: list[QuestionAnswered] = field(default_factory=list)  # /ask and its answers
+    rules: list[RuleRemembered | RuleForgotten] = field(default_factory=list)  # session memory changes here
     end: EpisodeEnd | None = None  # None: not finished, or its outcome is unknown (truncated)
     dropped_steps: int = 0  # steps read from events.jsonl but lost their frames
     dropped: list[str] = field(default_factory=list)  # what the reader dropped, for people
@@ -190,6 +193,8 @@ def read_session(path: str | os.PathLike) -> Session:
                 episode.corrections[k] = episode.corrections[k].model_copy(update={"withdrawn": True})
         elif isinstance(event, QuestionAnswered):
             episode.questions.append(event)
+        elif isinstance(event, (RuleRemembered, RuleForgotten)):
+            episode.rules.append(event)
         elif isinstance(event, EpisodeEnd):
             if episode.end is None:
                 episode.end = event

@@ -42,6 +42,8 @@ from sessions.schema import (
     EpisodeStart,
     PlanEmitted,
     QuestionAnswered,
+    RuleForgotten,
+    RuleRemembered,
     SessionHeader,
     Step,
 )
@@ -223,14 +225,16 @@ class SessionRecorder:
             copies[name] = img.copy()  # the caller may reuse its buffers
         self._put(("step", step, copies))
 
-    def record(self, event: PlanEmitted | CorrectionRecord | CorrectionWithdrawn | QuestionAnswered | EpisodeEnd
-               | EpisodeStart) -> None:
-        """Queue a plan, correction, withdrawal, question or episode end (an EpisodeStart also works)."""
+    def record(self, event: PlanEmitted | CorrectionRecord | CorrectionWithdrawn | QuestionAnswered | RuleRemembered
+               | RuleForgotten | EpisodeEnd | EpisodeStart) -> None:
+        """Queue a plan, correction, withdrawal, question, rule kept or forgotten, or episode end (an
+        EpisodeStart also works)."""
         if isinstance(event, EpisodeStart):
             return self.start_episode(event)
         if isinstance(event, Step):
             raise TypeError("steps carry images: use record_step(step, images)")
-        if not isinstance(event, (PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, EpisodeEnd)):
+        if not isinstance(event, (PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, RuleRemembered,
+                                  RuleForgotten, EpisodeEnd)):
             raise TypeError(f"cannot record a {type(event).__name__}")
         self._put(("event", event))
 

@@ -5,7 +5,9 @@ A session directory holds `session.json` (a SessionHeader), an append-only `even
 SCHEMA_VERSION on any incompatible change; readers refuse versions they do not know.
 
 Versions: 1, the first; 2, PlanEmitted records the context the planner read (`context`), which
-sessions of version 1 lack (their readers fall back to no context; see sessions.export).
+sessions of version 1 lack (their readers fall back to no context; see sessions.export); 3, rules
+remembered for the session (RuleRemembered, RuleForgotten) and the context's `memory` (additive:
+sessions of versions 1 and 2 read as having no memory).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.types import CorrectionKind
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class _Record(BaseModel):
@@ -84,6 +86,7 @@ class ContextData(_Record):
     done: list[str] = Field(default_factory=list)  # subtasks completed, each once, the latest last
     in_force: str | None = None  # the subtask of the plan in force when it was asked
     corrections: list[SaidData] = Field(default_factory=list)  # the planning corrections it read, oldest first
+    memory: list[str] = Field(default_factory=list)  # the session's remembered rules it read (schema 3)
 
 
 class PlanEmitted(_Record):
@@ -140,6 +143,31 @@ class QuestionAnswered(_Record):
     wall_time: float
 
 
+class RuleRemembered(_Record):
+    """A rule kept for the rest of the session: said for good ("from now on ...", "always ..."), typed
+    with /rule, or the same rule said in two episodes. It is in every later plan's context until a
+    RuleForgotten with its `rule_id`."""
+
+    type: Literal["rule_remembered"] = "rule_remembered"
+    episode: int
+    step: int
+    rule_id: int  # unique within the session
+    text: str
+    how: Literal["said", "command", "repeated"]
+    correction_id: int | None = None  # the correction that stated it
+    wall_time: float
+
+
+class RuleForgotten(_Record):
+    """/forget N: the remembered rule `rule_id` stops applying from this step on."""
+
+    type: Literal["rule_forgotten"] = "rule_forgotten"
+    episode: int
+    step: int
+    rule_id: int
+    wall_time: float
+
+
 class EpisodeEnd(_Record):
     type: Literal["episode_end"] = "episode_end"
     episode: int
@@ -152,6 +180,7 @@ class EpisodeEnd(_Record):
 
 
 Event = Annotated[
-    Union[EpisodeStart, Step, PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, EpisodeEnd],
+    Union[EpisodeStart, Step, PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, RuleRemembered,
+          RuleForgotten, EpisodeEnd],
     Field(discriminator="type"),
 ]

@@ -20,7 +20,9 @@ Precedence, first match wins:
  3. A written prefix "override:", "not:", "rule:", "nudge:", "stop:", "confirm:" forces the kind too.
  4. Constraint markers anywhere in the text ("never", "always", "from now on", "leave X alone",
     "stay away from", "avoid", "anymore", ...) make it a constraint: a rule for the rest of the
-    episode.
+    episode. A constraint said as a rule for good ("from now on", "always", "never", "in future",
+    "every time") or forced with /rule is `lasting`: the loop keeps it for the rest of the session,
+    unless the words limit it to now ("this time", "for this episode", "for now").
  5. Otherwise the text is split into clauses (at punctuation, "but", "then", "instead of",
     "rather than", and before "not") and each clause gets a kind; the utterance takes the
     strongest one in this order:
@@ -104,6 +106,7 @@ COMMAND_ALIASES: dict[str, CommandName] = {
     "task": CommandName.TASK, "newtask": CommandName.TASK,
     "undo": CommandName.UNDO, "withdraw": CommandName.UNDO,
     "good": CommandName.GOOD,
+    "rules": CommandName.RULES, "memory": CommandName.RULES, "forget": CommandName.FORGET,
     "save": CommandName.SAVE,
     "help": CommandName.HELP, "h": CommandName.HELP, "?": CommandName.HELP, "commands": CommandName.HELP,
     "quit": CommandName.QUIT, "exit": CommandName.QUIT, "q": CommandName.QUIT,
@@ -124,7 +127,7 @@ NEEDS_TEXT = {K.OVERRIDE: "/override pick up the blue block", K.CONSTRAINT: "/ru
 WRITTEN_PREFIX_RE = re.compile(r"^\s*(override|not|no|negation|rule|constraint|nudge|stop|confirm)\s*:\s*(.*)$", re.I)
 
 HELP_TEXT = (
-    "commands: /go /pause /resume /reset /task TEXT /undo /good /speed X /slow /fast /ask QUESTION /save /help /quit\n"
+    "commands: /go /pause /resume /reset /task TEXT /undo /good /rules /forget N /speed X /slow /fast /ask QUESTION /save /help /quit\n"
     "force a kind: /override TEXT  /not TEXT  /rule TEXT  /nudge TEXT  /stop  (or 'override: TEXT', ...)\n"
     "or just type: 'no, the blue one first' (override), 'not that one' (negation), "
     "'never use the drawer' (rule), 'a bit left' (nudge), 'stop' / 'wait' / 'go on', 'good' (confirm)"
@@ -209,6 +212,28 @@ CONSTRAINT_PATTERNS = tuple(re.compile(p) for p in (
     r"\bmust (not )?\w+", r"\bis banned\b", r"\bkeep (your hands )?off\b", r"\bfrom then on\b",
     r"\bthroughout\b", r"\bthe whole (episode|task|time)\b",
 ))
+
+
+# A constraint with one of these is a rule for good (kept for the session) ...
+LASTING_PATTERNS = tuple(re.compile(p) for p in (
+    r"\bnever\b(?!\s*mind)", r"\balways\b", r"\bfrom (now|here|then) on\b", r"\bfrom this point\b", r"\bfor good\b",
+    r"\bin (the )?future\b", r"\bgoing forward\b", r"\b(every|each) time\b", r"\bwhenever\b", r"\bever again\b",
+    r"\bany ?more\b", r"\b(every|each|all) (episode|task|session|run)s?\b", r"\bthe rule is\b", r"\bas a rule\b",
+    r"\bnew rule\b", r"\b(don't|do not) (you )?ever\b", r"\bremember\b", r"\bpermanently\b",
+))
+# ... unless its words keep it to the episode at hand.
+EPISODE_ONLY_PATTERNS = tuple(re.compile(p) for p in (
+    r"\bthis (time|episode|task|round|run)\b", r"\bfor now\b", r"\b(rest|end) of the (episode|task|run)\b",
+    r"\bthe whole (episode|task)\b", r"\bjust (now|here)\b", r"\bright now\b", r"\btoday\b",
+))
+
+
+def is_lasting(text: str, *, forced: bool = False) -> bool:
+    """Whether a constraint's words state a rule for good (a forced /rule is one unless limited to now)."""
+    lowered = " ".join(str(text).lower().split())
+    if any(p.search(lowered) for p in EPISODE_ONLY_PATTERNS):
+        return False
+    return forced or any(p.search(lowered) for p in LASTING_PATTERNS)
 
 
 # "what do you see?", "why did you do that": a question for the high level, not a correction
@@ -297,6 +322,8 @@ def _slash(text: str, notes: tuple[str, ...], context: ReferenceContext | None) 
             return Reply("/task needs the new task, e.g. /task put the red block in the blue bowl")
         if command is CommandName.SPEED and not argument:
             return Reply("/speed needs a value: simulated seconds per wall second, e.g. /speed 0.25, /speed 2, /speed max")
+        if command is CommandName.FORGET and not argument.isdigit():
+            return Reply("/forget needs the number of a remembered rule, e.g. /forget 1 (/rules lists them)")
         if command is CommandName.ASK and not argument:
             return Reply("/ask needs a question, e.g. /ask what do you see?")
         return Command(command, argument, _with_notes(_command_reply(command, argument), notes))
@@ -313,6 +340,8 @@ def _command_reply(command: CommandName, argument: str) -> str:
         CommandName.TASK: f"new task: {argument}",
         CommandName.UNDO: "withdrawing the last correction",
         CommandName.GOOD: "noted: that was right",
+        CommandName.RULES: "remembered rules",
+        CommandName.FORGET: f"forgetting rule {argument}",
         CommandName.SAVE: "saving the session",
         CommandName.HELP: HELP_TEXT,
         CommandName.QUIT: "bye",
@@ -657,8 +686,10 @@ def _correction(kind: CorrectionKind, text: str, notes: tuple[str, ...], context
     unknown = [o for o in objects if o != "drawer" and o.split()[-2] not in vocab.SCENE_COLORS]
     reply_notes = notes + ((f"there is no {', '.join(unknown)} in this world",) if unknown else ())
     rule = parse_rule(text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
-    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, rule=rule,
-                                reply=_with_notes(_reply(kind, text, subtask), reply_notes),
+    lasting = kind is K.CONSTRAINT and is_lasting(text, forced=forced)
+    reply = f"rule for the rest of the session: {text}" if lasting else _reply(kind, text, subtask)
+    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, rule=rule, lasting=lasting,
+                                reply=_with_notes(reply, reply_notes),
                                 notes=reply_notes, objects=objects, forced=forced)
 
 

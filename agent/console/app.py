@@ -171,6 +171,7 @@ class StatusTracker:
             measured_speed=None if waiting or snap.episode_over else self.sim_rate.rate(),
             waiting=waiting,
             plan_change=change,
+            memory=list(snap.memory),
             **self.meta,
         )
 

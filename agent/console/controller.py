@@ -37,6 +37,8 @@ SLASH_COMMANDS: dict[str, str] = {
     "/task": "/task TEXT: start a new episode with this task",
     "/undo": "withdraw your last correction",
     "/good": "confirm that what the robot does is right",
+    "/rules": "list the rules remembered for the session, numbered",
+    "/forget": "/forget N: stop applying remembered rule N (from now on)",
     "/speed": "/speed X: X simulated seconds per wall second (0.25, 0.5, 1, 2, max)",
     "/slow": "half the speed (about)",
     "/fast": "double the speed (about)",
@@ -50,14 +52,14 @@ SLASH_COMMANDS: dict[str, str] = {
 FORCING_COMMANDS: dict[str, str] = {
     "/override": "/override TEXT: do this subtask now",
     "/not": "/not TEXT: not that",
-    "/rule": "/rule TEXT: a rule for the rest of the episode",
+    "/rule": "/rule TEXT: a rule kept for the rest of the session",
     "/nudge": "/nudge TEXT: a small motion (\"a bit left\")",
     "/stop": "stop moving",
     "/confirm": "that was right",
 }
 # Commands a finished episode still answers (the rest would act on a robot that has stopped).
-_STILL_ANSWERED = {CommandName.RESET, CommandName.TASK, CommandName.SAVE, CommandName.HELP, CommandName.QUIT,
-                   CommandName.SPEED, CommandName.SLOW, CommandName.FAST}
+_STILL_ANSWERED = {CommandName.RULES, CommandName.RESET, CommandName.TASK, CommandName.SAVE, CommandName.HELP,
+                   CommandName.QUIT, CommandName.SPEED, CommandName.SLOW, CommandName.FAST}
 _PACE_COMMANDS = {CommandName.SPEED, CommandName.SLOW, CommandName.FAST}
 WRITTEN_PREFIXES = ("override:", "not:", "rule:", "nudge:", "stop:", "confirm:")
 
@@ -284,6 +286,11 @@ class CoachController:
             return Outcome(help_text())
         if cmd.name is CommandName.SAVE:
             return Outcome(self.save())
+        if cmd.name is CommandName.RULES:  # answered at once from the loop's published snapshot
+            from agent.memory import describe_rules
+
+            snap = self.loop.snapshot()
+            return Outcome(describe_rules(snap.memory if snap is not None else ()))
         if cmd.name is CommandName.TASK and not cmd.argument.strip():
             return Outcome("/task needs the task text, e.g. /task put the red block in the blue bowl")
         self.loop.submit(cmd)

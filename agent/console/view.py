@@ -74,6 +74,7 @@ class StatusSnapshot:
     measured_speed: float | None = None  # the pace as measured
     waiting: str | None = None  # why the robot does not move yet ("press Enter or /go to start")
     plan_change: Any = None  # agent.loop.PlanChange shown for a few seconds after a correction
+    memory: list[str] = field(default_factory=list)  # rules remembered for the session, numbered as /rules
 
 
 def _run_state(snap: StatusSnapshot) -> Text:
@@ -186,6 +187,8 @@ def _details(snap: StatusSnapshot) -> Table:
     grid.add_row("subtask", subtask)
     grid.add_row("progress", _progress(snap))
     grid.add_row("corrections", _corrections(snap))
+    if snap.memory:  # rules kept for the session: /forget N drops one
+        grid.add_row("remembered", Text("\n".join(f"{i}. {m}" for i, m in enumerate(snap.memory, 1)), style="yellow"))
     policies = f"high {describe_spec(snap.high_level) if snap.high_level else '?'} / " \
                f"low {describe_spec(snap.low_level) if snap.low_level else '?'}"
     grid.add_row("policies", Text(policies, style="dim"))
@@ -264,7 +267,7 @@ def _details_lines(snap: StatusSnapshot, width: int) -> list[list[tuple[str, str
     key = (
         width, snap.task, snap.thought, snap.subtask, snap.source, tuple(snap.subtasks), tuple(snap.subtasks_done),
         tuple((c.kind, c.text, c.step, c.withdrawn) for c in snap.corrections), snap.high_level, snap.low_level,
-        snap.session_dir, getattr(snap.plan_change, "at", None),
+        snap.session_dir, getattr(snap.plan_change, "at", None), tuple(snap.memory),
     )
     lines = _details_cache.get(key)
     if lines is None:

@@ -8,7 +8,8 @@ Rules, in order:
     block in the front camera first), with groups that a
     correction mentions positively ("the blue one first") moved to the front and groups whose block
     a negation or constraint names ("not the red block", "leave the green block alone") moved to the
-    back - skipped while any alternative exists.
+    back - skipped while any alternative exists. Rules remembered for the session (context.memory)
+    count as constraints of every episode.
  3. A block that slipped out of the gripper after its pick is picked again.
  4. With everything done, the plan names no subtask (`TASK_DONE`): the robot holds still.
 Thought phrasings come from prompts/oracle.toml, drawn from a generator seeded by `seed`.
@@ -104,7 +105,7 @@ class OraclePlanner:
         avoid: set[str] = set()
         prefer: set[str] = set()
         names = sorted(world.blocks, key=len, reverse=True)
-        for c in context.corrections:
+        for c in [*context.memory, *context.corrections]:  # rules remembered from earlier episodes too
             mentioned = set()
             if c.subtask:
                 try:

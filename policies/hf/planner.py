@@ -31,13 +31,16 @@ IGNORE_INDEX = -100  # transformers' label for tokens without loss
 
 
 def planner_fields(ctx: PlannerContext) -> dict[str, str]:
-    """The context as the prompt's fields: what was done, the subtask in force, what the person said."""
+    """The context as the prompt's fields: what was done, the subtask in force, what the person said,
+    the rules remembered for the session."""
     prompt = load_prompt("hf_planner")
     return {
         "task": ctx.task,
         "done": ", ".join(ctx.done) or prompt["nothing"],
         "current": ctx.in_force or prompt["nothing"],
         "corrections": " | ".join(f'"{c}"' for c in ctx.texts) or prompt["no_corrections"],
+        # a line only when rules are remembered: a context without memory reads as it always did
+        "memory": prompt["memory_line"].format(rules=" | ".join(f'"{m}"' for m in ctx.memory)) if ctx.memory else "",
     }
 
 

@@ -17,6 +17,9 @@ Language columns, as lerobot.datasets.language defines them:
   language_persistent  the episode's `subtask` rows (the subtask) and `plan` rows (the high
                        level's chain of thought ending in the subtask), role "assistant", each
                        stamped with the frame time it came into force; the same list on every frame
+                       `memory` rows (role "assistant", the robot's running memory as LeRobot's
+                       recipes read it): the rules remembered for the session, joined by "; ", as the
+                       planner read them, one row each time they change
   language_events      each correction as an `interjection` row (role "user") on the frame it came;
                        each `/ask` as two `vqa` rows (the user's question, the assistant's answer)
                        naming the camera the answer is grounded in
@@ -169,6 +172,7 @@ def _language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list
         t = float(np.float32(frame / fps))
         persistent.append({"role": "assistant", "content": p.plan.subtask, "style": "subtask", "timestamp": t, "camera": None, "tool_calls": None})
         persistent.append({"role": "assistant", "content": assistant_text(p.plan), "style": "plan", "timestamp": t, "camera": None, "tool_calls": None})
+    persistent.extend(_memory_rows(in_force_at, fps))
     persistent.sort(key=lambda r: (r["timestamp"], r["style"], r["role"]))
     events: dict[int, list[dict]] = {}
     exported = []
@@ -187,6 +191,19 @@ def _language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list
             {"role": role, "content": text, "style": "vqa", "camera": camera, "tool_calls": None}
             for role, text in (("user", q.question), ("assistant", q.answer)))
     return persistent, events, exported
+
+
+def _memory_rows(in_force_at: dict[int, object], fps: int) -> list[dict]:
+    """`memory` rows: the session's remembered rules as the planner read them (PlanEmitted.context), one
+    row each time they change ("" once all are forgotten); LeRobot's active_at gives the latest."""
+    rows, last = [], ""
+    for frame, p in sorted(in_force_at.items()):
+        memory = "; ".join(p.context.memory) if p.context is not None else ""
+        if memory != last:
+            rows.append({"role": "assistant", "content": memory, "style": "memory",
+                         "timestamp": float(np.float32(frame / fps)), "camera": None, "tool_calls": None})
+            last = memory
+    return rows
 
 
 def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, report: ExportReport) -> None:

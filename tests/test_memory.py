@@ -1,0 +1,124 @@
+"""Memory within a session: a rule said for good is kept for every later episode (planner context,
+oracle, recorded events, LeRobot `memory` rows), listed by /rules and dropped by /forget N."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from agent.coaching.classify import classify
+from agent.console.controller import CoachController
+from agent.envs import make_env
+from agent.envs.expert import ScriptedExpert
+from agent.envs.oracle import OraclePlanner
+from agent.inputs import Command, CommandName
+from agent.loop import ControlLoop
+from agent.memory import SessionMemory
+import dataclasses
+
+import numpy as np
+
+from policies.pi05.configuration import make_config
+from policies.pi05.processor import NormStats, Pi05Processor, train_tokenizer
+from policies.planning import PlannerContext, build_planner_context
+from policies.rules import Rule
+from policies.types import CorrectionKind
+from sessions.export import ExportOptions, export_sessions
+from sessions.reader import read_session
+from sessions.recorder import SessionRecorder, make_header
+
+RULE = "from now on leave the red block alone"
+
+
+class SeeingOracle(OraclePlanner):
+    """The oracle, noting the context of every plan (what build_planner_context gives any high level)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.seen: list[tuple[str, PlannerContext]] = []
+
+    def plan(self, obs, context):
+        self.seen.append((obs.task, build_planner_context(context)))
+        return super().plan(obs, context)
+
+
+def _processor() -> Pi05Processor:
+    tok = train_tokenizer([RULE, "last: pick up the blue block | rule: leave alone", "put each block in the bowl"] * 3,
+                          vocab_size=300)
+    cfg = dataclasses.replace(make_config("tiny", vocab_size=tok.get_vocab_size()), max_context_tokens=200)
+    rng = np.random.default_rng(0)
+    return Pi05Processor(cfg, tok, NormStats.from_data(rng.normal(size=(50, cfg.state_dim)), rng.normal(size=(50, cfg.action_dim))))
+
+
+def _red_seeds(env, n):
+    seeds, seed = [], 0
+    while len(seeds) < n:
+        _, info = env.reset(seed=seed, options={"family": "sort_into_bowls"})
+        if "red block" in info["privileged"].blocks:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def test_lasting_and_episode_rules_are_told_apart():
+    said = classify(RULE)
+    assert said.kind is CorrectionKind.CONSTRAINT and said.lasting and said.rule == Rule("avoid_block", "red block")
+    assert classify("/rule never use the drawer").lasting
+    assert not classify("avoid the red block").lasting
+    assert not classify("never use the drawer this time").lasting
+    assert isinstance(classify("/rules"), Command) and classify("/forget 2") == Command(CommandName.FORGET, "2", "forgetting rule 2")
+    assert not isinstance(classify("/forget"), Command)  # a number is needed
+
+
+def test_a_rule_repeated_in_a_second_episode_is_remembered():
+    memory = SessionMemory()
+    said = classify("avoid the red block")
+    assert memory.offer(said, episode=0) is None and memory.offer(said, episode=0) is None
+    kept = memory.offer(classify("stay away from the red block"), episode=1)  # other words, the same Rule
+    assert kept is not None and kept.how == "repeated" and memory.texts() == ("stay away from the red block",)
+    assert SessionMemory(enabled=False).offer(classify(RULE), episode=0) is None
+
+
+def test_a_rule_said_in_episode_0_is_in_episode_3s_context_and_the_export_and_forget_drops_it(tmp_path):
+    env = make_env(family="sort_into_bowls", image_size=32)
+    seeds = _red_seeds(env, 5)
+    high = SeeingOracle(seed=0)
+    obs, _ = env.reset(seed=seeds[0])
+    header = make_header(high_level="oracle", low_level="expert", cameras={k: v.shape[:2] for k, v in obs["images"].items()},
+                         state_names=[f"s{i}" for i in range(len(obs["state"]))], action_names=["dx", "dy", "dz", "dyaw", "grip"])
+    with SessionRecorder(tmp_path / "s", header) as rec:
+        loop = ControlLoop(env, high, ScriptedExpert(seed=0), recorder=rec)
+        console = CoachController(loop)
+        loop.reset(seed=seeds[0], options={"family": "sort_into_bowls"})
+        loop.submit(classify(RULE))
+        loop.step()
+        assert "1. " + RULE in console.handle("/rules").reply
+        for k, seed in enumerate(seeds[1:4], start=1):
+            loop.reset(seed=seed, options={"family": "sort_into_bowls"})
+            for _ in range(40):
+                loop.step()
+            plans = [p for p in loop._context.plan_history if p.subtask.startswith("pick up")]
+            # the oracle obeys the remembered rule: the red block is never picked while another one waits
+            assert plans and all("red" not in p.subtask for p in plans[:1]), (k, plans)
+        ep3 = [ctx for _, ctx in high.seen][-1]
+        assert ep3.memory == (RULE,) and ep3.corrections == ()  # said in episode 0, read in episode 3
+        proc = _processor()
+        assert proc.decode(proc.planner_context_ids(ep3)).strip().startswith("last:")
+        assert "rule: " + RULE in proc.decode(proc.planner_context_ids(ep3))  # what a learned pi05 planner reads
+        assert loop.snapshot().memory == (RULE,)
+        console.handle("/forget 1")
+        loop.step()
+        assert "forgot rule 1" in loop.snapshot().last_reply and loop.snapshot().memory == ()
+        loop.reset(seed=seeds[4], options={"family": "sort_into_bowls"})
+        assert high.seen[-1][1].memory == ()  # episode 4 plans without it
+        assert "no rules remembered" in console.handle("/rules").reply
+        loop.close()
+    session = read_session(tmp_path / "s")
+    events = [(e.type, e.episode) for ep in session.episodes for e in ep.rules]
+    assert events == [("rule_remembered", 0), ("rule_forgotten", 3)]
+    assert session.episodes[3].plans[0].context.memory == [RULE] and session.episodes[4].plans[0].context.memory == []
+    export_sessions([tmp_path / "s"], tmp_path / "ds", ExportOptions(format="lerobot", video_codec="lossless"))
+    rows = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "file-000.parquet").to_pylist()
+    memory = {(r["episode_index"], m["content"], m["role"], m["camera"]) for r in rows
+              for m in r["language_persistent"] if m["style"] == "memory"}
+    assert {(3, RULE, "assistant", None), (0, RULE, "assistant", None)} <= memory
+    assert not any(ep == 4 for ep, *_ in memory)  # forgotten before episode 4's first plan
