@@ -18,16 +18,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from policies.base import HighLevelPolicy
 from policies.types import Observation, Plan, PlanContext
 
 
 def copy_context(context: PlanContext) -> PlanContext:
-    """A copy the planner thread may read while the loop keeps appending to the original."""
-    return replace(context, plan_history=list(context.plan_history), corrections=list(context.corrections),
-                   completed_subtasks=list(context.completed_subtasks))
+    """A copy the planner thread may read while the loop keeps appending to the original: every list
+    field is copied (plan history, corrections, completed subtasks, and any added later)."""
+    return replace(context, **{f.name: list(getattr(context, f.name)) for f in fields(context)
+                               if isinstance(getattr(context, f.name), list)})
 
 
 def copy_observation(obs: Observation) -> Observation:

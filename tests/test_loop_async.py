@@ -188,3 +188,16 @@ def test_the_first_plan_of_an_episode_is_in_force_at_reset_for_the_first_frame()
     assert loop.snapshot().plan is not None and loop.snapshot().plan.subtask == "go to a"
     assert [e.reason for e in rec.events if e.type == "plan"] == ["start"]
     loop.close()
+
+
+def test_the_planner_reads_a_copy_of_every_list_in_the_context():
+    from agent.planner_thread import copy_context
+    from policies.types import Plan
+
+    ctx = PlanContext(task="t", plan_history=[Plan(thought="", subtask="go to a", source="model")])
+    copy = copy_context(ctx)
+    ctx.plan_history.append(Plan(thought="", subtask="go to b", source="model"))
+    ctx.corrections.append(Correction(kind=CorrectionKind.NEGATION, text="not a"))
+    ctx.completed_subtasks.append("go to a")
+    assert len(copy.plan_history) == 1 and not copy.corrections and not copy.completed_subtasks
+    assert all(getattr(copy, name) is not getattr(ctx, name) for name, value in vars(ctx).items() if isinstance(value, list))
