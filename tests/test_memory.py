@@ -122,3 +122,24 @@ def test_a_rule_said_in_episode_0_is_in_episode_3s_context_and_the_export_and_fo
               for m in r["language_persistent"] if m["style"] == "memory"}
     assert {(3, RULE, "assistant", None), (0, RULE, "assistant", None)} <= memory
     assert not any(ep == 4 for ep, *_ in memory)  # forgotten before episode 4's first plan
+
+
+def test_the_scripted_coach_words_a_rule_for_good_or_for_the_episode_as_asked():
+    from agent.coaching.scripted import FamilyBehaviour, ScriptedCoach
+
+    env = make_env(family="sort_into_bowls", image_size=32, render_images=False)
+    seeds = _red_seeds(env, 6)
+    said = {}
+    for scope in ("lasting", "episode"):
+        coach = ScriptedCoach(seed=0, intended=FamilyBehaviour(fixed_rules=[Rule("avoid_block", "red block")]),
+                              rule_scope=scope, interrupt_rate=0.0)
+        loop = ControlLoop(env, OraclePlanner(seed=0), ScriptedExpert(seed=0), coach=coach)
+        for seed in seeds:
+            loop.run_episode(seed=seed, options={"family": "sort_into_bowls"})
+            said.setdefault(scope, []).extend(c for c in loop._episode.corrections if c.kind is CorrectionKind.CONSTRAINT)
+        said[scope + " kept"] = loop.memory.texts()
+    assert said["lasting"] and all(c.lasting for c in said["lasting"])
+    assert said["episode"] and not any(c.lasting for c in said["episode"])
+    assert said["lasting kept"] == (said["lasting"][0].text,)
+    # worded for the episode, kept once said in a second episode (if the oracle broke it twice)
+    assert len(said["episode"]) < 2 or len(said["episode kept"]) == 1

@@ -21,6 +21,9 @@ resume (when a pause turned out unnecessary) and confirm. Each rendered sentence
 with the coach's knowledge of the scene and only said if the classifier recovers the intended
 kind and subtask (else another template is tried), so the loop obeys what the coach meant.
 
+A rule is worded for good or for the episode as `rule_scope` says ("lasting": "from now on leave
+the red block alone", which the loop remembers for the session; "episode": "avoid the red block").
+
 Imperfection, on purpose: `delay_steps` is its reaction time (a mistake must persist that long),
 and with probability `error_rate` a correction is missed (half) or wrong (half: an override of a
 subtask the task does not need, or a negation of the right one); rare false alarms negate a
@@ -58,6 +61,9 @@ from policies.types import CorrectionKind, Plan
 
 K = CorrectionKind
 MISTAKES = ("wrong_object", "wrong_order", "broken_constraint", "drop", "stuck")
+# how the coach words a rule: for good ("from now on ...": kept for the session by the loop's memory),
+# for the episode only ("avoid the red block"), or either
+RULE_SCOPES = ("any", "lasting", "episode")
 
 
 # ====================================================================== what the coach says
@@ -224,6 +230,7 @@ class ScriptedCoach:
         settle_steps: int = 3,
         false_alarm_rate: float = 0.01,
         announce_rules: bool = False,
+        rule_scope: str = "any",
         grammar: Mapping[str, Any] | None = None,
     ) -> None:
         if not 0.0 <= error_rate <= 1.0:
@@ -245,6 +252,9 @@ class ScriptedCoach:
         self.settle_steps = settle_steps
         self.false_alarm_rate = false_alarm_rate
         self.announce_rules = announce_rules
+        if rule_scope not in RULE_SCOPES:
+            raise ValueError(f"rule_scope must be one of {', '.join(RULE_SCOPES)}, got {rule_scope!r}")
+        self.rule_scope = rule_scope
         self.grammar = dict(grammar) if grammar is not None else prompts.load("coach")
         if isinstance(intended, Mapping):
             self._per_family = {name: _as_behaviour(b) for name, b in intended.items()}
@@ -514,12 +524,18 @@ class ScriptedCoach:
             said = self._utterance(text, template, kind, subtask, ctx, step, mistake, suspect, erroneous)
             if said is None:
                 continue
-            if said.agrees:
+            if said.agrees and self._in_scope(said):
                 return said
             fallback = fallback or said
         if fallback is not None:
             self.stats["disagreed"] += 1
         return fallback
+
+    def _in_scope(self, said: CoachUtterance) -> bool:
+        """A rule is said for good ("from now on ...") or for the episode only, as `rule_scope` asks."""
+        if said.kind is not K.CONSTRAINT or self.rule_scope == "any":
+            return True
+        return said.lasting == (self.rule_scope == "lasting")
 
     def _utterance(self, text: str, template: str, kind: CorrectionKind, subtask: str | None, ctx: ReferenceContext,
                    step: int, mistake: str | None, suspect: int | None, erroneous: bool) -> CoachUtterance | None:
