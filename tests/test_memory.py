@@ -67,6 +67,14 @@ def test_lasting_and_episode_rules_are_told_apart():
     assert not classify("never use the drawer this time").lasting
     assert isinstance(classify("/rules"), Command) and classify("/forget 2") == Command(CommandName.FORGET, "2", "forgetting rule 2")
     assert not isinstance(classify("/forget"), Command)  # a number is needed
+    # the console's reading, asked back, says how long the rule lasts
+    from agent.coaching.understand import understand
+
+    def probs(text):
+        return {"unclear": 0.0, "constraint": 0.85, "override": 0.15}
+
+    assert understand("from now on leave the green block where it is", probs=probs).meaning() == (
+        "never touch the green block from now on, every episode")
 
 
 def test_a_rule_repeated_in_a_second_episode_is_remembered():

@@ -76,7 +76,7 @@ class Understanding:
             return getattr(item, "reply", "") or str(item)
         kind = item.kind
         if kind is K.CONSTRAINT:
-            return _rule_meaning(self.rule, item.text)
+            return _rule_meaning(self.rule, item.text, lasting=bool(getattr(item, "lasting", False)))
         if kind is K.OVERRIDE:
             return f"{item.subtask} now" if item.subtask else f'do "{item.text}" now'
         if kind is K.NEGATION:
@@ -85,13 +85,15 @@ class Understanding:
                 K.RESUME: "carry on", K.CONFIRM: "that was right"}[kind]
 
 
-def _rule_meaning(rule: Rule | None, text: str) -> str:
+def _rule_meaning(rule: Rule | None, text: str, *, lasting: bool = False) -> str:
+    """A rule in a few words, with how long it lasts (a rule for good is kept for the session)."""
+    scope = "from now on, every episode" if lasting else "for this episode"
     if rule is None:
-        return f'a rule for this episode: "{text}"'
-    return {"avoid_block": f"never touch the {rule.obj} for this episode",
-            "avoid_bowl": f"never put anything in the {rule.obj} for this episode",
-            "avoid_drawer": "never use the drawer for this episode",
-            "only_bowl": f"only use the {rule.obj} for this episode"}[rule.kind]
+        return f'a rule {scope}: "{text}"'
+    return {"avoid_block": f"never touch the {rule.obj} {scope}",
+            "avoid_bowl": f"never put anything in the {rule.obj} {scope}",
+            "avoid_drawer": f"never use the drawer {scope}",
+            "only_bowl": f"only use the {rule.obj} {scope}"}[rule.kind]
 
 
 # ====================================================================== spelling of object words
