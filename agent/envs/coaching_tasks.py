@@ -32,23 +32,23 @@ import numpy as np
 
 from policies.grammar import close_drawer, normalize, open_drawer, place_in_bowl, put_in_drawer, stack_on
 from agent.envs.tasks import (
-    COLOR_NAMES,
+    COLOR_PATTERN,
     SUITES,
     Group,
     LayoutBuilder,
     TaskFamily,
     TaskInstance,
-    _excluded,
-    _other_colors,
-    _pick_colors,
     bowl_and_maybe_another,
+    excluded,
     move,
+    other_colors,
+    pick_colors,
     register_family,
 )
 from agent.envs.world import WorldState
 
 SUITE = "coaching"
-_C = "|".join(COLOR_NAMES)
+_C = COLOR_PATTERN
 
 
 # --- task instances whose success is the intended behaviour ---------------------------------------
@@ -125,9 +125,9 @@ class TidyUp(TaskFamily):
 
     def _sample(self, rng, params):
         lb = LayoutBuilder(rng, uses_drawer=True)
-        bowl = _other_colors(rng, [], 1)[0]
+        bowl = other_colors(rng, [], 1)[0]
         lb.bowl(bowl)  # a bowl on the table makes "gather them in the bowl" a plausible reading
-        colors = _other_colors(rng, [bowl], 2)
+        colors = other_colors(rng, [bowl], 2)
         ids = [lb.block(c) for c in colors]
         layout, names = lb.build()
         blocks = [names[i] for i in ids]
@@ -150,12 +150,12 @@ class StackTheBlocks(TaskFamily):
 
     def _sample(self, rng, params):
         lb = LayoutBuilder(rng)
-        colors = [self.bottom_color] + _other_colors(rng, [self.bottom_color], 2)
+        colors = [self.bottom_color] + other_colors(rng, [self.bottom_color], 2)
         # equal sizes: any order stands up, and size gives no hint which block goes at the bottom
         size = "large" if rng.random() < 0.5 else "small"
         ids = [lb.block(c, size) for c in colors]
         if rng.random() < 0.4:
-            lb.bowl(_other_colors(rng, [], 1)[0])
+            lb.bowl(other_colors(rng, [], 1)[0])
         layout, names = lb.build()
         bottom, others = names[ids[0]], [names[i] for i in ids[1:]]
         literal_order = [names[ids[int(i)]] for i in rng.permutation(3)]  # a tower in no particular order
@@ -181,12 +181,11 @@ class RecoverFromDrop(TaskFamily):
     )
 
     def _sample(self, rng, params):
-        params = _pick_colors(rng, params, ("a", "b", "bowl"))
+        params = pick_colors(rng, params, ("a", "b", "bowl"))
         lb = LayoutBuilder(rng)
         bowl_and_maybe_another(lb, rng, params["bowl"])
         ids = [lb.block(params["a"]), lb.block(params["b"])]
-        for c in _other_colors(rng, [params[k] for k in ("a", "b", "bowl")], int(rng.integers(0, 2))):
-            lb.block(c)
+        lb.distractors([params[k] for k in ("a", "b", "bowl")], int(rng.integers(0, 2)))
         layout, names = lb.build()
         targets = [names[i] for i in ids]
         groups = [move(t, place_in_bowl(params["bowl"])) for t in targets]
@@ -210,7 +209,7 @@ def slip_landing(world: WorldState, block: str) -> tuple[float, float, float] | 
     """Where a block slipping out of the jaws now lands (the table under the gripper), or None when
     that spot is not clear (next to another block, a bowl, the cabinet or the table's edge)."""
     x, y = float(world.gripper.pos[0]), float(world.gripper.pos[1])
-    if not (-0.3 < x < 0.3 and -0.26 < y < 0.16) or _excluded(x, y, 0.03, uses_drawer=True):
+    if not (-0.3 < x < 0.3 and -0.26 < y < 0.16) or excluded(x, y, 0.03, uses_drawer=True):
         return None
     for name, other in world.blocks.items():
         if name != block and math.hypot(other.pos[0] - x, other.pos[1] - y) < LANDING_CLEARANCE_BLOCK:
