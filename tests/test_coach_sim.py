@@ -16,6 +16,7 @@ from agent.envs import make_env  # noqa: E402
 from agent.envs.expert import ScriptedExpert  # noqa: E402
 from agent.envs.oracle import OraclePlanner  # noqa: E402
 from agent.loop import ControlLoop  # noqa: E402
+from memory_recorder import MemoryRecorder  # noqa: E402
 from policies.types import CorrectionKind as K, Plan  # noqa: E402
 
 
@@ -36,17 +37,6 @@ class MistakenPlanner:
         return self.oracle.plan(obs, context)
 
 
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def record(self, event):
-        self.events.append(event)
-
-    def record_step(self, step, images):
-        pass
-
-
 def distractor_pick(world):
     needed = {g.obj for g in world.task.groups if g.obj}
     spare = sorted(b for b in world.blocks if b not in needed)
@@ -59,7 +49,7 @@ def last_group_first(world):
 
 def run_coached(family, seed, planner, coach, low=None, max_steps=400):
     env = make_env(family=family, image_size=32, render_images=False)
-    rec = Recorder()
+    rec = MemoryRecorder()
     loop = ControlLoop(env, planner, low or ScriptedExpert(), recorder=rec, coach=coach)
     result = loop.run_episode(seed=seed, max_steps=max_steps)
     env.close()

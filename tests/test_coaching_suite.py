@@ -19,6 +19,7 @@ from agent.envs.expert import ScriptedExpert  # noqa: E402
 from agent.envs.oracle import OraclePlanner  # noqa: E402
 from agent.envs.tasks import TaskInstance, parse_task  # noqa: E402
 from agent.loop import ControlLoop  # noqa: E402
+from memory_recorder import MemoryRecorder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -148,22 +149,8 @@ def test_make_env_wraps_only_the_coaching_suite():
 
 
 # --- the slip and the oracle ---------------------------------------------------------------------
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def record(self, event):
-        self.events.append(event)
-
-    def record_step(self, step, images):
-        pass
-
-    def corrections(self):
-        return [e for e in self.events if type(e).__name__ == "CorrectionRecord"]
-
-
 def run(env, family, seed, coach=None, max_steps=300):
-    rec = Recorder()
+    rec = MemoryRecorder()
     loop = ControlLoop(env, OraclePlanner(seed=seed), ScriptedExpert(seed=seed), recorder=rec, coach=coach,
                        compute_model_plan=False)
     result = loop.run_episode(seed=seed, options={"family": family}, max_steps=max_steps)
@@ -243,7 +230,7 @@ class Idle:
 
 def test_an_idle_robot_is_told_what_to_do_at_once(env):
     def first_correction(coach):
-        rec = Recorder()
+        rec = MemoryRecorder()
         loop = ControlLoop(env, Idle(), ScriptedExpert(seed=0, strict=False), recorder=rec, coach=coach,
                            compute_model_plan=False)
         loop.run_episode(seed=1, options={"family": "tidy_up"}, max_steps=60)
@@ -293,7 +280,7 @@ class Undoer:
 
 
 def test_taking_finished_work_apart_is_stopped_before_the_pick_completes(env):
-    rec = Recorder()
+    rec = MemoryRecorder()
     loop = ControlLoop(env, Undoer(), ScriptedExpert(seed=0, strict=False), recorder=rec,
                        coach=make_coach(seed=0, interrupt_rate=0.0), compute_model_plan=False)
     loop.run_episode(seed=1, options={"family": "tidy_up"}, max_steps=200)

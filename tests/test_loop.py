@@ -11,6 +11,7 @@ import pytest
 
 from agent.inputs import Command, CommandName
 from agent.loop import ControlLoop
+from memory_recorder import MemoryRecorder
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
 
 MARKS = {"a": 1.0, "b": 2.0, "c": 3.0}
@@ -82,19 +83,8 @@ class GoTo:
         return np.tile([[target - float(obs.state[0]), 0, 0, 0, 0]], (5, 1)).astype(np.float32) * 0.5
 
 
-class Recorder:
-    def __init__(self):
-        self.events, self.steps = [], []
-
-    def record(self, event):
-        self.events.append(event)
-
-    def record_step(self, step, images):
-        self.steps.append(step)
-
-
 def make_loop(**kw):
-    rec = Recorder()
+    rec = MemoryRecorder()
     loop = ControlLoop(LineWorld(), InOrderPlanner(), GoTo(), recorder=rec, **kw)
     return loop, rec
 

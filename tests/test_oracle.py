@@ -8,6 +8,7 @@ import prompts
 from agent.envs import make_env
 from agent.envs.expert import ScriptedExpert
 from agent.envs.oracle import OraclePlanner
+from memory_recorder import MemoryRecorder
 from policies.grammar import parse_subtask
 from policies.base import HighLevelPolicy
 from policies.types import TASK_DONE, Correction, CorrectionKind, PlanContext
@@ -170,18 +171,8 @@ def test_the_oracle_falls_silent_after_success_in_a_coached_episode():
     from agent.loop import ControlLoop
     from sessions.schema import PlanEmitted
 
-    class Events:  # the recorder's interface, kept in memory
-        def __init__(self):
-            self.events = []
-
-        def record(self, event):
-            self.events.append(event)
-
-        def record_step(self, step, images):
-            pass
-
     env2 = make_env(suite="coaching", image_size=16, render_images=False)
-    events = Events()
+    events = MemoryRecorder()
     try:
         loop = ControlLoop(env2, OraclePlanner(seed=7), ScriptedExpert(), recorder=events, coach=ScriptedCoach(seed=7))
         loop.run_episode(seed=7, options={"family": "tidy_up"}, max_steps=300)

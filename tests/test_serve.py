@@ -22,6 +22,7 @@ from agent.cli import main as hivla
 from agent.envs import make_env
 from agent.envs.oracle import OraclePlanner
 from agent.loop import ControlLoop
+from memory_recorder import MemoryRecorder
 from agent.specs import SpecError, make_low_level
 from policies.openpi.client import OpenpiLowLevel, OpenpiServerError, RobotMapping, parse_openpi_spec
 from policies.openpi.msgpack_numpy import WireError, packb, unpackb
@@ -222,21 +223,10 @@ def test_a_mapping_that_does_not_match_the_servers_metadata_is_refused(server):
         make_low_level(f"openpi:127.0.0.1:{server.port}:libero")
 
 
-class _MemoryRecorder:
-    def __init__(self):
-        self.steps, self.events = [], []
-
-    def record(self, event):
-        self.events.append(event)
-
-    def record_step(self, step, images):
-        self.steps.append(step)
-
-
 def test_a_lost_connection_pauses_the_episode_and_it_resumes_after_reconnecting(policy):
     served = ServedPolicy(policy, "vla:test")
     first = PolicyServer(served, "127.0.0.1", 0)
-    recorder = _MemoryRecorder()
+    recorder = MemoryRecorder()
     env = make_env(suite="base", image_size=64)
     with first.running():
         port = first.port
