@@ -23,6 +23,7 @@ CONTEXT_CORRECTIONS = 4  # how many recent corrections the high level reads
 PLANNING_KINDS = frozenset({CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT,
                             CorrectionKind.NUDGE})
 ContextLast = Literal["in_force", "done"]
+RULE_MARK = "rule: "  # how a compact context marks a rule remembered for the session
 
 
 class PlanParseError(ValueError):
@@ -56,6 +57,12 @@ class PlannerContext:
     @property
     def texts(self) -> list[str]:
         return [s.text for s in self.corrections]
+
+    @property
+    def read_texts(self) -> list[str]:
+        """What a compact context lists: each remembered rule not said again this episode ("rule: ..."),
+        oldest first, then the corrections (the pi05 context and the datasets built for it read this)."""
+        return [f"{RULE_MARK}{m}" for m in self.memory if m not in self.texts] + self.texts
 
     def to_dict(self) -> dict:
         return {"task": self.task, "done": list(self.done), "in_force": self.in_force,

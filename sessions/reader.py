@@ -59,6 +59,7 @@ class EpisodeData:
     corrections: list[CorrectionRecord] = field(default_factory=list)  # withdrawn ones flagged
     questions: list[QuestionAnswered] = field(default_factory=list)  # /ask and its answers
     rules: list[RuleRemembered | RuleForgotten] = field(default_factory=list)  # session memory changes here
+    memory_at_start: list[RuleRemembered] = field(default_factory=list)  # rules kept from earlier episodes
     end: EpisodeEnd | None = None  # None: not finished, or its outcome is unknown (truncated)
     dropped_steps: int = 0  # steps read from events.jsonl but lost their frames
     dropped: list[str] = field(default_factory=list)  # what the reader dropped, for people
@@ -220,7 +221,21 @@ def read_session(path: str | os.PathLike) -> Session:
         _drop_after_end(episode, warnings)
         lost_after = _attach_frames(path, header, episode, warnings)
         _mark_truncation(episode, warnings, lost_after)
-    return Session(path=path, header=header, episodes=sorted(episodes.values(), key=lambda e: e.episode), warnings=warnings)
+    ordered = sorted(episodes.values(), key=lambda e: e.episode)
+    _carry_memory(ordered)
+    return Session(path=path, header=header, episodes=ordered, warnings=warnings)
+
+
+def _carry_memory(episodes: list[EpisodeData]) -> None:
+    """Each episode's `memory_at_start`: the rules remembered in earlier episodes and not forgotten."""
+    kept: dict[int, RuleRemembered] = {}
+    for episode in episodes:
+        episode.memory_at_start = list(kept.values())
+        for event in episode.rules:
+            if isinstance(event, RuleRemembered):
+                kept[event.rule_id] = event
+            else:
+                kept.pop(event.rule_id, None)
 
 
 _EPISODE_FIELD = re.compile(rb'"episode"\s*:\s*(\d{1,9})')

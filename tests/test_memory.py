@@ -124,6 +124,12 @@ def test_a_rule_said_in_episode_0_is_in_episode_3s_context_and_the_export_and_fo
     events = [(e.type, e.episode) for ep in session.episodes for e in ep.rules]
     assert events == [("rule_remembered", 0), ("rule_forgotten", 3)]
     assert session.episodes[3].plans[0].context.memory == [RULE] and session.episodes[4].plans[0].context.memory == []
+    # the export's contexts where no plan recorded one, and the pi05 coaching table's `said`, read the same memory
+    from sessions.export.coaching import said_before
+    from sessions.export.common import memory_at
+
+    assert memory_at(session.episodes[3], 0) == [RULE] and memory_at(session.episodes[3], 10_000) == []
+    assert said_before(session.episodes[2], 0) == ["rule: " + RULE] and said_before(session.episodes[4], 0) == []
     export_sessions([tmp_path / "s"], tmp_path / "ds", ExportOptions(format="lerobot", video_codec="lossless"))
     rows = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "file-000.parquet").to_pylist()
     memory = {(r["episode_index"], m["content"], m["role"], m["camera"]) for r in rows

@@ -212,9 +212,8 @@ class Pi05Processor:
 
     def planner_context_ids(self, ctx: PlannerContext) -> list[int]:
         """The coaching context of policies.planning's PlannerContext, in the config's compact layout."""
-        # the session's remembered rules first (the oldest part, cut first when too long), each once
-        memory = [f"rule: {m}" for m in ctx.memory if m not in ctx.texts]
-        return self.context_ids(ctx.last(self.cfg.context_last), [*memory, *ctx.texts])
+        # the session's remembered rules come first: the oldest part, cut first when too long
+        return self.context_ids(ctx.last(self.cfg.context_last), ctx.read_texts)
 
     def prefix_ids(self, task: str, state: np.ndarray) -> list[int]:
         """The base prefix text: task, then one bin token per state dimension."""

@@ -15,7 +15,8 @@ agent/training/corrections.py). One row per step of every exported episode that 
   thought          how far the task is, in the oracle's words ("2 of 6 steps are done.")
   last_in_force    the subtask in force the step before (what a context_last="in_force" model reads)
   last_done        the subtask completed most recently (context_last="done")
-  said             the planning corrections in the planner's context at this step
+  said             the planning corrections in the planner's context at this step, after the rules
+                   remembered for the session ("rule: ..."), as PlannerContext.read_texts lists them
   approved         the subtask of a plan of the model's made at this step that the coach let stand, else None
   labels           what each teaching correction said at this step wanted (CorrectionLabel's fields)
 
@@ -50,7 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from policies.planning import planner_context
-from sessions.export.common import ExportOptions, decision_points, safe_join
+from sessions.export.common import ExportOptions, decision_points, memory_at, safe_join
 from sessions.export.hf_features import IMAGE_TYPE, with_hf_features
 from sessions.export.png import encode_png
 from sessions.reader import EpisodeData, Session
@@ -149,8 +150,9 @@ def progress_thought(ep, i: int) -> str:
 
 
 def said_before(ep, step: int) -> list[str]:
-    """The planning corrections in the model's context at `step` (policies.planning's rule)."""
-    return planner_context(ep.task, said=[c for c in ep.active_corrections if c.step <= step]).texts
+    """The remembered rules and planning corrections in the model's context at `step` (policies.planning's rule)."""
+    return planner_context(ep.task, said=[c for c in ep.active_corrections if c.step <= step],
+                           memory=memory_at(ep, step)).read_texts
 
 
 def completed_subtasks(ep: EpisodeData) -> list[str | None]:

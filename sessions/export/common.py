@@ -197,7 +197,21 @@ def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
             if previous.plan.subtask in done:
                 done.remove(previous.plan.subtask)
             done.append(previous.plan.subtask)
-    return build_context(ep.task, done, in_force, said).to_dict()
+    return build_context(ep.task, done, in_force, said, memory_at(ep, point.step)).to_dict()
+
+
+def memory_at(ep: EpisodeData, step: int) -> list[str]:
+    """The rules kept for the session at `step` of this episode, from the recorded rule events (the loop
+    applies a step's input, /forget included, before it plans)."""
+    kept = {r.rule_id: r.text for r in ep.memory_at_start}
+    for event in ep.rules:
+        if event.step > step:
+            break
+        if event.type == "rule_remembered":
+            kept[event.rule_id] = event.text
+        else:
+            kept.pop(event.rule_id, None)
+    return list(kept.values())
 
 
 def _recorded_context(ep: EpisodeData, point: DecisionPoint) -> ContextData | None:
@@ -218,6 +232,8 @@ def context_text(context: dict) -> str:
         lines.append(f"In force: {context['in_force']}")
     if context["corrections"]:
         lines.append("Corrections: " + " | ".join(f"[{c['kind']}] {c['text']}" for c in context["corrections"]))
+    if context.get("memory"):  # rules kept for the session (sessions of schema 3)
+        lines.append("Rules kept: " + " | ".join(context["memory"]))
     lines.append("What should the robot do next? Think briefly, then name the subtask.")
     return "\n".join(lines)
 

@@ -9,7 +9,7 @@ Columns
              `Sequence` of `Image` in the parquet metadata, so `datasets.load_dataset("parquet", ...)`
              decodes them as PIL images with no cast (sessions/export/hf_features.py)
   cameras    the cameras of the current frames, which are the last len(cameras) entries of `images`
-  context    the decision's context as data: {task, done, in_force, corrections: [{kind, text}]}, so a
+  context    the decision's context as data: {task, done, in_force, corrections: [{kind, text}], memory}, so a
              trainer can re-render it with another prompt (`hivla finetune --base hf:DIR` does)
   kind       "plan" or the correction kind;  source: plan source or correction speaker
   session, session_id, episode, step, weight, corrected, task, family, subtask, split
@@ -57,7 +57,8 @@ def sft_schema() -> pa.Schema:
     part = pa.struct([("type", pa.string()), ("text", pa.string())])
     message = pa.struct([("role", pa.string()), ("content", pa.list_(part))])
     context = pa.struct([("task", pa.string()), ("done", pa.list_(pa.string())), ("in_force", pa.string()),
-                         ("corrections", pa.list_(pa.struct([("kind", pa.string()), ("text", pa.string())])))])
+                         ("corrections", pa.list_(pa.struct([("kind", pa.string()), ("text", pa.string())]))),
+                         ("memory", pa.list_(pa.string()))])
     return with_hf_features(pa.schema([
         ("messages", pa.list_(message)),
         ("images", pa.list_(IMAGE_TYPE)),
