@@ -20,8 +20,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing video or .rrd file")
 
 
-def main(args: argparse.Namespace) -> int:
+def _write_whole(out, suffix: str, force: bool, write) -> int:
+    """`write(tmp)` into a hidden partial file beside `out`, then move it into place, so an interrupted
+    render never leaves a truncated `out`; returns what `write` returns (the frames written)."""
     import os
+
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial{suffix}")
+    try:
+        frames = write(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return frames
+
+
+def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from rich.console import Console
@@ -45,31 +61,14 @@ def main(args: argparse.Namespace) -> int:
         print_timeline(session, console, args.episode, steps=args.steps)
         if args.video:
             out = Path(args.video)
-            if out.exists() and not args.force:
-                err.print(f"[red]error:[/red] {escape(str(out))} exists; pass --force to overwrite it", soft_wrap=True)
-                return 2
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.partial.mp4")
-            try:
-                frames = render_video(session, tmp, args.camera, args.episode, args.codec, args.width)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
+            frames = _write_whole(out, ".mp4", args.force,
+                                  lambda tmp: render_video(session, tmp, args.camera, args.episode, args.codec, args.width))
             console.print(f"wrote {escape(str(out))} ({frames} frames, {escape(args.camera)} camera)", soft_wrap=True)
         if args.rerun:
             from sessions.rerun_log import log_session
 
             out = Path(args.rerun)
-            if out.exists() and not args.force:
-                err.print(f"[red]error:[/red] {escape(str(out))} exists; pass --force to overwrite it", soft_wrap=True)
-                return 2
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".{out.name}.partial.rrd")
-            try:
-                frames = log_session(session, tmp, args.episode)
-                os.replace(tmp, out)
-            finally:
-                tmp.unlink(missing_ok=True)
+            frames = _write_whole(out, ".rrd", args.force, lambda tmp: log_session(session, tmp, args.episode))
             console.print(f"wrote {escape(str(out))} ({frames} frames; open it with `rerun {escape(str(out))}`)",
                           soft_wrap=True)
     except ValueError as e:
