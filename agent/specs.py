@@ -44,6 +44,15 @@ _pi05_models: dict[tuple[str, str, str], object] = {}
 _vla_models: dict[tuple[str, str, str], object] = {}
 
 
+def _pi05_path(spec: str, arg: str, flag: str) -> str:
+    """The checkpoint a 'pi05:PATH' spec names; 'pi05:' alone is refused rather than silently loading
+    the shipped one."""
+    if not arg:
+        raise SpecError(f"{spec!r} names no checkpoint directory; write pi05:PATH "
+                        f"(e.g. pi05:{SHIPPED_CHECKPOINT}), or omit {flag} for the default")
+    return arg
+
+
 def _load_pi05(path: str, device: str, dtype: str):
     key = (str(Path(path).resolve()), device, dtype)
     if key not in _pi05_models:
@@ -96,10 +105,7 @@ def make_high_level(spec: str | None = None, *, seed: int = 0, device: str = "cp
     if kind == "pi05":
         from policies.pi05.policy import Pi05HighLevel
 
-        if not arg:  # 'pi05:' names no checkpoint: refused rather than silently loading the shipped one
-            raise SpecError(f"{spec!r} names no checkpoint directory; write pi05:PATH "
-                            f"(e.g. pi05:{SHIPPED_CHECKPOINT}), or omit --high-level for the default")
-        return Pi05HighLevel(_load_pi05(arg or str(SHIPPED_CHECKPOINT), device, dtype))
+        return Pi05HighLevel(_load_pi05(_pi05_path(spec, arg, "--high-level"), device, dtype))
     if kind == "hf":
         if not arg:
             raise SpecError(f"{spec!r} names no model directory; write hf:PATH (a local transformers VLM or LM)")
@@ -124,10 +130,7 @@ def make_low_level(spec: str | None = None, *, seed: int = 0, device: str = "cpu
     if kind == "pi05":
         from policies.pi05.policy import Pi05LowLevel
 
-        if not arg:  # 'pi05:' names no checkpoint: refused rather than silently loading the shipped one
-            raise SpecError(f"{spec!r} names no checkpoint directory; write pi05:PATH "
-                            f"(e.g. pi05:{SHIPPED_CHECKPOINT}), or omit --low-level for the default")
-        return Pi05LowLevel(_load_pi05(arg or str(SHIPPED_CHECKPOINT), device, dtype))
+        return Pi05LowLevel(_load_pi05(_pi05_path(spec, arg, "--low-level"), device, dtype))
     if kind == "vla":
         from policies.vla.policy import VlaLowLevel
 
