@@ -22,7 +22,6 @@ Writes benchmarks/results/console_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import publish  # noqa: E402
 from agent.cli import quiet_openmp  # noqa: E402
 
 quiet_openmp()  # before torch loads, as `hivla` does: idle OpenMP workers sleep, not spin
@@ -207,7 +207,6 @@ def main() -> int:
         }
     results["bar_correction_effect_p95_s"] = period + 0.025
 
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"console at {args.speed:g}x with {args.busy_cores} core(s) busy, pi05 planner + VLA, "
@@ -221,13 +220,8 @@ def main() -> int:
                       f"{ms(r['override_effect_p95_s'])} / {ms(r['negation_effect_p95_s'])}",
                       f"{ms(r['correction_effect_p50_s'])} / {ms(r['correction_effect_p95_s'])}",
                       ms(r["plan_compute_median_s"]), str(r["stale_plans"]))
-    Console(width=140).print(table)
-    print(f"bar: measured/set >= 0.95; correction effect p95 <= {ms(results['bar_correction_effect_p95_s'])}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    table.caption = f"bar: measured/set >= 0.95; correction effect p95 <= {ms(results['bar_correction_effect_p95_s'])}"
+    return publish(table, results, args.out, width=140)
 
 
 if __name__ == "__main__":

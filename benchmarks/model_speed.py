@@ -19,7 +19,6 @@ Writes benchmarks/results/model_speed_{preset}_{device}.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,6 +28,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.report import publish  # noqa: E402
 from agent.cli import quiet_openmp  # noqa: E402
 
 quiet_openmp()  # before torch loads, as `hivla` does: idle OpenMP workers sleep, not spin
@@ -166,10 +166,9 @@ def model_at_revision(rev: str, model: Pi05Model) -> torch.nn.Module:
     return before.to(next(model.parameters()).dtype).eval()
 
 
-def train_throughput(cfg, dtype: str, batch: int, repeats: int) -> float:
-    model = Pi05Model(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = random_inputs(cfg, batch)
+def step_throughput(model: torch.nn.Module, data: dict, batch: int, dtype: str, lr: float, repeats: int) -> float:
+    """Samples a second through one training step (forward with the model's own loss, backward, AdamW)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
 
     def step():
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -179,6 +178,10 @@ def train_throughput(cfg, dtype: str, batch: int, repeats: int) -> float:
         opt.step()
 
     return batch / median_time(step, repeats)
+
+
+def train_throughput(cfg, dtype: str, batch: int, repeats: int) -> float:
+    return step_throughput(Pi05Model(cfg), random_inputs(cfg, batch), batch, dtype, 1e-4, repeats)
 
 
 def main() -> int:
@@ -266,7 +269,6 @@ def main() -> int:
         r["train_samples_per_s_bf16"] = train_throughput(train_cfg, "bf16", args.train_batch, args.repeats)
         r["train_bf16_speedup"] = r["train_samples_per_s_bf16"] / r["train_samples_per_s_fp32"]
 
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"pi05 inference ({args.preset}, {device} {dtype_name}, {args.threads} threads, medians of "
@@ -304,12 +306,8 @@ def main() -> int:
     if args.train:
         table.add_row("train samples/s: fp32 (A) vs bf16 (B)", f"{r['train_samples_per_s_fp32']:.1f}",
                       f"{r['train_samples_per_s_bf16']:.1f}", f"{r['train_bf16_speedup']:.2f}x")
-    Console(width=140).print(table)
-    out = Path(args.out or Path(__file__).resolve().parent / "results" / f"model_speed_{args.preset}_{device}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
-    return 0
+    out = args.out or Path(__file__).resolve().parent / "results" / f"model_speed_{args.preset}_{device}.json"
+    return publish(table, r, out, width=140)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Without a checkpoint (and none shipped), a random-weight `small` VLA is built in
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import publish  # noqa: E402
 from policies.openpi.client import OpenpiLowLevel  # noqa: E402
 from policies.openpi.server import PolicyServer, ServedPolicy  # noqa: E402
 from policies.types import Observation  # noqa: E402
@@ -79,7 +79,6 @@ def summary(ms: list[float]) -> dict:
 
 
 def main() -> int:
-    from rich.console import Console
     from rich.table import Table
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -158,11 +157,7 @@ def main() -> int:
                       f"{row['p50_over_local']:.2f}x" if remote else "1.00x",
                       f"{results['server_infer'][name]['p50_ms']:.2f}" if remote else "-",
                       f"{results['policy_infer'][name]['p50_ms']:.2f}" if remote else "-")
-    Console(width=110).print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {out}")
+    publish(table, results, args.out)
     tmp.cleanup()
     return 0
 

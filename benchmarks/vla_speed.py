@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.model_speed import median_time  # noqa: E402
+from benchmarks.model_speed import step_throughput  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
 from benchmarks.model_speed import train_throughput as pi05_throughput  # noqa: E402
 from policies.pi05.configuration import make_config as pi05_config  # noqa: E402
@@ -43,18 +43,7 @@ def vla_batch(cfg, b: int) -> dict:
 
 
 def vla_throughput(cfg, dtype: str, batch: int, repeats: int) -> float:
-    model = VlaModel(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    data = vla_batch(cfg, batch)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            loss, _ = model(data)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return batch / median_time(step, repeats)
+    return step_throughput(VlaModel(cfg).train(), vla_batch(cfg, batch), batch, dtype, 1e-3, repeats)
 
 
 def control_steps(low_spec: str, steps: int) -> dict:
