@@ -16,7 +16,8 @@ import pytest
 from agent.inputs import Command, CommandName
 from agent.loop import ControlLoop
 from policies.types import Correction, CorrectionKind, PlanContext
-from test_loop import GoTo, InOrderPlanner, LineWorld, Recorder
+from memory_recorder import MemoryRecorder
+from test_loop import GoTo, InOrderPlanner, LineWorld
 
 
 class GatedPlanner(InOrderPlanner):
@@ -35,7 +36,7 @@ class GatedPlanner(InOrderPlanner):
         return replace(plan, thought=f"corrections={len(context.corrections)} done={len(context.completed_subtasks)}")
 
 
-class CheckingRecorder(Recorder):
+class CheckingRecorder(MemoryRecorder):
     """Fails the test if a model plan is applied that was computed from an older context than the loop's."""
 
     def __init__(self):
@@ -68,6 +69,16 @@ def step_until(loop: ControlLoop, condition, limit_s: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def hold_a_timer_plan(loop: ControlLoop, planner: GatedPlanner) -> None:
+    """Step until a plan is in force, close the planner's gate, and step until a timer plan is being
+    computed (and held at the gate)."""
+    step_until(loop, lambda: loop.snapshot().plan is not None)
+    planner.gate.clear()
+    while planner.entered.acquire(blocking=False):
+        pass
+    step_until(loop, lambda: planner.entered.acquire(blocking=False))
+
+
 def test_async_episode_runs_to_success_holding_only_while_no_subtask_is_in_force():
     loop, _planner, rec = make_async_loop(replan_period_s=0.3)
     loop.reset(seed=0)
@@ -84,11 +95,7 @@ def test_async_episode_runs_to_success_holding_only_while_no_subtask_is_in_force
 def test_a_plan_asked_before_a_correction_is_never_applied():
     loop, planner, rec = make_async_loop(replan_period_s=0.2)
     loop.reset(seed=0)
-    step_until(loop, lambda: loop.snapshot().plan is not None)
-    planner.gate.clear()
-    while planner.entered.acquire(blocking=False):
-        pass
-    step_until(loop, lambda: planner.entered.acquire(blocking=False))  # a timer plan is now being computed
+    hold_a_timer_plan(loop, planner)
     x = loop.env.x
     loop.step()
     assert loop.env.x != x, "the robot keeps acting on the subtask in force while the timer plan is computed"
@@ -110,11 +117,7 @@ def test_a_plan_asked_before_a_correction_is_never_applied():
 def test_an_override_takes_effect_at_the_next_step_while_a_plan_is_in_flight():
     loop, planner, rec = make_async_loop(replan_period_s=0.2)
     loop.reset(seed=0)
-    step_until(loop, lambda: loop.snapshot().plan is not None)
-    planner.gate.clear()
-    while planner.entered.acquire(blocking=False):
-        pass
-    step_until(loop, lambda: planner.entered.acquire(blocking=False))
+    hold_a_timer_plan(loop, planner)
     loop.submit(Correction(kind=CorrectionKind.OVERRIDE, text="go to c first", subtask="go to c"))
     loop.step()
     assert rec.steps[-1].subtask == "go to c" and loop.snapshot().plan.source == "human"
@@ -174,7 +177,7 @@ def test_random_interleavings_never_apply_a_stale_plan(seed):
 
 
 def test_synchronous_mode_records_each_plan_asked_and_landed_at_the_same_step():
-    rec = Recorder()
+    rec = MemoryRecorder()
     loop = ControlLoop(LineWorld(), InOrderPlanner(), GoTo(), recorder=rec)
     loop.run_episode(seed=0, max_steps=150)
     plans = [e for e in rec.events if e.type == "plan"]
