@@ -72,17 +72,23 @@ def _step(screen_text: str) -> int:
     return int(match.group(1)) if match else -1
 
 
-def test_coach_on_a_terminal_records_correction_pause_and_quit(tmp_path):
-    out = tmp_path / "session"
-    term = Tmux(tmp_path)
+def _start_coach(term: Tmux, tmp_path, out, flags: str) -> None:
+    """`hivla coach` on put_color_in_bowl seed 0 (oracle + expert) in the tmux terminal; when it exits
+    the pane shows HIVLA-EXIT=<code> and stays open to be read."""
     command = (
         f"{sys.executable} -m agent.cli coach --family put_color_in_bowl --seed 0 --high-level oracle "
-        f"--low-level expert --image-size 64 --out {out} --history-file {tmp_path / 'history.txt'}"
+        f"--low-level expert --image-size 64 --out {out} {flags}"
         "; echo HIVLA-EXIT=$?; sleep 600"
     )
     env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HIVLA_RUNS_DIR": str(tmp_path / "runs"),
            "TERM": "xterm-256color"}
     term.start(command, env)
+
+
+def test_coach_on_a_terminal_records_correction_pause_and_quit(tmp_path):
+    out = tmp_path / "session"
+    term = Tmux(tmp_path)
+    _start_coach(term, tmp_path, out, f"--history-file {tmp_path / 'history.txt'}")
     try:
         term.wait_for(r"hivla coach .* step \d+", timeout=120)
         term.wait_for(r"subtask .*\[oracle\]")
@@ -172,16 +178,9 @@ def test_coach_with_no_flags_waits_for_enter_takes_three_corrections_and_goes_on
 def test_an_unsure_reading_is_asked_back_and_only_yes_records_it(tmp_path):
     out = tmp_path / "session"
     term = Tmux(tmp_path)
-    command = (
-        f"{sys.executable} -m agent.cli coach --family put_color_in_bowl --seed 0 --high-level oracle "
-        f"--low-level expert --image-size 64 --out {out} --history-file none --episodes 1"
-        "; echo HIVLA-EXIT=$?; sleep 600"
-    )
-    env = {"MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HIVLA_RUNS_DIR": str(tmp_path / "runs"),
-           "TERM": "xterm-256color"}
     unsure = "the blue bowl is where it should go"  # the intent model is about 54% sure it is an override
     asked = re.escape("did you mean: place it in the blue bowl now? (y / n / rephrase)")
-    term.start(command, env)
+    _start_coach(term, tmp_path, out, "--history-file none --episodes 1")
     try:
         # The robot waits at the first frame (nothing steps, so the episode cannot run out while we
         # talk); what is confirmed now is applied when it starts.

@@ -289,13 +289,20 @@ def _same_outcome(local: dict, remote: dict) -> None:
     assert remote["success_rate"] == local["success_rate"]
 
 
-def test_hivla_serve_then_hivla_run_over_openpi_matches_the_local_spec(random_vla_checkpoint, tmp_path):
-    proc, port = _start_hivla_serve(f"vla:{random_vla_checkpoint}")
+def _served_run(tmp_path, policy_spec: str, seeds_from: int, episodes: int, max_steps: int):
+    """`hivla serve` the policy, `hivla run` over openpi against it, stop the server: (the run's JSON,
+    its actions, the server process, its port)."""
+    proc, port = _start_hivla_serve(policy_spec)
     try:
-        remote, remote_actions = _run(tmp_path, "remote", f"openpi:127.0.0.1:{port}", 10, 2, 30)
+        remote, actions = _run(tmp_path, "remote", f"openpi:127.0.0.1:{port}", seeds_from, episodes, max_steps)
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+    return remote, actions, proc, port
+
+
+def test_hivla_serve_then_hivla_run_over_openpi_matches_the_local_spec(random_vla_checkpoint, tmp_path):
+    remote, remote_actions, proc, port = _served_run(tmp_path, f"vla:{random_vla_checkpoint}", 10, 2, 30)
     local, local_actions = _run(tmp_path, "local", f"vla:{random_vla_checkpoint}", 10, 2, 30)
     _same_outcome(local, remote)
     assert remote["config"]["low_level"] == f"openpi:127.0.0.1:{port}"  # the run JSON names what acted
@@ -324,12 +331,7 @@ def test_trained_policy_succeeds_the_same_over_openpi(tmp_path_factory, tmp_path
     train_vla(VlaTrainSettings(data=[str(data)], out=str(ckpt), preset="tiny", steps=800, batch_size=32, lr=3e-3,
                                warmup_steps=20, ema_decay=0.9, eval_every=10**9, closed_loop_every=0,
                                held_out_fraction=0.0, vocab_size=600, overrides={"random_shift_pad": 0}))
-    proc, port = _start_hivla_serve(f"vla:{ckpt}")
-    try:
-        remote, _ = _run(tmp_path, "remote", f"openpi:127.0.0.1:{port}", 10, 3, 60)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    remote, _, _, _ = _served_run(tmp_path, f"vla:{ckpt}", 10, 3, 60)
     local, _ = _run(tmp_path, "local", f"vla:{ckpt}", 10, 3, 60)
     _same_outcome(local, remote)
     assert remote["mean_subtasks_completed"] > 0  # it did open the drawer somewhere
