@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
+
+
+@pytest.fixture
+def session(clean_session, tmp_path):
+    """A fresh copy of the test module's `clean_session` (a fixture it defines), for a test that damages it."""
+    return shutil.copytree(clean_session, tmp_path / "copy")
 
 
 @pytest.fixture(scope="session")

@@ -41,11 +41,6 @@ def clean_session(tmp_path_factory):
     return write_synthetic_session(tmp_path_factory.mktemp("clean") / "s", episodes=3, steps=20, image_size=16, seed=3)
 
 
-@pytest.fixture
-def session(clean_session, tmp_path):
-    return shutil.copytree(clean_session, tmp_path / "copy")
-
-
 # ------------------------------------------------------------------ 1. corrections after the end
 
 

@@ -18,11 +18,6 @@ def clean_session(tmp_path_factory):
     return write_synthetic_session(tmp_path_factory.mktemp("clean") / "s", episodes=2, steps=20, image_size=16, seed=1)
 
 
-@pytest.fixture
-def session(clean_session, tmp_path):
-    return shutil.copytree(clean_session, tmp_path / "copy")
-
-
 def _header(path):
     return json.loads((path / "session.json").read_text())
 
