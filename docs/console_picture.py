@@ -96,6 +96,11 @@ def _xterm256(n: int) -> tuple[int, int, int]:
     return level, level, level
 
 
+# SGR codes that switch a text attribute on or off
+_SGR_FLAGS = {1: {"bold": True}, 2: {"dim": True}, 4: {"underline": True}, 7: {"reverse": True}, 9: {"strike": True},
+              22: {"bold": False, "dim": False}, 24: {"underline": False}, 27: {"reverse": False}, 29: {"strike": False}}
+
+
 class _Style:
     def __init__(self) -> None:
         self.reset()
@@ -111,24 +116,9 @@ class _Style:
             c = codes[i]
             if c == 0:
                 self.reset()
-            elif c == 1:
-                self.bold = True
-            elif c == 2:
-                self.dim = True
-            elif c == 4:
-                self.underline = True
-            elif c == 7:
-                self.reverse = True
-            elif c == 9:
-                self.strike = True
-            elif c == 22:
-                self.bold = self.dim = False
-            elif c == 24:
-                self.underline = False
-            elif c == 27:
-                self.reverse = False
-            elif c == 29:
-                self.strike = False
+            elif c in _SGR_FLAGS:
+                for flag, on in _SGR_FLAGS[c].items():
+                    setattr(self, flag, on)
             elif c in (38, 48) and i + 1 < len(codes):
                 if codes[i + 1] == 2 and i + 4 < len(codes):
                     colour, i = tuple(codes[i + 2:i + 5]), i + 4
