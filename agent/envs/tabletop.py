@@ -11,25 +11,11 @@ State float32[8], see STATE_NAMES. info keys: see `TabletopEnv.step`.
 from __future__ import annotations
 
 import math
-import os
 import string
-import weakref
 
+from agent.envs.render import choose_gl_backend, make_renderer  # imports no GL
 
-
-def _choose_gl_backend() -> None:
-    """Headless rendering: EGL (Mesa works on CPUs), else OSMesa. Must run before mujoco is imported;
-    an explicit MUJOCO_GL always wins."""
-    if "MUJOCO_GL" not in os.environ:
-        import ctypes.util
-
-        has_egl = ctypes.util.find_library("EGL") is not None
-        has_osmesa = ctypes.util.find_library("OSMesa") is not None
-        os.environ["MUJOCO_GL"] = "osmesa" if has_osmesa and not has_egl else "egl"
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
-
-_choose_gl_backend()
+choose_gl_backend()
 
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
@@ -137,22 +123,7 @@ class TabletopEnv(gym.Env):
 
     def _get_renderer(self) -> mujoco.Renderer:
         if self._renderer is None:
-            try:
-                self._renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
-            except Exception as err:
-                raise RuntimeError(
-                    f"cannot create a headless MuJoCo renderer with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}: {err}. "
-                    "Install libegl1 + libegl-mesa0 (EGL) or libosmesa6 and set MUJOCO_GL=osmesa; "
-                    "or build the env with render_images=False."
-                ) from err
-            # free the GL context at exit while the interpreter is still whole (OSMesa's own
-            # destructor fails noisily during shutdown)
-            weakref.finalize(self, self._renderer.close)
-            # shadows and reflections cost render time and teach nothing here
-            scn = self._renderer.scene
-            scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-            scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            scn.flags[mujoco.mjtRndFlag.mjRND_SKYBOX] = 0
+            self._renderer = make_renderer(self.model, self.image_size, owner=self)
         return self._renderer
 
     # --- gymnasium API --------------------------------------------------------------------------
