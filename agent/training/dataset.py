@@ -200,7 +200,7 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
             key = f"{stem.parent.name}/{row['episode']}"
             n_questions = int(scene_questions) + int(rng.random() < scene_questions - int(scene_questions))
             asked = sample_questions(row["facts"], rng, n_questions) if n_questions else []
-            samples = [(ctx.task, ctx.last(context_last), ctx.texts, row["thought"], row["subtask"], None, None)]
+            samples = [(ctx.task, ctx.last(context_last), ctx.read_texts, row["thought"], row["subtask"], None, None)]
             samples += [(question, None, [], "", "", answer, kind) for kind, question, answer in asked]
             for task, last, corrections, thought, subtask, answer, kind in samples:
                 raw.frame_of.append(frame_index)

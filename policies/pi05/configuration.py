@@ -220,16 +220,16 @@ def small_conv() -> Pi05Config:
 
 
 def planner() -> Pi05Config:
-    # The planner that reads the scene (issue #21): a narrower backbone (192 wide, GeGLU 512: 2.2x the
-    # samples a second of `small`'s 256/1024 on one core, measured side by side) over 8 query tokens a camera
-    # read from a 16x16 conv map (policies/pi05/vision.py), random shift, trained as the planner only
-    # (thought + subtask, and the scene questions co-trained as text), so no action expert runs and
-    # the subtask segment is a single token. A sample is ~80 tokens (batches are cut to their longest
-    # text) instead of ~150. The read-out's keys are 64 wide: 256 keys a camera make their projection
-    # the read-out's main cost after the convs (0.37 s vs 0.46 s per 64 images, fwd + bwd, bf16).
+    # The planner that reads the scene (issue #21): 8 query tokens a camera read from a 16x16 conv map
+    # (policies/pi05/vision.py), random shift, trained as the planner only (thought + subtask, and the
+    # scene questions co-trained as text), so no action expert runs and the subtask segment is a single
+    # token. The backbone keeps `small`'s dims so it starts from the shipped checkpoint's language
+    # (`hivla train --init-from policies/checkpoints/small`): measured, a 192-wide backbone trained from
+    # scratch on planner frames had not learned to copy the bowl's colour from the task after 57k
+    # samples, while the shipped one does. The read-out's keys are 64 wide: 256 keys a camera make
+    # their projection the read-out's main cost after the convs (0.37 s vs 0.46 s per 64 images).
     return Pi05Config(vision_stem="resampler", vision_queries=8, vision_width=64, vision_depth=2,
                       vision_heads=4, vision_mlp_dim=256, random_shift_pad=4, context_last="done",
-                      width=192, mlp_dim=512, head_dim=48,
                       action_token_stride=0, flow_loss_weight=0.0, max_subtask_tokens=1, expert_width=32,
                       expert_mlp_dim=64, scene_questions=True, preset="planner")
 
