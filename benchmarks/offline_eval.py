@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     started = time.perf_counter()
 
-    has_actions = model.cfg.flow_loss_weight > 0
+    has_actions = model.cfg.flow_loss_weight > 0 and args.data is None  # planner frames carry no actions
     hits: dict[str, list[bool]] = defaultdict(list)
     pred_actions, true_actions, masks = [], [], []
     for chunk in pick.split(args.batch_size):
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     if r2:
         print("action R² (zero-noise chunk vs expert): " + "  ".join(f"{n} {x:.3f}" for n, x in zip(ACTION_NAMES, r2)))
     else:
-        print("action R²: none (a planner-only checkpoint: its action expert is untrained)")
+        print("action R²: none (a planner-only checkpoint, or planner frames, which carry no actions)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -210,3 +210,23 @@ def test_coach_without_a_terminal_exits_with_a_clear_message():
     done = subprocess.run([sys.executable, "-m", "agent.cli", "coach"], stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=60, cwd=REPO)
     assert done.returncode == 2 and "needs a terminal" in done.stderr
+
+
+def test_ask_is_answered_by_the_shipped_planner_and_recorded(tmp_path):
+    """`/ask` on a terminal: the planner co-trained on scene questions (policies/checkpoints/planner)
+    answers from the current frames; the answer is recorded as a question event, not a correction."""
+    out = tmp_path / "session"
+    term = Tmux(tmp_path)
+    _start_coach(term, tmp_path, out, "--history-file none --episodes 1 "
+                                      f"--high-level pi05:{REPO / 'policies' / 'checkpoints' / 'planner'}")
+    try:
+        term.wait_for(r"waiting: press Enter", timeout=120)
+        term.type("/ask what is in the drawer?")
+        answer = term.wait_for(r"A: (\S[^\n]*\S)").group(1).strip()
+        term.type("/quit")
+        term.wait_for(r"HIVLA-EXIT=0", timeout=60)
+    finally:
+        term.kill()
+    episode = read_session(out).episodes[0]
+    assert [(q.question, q.answer) for q in episode.questions] == [("what is in the drawer?", answer)]
+    assert episode.corrections == []
