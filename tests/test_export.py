@@ -214,7 +214,12 @@ def test_sft_export_loads_in_datasets_as_trl_documents_it(sessions, tmp_path):
     datasets = pytest.importorskip("datasets")
     pytest.importorskip("PIL")
     out = tmp_path / "sft"
-    export_sessions([sessions[0]], out, ExportOptions(format="sft", max_frames_before=1, val_fraction=0.4, seed=3))
+    # session ids are fresh each run, so pick the split seed that puts an episode on each side
+    from sessions.export.common import split_of
+
+    episodes = [(s.header.session_id, ep.episode) for s in (read_session(p) for p in sessions[1]) for ep in s.episodes]
+    seed = next(k for k in range(200) if {split_of(sid, e, 0.4, k) for sid, e in episodes} == {"train", "validation"})
+    export_sessions([sessions[0]], out, ExportOptions(format="sft", max_frames_before=1, val_fraction=0.4, seed=seed))
     ds = datasets.load_dataset("parquet", data_files={"train": str(out / "train.parquet"),
                                                       "validation": str(out / "validation.parquet")},
                                cache_dir=str(tmp_path / "cache"))
