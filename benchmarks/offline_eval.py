@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     answered: dict[str, list[bool]] = defaultdict(list)
     if len(questions):
-        decoded = decode_held_out(model, processor, tensors, questions, argparse.Namespace(dtype=args.dtype),
+        decoded = decode_held_out(model, processor, tensors, questions, args.dtype,
                                   torch.device("cpu"))
         for text, c, t in zip(decoded, tensors["answer_class"][questions], tensors["question_type"][questions]):
             ok = text == meta["answers"][int(c)]

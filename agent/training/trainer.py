@@ -197,13 +197,13 @@ def evaluate(model: Pi05Model, processor: Pi05Processor, tensors: dict, meta: di
     torch.set_rng_state(cpu_state)
     metrics = {f"eval_{k}": v / n for k, v in totals.items()}
     plans = pick[tensors["subtask_class"][pick] >= 0][: s.eval_generate]
-    decoded = decode_held_out(model, processor, tensors, plans, s, device)
+    decoded = decode_held_out(model, processor, tensors, plans, s.dtype, device)
     metrics["eval_subtask_acc"] = sum(parse_subtask_or_empty(text) == meta["subtasks"][int(c)] for text, c in
                                       zip(decoded, tensors["subtask_class"][plans])) / max(1, len(plans))
     if "answer_class" in tensors and bool((tensors["answer_class"][held] >= 0).any()):
         questions = held[tensors["answer_class"][held] >= 0]
         questions = questions[torch.randperm(len(questions), generator=g)[: s.eval_generate]]
-        decoded = decode_held_out(model, processor, tensors, questions, s, device)
+        decoded = decode_held_out(model, processor, tensors, questions, s.dtype, device)
         right = [text == meta["answers"][int(c)] for text, c in zip(decoded, tensors["answer_class"][questions])]
         metrics["eval_question_acc"] = sum(right) / len(right)
     model.train()
@@ -218,12 +218,12 @@ def parse_subtask_or_empty(text: str) -> str:
 
 
 def decode_held_out(model: Pi05Model, processor: Pi05Processor, tensors: dict, idx: torch.Tensor,
-                    s: TrainSettings, device: torch.device) -> list[str]:
+                    dtype: str, device: torch.device) -> list[str]:
     """Greedy decoding of the samples `idx` (as at inference: [base | context] then the target)."""
     texts: list[str] = []
     for chunk in idx.split(32):
         b = get_batch(tensors, chunk, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.dtype == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
         texts.extend(processor.decode(row) for row in out.tolist())
     return texts

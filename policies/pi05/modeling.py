@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from policies.augment import random_shift
 from policies.pi05.configuration import Pi05Config
-from policies.pi05.vision import ConvResampler
+from policies.pi05.vision import ConvResampler, group_norm_convs
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [B, kv_heads, L, head_dim] (RoPE applied)
 
@@ -149,13 +149,7 @@ class ConvStem(nn.Module):
         super().__init__()
         downsamples = patch_size.bit_length() - 1
         widths = [min(out_channels, 32 * 2**i) for i in range(downsamples)] + [out_channels]
-        layers: list[nn.Module] = []
-        cin = 3
-        for i, cout in enumerate(widths):
-            stride = 2 if i < downsamples else 1
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.ReLU()]
-            cin = cout
-        self.net = nn.Sequential(*layers)
+        self.net = group_norm_convs(widths, [2] * downsamples + [1])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)

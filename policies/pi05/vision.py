@@ -24,6 +24,16 @@ TRUNK_CHANNELS = (32, 32, 64, 64)
 TRUNK_STRIDES = (2, 2, 1, 1)
 
 
+def group_norm_convs(channels: list[int] | tuple[int, ...], strides: list[int] | tuple[int, ...]) -> nn.Sequential:
+    """3x3 conv / GroupNorm(8) / ReLU per entry, from RGB: the conv stack both pi05 read-outs use."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for cout, stride in zip(channels, strides):
+        layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.ReLU()]
+        cin = cout
+    return nn.Sequential(*layers)
+
+
 def coordinate_grid(h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """[1, 2, h, w] of x and y in [-1, 1]: lets attention tell where on the map a feature is."""
     ys = torch.linspace(-1.0, 1.0, h, device=device, dtype=dtype)
@@ -61,14 +71,9 @@ class ConvResampler(nn.Module):
 
     def __init__(self, cfg: Pi05Config):
         super().__init__()
-        layers: list[nn.Module] = []
-        cin = 3
-        for cout, stride in zip(TRUNK_CHANNELS, TRUNK_STRIDES):
-            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.ReLU()]
-            cin = cout
-        self.trunk = nn.Sequential(*layers)
+        self.trunk = group_norm_convs(TRUNK_CHANNELS, TRUNK_STRIDES)
         w = cfg.vision_width
-        self.map_proj = nn.Conv2d(cin + 2, w, 1)  # features + (x, y) -> the keys' width
+        self.map_proj = nn.Conv2d(TRUNK_CHANNELS[-1] + 2, w, 1)  # features + (x, y) -> the keys' width
         self.map_norm = nn.LayerNorm(w)
         self.queries = nn.Parameter(torch.randn(cfg.vision_queries, w) * 0.02)
         self.blocks = nn.ModuleList(
