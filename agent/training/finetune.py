@@ -1,6 +1,6 @@
 """Fine-tune the high level of a π0.5-style checkpoint on base data ∪ coaching corrections.
 
-    settings = FinetuneSettings(base="ckpt/small", data=["exports/round1"], out="ckpt/round1")
+    settings = FinetuneSettings(base="ckpt/small", data=["exports/round1"], out="ckpt/round1")  # finetune_settings.py
     summary = finetune(settings)
 
 What is trained: the high level only. The loss is the text cross-entropy of "thought So: subtask";
@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from agent.training.finetune_data import CorrectionData, base_dataset, correction_dataset
+from agent.training.finetune_settings import FinetuneSettings
 from agent.training.loop import LoopSettings, Recipe, TrainingLoop
 from agent.training.trainer import BATCH_KEYS
 from policies.grammar import normalize
@@ -53,55 +54,6 @@ LORA_FILE = "lora_adapter.safetensors"
 # the low level's own weights: frozen
 EXPERT_PREFIXES = ("expert", "expert_norm", "action_in", "action_out", "time_mlp")
 LORA_TARGETS = r"backbone\.\d+\.(q|k|v|o|mlp\.gate|mlp\.up|mlp\.down)"
-
-
-@dataclass
-class FinetuneSettings:
-    base: str  # base checkpoint directory
-    data: list[str]  # exports (sft/pairs/lerobot: their coaching table, nothing else) or coached session directories
-    out: str
-    base_data: list[str] | None = None  # datagen sessions or a directory with a cached tensor dataset
-    correction_share: float = 0.1
-    steps: int = 1000
-    batch_size: int = 32  # per optimizer step, over all processes
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    anchor_weight: float = 1.0
-    lora: bool = False
-    lora_rank: int = 16
-    held_out_fraction: float = 0.2
-    approved_plans: bool = True  # also train on the model's plans the coach let stand (see corrections.py)
-    with_corrections: float = 0.5  # share of coaching samples whose context holds the corrections said so far
-    window_before: int = 10
-    window_after: int = 30
-    max_base_samples: int = 20_000
-    base_stride: int = 5
-    eval_base_samples: int = 64
-    device: str = "cpu"
-    dtype: str = "bf16"
-    resume: bool = False
-    save_every_s: float = 240.0
-    seed: int = 0
-    threads: int | None = None  # torch threads per process (default: cores / processes)
-    progress: bool = True
-    extra: dict = field(default_factory=dict)  # recorded in checkpoint_info.json
-
-    def validate(self) -> None:
-        if not 0.0 < self.correction_share <= 1.0:
-            raise ValueError(f"--correction-share must be in (0, 1], got {self.correction_share}")
-        if self.steps < 0 or self.batch_size < 1:
-            raise ValueError("--steps must be >= 0 and --batch-size >= 1")
-        if not 0.0 <= self.with_corrections <= 1.0:
-            raise ValueError(f"--with-corrections must be in [0, 1], got {self.with_corrections}")
-        if not 0.0 <= self.held_out_fraction < 1.0:
-            raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
-        if self.anchor_weight < 0:
-            raise ValueError("anchor_weight must be >= 0")
-        if not Path(self.base).is_dir():
-            raise CheckpointError(f"--base {self.base}: not a checkpoint directory")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,10 +24,8 @@ from agent.training.corrections import (
     load_coached_episodes,
 )
 from agent.training.dataset import CACHE_FILE, collect_samples, encode_samples, load_cache
+from agent.training.finetune_settings import FinetuneSettings
 from policies.pi05.processor import Pi05Processor
-
-if TYPE_CHECKING:
-    from agent.training.finetune import FinetuneSettings
 
 BASE_CACHE_FILE = "base_cache.safetensors"
 
