@@ -4,7 +4,8 @@ Each control step the loop calls `coach.observe(obs, info, plan, step)`; the coa
 simulator's privileged state and the plan in force, and now and then says something: the text a
 person would type, already classified (a `CoachUtterance`, which is a `Correction`), plus what it
 meant (`intended_kind`, `intended_subtask`), the mistake it saw and the first step whose frames
-show that mistake (`suspect_from_step`).
+show that mistake (`suspect_from_step`). What it reads off the simulator's state (a drop, which
+way to nudge) is agent/coaching/coach_sight.py's.
 
 What it watches for (MISTAKES):
   wrong_object       the plan targets something the task does not need now
@@ -19,7 +20,8 @@ What it says comes from prompts/coach.toml (several hundred surface forms), by k
 negation, constraint, nudge, stop/pause (sometimes before a correction; `interrupt_rate`),
 resume (when a pause turned out unnecessary) and confirm. Each rendered sentence is classified
 with the coach's knowledge of the scene and only said if the classifier recovers the intended
-kind and subtask (else another template is tried), so the loop obeys what the coach meant.
+kind and subtask (else another template is tried), so the loop obeys what the coach meant. The
+wording is agent/coaching/voice.py's (`CoachVoice`); this module decides what to say and when.
 
 A rule is worded for good or for the episode as `rule_scope` says ("lasting": "from now on leave
 the red block alone", which the loop remembers for the session; "episode": "avoid the red block").
@@ -29,7 +31,7 @@ and with probability `error_rate` a correction is missed (half) or wrong (half: 
 subtask the task does not need, or a negation of the right one); rare false alarms negate a
 correct plan. Erroneous utterances carry `erroneous=True`.
 
-What the coach believes the task needs (`intended`):
+What the coach believes the task needs (`intended`; agent/coaching/behaviour.py):
   None                       the env's reference decomposition (groups and their deps when the
                              privileged WorldState carries the TaskInstance, else the first
                              subtask not done)
@@ -42,20 +44,20 @@ but the model does not.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 import prompts
 from agent.coaching import vocab
-from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, classify
-from agent.coaching.nudge import describe_direction
-from agent.envs.primitives import is_satisfied, resolve_block
-from policies.grammar import PLACE_KINDS, SubtaskParseError, parse_subtask
+from agent.coaching.behaviour import (  # noqa: F401  (FamilyBehaviour: importable from here, as before)
+    FamilyBehaviour, IntendedBehaviour, IntendedSpec, ReferenceBehaviour, as_behaviour,
+)
+from agent.coaching.classify import ReferenceContext
+from agent.coaching.coach_sight import is_drop, nudge_words
+from agent.coaching.voice import CoachUtterance, CoachVoice, subtask_fills  # noqa: F401  (subtask_fills: as before)
 from policies.rules import Rule
 from policies.types import CorrectionKind, Plan
 
@@ -64,112 +66,6 @@ MISTAKES = ("wrong_object", "wrong_order", "broken_constraint", "drop", "stuck")
 # how the coach words a rule: for good ("from now on ...": kept for the session by the loop's memory),
 # for the episode only ("avoid the red block"), or either
 RULE_SCOPES = ("any", "lasting", "episode")
-
-
-# ====================================================================== what the coach says
-
-
-@dataclass(frozen=True)
-class CoachUtterance(ClassifiedCorrection):
-    """A correction spoken by the scripted coach (kind/subtask as the classifier read the text)."""
-
-    speaker: str = "scripted"
-    intended_kind: CorrectionKind | None = None
-    intended_subtask: str | None = None
-    mistake: str | None = None  # one of MISTAKES, or None (confirm, resume, false alarm)
-    suspect_from_step: int | None = None  # frames from this step on show the mistake
-    erroneous: bool = False  # deliberately wrong or unhelpful (error_rate)
-    template: str = ""
-
-    @property
-    def agrees(self) -> bool:
-        """The classifier read what the coach meant."""
-        return self.kind is self.intended_kind and (
-            self.intended_subtask is None or self.subtask == self.intended_subtask)
-
-
-# ====================================================================== intended behaviour hooks
-
-
-@runtime_checkable
-class IntendedBehaviour(Protocol):
-    def allowed_next(self, info: dict, world: Any) -> list[str]:
-        """Canonical subtasks acceptable as the next step, preferred first ([] when done)."""
-        ...
-
-    def rules(self, info: dict, world: Any) -> Sequence[Rule]:
-        """Rules of the episode the coach enforces."""
-        ...
-
-
-class ReferenceBehaviour:
-    """The env's reference decomposition, honouring any order its dependency groups allow."""
-
-    def allowed_next(self, info: dict, world: Any) -> list[str]:
-        task = getattr(world, "task", None)
-        if task is not None and hasattr(task, "group_flags") and getattr(task, "groups", None):
-            return _allowed_from_groups(task, world)
-        subtasks = list(info.get("subtasks", []))
-        index = info.get("subtask_index")
-        if index is None:
-            done = list(info.get("subtasks_done", []))
-            index = next((i for i, d in enumerate(done) if not d), len(subtasks))
-        return [subtasks[index]] if 0 <= index < len(subtasks) else []
-
-    def rules(self, info: dict, world: Any) -> Sequence[Rule]:
-        return ()
-
-
-def _allowed_from_groups(task: Any, world: Any) -> list[str]:
-    flags = task.group_flags(world)
-    group_done = [all(f) for f in flags]
-    held = getattr(world, "held", None)
-    allowed: list[str] = []
-    for i, group in enumerate(task.groups):
-        if group_done[i] or not all(group_done[d] for d in group.deps):
-            continue
-        j = next(k for k, f in enumerate(flags[i]) if not f)
-        allowed.append(group.subtasks[j].text)
-    if held is not None:
-        # with a block in the jaws only that block's own next step makes sense
-        own = [g.subtasks[next(k for k, f in enumerate(flags[i]) if not f)].text
-               for i, g in enumerate(task.groups)
-               if not group_done[i] and g.obj == held and all(group_done[d] for d in g.deps)]
-        return own or [vocab.PUT_DOWN]
-    return allowed
-
-
-@dataclass
-class FamilyBehaviour:
-    """A family's intended behaviour: a next-subtask function and/or fixed rules."""
-
-    next_subtask: Callable[[dict, Any], str | Sequence[str] | None] | None = None
-    fixed_rules: Sequence[Rule] = ()
-
-    def allowed_next(self, info: dict, world: Any) -> list[str]:
-        if self.next_subtask is None:
-            return ReferenceBehaviour().allowed_next(info, world)
-        out = self.next_subtask(info, world)
-        if out is None:
-            return []
-        return [out] if isinstance(out, str) else list(out)
-
-    def rules(self, info: dict, world: Any) -> Sequence[Rule]:
-        return tuple(self.fixed_rules)
-
-
-IntendedSpec = Any  # None | callable | IntendedBehaviour | Mapping[str, callable | IntendedBehaviour]
-
-
-def _as_behaviour(spec: Any) -> IntendedBehaviour:
-    if spec is None:
-        return ReferenceBehaviour()
-    if isinstance(spec, IntendedBehaviour):
-        return spec
-    if callable(spec):
-        return FamilyBehaviour(next_subtask=spec)
-    raise TypeError(f"intended must be None, a callable(info, world), an IntendedBehaviour or a mapping "
-                    f"family -> one of those; got {type(spec).__name__}")
 
 
 # ====================================================================== the coach
@@ -257,12 +153,13 @@ class ScriptedCoach:
         self.rule_scope = rule_scope
         self.grammar = dict(grammar) if grammar is not None else prompts.load("coach")
         if isinstance(intended, Mapping):
-            self._per_family = {name: _as_behaviour(b) for name, b in intended.items()}
+            self._per_family = {name: as_behaviour(b) for name, b in intended.items()}
             self._default = ReferenceBehaviour()
         else:
             self._per_family = {}
-            self._default = _as_behaviour(intended)
+            self._default = as_behaviour(intended)
         self.stats: Counter = Counter()
+        self.voice = CoachVoice(self.grammar, self.rng, self.rule_scope, self.stats)
         self._mem = _EpisodeMemory()
 
     # ------------------------------------------------------------------ public API
@@ -317,7 +214,7 @@ class ScriptedCoach:
             follow, mem.followup = mem.followup, None
             still = next((f for f in findings if f.key == follow.finding.key), None)
             if still is None:
-                return self._say_simple(K.RESUME, ctx, step)
+                return self.voice.say_simple(K.RESUME, ctx, step)
             return self._correct(still, follow.first_seen, world, info, plan_sub, allowed, rules, ctx, step,
                                  allow_interrupt=False)
         if step < mem.quiet_until or mem.followup is not None:
@@ -327,7 +224,7 @@ class ScriptedCoach:
             mem.announced = True
             rule = rules[int(self.rng.integers(len(rules)))]
             mem.spoken_rules.append(rule)
-            return self._render("constraint", rule.template_key, rule.fills(), K.CONSTRAINT, None, ctx, step)
+            return self.voice.render("constraint", rule.template_key, rule.fills(), K.CONSTRAINT, None, ctx, step)
 
         for f in findings:
             first = mem.first_seen[f.key]
@@ -343,12 +240,12 @@ class ScriptedCoach:
         if mem.confirm_due is not None and step >= mem.confirm_due:
             mem.confirm_due = None
             if all(f.kind_hint == "stale" for f in findings):  # a just-finished subtask is still in force
-                return self._say_simple(K.CONFIRM, ctx, step)
+                return self.voice.say_simple(K.CONFIRM, ctx, step)
 
         if not findings and plan_sub and plan_sub in allowed and self.error_rate > 0:
             if self.rng.random() < self.error_rate * self.false_alarm_rate:
-                return self._render_subtask(K.NEGATION, plan_sub, ctx, step, mistake=None, suspect=None,
-                                            intended_subtask=plan_sub, erroneous=True)
+                return self.voice.render_subtask(K.NEGATION, plan_sub, ctx, step, mistake=None, suspect=None,
+                                                 intended_subtask=plan_sub, erroneous=True)
         return None
 
     # ------------------------------------------------------------------ trackers
@@ -374,7 +271,7 @@ class ScriptedCoach:
         if mem.release is not None and step - mem.release[0] >= self.settle_steps:
             release_step, block, release_plan = mem.release
             mem.release = None
-            if _is_drop(world, block, release_plan):
+            if is_drop(world, block, release_plan):
                 mem.drop = (release_step, block)
         if mem.drop is not None and getattr(world, "held", None) == mem.drop[1]:
             mem.drop = None  # picked up again
@@ -423,36 +320,36 @@ class ScriptedCoach:
         if f.kind_hint == "plan" and allow_interrupt and self.rng.random() < self.interrupt_rate:
             kind = K.STOP if self.rng.random() < 0.5 else K.PAUSE
             mem.followup = _FollowUp(step + max(2, self.delay_steps // 2), f, first_seen)
-            return self._say_simple(kind, ctx, step, mistake=f.mistake, suspect=suspect)
+            return self.voice.say_simple(kind, ctx, step, mistake=f.mistake, suspect=suspect)
 
         if f.mistake == "broken_constraint" and f.rule is not None:
             if f.rule not in mem.spoken_rules or self.rng.random() < 0.4:
                 if f.rule not in mem.spoken_rules:
                     mem.spoken_rules.append(f.rule)
-                return self._render("constraint", f.rule.template_key, f.rule.fills(), K.CONSTRAINT, None, ctx, step,
-                                    mistake=f.mistake, suspect=suspect)
-            return self._render_subtask(K.NEGATION, f.plan_subtask, ctx, step, mistake=f.mistake, suspect=suspect)
+                return self.voice.render("constraint", f.rule.template_key, f.rule.fills(), K.CONSTRAINT, None, ctx, step,
+                                         mistake=f.mistake, suspect=suspect)
+            return self.voice.render_subtask(K.NEGATION, f.plan_subtask, ctx, step, mistake=f.mistake, suspect=suspect)
 
         if f.mistake in ("wrong_object", "wrong_order"):
             if self.rng.random() < self.override_share or not f.plan_subtask:
-                return self._render_subtask(K.OVERRIDE, allowed[0], ctx, step, mistake=f.mistake, suspect=suspect)
-            return self._render_subtask(K.NEGATION, f.plan_subtask, ctx, step, mistake=f.mistake, suspect=suspect)
+                return self.voice.render_subtask(K.OVERRIDE, allowed[0], ctx, step, mistake=f.mistake, suspect=suspect)
+            return self.voice.render_subtask(K.NEGATION, f.plan_subtask, ctx, step, mistake=f.mistake, suspect=suspect)
 
         if f.mistake == "drop" and f.block is not None:
             mem.drop = None
             again = vocab.pick_up(f.block)
             want = again if again in allowed or not allowed else allowed[0]
             group = "pick_again" if want == again else None
-            return self._render_subtask(K.OVERRIDE, want, ctx, step, mistake="drop", suspect=suspect, group=group)
+            return self.voice.render_subtask(K.OVERRIDE, want, ctx, step, mistake="drop", suspect=suspect, group=group)
 
         if f.mistake == "stuck":
             target = allowed[0] if allowed else plan_sub
             # a nudge helps a right plan that is badly executed; a stale or wrong plan needs a new subtask
-            words = _nudge_words(world, target) if target and plan_sub == target else None
+            words = nudge_words(world, target) if target and plan_sub == target else None
             if words is not None and self.rng.random() < self.nudge_share:
-                return self._render("nudge", words, {}, K.NUDGE, None, ctx, step, mistake="stuck", suspect=suspect)
+                return self.voice.render("nudge", words, {}, K.NUDGE, None, ctx, step, mistake="stuck", suspect=suspect)
             if target:
-                return self._render_subtask(K.OVERRIDE, target, ctx, step, mistake="stuck", suspect=suspect)
+                return self.voice.render_subtask(K.OVERRIDE, target, ctx, step, mistake="stuck", suspect=suspect)
         return None
 
     def _wrong_thing(self, world: Any, allowed: list[str], plan_sub: str | None, ctx: ReferenceContext, step: int,
@@ -464,13 +361,13 @@ class ScriptedCoach:
         options = [o for o in options if o != plan_sub]
         if options and self.rng.random() < 0.6:
             wrong = options[int(self.rng.integers(len(options)))]
-            return self._render_subtask(K.OVERRIDE, wrong, ctx, step, mistake=mistake, suspect=suspect, erroneous=True)
+            return self.voice.render_subtask(K.OVERRIDE, wrong, ctx, step, mistake=mistake, suspect=suspect, erroneous=True)
         if allowed:
-            return self._render_subtask(K.NEGATION, allowed[0], ctx, step, mistake=mistake, suspect=suspect,
-                                        erroneous=True, intended_subtask=allowed[0])
+            return self.voice.render_subtask(K.NEGATION, allowed[0], ctx, step, mistake=mistake, suspect=suspect,
+                                             erroneous=True, intended_subtask=allowed[0])
         return None
 
-    # ------------------------------------------------------------------ rendering
+    # ------------------------------------------------------------------ what the classifier is told
 
     def _context(self, world: Any, info: dict, plan: Plan | None) -> ReferenceContext:
         subtasks = list(info.get("subtasks", []))
@@ -485,68 +382,6 @@ class ScriptedCoach:
             scene_blocks=tuple(getattr(world, "blocks", {}) or ()),
         )
 
-    def _render_subtask(self, kind: CorrectionKind, subtask: str | None, ctx: ReferenceContext, step: int, *,
-                        mistake: str | None, suspect: int | None, erroneous: bool = False,
-                        intended_subtask: str | None = None, group: str | None = None) -> CoachUtterance | None:
-        sub = vocab.split_subtask(subtask)
-        if sub is None:
-            return None
-        fills = subtask_fills(sub)
-        if kind is K.NEGATION:
-            # a negation is read against what the robot is doing: forbid the subtask in force
-            ctx = dataclasses.replace(ctx, current_subtask=subtask)
-        templates_key = group or sub.kind
-        return self._render(kind.value, templates_key, fills, kind, subtask, ctx, step, mistake=mistake,
-                            suspect=suspect, erroneous=erroneous, generic_ok=kind is K.NEGATION)
-
-    def _say_simple(self, kind: CorrectionKind, ctx: ReferenceContext, step: int, *, mistake: str | None = None,
-                    suspect: int | None = None) -> CoachUtterance | None:
-        return self._render(kind.value, "any", {}, kind, None, ctx, step, mistake=mistake, suspect=suspect)
-
-    def _render(self, section: str, key: str, fills: dict, kind: CorrectionKind, subtask: str | None,
-                ctx: ReferenceContext, step: int, *, mistake: str | None = None, suspect: int | None = None,
-                erroneous: bool = False, generic_ok: bool = False) -> CoachUtterance | None:
-        templates = list(self.grammar.get(section, {}).get(key, []))
-        if generic_ok:
-            templates += list(self.grammar.get(section, {}).get("generic", []))
-        if not templates:
-            return None
-        order = self.rng.permutation(len(templates))
-        fallback: CoachUtterance | None = None
-        for i in order[:12]:
-            template = templates[int(i)]
-            if generic_ok and "block" in template and "{" not in template and not _about_a_block(subtask):
-                continue  # "wrong block" said of a bowl or the drawer would be odd
-            try:
-                text = template.format(**fills)
-            except (KeyError, IndexError):
-                continue
-            said = self._utterance(text, template, kind, subtask, ctx, step, mistake, suspect, erroneous)
-            if said is None:
-                continue
-            if said.agrees and self._in_scope(said):
-                return said
-            fallback = fallback or said
-        if fallback is not None:
-            self.stats["disagreed"] += 1
-        return fallback
-
-    def _in_scope(self, said: CoachUtterance) -> bool:
-        """A rule is said for good ("from now on ...") or for the episode only, as `rule_scope` asks."""
-        if said.kind is not K.CONSTRAINT or self.rule_scope == "any":
-            return True
-        return said.lasting == (self.rule_scope == "lasting")
-
-    def _utterance(self, text: str, template: str, kind: CorrectionKind, subtask: str | None, ctx: ReferenceContext,
-                   step: int, mistake: str | None, suspect: int | None, erroneous: bool) -> CoachUtterance | None:
-        parsed = classify(text, ctx)
-        if not isinstance(parsed, ClassifiedCorrection):
-            return None
-        fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(ClassifiedCorrection)}
-        fields.update(step=step, speaker="scripted")
-        return CoachUtterance(**fields, intended_kind=kind, intended_subtask=subtask, mistake=mistake,
-                              suspect_from_step=suspect, erroneous=erroneous, template=template)
-
     def _count(self, said: CoachUtterance) -> None:
         self.stats["utterances"] += 1
         self.stats["agreed"] += int(said.agrees)
@@ -555,91 +390,3 @@ class ScriptedCoach:
             self.stats[f"mistake:{said.mistake}"] += 1
         if said.erroneous:
             self.stats["erroneous"] += 1
-
-
-# ====================================================================== helpers
-
-
-def subtask_fills(sub: Any) -> dict[str, str]:
-    """Template slots for a canonical subtask (see prompts/coach.toml)."""
-    if sub.kind in ("pick", "push"):
-        fills = {"obj": sub.obj, "color": vocab.block_color(sub.obj)}
-        if sub.kind == "push":
-            fills["dir"] = sub.target
-        return fills
-    if sub.kind == "place":
-        return {"bowl": sub.target, "color": sub.target.split()[0]}
-    if sub.kind == "stack":
-        return {"target": sub.target, "obj": sub.target, "color": vocab.block_color(sub.target)}
-    return {}
-
-
-def _about_a_block(subtask: str | None) -> bool:
-    sub = vocab.split_subtask(subtask)
-    return sub is not None and sub.kind in ("pick", "push", "stack")
-
-
-def _is_drop(world: Any, block: str, plan_sub: str | None) -> bool:
-    """A released block that did not end up where the plan in force at release wanted it."""
-    try:
-        sub = parse_subtask(plan_sub) if plan_sub else None
-    except SubtaskParseError:
-        sub = None
-    if sub is not None and sub.kind == "put_down":
-        return False
-    if sub is not None and sub.kind in PLACE_KINDS:
-        try:
-            return not is_satisfied(world, sub, it=block)
-        except (KeyError, ValueError):
-            return True
-    # released while picking (a failed grasp) or under free text: a drop only if it is lying loose
-    try:
-        return bool(world.on_table(block)) and sub is None
-    except (KeyError, AttributeError):
-        return False
-
-
-def _nudge_words(world: Any, subtask: str) -> str | None:
-    """The [nudge] grammar key that moves the gripper towards where `subtask` needs it, if clear."""
-    try:
-        sub = parse_subtask(subtask)
-    except SubtaskParseError:
-        return None
-    gripper = getattr(world, "gripper", None)
-    if gripper is None:
-        return None
-    target = _target_point(world, sub)
-    if target is None:
-        return None
-    if sub.kind == "pick" and world.held is None and bool(getattr(gripper, "closed", False)):
-        return "open"  # jaws shut on nothing above the block
-    delta = np.asarray(target, dtype=np.float64) - np.asarray(gripper.pos, dtype=np.float64)
-    horizontal = math.hypot(delta[0], delta[1])
-    if horizontal > 0.02:
-        return describe_direction(np.array([delta[0], delta[1], 0.0]))
-    if sub.kind == "pick":
-        block = world.blocks[resolve_block(world, sub.obj)]
-        yaw_err = (block.yaw - float(gripper.yaw) + math.pi / 4) % (math.pi / 2) - math.pi / 4
-        if abs(yaw_err) > 0.25:
-            return "rotate_ccw" if yaw_err > 0 else "rotate_cw"
-    if abs(delta[2]) > 0.02:
-        return "up" if delta[2] > 0 else "down"
-    return None
-
-
-def _target_point(world: Any, sub: Any) -> np.ndarray | None:
-    try:
-        if sub.kind in ("pick", "push"):
-            return np.asarray(world.blocks[resolve_block(world, sub.obj)].pos, dtype=np.float64)
-        if sub.kind == "place":
-            return np.asarray(world.bowl(sub.target).pos, dtype=np.float64) + np.array([0.0, 0.0, 0.08])
-        if sub.kind == "stack":
-            block = world.blocks[resolve_block(world, sub.target)]
-            return np.asarray(block.pos, dtype=np.float64) + np.array([0.0, 0.0, 0.06])
-        if sub.kind == "drawer_put":
-            return np.asarray(world.drawer.tray_center, dtype=np.float64) + np.array([0.0, 0.0, 0.08])
-        if sub.kind in ("open", "close"):
-            return np.asarray(world.drawer.handle_pos, dtype=np.float64)
-    except (KeyError, AttributeError):
-        return None
-    return None
