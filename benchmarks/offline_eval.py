@@ -68,6 +68,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model, processor = load_checkpoint(args.checkpoint)
+    if model.cfg.vision_stem == "objects":
+        if args.data is None:
+            raise SystemExit("a grounded checkpoint is evaluated on planner frames it never saw: pass --data")
+        return grounded_eval(args, model, processor)
     if args.data is not None:
         cfg = model.cfg
         raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
@@ -151,6 +155,82 @@ def main(argv=None) -> int:
         print("action R² (zero-noise chunk vs expert): " + "  ".join(f"{n} {x:.3f}" for n, x in zip(ACTION_NAMES, r2)))
     else:
         print("action R²: none (a planner-only checkpoint, or planner frames, which carry no actions)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+def grounded_eval(args: argparse.Namespace, model, processor) -> int:
+    """A grounded planner (`--preset grounded`): how its read-out reads (objects, places, whole lines)
+    and how it decides, with the line its read-out wrote beside the true line forced in its place
+    (so the table says whether reading or deciding limits), on decision-due frames by subtask kind;
+    and its scene questions (answered after the line, as it decides)."""
+    from agent.training.readout_trainer import evaluate_readout, load_frames
+    from policies.pi05.policy import decode_grounded
+
+    cfg = model.cfg
+    started = time.perf_counter()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    frames = load_frames([args.data], cfg.image_size, log=lambda *_: None)
+    g = torch.Generator().manual_seed(1234)
+    reading = evaluate_readout(model.vision, frames, torch.randperm(len(frames.tasks), generator=g)[: args.frames * 2],
+                               args.dtype, torch.device("cpu"))
+    raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
+                                 context_last=cfg.context_last, scene_questions=args.questions, seed=args.seed,
+                                 grounded=True)
+    tensors, meta = encode_samples(raw, processor)
+    order = torch.randperm(len(raw), generator=g)
+    is_plan = tensors["subtask_class"][order] >= 0
+    plans, questions = order[is_plan][: args.frames], order[~is_plan][: args.frames]
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for chunk in plans.split(args.batch_size):
+        b = get_batch(tensors, chunk, torch.device("cpu"))
+        tasks = [raw.tasks[i] for i in chunk.tolist()]
+        true_lines = [raw.thoughts[i] for i in chunk.tolist()]
+        with torch.no_grad(), autocast:
+            texts, lines = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
+                                           b["context_ids"], b["context_mask"], tasks)
+            given, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
+                                       b["context_ids"], b["context_mask"], tasks, lines=true_lines)
+        for i, text, true_text, line, true_line in zip(chunk.tolist(), texts, given, lines, true_lines):
+            truth = raw.plan_subtasks[i]
+            ok = parse_subtask_or_empty(text) == truth
+            due = raw.last_subtasks[i] != truth  # the context's subtask is the answer unless a decision is due
+            groups = ["all", "decision due" if due else "continuing",
+                      "line right" if line == true_line else "line wrong"]
+            if due:
+                groups.append(f"decision due, kind: {subtask_kind(truth)}")
+            for group in groups:
+                hits[group].append(ok)
+                hits[f"{group} (true line given)"].append(parse_subtask_or_empty(true_text) == truth)
+    answered: dict[str, list[bool]] = defaultdict(list)
+    for chunk in questions.split(args.batch_size):
+        b = get_batch(tensors, chunk, torch.device("cpu"))
+        with torch.no_grad(), autocast:
+            texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
+                                       b["context_ids"], b["context_mask"], [raw.tasks[i] for i in chunk.tolist()])
+        for i, text in zip(chunk.tolist(), texts):
+            ok = parse_subtask_or_empty(text) == raw.answers[i]
+            answered["all"].append(ok)
+            answered[raw.question_types[i]].append(ok)
+    rows = {k: {"frames": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())}
+    qa_rows = {k: {"questions": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(answered.items())}
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "reading": reading,
+              "decisions": rows, "scene_question_accuracy": qa_rows, "seconds": time.perf_counter() - started}
+    print(f"reading, {reading['frames']} frames: objects placed right {100 * reading['objects_right']:.1f}%, "
+          f"scene lines wholly right {100 * reading['scene_lines_right']:.1f}%, "
+          f"frames with every block right {100 * reading['frames_all_blocks_right']:.1f}%")
+    for place, v in reading["per_place"].items():
+        print(f"  {place:<10} {v['n']:>6} {100 * v['right']:>6.1f}%")
+    print(f"{'held-out plan frames':<44} {'n':>5} {'read line':>10} {'true line':>10}")
+    for k, v in rows.items():
+        if not k.endswith("(true line given)"):
+            print(f"{k:<44} {v['frames']:>5} {100 * v['accuracy']:>9.1f}% "
+                  f"{100 * rows[k + ' (true line given)']['accuracy']:>9.1f}%")
+    print(f"{'scene questions':<44} {'n':>5} {'answer acc':>10}")
+    for k, v in qa_rows.items():
+        print(f"{k:<44} {v['questions']:>5} {100 * v['accuracy']:>9.1f}%")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

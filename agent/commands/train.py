@@ -18,7 +18,9 @@ from agent.errors import UserError
 # per-model defaults for the flags left unset
 DEFAULTS = {
     "pi05": {"steps": 4000, "batch_size": 32, "lr": 5e-4, "dtype": "bf16", "eval_every": 500, "save_every": 240.0,
-             "threads": 2, "presets": ("tiny", "small", "small_conv", "planner", "pi05")},
+             "threads": 2, "presets": ("tiny", "small", "small_conv", "planner", "grounded", "pi05")},
+    "readout": {"steps": 12_000, "batch_size": 64, "lr": 1e-3, "dtype": "bf16", "eval_every": 1000,
+                "save_every": 240.0, "threads": 2, "presets": ("grounded",)},
     "vla": {"steps": 30_000, "batch_size": 64, "lr": 1e-3, "dtype": "fp32", "eval_every": 1000, "save_every": 180.0,
             "threads": 1, "presets": ("tiny", "small")},
 }
@@ -26,10 +28,11 @@ DEFAULTS = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="pi05", choices=sorted(DEFAULTS),
-                        help="pi05: the π0.5-style model (high level); vla: the low-level VLA")
+                        help="pi05: the π0.5-style model (high level); readout: the grounded planner's object "
+                             "read-out alone (its stage 1, on planner frames); vla: the low-level VLA")
     parser.add_argument("--data", nargs="+", required=True, help="session directories (or folders holding them)")
     parser.add_argument("--out", required=True, help="checkpoint directory to write (and resume from)")
-    parser.add_argument("--preset", default="small", help="pi05: tiny | small | small_conv | pi05; vla: tiny | small")
+    parser.add_argument("--preset", default="small", help="pi05: tiny | small | small_conv | planner | grounded | pi05; readout: grounded; vla: tiny | small")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (pi05 4000, vla 30000)")
     parser.add_argument("--batch-size", type=int, default=None, help="pi05 32, vla 64")
     parser.add_argument("--lr", type=float, default=None, help="peak learning rate (pi05 5e-4, vla 1e-3)")
@@ -49,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="pi05: start from this checkpoint's weights, tokenizer and norm stats (tensors whose "
                              "shape the new config changes start fresh)")
+    parser.add_argument("--readout", default=None, metavar="RUN",
+                        help="pi05 --preset grounded: the object read-out trained by `--model readout` (stage 1), "
+                             "loaded and frozen while the backbone learns the grounded thought")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
     parser.add_argument("--scene-questions", type=float, default=0.4, metavar="N",
                         help="pi05 on planner frames: scene questions co-trained per frame, on average (0: none)")
@@ -99,8 +105,12 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--scene-questions must not be negative, got {args.scene_questions}"
     from agent.training.planner_frames import is_planner_frames
 
+    if args.readout is not None and not (Path(args.readout) / "model.safetensors").is_file():
+        return f"--readout {args.readout}: no read-out there; train one with `hivla train --model readout --out {args.readout}`"
     if all(is_planner_frames(p) for p in args.data):
-        return None if args.model == "pi05" else "planner frames (datagen --mode planner) train --model pi05 only"
+        return None if args.model in ("pi05", "readout") else "planner frames (datagen --mode planner) train --model pi05 or readout"
+    if args.model == "readout":
+        return "--model readout trains on planner frames: record them with `hivla datagen --mode planner`"
     if not any((p / HEADER_FILE).is_file() for p in find_sessions(args.data)):
         return (f"--data {' '.join(args.data)} holds no recorded session; record some with "
                 "`hivla datagen --out DIR` and pass that DIR")
@@ -117,6 +127,8 @@ def main(args: argparse.Namespace) -> int:
     problem = check_args(args)
     if problem:
         raise UserError(problem)
+    if args.model == "readout" and args.preset == "small":  # the flag's default is the high level's
+        args.preset = "grounded"
     if args.preset not in defaults["presets"]:
         raise SystemExit(f"--preset {args.preset!r} is not a {args.model} preset; choose from {', '.join(defaults['presets'])}")
     pick = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
@@ -128,6 +140,11 @@ def main(args: argparse.Namespace) -> int:
     from agent.training.trainer import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # `kill PID` saves a resumable checkpoint, as Ctrl-C does
+        if args.model == "readout":
+            from agent.training.readout_trainer import ReadoutSettings, train_readout
+
+            train_readout(ReadoutSettings(**{k: v for k, v in common.items() if k != "stride"}, stop_at=args.stop_at))
+            return 0
         if args.model == "vla":
             from agent.training.vla_trainer import VlaTrainSettings, train_vla
 
@@ -138,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
         from agent.training.trainer import TrainSettings, train
 
         train(TrainSettings(**common, init_from=args.init_from, stop_at=args.stop_at,
-                            scene_questions=args.scene_questions))
+                            scene_questions=args.scene_questions, readout=args.readout))
     return 0
 
 

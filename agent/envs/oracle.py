@@ -12,7 +12,9 @@ Rules, in order:
     count as constraints of every episode.
  3. A block that slipped out of the gripper after its pick is picked again.
  4. With everything done, the plan names no subtask (`TASK_DONE`): the robot holds still.
-Thought phrasings come from prompts/oracle.toml, drawn from a generator seeded by `seed`.
+The thought says what the oracle sees first, in the scene line's one fixed grammar
+(policies/scene_line.py: every block left to right with its place, the drawer where the task names
+it), then why it decides: phrasings from prompts/oracle.toml, drawn from a generator seeded by `seed`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import numpy as np
 
 import prompts
 from agent.envs.tasks import Group, TaskInstance, left_to_right
+from agent.envs.scene_facts import scene_facts
 from agent.envs.world import WorldState
 from policies.grammar import Subtask, normalize, parse_subtask, put_down
+from policies.scene_line import format_scene, scene_from_facts
 from policies.types import TASK_DONE, CorrectionKind, Observation, Plan, PlanContext
 
 _NEGATIVE = re.compile(r"\b(?:not|don ?t|do not|never|leave|avoid|skip|stop|ignore|instead of|wrong)\b")
@@ -56,7 +60,8 @@ class OraclePlanner:
         if all(all(f) for f in flags):
             # Nothing is left: say so and name no subtask, so the loop holds still instead of
             # re-running (and re-recording) the last subtask at every step.
-            return Plan(thought=self._say("done", total=len(task.subtasks)), subtask=TASK_DONE, source="oracle")
+            return Plan(thought=self._grounded(world, self._say("done", total=len(task.subtasks))), subtask=TASK_DONE,
+                        source="oracle")
         group_index = self._choose_group(world, task, flags, avoid, prefer)
         group = task.groups[group_index]
         sub = group.subtasks[flags[group_index].index(False)]
@@ -64,7 +69,7 @@ class OraclePlanner:
         skipped = [g.obj for i, g in enumerate(task.groups) if g.obj in avoid and not all(flags[i])]
         if skipped and group.obj not in avoid:
             prefix = self._say("avoid", avoid=skipped[0])
-        return self._plan(prefix + self._thought(world, task, flags, group, sub), sub)
+        return self._plan(world, prefix + self._thought(world, task, flags, group, sub), sub)
 
     # --- choosing -------------------------------------------------------------------------------
     def _choose_group(self, world: WorldState, task: TaskInstance, flags, avoid: set[str], prefer: set[str]) -> int:
@@ -95,10 +100,10 @@ class OraclePlanner:
                 and all(all(flags[d]) for d in h.deps)
             ]
             if held in avoid and alternatives:
-                return self._plan(self._say("put_down", held=held), put_down())
+                return self._plan(world, self._say("put_down", held=held), put_down())
             self._carrying = held
-            return self._plan(self._thought(world, task, flags, g, g.subtasks[1]), g.subtasks[1])
-        return self._plan(self._say("put_down_stray", held=held), put_down())
+            return self._plan(world, self._thought(world, task, flags, g, g.subtasks[1]), g.subtasks[1])
+        return self._plan(world, self._say("put_down_stray", held=held), put_down())
 
     def _correction_mentions(self, world: WorldState, context: PlanContext) -> tuple[set[str], set[str]]:
         """Blocks the corrections rule out (negations, constraints) or ask for first."""
@@ -135,8 +140,13 @@ class OraclePlanner:
         return avoid - prefer, prefer
 
     # --- phrasing -------------------------------------------------------------------------------
-    def _plan(self, thought: str, sub: Subtask) -> Plan:
-        return Plan(thought=thought, subtask=sub.text, source="oracle")
+    def _plan(self, world: WorldState, reason: str, sub: Subtask) -> Plan:
+        return Plan(thought=self._grounded(world, reason), subtask=sub.text, source="oracle")
+
+    @staticmethod
+    def _grounded(world: WorldState, reason: str) -> str:
+        """What it sees (the scene line), then why it decides."""
+        return f"{format_scene(scene_from_facts(scene_facts(world), world.task.text))} {reason}"
 
     def _say(self, situation: str, **fields) -> str:
         options = self.templates[situation]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from agent.envs import scene as S
+from policies.scene_line import SIDE_X
 
 TABLE_REST_TOL = 0.006  # a block whose bottom is this close to z=0 rests on the table
 
@@ -153,7 +154,7 @@ class WorldState:
         return [other for other in self.blocks if other != name and self.on_block(other, name)]
 
 
-PUSH_SIDE_X = 0.15  # |x| beyond which a block counts as pushed to that side
+PUSH_SIDE_X = SIDE_X  # |x| beyond which a block counts as pushed to that side (the scene line's sides too)
 PUSH_FRONT_Y = -0.22
 
 

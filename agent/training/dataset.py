@@ -109,9 +109,10 @@ def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
                     stride: int = 1, log=print, context_last: str = "in_force", frames: bool = True,
-                    scene_questions: float = 0.0) -> RawSamples:
+                    scene_questions: float = 0.0, grounded: bool = False) -> RawSamples:
     """Samples from recorded sessions, or from planner-frame shards (`hivla datagen --mode planner`;
-    `scene_questions` is then how many scene questions a frame gets on average).
+    `scene_questions` is then how many scene questions a frame gets on average, and `grounded` writes
+    the thought as the scene line).
     `frames=False` reads the events only (no video decoding; `images` stays empty): enough to
     rebuild the text columns of a cache."""
     from agent.training.planner_frames import is_planner_frames
@@ -119,7 +120,8 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
 
     kinds = {is_planner_frames(p) for p in data_paths}
     if kinds == {True}:
-        return collect_planner_frames(data_paths, cameras, image_size, horizon, log, context_last, scene_questions)
+        return collect_planner_frames(data_paths, cameras, image_size, horizon, log, context_last, scene_questions,
+                                      grounded=grounded)
     if len(kinds) > 1:
         raise ValueError("--data mixes planner-frame directories with recorded sessions; train on one kind at a time")
 
@@ -172,13 +174,16 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
 
 def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
                            log=print, context_last: str = "done", scene_questions: float = 0.0,
-                           seed: int = 0) -> RawSamples:
+                           seed: int = 0, grounded: bool = False) -> RawSamples:
     """Each kept frame gives one plan sample (the oracle's plan, with the context the loop gave the
     planner) and, on average, `scene_questions` question samples on the same frame (the question in
-    the task's place, no coaching context, the answer as the target). No actions: a planner recipe."""
+    the task's place, no coaching context, the answer as the target). No actions: a planner recipe.
+    `grounded`: the thought is the scene line the simulator's facts give (policies/scene_line.py), for
+    plans and questions alike ("I see: ... So: <subtask or answer>"), in place of the oracle's phrasing."""
     from agent.training.planner_frames import read_shard, shards
     from agent.training.scene_questions import sample_questions
     from policies.planning import PlannerContext
+    from policies.scene_line import format_scene, scene_from_facts
 
     rng = np.random.default_rng(seed)
     raw = RawSamples()
@@ -200,8 +205,10 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
             key = f"{stem.parent.name}/{row['episode']}"
             n_questions = int(scene_questions) + int(rng.random() < scene_questions - int(scene_questions))
             asked = sample_questions(row["facts"], rng, n_questions) if n_questions else []
-            samples = [(ctx.task, ctx.last(context_last), ctx.read_texts, row["thought"], row["subtask"], None, None)]
-            samples += [(question, None, [], "", "", answer, kind) for kind, question, answer in asked]
+            thought = format_scene(scene_from_facts(row["facts"], ctx.task)) if grounded else row["thought"]
+            samples = [(ctx.task, ctx.last(context_last), ctx.read_texts, thought, row["subtask"], None, None)]
+            samples += [(question, None, [], format_scene(scene_from_facts(row["facts"], question)) if grounded else "",
+                         "", answer, kind) for kind, question, answer in asked]
             for task, last, corrections, thought, subtask, answer, kind in samples:
                 raw.frame_of.append(frame_index)
                 raw.states.append(np.asarray(state, np.float32))
@@ -238,8 +245,10 @@ def encode_samples(raw: RawSamples, processor: Pi05Processor) -> tuple[dict[str,
     for i in range(len(raw)):
         cols["prefix"].append(pad_to(processor.prefix_ids(raw.tasks[i], raw.states[i]), cfg.prefix_text_len))
         cols["subtask"].append(pad_to(processor.subtask_ids(raw.subtasks[i]), cfg.max_subtask_tokens))
-        target = (processor.target_ids(raw.thoughts[i], raw.plan_subtasks[i]) if answers[i] is None
-                  else processor.answer_ids(answers[i]))
+        if answers[i] is None:
+            target = processor.target_ids(raw.thoughts[i], raw.plan_subtasks[i])
+        else:  # a grounded answer is written after the scene line, as a plan's subtask is
+            target = processor.target_ids(raw.thoughts[i], answers[i]) if raw.thoughts[i] else processor.answer_ids(answers[i])
         cols["target"].append(pad_to(target, cfg.max_target_tokens))
     out = {"images": torch.from_numpy(np.stack(raw.images)),
            "frame": torch.tensor(raw.frame_of or range(len(raw)), dtype=torch.long)}

@@ -67,8 +67,17 @@ class FrameTap:
             "thought": plan.thought,
             "subtask": plan.subtask,
             "facts": scene_facts(obs.privileged),
+            "remaining": remaining_subtasks(obs.privileged),
         })
         return plan
+
+
+def remaining_subtasks(world) -> list[str]:
+    """The task's reference subtasks not yet satisfied, in the task's group order (a label of the
+    grounded thought's "Left:" part; privileged, never a model input)."""
+    task = world.task
+    flags = task.group_flags(world)
+    return [sub.text for group, done in zip(task.groups, flags) for sub, ok in zip(group.subtasks, done) if not ok]
 
 
 @dataclass

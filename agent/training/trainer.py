@@ -57,6 +57,7 @@ class TrainSettings:
     init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
     stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
     scene_questions: float = 0.4  # planner frames: scene questions per frame, on average
+    readout: str | None = None  # grounded preset: a stage-1 object read-out, loaded and frozen (its features cached)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,7 +95,8 @@ def prepare(s: TrainSettings, log: Logger):
         processor = Pi05Processor(cfg, tokenizer, stats)
         if cached is None:
             raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
-                                  context_last=cfg.context_last, scene_questions=s.scene_questions)
+                                  context_last=cfg.context_last, scene_questions=s.scene_questions,
+                                  grounded=cfg.vision_stem == "objects")
             cached = encode_samples(raw, processor)
             save_cache(out, *cached)
         elif cached[1].get("context_last", "in_force") != cfg.context_last:
@@ -108,7 +110,8 @@ def prepare(s: TrainSettings, log: Logger):
         cfg = make_config(s.preset, **s.overrides)
         t0 = time.perf_counter()
         raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
-                              context_last=cfg.context_last, scene_questions=s.scene_questions)
+                              context_last=cfg.context_last, scene_questions=s.scene_questions,
+                                  grounded=cfg.vision_stem == "objects")
         if s.init_from:  # keep the tokens and state bins the weights were trained with
             tokenizer = load_tokenizer(Path(s.init_from) / "tokenizer.json")
             stats = NormStats.load(Path(s.init_from) / "norm_stats.json")
@@ -151,6 +154,33 @@ def warm_start(model: Pi05Model, weights: Path) -> list[str]:
     return sorted(k for k in own if k not in shared)
 
 
+def freeze_readout(model: Pi05Model, readout: str, resuming: bool, log: Logger) -> None:
+    """Stage 2 of the grounded recipe: the stage-1 read-out's weights (unless resuming, when the
+    checkpoint already holds them), frozen but for the projection into the backbone, which is new."""
+    from agent.training.readout_trainer import load_readout_into
+
+    if model.cfg.vision_stem != "objects":
+        raise ValueError(f"--readout is for the grounded preset (vision_stem 'objects'), not {model.cfg.vision_stem!r}")
+    if not resuming:
+        load_readout_into(model, readout)
+    for name, param in model.vision.named_parameters():
+        param.requires_grad = name.startswith("proj.")
+
+
+@torch.no_grad()
+def object_features(model: Pi05Model, images: torch.Tensor, dtype: str, device: torch.device) -> torch.Tensor:
+    """The frozen read-out's features of every frame [N, n_objects, vision_width], computed once, so a
+    training step runs no convolution."""
+    was_training = model.vision.training
+    model.vision.eval()
+    parts = []
+    for chunk in images.split(256):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            parts.append(model.vision.features(chunk.to(device)).float().cpu())
+    model.vision.train(was_training)
+    return torch.cat(parts)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +197,10 @@ def get_batch(tensors: dict, idx: torch.Tensor, device: torch.device) -> dict:
     them (`frame`); each text segment is cut to the longest in the batch, as its padding is masked
     anyway (every segment is padded at its end), so a batch of short texts costs short sequences."""
     batch = {k: tensors[k][idx] for k in BATCH_KEYS if k != "images"}
-    batch["images"] = tensors["images"][tensors["frame"][idx] if "frame" in tensors else idx]
+    frames = tensors["frame"][idx] if "frame" in tensors else idx
+    batch["images"] = tensors["images"][frames]
+    if "object_features" in tensors:  # a frozen read-out's cached features stand in for its convolutions
+        batch["object_features"] = tensors["object_features"][frames]
     for name in TEXT_SEGMENTS:
         mask = batch[f"{name}_mask"]
         keep = max(1, int(mask.sum(1).max()))
@@ -204,6 +237,8 @@ def evaluate(model: Pi05Model, processor: Pi05Processor, tensors: dict, meta: di
         questions = held[tensors["answer_class"][held] >= 0]
         questions = questions[torch.randperm(len(questions), generator=g)[: s.eval_generate]]
         decoded = decode_held_out(model, processor, tensors, questions, s.dtype, device)
+        if model.cfg.vision_stem == "objects":  # "I see: ... So: <answer>"
+            decoded = [parse_subtask_or_empty(text) for text in decoded]
         right = [text == meta["answers"][int(c)] for text, c in zip(decoded, tensors["answer_class"][questions])]
         metrics["eval_question_acc"] = sum(right) / len(right)
     model.train()
@@ -224,7 +259,8 @@ def decode_held_out(model: Pi05Model, processor: Pi05Processor, tensors: dict, i
     for chunk in idx.split(32):
         b = get_batch(tensors, chunk, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
+            out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"],
+                                 object_features=b.get("object_features"))
         texts.extend(processor.decode(row) for row in out.tolist())
     return texts
 
@@ -258,6 +294,10 @@ def train(s: TrainSettings) -> dict:
     elif s.init_from:
         fresh = warm_start(model, Path(s.init_from) / "model.safetensors")
         log.echo(f"initialised from {s.init_from}; {len(fresh)} tensors start fresh: {', '.join(fresh) or 'none'}")
+    if s.readout:
+        freeze_readout(model, s.readout, loop.resuming, log)
+        tensors["object_features"] = object_features(model, tensors["images"], s.dtype, device)
+        log.echo(f"object read-out from {s.readout} frozen; its features cached for {len(tensors['images'])} frames")
     params = count_parameters(model)
     log.echo(f"model {cfg.preset}: {params['total'] / 1e6:.2f}M parameters {params}; "
              f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}")

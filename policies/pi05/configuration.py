@@ -16,7 +16,8 @@ from pathlib import Path
 
 CAMERAS = ("front", "wrist")
 CONTEXT_LAST = ("in_force", "done")
-VISION_STEMS = ("patch", "conv", "resampler")
+VISION_STEMS = ("patch", "conv", "resampler", "objects")
+OBJECT_TOKENS = 19  # "objects" stem: one token per name in policies.pi05.objects.OBJECT_NAMES (18 blocks, the drawer)
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Pi05Config:
     # downsampling by patch_size, so small objects keep their colour (see modeling.ConvStem)
     # "resampler": a conv trunk keeping a 16x16 map, read by `vision_queries` learned queries that
     # cross-attend to it (policies/pi05/vision.py); vision_depth counts its cross-attention blocks
+    # "objects": the same kind of map read by one query per object name, each supervised with the
+    # object's place by the simulator (policies/pi05/objects.py); its reading writes the scene line
     vision_stem: str = "patch"
     vision_queries: int = 8
     random_shift_pad: int = 0  # training-time random shift of the images (pixels; DrQ), 0: none
@@ -109,8 +112,15 @@ class Pi05Config:
         return self.max_task_tokens + self.state_dim
 
     @property
+    def image_tokens(self) -> int:
+        """Image tokens of all cameras together (the object read-out reads both cameras into one set)."""
+        if self.vision_stem == "objects":
+            return OBJECT_TOKENS
+        return len(self.cameras) * self.image_tokens_per_camera
+
+    @property
     def prefix_len(self) -> int:
-        return len(self.cameras) * self.image_tokens_per_camera + self.prefix_text_len
+        return self.image_tokens + self.prefix_text_len
 
     def validate(self) -> None:
         if self.image_size % self.patch_size:
@@ -234,6 +244,17 @@ def planner() -> Pi05Config:
                       expert_mlp_dim=64, scene_questions=True, preset="planner")
 
 
+def grounded() -> Pi05Config:
+    # The planner that says what it sees before it decides (issue #28): the object read-out
+    # (policies/pi05/objects.py), trained first on its own with a loss per object, then frozen while
+    # the backbone learns the grounded thought ("I see: ... So: subtask"). `small`'s backbone dims, so
+    # it starts from the shipped checkpoint's language. A scene line and a subtask fit in 64 tokens.
+    return Pi05Config(vision_stem="objects", vision_width=96, vision_depth=3, vision_heads=4,
+                      vision_mlp_dim=384, context_last="done", action_token_stride=0, flow_loss_weight=0.0,
+                      max_subtask_tokens=1, max_target_tokens=80, expert_width=32, expert_mlp_dim=64,
+                      scene_questions=True, preset="grounded")
+
+
 def pi05() -> Pi05Config:
     # Published π0.5: PaliGemma (Gemma 2B) backbone, Gemma-300M action expert, SigLIP So400m/14 at 224 px.
     return Pi05Config(
@@ -245,7 +266,8 @@ def pi05() -> Pi05Config:
     )
 
 
-PRESETS = {"tiny": tiny, "small": small, "small_conv": small_conv, "planner": planner, "pi05": pi05}
+PRESETS = {"tiny": tiny, "small": small, "small_conv": small_conv, "planner": planner, "grounded": grounded,
+           "pi05": pi05}
 
 
 def make_config(preset: str, **overrides) -> Pi05Config:

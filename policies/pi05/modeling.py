@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from policies.augment import random_shift
 from policies.pi05.configuration import Pi05Config
+from policies.pi05.objects import ObjectReadout
 from policies.pi05.vision import ConvResampler, group_norm_convs
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [B, kv_heads, L, head_dim] (RoPE applied)
@@ -185,6 +186,10 @@ class VisionTower(nn.Module):
         return self.proj(self.norm(self.blocks(x)))
 
 
+# the image read-outs other than the ViT (which serves "patch" and "conv")
+VISION_STEMS = {"resampler": ConvResampler, "objects": ObjectReadout}
+
+
 def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> Tensor:
     """Sine-cosine embedding of the flow time t [B] in [0, 1] -> [B, dim] (periods as in π0)."""
     fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device)
@@ -203,7 +208,7 @@ class Pi05Model(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.vision = ConvResampler(cfg) if cfg.vision_stem == "resampler" else VisionTower(cfg)
+        self.vision = VISION_STEMS.get(cfg.vision_stem, VisionTower)(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
         self.backbone = nn.ModuleList(
             GemmaBlock(cfg.width, cfg.mlp_dim, cfg, adaptive=False) for _ in range(cfg.depth)
@@ -241,10 +246,20 @@ class Pi05Model(nn.Module):
         # Gemma scales token embeddings by sqrt(width); image tokens are not scaled (as in PaliGemma).
         return self.embed(ids) * math.sqrt(self.cfg.width)
 
-    def embed_prefix(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """images uint8 [B, n_cam, H, W, 3], prefix_ids/mask [B, Lt] -> tokens [B, P, W], valid [B, P]."""
+    def embed_images(self, images: Tensor) -> Tensor:
+        """uint8 [B, n_cam, H, W, 3] -> image tokens [B, cfg.image_tokens, W]. The object read-out reads
+        the cameras together; the other stems each camera alone (shared weights)."""
         b, n_cam = images.shape[:2]
-        img = self.vision(images.flatten(0, 1)).reshape(b, n_cam * self.cfg.image_tokens_per_camera, -1)
+        if self.cfg.vision_stem == "objects":
+            return self.vision(images)
+        return self.vision(images.flatten(0, 1)).reshape(b, n_cam * self.cfg.image_tokens_per_camera, -1)
+
+    def embed_prefix(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor,
+                     object_features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """images uint8 [B, n_cam, H, W, 3], prefix_ids/mask [B, Lt] -> tokens [B, P, W], valid [B, P].
+        `object_features` [B, n_objects, vision_width]: the frozen object read-out's features, cached
+        per frame, in place of running it on `images` (the grounded recipe's second stage)."""
+        img = self.vision.tokens(object_features) if object_features is not None else self.embed_images(images)
         text = self.embed_text(prefix_ids).to(img.dtype)
         tokens = torch.cat([img, text], dim=1)
         valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=img.device), prefix_mask.bool()], 1)
@@ -367,7 +382,8 @@ class Pi05Model(nn.Module):
         """One backbone pass over [base | context | subtask | target-input | action-token-input] with
         the segment mask. The action-token segment (training only) sees base + subtask, causal within."""
         cfg = self.cfg
-        base, base_valid = self.embed_prefix(batch["images"], batch["prefix_ids"], batch["prefix_mask"])
+        base, base_valid = self.embed_prefix(batch["images"], batch["prefix_ids"], batch["prefix_mask"],
+                                             batch.get("object_features"))
         ctx_valid = batch["context_mask"].bool()
         sub_valid = batch["subtask_mask"].bool()
         tgt_in, tgt_valid = batch["target_ids"][:, :-1], batch["target_mask"][:, :-1].bool()
@@ -463,10 +479,11 @@ class Pi05Model(nn.Module):
     # -- inference: high level -----------------------------------------------------------------
 
     def encode_plan_prefix(
-        self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor
+        self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
+        object_features: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, KVCache]:
         """Run [base | context] once. Returns (tokens, valid [B, P+C], positions, per-layer KV cache)."""
-        base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask)
+        base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask, object_features)
         ctx_valid = context_mask.bool()
         x = torch.cat([base, self.embed_text(context_ids).to(base.dtype)], 1)
         positions = torch.cat([base_valid.long().cumsum(1) - 1,
@@ -479,20 +496,26 @@ class Pi05Model(nn.Module):
     def generate(
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
         max_new_tokens: int | None = None, use_cache: bool | str = True, return_scores: bool = False,
+        object_features: Tensor | None = None, forced_ids: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Greedy decoding of "thought So: subtask <eos>" after [base | context]. Returns ids [B, n]
         (without <bos>; each row stops at its first <eos>, later positions are <pad>), and with
         `return_scores` the logits of each step [B, n, V] too.
+        `forced_ids` [B, F] (pad past each row's end): the first tokens of each row are these, not the
+        argmax (the grounded planner's scene line, written by its read-out); decoding goes on after them.
+        `object_features`: the object read-out's features, when the caller has them already.
         `use_cache=True`: the static KV cache and fused weights (the fast path); "dynamic": the cache
         grown by concatenation through `run_backbone` (the path before it); False: the whole sequence
         recomputed every step (the reference for both)."""
         cfg = self.cfg
         max_new = max_new_tokens or cfg.max_target_tokens - 1
+        forced = _Forced(forced_ids, cfg.pad_id)
         if use_cache is True:
-            ids, scores = self._decode_static(images, prefix_ids, prefix_mask, context_ids, context_mask, max_new)
+            ids, scores = self._decode_static(images, prefix_ids, prefix_mask, context_ids, context_mask, max_new,
+                                              object_features, forced)
             return (ids, scores) if return_scores else ids
         b, dev = images.shape[0], images.device
-        base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask)
+        base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask, object_features)
         ctx_valid = context_mask.bool()
         start = base_valid.sum(1) + ctx_valid.sum(1)  # first target position
         tokens = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=dev)
@@ -500,7 +523,8 @@ class Pi05Model(nn.Module):
         out: list[Tensor] = []
         scores: list[Tensor] = []
         if use_cache:
-            _, valid, _, cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask)
+            _, valid, _, cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask,
+                                                         object_features)
         for step in range(max_new):
             if use_cache:
                 # the newest token attends to the valid prefix and to every token decoded so far
@@ -518,7 +542,8 @@ class Pi05Model(nn.Module):
                 mask = self.segment_mask([(self.BASE, base_valid), (self.CONTEXT, ctx_valid), (self.TARGET, tgt_valid)])
                 hidden, _ = self.run_backbone(x, positions, mask)
             logits = self.logits(hidden[:, -1]).float()
-            nxt = torch.where(done, torch.full_like(logits[:, 0], cfg.pad_id, dtype=torch.long), logits.argmax(-1))
+            nxt = forced.apply(step, logits.argmax(-1))
+            nxt = torch.where(done, torch.full_like(logits[:, 0], cfg.pad_id, dtype=torch.long), nxt)
             out.append(nxt)
             scores.append(logits)
             done = done | (nxt == cfg.eos_id)
@@ -621,10 +646,13 @@ class Pi05Model(nn.Module):
         return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
 
     def _decode_static(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
-                       context_mask: Tensor, max_new: int) -> tuple[Tensor, Tensor]:
+                       context_mask: Tensor, max_new: int, object_features: Tensor | None = None,
+                       forced: "_Forced | None" = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding with a static KV cache. Returns (ids [B, n], logits [B, n, V])."""
         cfg = self.cfg
-        _, valid, _, prefix_cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask)
+        forced = forced or _Forced(None, cfg.pad_id)
+        _, valid, _, prefix_cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask,
+                                                            object_features)
         b, p = valid.shape
         dev, dtype = valid.device, prefix_cache[0][0].dtype
         w = self._inference_weights(dtype)
@@ -656,7 +684,7 @@ class Pi05Model(nn.Module):
                 x = x + (F.gelu(gate, approximate="tanh") * up) @ layer.down
             hidden = F.rms_norm(x[:, 0], (width,), w.final_norm, w.eps)
             logits = (hidden @ w.embed_out).float()
-            nxt = logits.argmax(-1)
+            nxt = forced.apply(step, logits.argmax(-1))
             nxt = torch.where(done, cfg.pad_id, nxt)
             ids.append(nxt)
             scores.append(logits)
@@ -710,6 +738,20 @@ class Pi05Model(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # fused inference weights (see Pi05Model's "inference fast paths")
 # ---------------------------------------------------------------------------------------------
+
+
+class _Forced:
+    """Tokens a decode must emit first, row by row ([B, F], pad past a row's end): step `i` takes
+    column i where it is not pad, the model's choice elsewhere."""
+
+    def __init__(self, ids: Tensor | None, pad_id: int):
+        self.ids, self.pad_id = ids, pad_id
+
+    def apply(self, step: int, chosen: Tensor) -> Tensor:
+        if self.ids is None or step >= self.ids.shape[1]:
+            return chosen
+        column = self.ids[:, step].to(chosen.device)
+        return torch.where(column != self.pad_id, column, chosen)
 
 
 def _rotate_half_rows(weight: Tensor, heads: int, head_dim: int) -> Tensor:

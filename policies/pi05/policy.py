@@ -94,13 +94,25 @@ class Pi05Policy:
     def reset(self) -> None:
         """Nothing to clear: every plan and chunk is computed from the observation alone."""
 
+    @property
+    def grounded(self) -> bool:
+        """A planner that writes what its object read-out sees before it decides (`grounded` preset)."""
+        return self.cfg.vision_stem == "objects"
+
+    def _decode(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ctx_ids: torch.Tensor,
+                ctx_mask: torch.Tensor, task: str) -> str:
+        """Greedy text after [base | context]; a grounded planner's read-out writes the scene line first."""
+        with self._autocast():
+            if not self.grounded:
+                return self.processor.decode(self.model.generate(images, ids, mask, ctx_ids, ctx_mask)[0].tolist())
+            return decode_grounded(self.model, self.processor, images, ids, mask, ctx_ids, ctx_mask, [task])[0][0]
+
     @torch.no_grad()
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
         ctx = build_planner_context(context or PlanContext(task=obs.task))
         ctx_ids, ctx_mask = self._tensor(self.processor.planner_context_ids(ctx), self.cfg.max_context_tokens)
-        with self._autocast():
-            out = self.model.generate(*self._base(obs), ctx_ids, ctx_mask)
-        thought, subtask = self.processor.parse_plan(self.processor.decode(out[0].tolist()))
+        text = self._decode(*self._base(obs), ctx_ids, ctx_mask, obs.task)
+        thought, subtask = self.processor.parse_plan(text)
         return Plan(thought=thought, subtask=subtask, source="model")
 
     @torch.no_grad()
@@ -113,9 +125,9 @@ class Pi05Policy:
         images = torch.from_numpy(self.processor.prepare_images(obs.images))[None].to(self.device)
         ids, mask = self._tensor(self.processor.prefix_ids(question, obs.state), self.cfg.prefix_text_len)
         no_ctx, no_ctx_mask = self._tensor([], self.cfg.max_context_tokens)
-        with self._autocast():
-            out = self.model.generate(images, ids, mask, no_ctx, no_ctx_mask)
-        return self.processor.decode(out[0].tolist())
+        text = self._decode(images, ids, mask, no_ctx, no_ctx_mask, question)
+        # a grounded planner answers after its scene line, as it decides: "I see: ... So: <answer>"
+        return self.processor.parse_plan(text)[1] if self.grounded else text
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: Observation, subtask: str) -> ActionChunk:
@@ -124,6 +136,27 @@ class Pi05Policy:
         with self._autocast():
             actions = self.model.sample_actions(*self._base(obs), sub_ids, sub_mask)
         return self.processor.unnormalize_actions(actions[0].float().cpu().numpy())
+
+
+def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Tensor, ids: torch.Tensor,
+                    mask: torch.Tensor, ctx_ids: torch.Tensor, ctx_mask: torch.Tensor, tasks: list[str],
+                    lines: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """A grounded planner's plans for a batch: the read-out's heads write each scene line
+    (policies/scene_line.py), which is forced as the first tokens of the text, and the backbone decodes
+    on from it ("... So: <subtask>"). `lines`: force these instead (e.g. the true lines, to measure
+    deciding apart from reading). Returns (texts, the lines forced)."""
+    from policies.pi05.objects import read_scenes
+    from policies.scene_line import format_scene
+
+    features = model.vision.features(images)
+    if lines is None:
+        lines = [format_scene(scene) for scene in read_scenes(model.vision.heads(features), tasks)]
+    encoded = [processor.encode(line) for line in lines]
+    forced = torch.full((len(encoded), max(map(len, encoded))), model.cfg.pad_id, dtype=torch.long)
+    for row, line_ids in enumerate(encoded):
+        forced[row, : len(line_ids)] = torch.tensor(line_ids)
+    out = model.generate(images, ids, mask, ctx_ids, ctx_mask, object_features=features, forced_ids=forced)
+    return [processor.decode(row) for row in out.tolist()], lines
 
 
 def load_pi05(path: str | Path, device: str = "cpu", dtype: str = "fp32") -> Pi05Policy:

@@ -1,0 +1,129 @@
+"""The grounded planner: the scene line's grammar, the object read-out's labels and its two-stage recipe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from agent.envs import SUITES, make_env
+from agent.envs.scene_facts import scene_facts
+from agent.training import planner_frames as pf
+from agent.training.readout_trainer import ReadoutSettings, load_frames, train_readout
+from agent.training.trainer import TrainSettings, train
+from policies.pi05.configuration import make_config
+from policies.pi05.objects import BLOCK_NAMES, WHERE_NAMES, ObjectReadout, labels_from_facts, read_scenes
+from policies.pi05.policy import load_pi05
+from policies.planning import format_plan, parse_plan
+from policies.scene_line import PLACES, SIDES, Scene, SceneParseError, SeenBlock, format_scene, parse_scene, \
+    scene_from_facts
+from policies.types import Observation, PlanContext
+
+torch.set_num_threads(1)
+TINY = {"image_size": 32, "width": 32, "depth": 1, "mlp_dim": 64, "head_dim": 16, "vision_width": 32,
+        "vision_depth": 1, "vision_heads": 2, "vision_mlp_dim": 32}
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """One oracle + expert episode of every base family, as planner frames."""
+    out = tmp_path_factory.mktemp("grounded_frames")
+    pf.write_manifest(out, 32, 8)
+    n = len(SUITES["base"])
+    pf.record_shard(str(out), list(range(n)), "base", 0.0, 32, 400, None)
+    return out
+
+
+def test_the_grounded_thought_round_trips_for_every_family(frames):
+    rows, _, _ = pf.read_shard(pf.shards(frames)[0])
+    families = set()
+    for row in rows:
+        scene = scene_from_facts(row["facts"], row["context"]["task"])
+        line = format_scene(scene)
+        assert parse_scene(line) == scene
+        plan = parse_plan(format_plan(line, row["subtask"]))
+        assert plan.thought == line and plan.subtask == row["subtask"]
+        # every present block is listed once, left to right
+        assert [b.name for b in scene.blocks] == list(row["facts"]["blocks"])
+        # the oracle itself writes the same line before its reason
+        assert row["thought"].startswith(line + " ")
+        families.add(row["family"])
+    assert families == set(SUITES["base"])
+
+
+def test_the_scene_grammar_refuses_text_outside_it():
+    scene = Scene((SeenBlock("red block", "table", side="left"), SeenBlock("large blue block", "block", "green block")),
+                  drawer_open=False)
+    line = format_scene(scene)
+    assert line == "I see: red block on the table at the left, large blue block on the green block; drawer shut."
+    assert parse_scene(line) == scene
+    for bad in ("the red block is on the table", "I see: red block floating.", "I see: red block in the gripper"):
+        with pytest.raises(SceneParseError):
+            parse_scene(bad)
+
+
+def test_read_out_labels_match_the_detectors_on_a_scripted_scene():
+    env = make_env(family="put_color_in_bowl", image_size=32, render_images=False)
+    _, info = env.reset(seed=3)
+    world = info["privileged"]
+    block, bowl = next(iter(world.blocks)), next(iter(world.bowls))
+    _, info = env.place_block(block, world.bowl(bowl).pos + np.array([0.0, 0.0, 0.03]))
+    world = info["privileged"]
+    labels = labels_from_facts(scene_facts(world))
+    assert world.in_bowl(block, bowl)
+    i = BLOCK_NAMES.index(block)
+    assert PLACES[labels["place"][i]] == "bowl" and WHERE_NAMES[labels["where"][i]] == bowl
+    for name in world.blocks:
+        j = BLOCK_NAMES.index(name)
+        if world.on_table(name):
+            assert PLACES[labels["place"][j]] == "table"
+            assert SIDES[labels["side"][j]] == world.side_of(name) if world.side_of(name) in SIDES else True
+    absent = [k for k, name in enumerate(BLOCK_NAMES) if name not in world.blocks]
+    assert absent and all(labels["place"][k] == 0 for k in absent)
+    assert labels["drawer"] == int(world.drawer.is_open)
+
+
+def test_the_heads_reading_writes_a_line_in_the_grammar():
+    readout = ObjectReadout(make_config("tiny", vision_stem="objects")).eval()
+    with torch.no_grad():
+        out = readout.heads(readout.features(torch.randint(0, 255, (3, 2, 32, 32, 3), dtype=torch.uint8)))
+    for scene, task in zip(read_scenes(out, ["put the blocks in the drawer", "stack", "sort"]), ["drawer", "a", "b"]):
+        assert parse_scene(format_scene(scene)) == scene
+        for b in scene.blocks:  # a block is never read as on itself or in a block
+            assert b.where != b.name
+            assert b.place != "bowl" or b.where.endswith("bowl")
+
+
+def test_the_two_stage_recipe_trains_and_plans_from_its_own_reading(frames, tmp_path):
+    readout = tmp_path / "readout"
+    summary = train_readout(ReadoutSettings(data=[str(frames)], out=str(readout), preset="tiny", steps=6, batch_size=8,
+                                            eval_every=6, threads=1, warmup_steps=1, held_out_fraction=0.2,
+                                            overrides={**TINY, "vision_stem": "objects"}))
+    assert 0.0 <= summary["final_eval"]["objects_right"] <= 1.0
+    ckpt = tmp_path / "planner"
+    s = TrainSettings(data=[str(frames)], out=str(ckpt), preset="grounded", steps=4, batch_size=8, eval_every=4,
+                      eval_samples=16, eval_generate=4, threads=1, warmup_steps=1, vocab_size=700,
+                      held_out_fraction=0.25, scene_questions=1.0, readout=str(readout), overrides=TINY)
+    before = saved_readout(readout)
+    train(s)
+    policy = load_pi05(ckpt)
+    # stage 2 left the read-out as stage 1 trained it (only its projection into the backbone learned)
+    after = policy.model.vision.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items() if not k.startswith("proj."))
+    frames_set = load_frames([frames], 32)
+    obs = Observation(images={"front": frames_set.images[0, 0].numpy(), "wrist": frames_set.images[0, 1].numpy()},
+                      state=np.zeros(8, np.float32), task=frames_set.tasks[0], time=0.0)
+    plan = policy.generate_plan(obs, PlanContext(task=obs.task))
+    with torch.no_grad():
+        images = torch.from_numpy(policy.processor.prepare_images(obs.images))[None]
+        read = read_scenes(policy.model.vision.heads(policy.model.vision.features(images)), [obs.task])[0]
+    # the line the backbone decided from is the read-out's (an untrained backbone may not reach "So:",
+    # and then its whole text is shown as the subtask)
+    assert (plan.thought or plan.subtask).startswith(format_scene(read))
+    assert isinstance(policy.answer_question(obs, "what is in the red bowl?"), str)
+
+
+def saved_readout(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k.removeprefix("vision."): v for k, v in load_file(str(run / "model.safetensors")).items()}
