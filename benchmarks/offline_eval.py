@@ -68,10 +68,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     model, processor = load_checkpoint(args.checkpoint)
-    if model.cfg.vision_stem == "objects":
+    if model.cfg.vision_stem == "objects" or model.cfg.blind:
         if args.data is None:
             raise SystemExit("a grounded checkpoint is evaluated on planner frames it never saw: pass --data")
-        return grounded_eval(args, model, processor)
+        return grounded_eval(args, model, processor)  # and the text-only baseline beside it
     if args.data is not None:
         cfg = model.cfg
         raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
@@ -174,11 +174,12 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     frames = load_frames([args.data], cfg.image_size, log=lambda *_: None)
     g = torch.Generator().manual_seed(1234)
-    reading = evaluate_readout(model.vision, frames, torch.randperm(len(frames.tasks), generator=g)[: args.frames * 2],
-                               args.dtype, torch.device("cpu"))
+    reading = None if cfg.blind else evaluate_readout(
+        model.vision, frames, torch.randperm(len(frames.tasks), generator=g)[: args.frames * 2], args.dtype,
+        torch.device("cpu"))
     raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
                                  context_last=cfg.context_last, scene_questions=args.questions, seed=args.seed,
-                                 grounded=True)
+                                 thoughts="scene")
     tensors, meta = encode_samples(raw, processor)
     order = torch.randperm(len(raw), generator=g)
     is_plan = tensors["subtask_class"][order] >= 0
@@ -189,10 +190,15 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
         tasks = [raw.tasks[i] for i in chunk.tolist()]
         true_lines = [raw.thoughts[i] for i in chunk.tolist()]
         with torch.no_grad(), autocast:
-            texts, lines = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
-                                           b["context_ids"], b["context_mask"], tasks)
-            given, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
-                                       b["context_ids"], b["context_mask"], tasks, lines=true_lines)
+            if cfg.blind:  # the text-only baseline writes no line: it decides from the text alone
+                out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
+                texts = given = [processor.decode(row) for row in out.tolist()]
+                lines = [""] * len(texts)
+            else:
+                texts, lines = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
+                                               b["context_ids"], b["context_mask"], tasks)
+                given, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
+                                           b["context_ids"], b["context_mask"], tasks, lines=true_lines)
         for i, text, true_text, line, true_line in zip(chunk.tolist(), texts, given, lines, true_lines):
             truth = raw.plan_subtasks[i]
             ok = parse_subtask_or_empty(text) == truth
@@ -205,7 +211,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
                 hits[group].append(ok)
                 hits[f"{group} (true line given)"].append(parse_subtask_or_empty(true_text) == truth)
     answered: dict[str, list[bool]] = defaultdict(list)
-    for chunk in questions.split(args.batch_size):
+    for chunk in ([] if cfg.blind else questions.split(args.batch_size)):
         b = get_batch(tensors, chunk, torch.device("cpu"))
         with torch.no_grad(), autocast:
             texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
@@ -218,11 +224,12 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     qa_rows = {k: {"questions": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(answered.items())}
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "reading": reading,
               "decisions": rows, "scene_question_accuracy": qa_rows, "seconds": time.perf_counter() - started}
-    print(f"reading, {reading['frames']} frames: objects placed right {100 * reading['objects_right']:.1f}%, "
-          f"scene lines wholly right {100 * reading['scene_lines_right']:.1f}%, "
-          f"frames with every block right {100 * reading['frames_all_blocks_right']:.1f}%")
-    for place, v in reading["per_place"].items():
-        print(f"  {place:<10} {v['n']:>6} {100 * v['right']:>6.1f}%")
+    if reading is not None:
+        print(f"reading, {reading['frames']} frames: objects placed right {100 * reading['objects_right']:.1f}%, "
+              f"scene lines wholly right {100 * reading['scene_lines_right']:.1f}%, "
+              f"frames with every block right {100 * reading['frames_all_blocks_right']:.1f}%")
+        for place, v in reading["per_place"].items():
+            print(f"  {place:<10} {v['n']:>6} {100 * v['right']:>6.1f}%")
     print(f"{'held-out plan frames':<44} {'n':>5} {'read line':>10} {'true line':>10}")
     for k, v in rows.items():
         if not k.endswith("(true line given)"):

@@ -80,6 +80,17 @@ def format_scene(scene: Scene) -> str:
     return f"{SCENE_OPEN}{seen}{drawer}."
 
 
+def split_scene(thought: str) -> tuple[str | None, str]:
+    """(the scene line a thought opens with, or None; the rest of the thought) - for showing a person
+    what the robot believes apart from why it decides."""
+    if not thought.startswith(SCENE_OPEN):
+        return None, thought
+    end = thought.find(".", len(SCENE_OPEN))
+    if end < 0:
+        return thought, ""
+    return thought[: end + 1], thought[end + 1:].strip()
+
+
 _NAME = r"(?:(?:small|large) )?[a-z]+ block"
 _PHRASES = (
     (re.compile(rf"^({_NAME}) on the table at the (left|middle|right)$"), lambda m: SeenBlock(m[1], "table", side=m[2])),

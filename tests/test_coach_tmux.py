@@ -92,6 +92,8 @@ def test_coach_on_a_terminal_records_correction_pause_and_quit(tmp_path):
     try:
         term.wait_for(r"hivla coach .* step \d+", timeout=120)
         term.wait_for(r"subtask .*\[oracle\]")
+        # what the robot believes, under the task: the plan's scene line (blocks and places)
+        term.wait_for(r"sees .*block (?:on the table at the (?:left|middle|right)|in the \w+ bowl)")
         term.wait_for(r"waiting: press Enter")
         term.type("")  # Enter starts the robot
         deadline = time.monotonic() + 30

@@ -127,3 +127,18 @@ def saved_readout(run) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return {k.removeprefix("vision."): v for k, v in load_file(str(run / "model.safetensors")).items()}
+
+
+def test_the_text_only_baseline_sees_no_image_and_writes_no_thought(frames):
+    from agent.training.dataset import collect_planner_frames
+    from policies.pi05.modeling import Pi05Model
+
+    model = Pi05Model(make_config("tiny", blind=True))
+    images = torch.randint(0, 255, (2, 2, 32, 32, 3), dtype=torch.uint8)
+    ids = torch.randint(10, 100, (2, model.cfg.prefix_text_len))
+    tokens, _ = model.embed_prefix(images, ids, torch.ones_like(ids))
+    assert not tokens[:, : model.cfg.image_tokens].any() and tokens[:, model.cfg.image_tokens:].any()
+    raw = collect_planner_frames([frames], ("front", "wrist"), 32, 4, thoughts="none")
+    assert raw.thoughts and not any(raw.thoughts)
+    scene = collect_planner_frames([frames], ("front", "wrist"), 32, 4, thoughts="scene")
+    assert all(t.startswith("I see: ") for t in scene.thoughts)

@@ -20,6 +20,7 @@ from rich.text import Text
 from agent.console.halfblock import HalfBlockImage, halfblock_fragments
 from agent.console.pace import describe_speed
 from agent.specs import describe_spec
+from policies.scene_line import SCENE_OPEN, split_scene
 
 SOURCE_STYLES = {"model": "bold bright_cyan", "human": "bold bright_magenta", "oracle": "bold yellow"}
 KIND_STYLES = {
@@ -180,7 +181,10 @@ def _details(snap: StatusSnapshot) -> Table:
     grid.add_column(style="bold", no_wrap=True, justify="right")
     grid.add_column(overflow="fold")
     grid.add_row("task", Text(snap.task or "-"))
-    grid.add_row("thought", Text(snap.thought or "-", style="italic"))
+    seen, reason = split_scene(snap.thought)
+    if seen:  # what the robot believes, under the task, so a person can see a misreading before it acts on it
+        grid.add_row("sees", Text(seen.removeprefix(SCENE_OPEN), style="cyan"))
+    grid.add_row("thought", Text(reason or "-", style="italic"))
     subtask = Text(snap.subtask or "-", style="bold")
     if snap.source:
         subtask.append(f"  [{snap.source}]", style=SOURCE_STYLES.get(snap.source, ""))

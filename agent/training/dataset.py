@@ -31,6 +31,7 @@ from policies.pi05.processor import NormStats, Pi05Processor, pad_to, prompt_cor
 
 CACHE_FILE = "data_cache.safetensors"
 CACHE_META = "data_cache.json"
+THOUGHTS = ("oracle", "scene", "none")  # what a planner-frame sample's thought is (collect_planner_frames)
 
 
 @dataclass
@@ -109,10 +110,10 @@ def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
                     stride: int = 1, log=print, context_last: str = "in_force", frames: bool = True,
-                    scene_questions: float = 0.0, grounded: bool = False) -> RawSamples:
+                    scene_questions: float = 0.0, thoughts: str = "oracle") -> RawSamples:
     """Samples from recorded sessions, or from planner-frame shards (`hivla datagen --mode planner`;
-    `scene_questions` is then how many scene questions a frame gets on average, and `grounded` writes
-    the thought as the scene line).
+    `scene_questions` is then how many scene questions a frame gets on average, and `thoughts` which
+    thought a plan has: see collect_planner_frames).
     `frames=False` reads the events only (no video decoding; `images` stays empty): enough to
     rebuild the text columns of a cache."""
     from agent.training.planner_frames import is_planner_frames
@@ -121,7 +122,7 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
     kinds = {is_planner_frames(p) for p in data_paths}
     if kinds == {True}:
         return collect_planner_frames(data_paths, cameras, image_size, horizon, log, context_last, scene_questions,
-                                      grounded=grounded)
+                                      thoughts=thoughts)
     if len(kinds) > 1:
         raise ValueError("--data mixes planner-frame directories with recorded sessions; train on one kind at a time")
 
@@ -174,12 +175,16 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
 
 def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
                            log=print, context_last: str = "done", scene_questions: float = 0.0,
-                           seed: int = 0, grounded: bool = False) -> RawSamples:
+                           seed: int = 0, thoughts: str = "oracle") -> RawSamples:
     """Each kept frame gives one plan sample (the oracle's plan, with the context the loop gave the
     planner) and, on average, `scene_questions` question samples on the same frame (the question in
     the task's place, no coaching context, the answer as the target). No actions: a planner recipe.
-    `grounded`: the thought is the scene line the simulator's facts give (policies/scene_line.py), for
-    plans and questions alike ("I see: ... So: <subtask or answer>"), in place of the oracle's phrasing."""
+    `thoughts`: "oracle", the oracle's own; "scene", the scene line the simulator's facts give
+    (policies/scene_line.py), for plans and questions alike ("I see: ... So: <subtask or answer>"), the
+    grounded planner's; "none", no thought at all (the text-only baseline, which never sees the scene)."""
+    if thoughts not in THOUGHTS:
+        raise ValueError(f"thoughts must be one of {THOUGHTS}, got {thoughts!r}")
+    grounded = thoughts == "scene"
     from agent.training.planner_frames import read_shard, shards
     from agent.training.scene_questions import sample_questions
     from policies.planning import PlannerContext
@@ -205,7 +210,8 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
             key = f"{stem.parent.name}/{row['episode']}"
             n_questions = int(scene_questions) + int(rng.random() < scene_questions - int(scene_questions))
             asked = sample_questions(row["facts"], rng, n_questions) if n_questions else []
-            thought = format_scene(scene_from_facts(row["facts"], ctx.task)) if grounded else row["thought"]
+            thought = {"scene": lambda: format_scene(scene_from_facts(row["facts"], ctx.task)), "none": lambda: "",
+                       "oracle": lambda: row["thought"]}[thoughts]()
             samples = [(ctx.task, ctx.last(context_last), ctx.read_texts, thought, row["subtask"], None, None)]
             samples += [(question, None, [], format_scene(scene_from_facts(row["facts"], question)) if grounded else "",
                          "", answer, kind) for kind, question, answer in asked]

@@ -96,7 +96,7 @@ def prepare(s: TrainSettings, log: Logger):
         if cached is None:
             raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
                                   context_last=cfg.context_last, scene_questions=s.scene_questions,
-                                  grounded=cfg.vision_stem == "objects")
+                                  thoughts=thought_kind(cfg))
             cached = encode_samples(raw, processor)
             save_cache(out, *cached)
         elif cached[1].get("context_last", "in_force") != cfg.context_last:
@@ -111,7 +111,7 @@ def prepare(s: TrainSettings, log: Logger):
         t0 = time.perf_counter()
         raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
                               context_last=cfg.context_last, scene_questions=s.scene_questions,
-                                  grounded=cfg.vision_stem == "objects")
+                                  thoughts=thought_kind(cfg))
         if s.init_from:  # keep the tokens and state bins the weights were trained with
             tokenizer = load_tokenizer(Path(s.init_from) / "tokenizer.json")
             stats = NormStats.load(Path(s.init_from) / "norm_stats.json")
@@ -129,6 +129,12 @@ def prepare(s: TrainSettings, log: Logger):
                  f"{truncated} targets cut at {cfg.max_target_tokens} tokens ({time.perf_counter() - t0:.0f}s)")
     tensors, meta = cached
     return cfg, processor, tensors, meta
+
+
+def thought_kind(cfg: Pi05Config) -> str:
+    """What a planner-frame plan's thought is for this config: none for the text-only baseline, the
+    scene line for a grounded planner, the oracle's otherwise."""
+    return "none" if cfg.blind else "scene" if cfg.vision_stem == "objects" else "oracle"
 
 
 def split_held_out(tensors: dict, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -99,6 +99,10 @@ class Pi05Config:
     # the high level can answer `/ask`; a checkpoint trained without them refuses to answer
     scene_questions: bool = False
 
+    # A baseline that never sees the images (their tokens are zeros) and writes no thought: what the
+    # task, the state and the coaching context alone decide. A grounded planner must beat it widely.
+    blind: bool = False
+
     preset: str = "custom"
 
     @property

@@ -259,7 +259,12 @@ class Pi05Model(nn.Module):
         """images uint8 [B, n_cam, H, W, 3], prefix_ids/mask [B, Lt] -> tokens [B, P, W], valid [B, P].
         `object_features` [B, n_objects, vision_width]: the frozen object read-out's features, cached
         per frame, in place of running it on `images` (the grounded recipe's second stage)."""
-        img = self.vision.tokens(object_features) if object_features is not None else self.embed_images(images)
+        if self.cfg.blind:  # the text-only baseline: image tokens that carry nothing
+            img = torch.zeros(len(prefix_ids), self.cfg.image_tokens, self.cfg.width, device=prefix_ids.device)
+        elif object_features is not None:
+            img = self.vision.tokens(object_features)
+        else:
+            img = self.embed_images(images)
         text = self.embed_text(prefix_ids).to(img.dtype)
         tokens = torch.cat([img, text], dim=1)
         valid = torch.cat([torch.ones(img.shape[:2], dtype=torch.bool, device=img.device), prefix_mask.bool()], 1)
