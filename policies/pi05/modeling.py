@@ -35,6 +35,8 @@ low level runs [base | subtask] once per chunk and then only the expert for each
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,9 @@ from policies.augment import random_shift
 from policies.pi05.configuration import Pi05Config
 from policies.pi05.objects import ObjectReadout
 from policies.pi05.vision import ConvResampler, group_norm_convs
+
+if TYPE_CHECKING:
+    from policies.pi05.constrained import PlanConstraint
 
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: keys, values [B, kv_heads, L, head_dim] (RoPE applied)
 
@@ -502,6 +507,7 @@ class Pi05Model(nn.Module):
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
         max_new_tokens: int | None = None, use_cache: bool | str = True, return_scores: bool = False,
         object_features: Tensor | None = None, forced_ids: Tensor | None = None,
+        constraints: "Sequence[PlanConstraint | None] | None" = None, jump: bool = True,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Greedy decoding of "thought So: subtask <eos>" after [base | context]. Returns ids [B, n]
         (without <bos>; each row stops at its first <eos>, later positions are <pad>), and with
@@ -509,12 +515,28 @@ class Pi05Model(nn.Module):
         `forced_ids` [B, F] (pad past each row's end): the first tokens of each row are these, not the
         argmax (the grounded planner's scene line, written by its read-out); decoding goes on after them.
         `object_features`: the object read-out's features, when the caller has them already.
+        `constraints` (one a row, None for a row decoded freely): each constrained row writes only what
+        its automaton allows (policies/pi05/constrained.py: the logits masked to the allowed tokens,
+        greedy among them) and always reaches <eos> (its budget grows to the automaton's longest plan);
+        it takes its forced tokens from the automaton, not `forced_ids`. With `jump`, a span the
+        automaton forces is appended in the same forward pass as the token before it (jump-forward:
+        one multi-token step over the static cache, causal inside the span); `jump=False` feeds the
+        same tokens one a step (the reference). The scores of a forced token are the logits that
+        would have chosen it, as without jumping. None: decoding exactly as before.
         `use_cache=True`: the static KV cache and fused weights (the fast path); "dynamic": the cache
         grown by concatenation through `run_backbone` (the path before it); False: the whole sequence
         recomputed every step (the reference for both)."""
         cfg = self.cfg
         max_new = max_new_tokens or cfg.max_target_tokens - 1
         forced = _Forced(forced_ids, cfg.pad_id)
+        if constraints is not None:
+            if use_cache is not True:
+                raise ValueError("constrained decoding runs on the static cache: use_cache=True")
+            if len(constraints) != images.shape[0]:
+                raise ValueError(f"one constraint a row (or None): got {len(constraints)} for {images.shape[0]} rows")
+            ids, scores = self._decode_constrained(images, prefix_ids, prefix_mask, context_ids, context_mask, max_new,
+                                                   object_features, forced, constraints, jump, return_scores)
+            return (ids, scores) if return_scores else ids
         if use_cache is True:
             ids, scores = self._decode_static(images, prefix_ids, prefix_mask, context_ids, context_mask, max_new,
                                               object_features, forced)
@@ -632,23 +654,47 @@ class Pi05Model(nn.Module):
         return torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([angles.sin()] * 2, -1)[:, :, None]
 
     def _fast_attention(self, layer: "_FusedLayer", h: Tensor, cos: Tensor, sin: Tensor, keys: Tensor,
-                        values: Tensor, at: int, mask: Tensor) -> Tensor:
+                        values: Tensor, at: int, mask: Tensor,
+                        rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """h [B, L, W] -> attention output [B, L, heads*d]. Writes this step's keys/values into the
-        static cache `keys`/`values` [B, kvh, L_max, d] at [at, at+L) and attends to [0, at+L)."""
+        static cache `keys`/`values` [B, kvh, L_max, d] at [at, at+L) and attends to [0, at+L).
+        `rows` (batch, token, slot indices [M]): a step whose rows bring different numbers of tokens
+        (jump-forward); only those tokens are written, each at its own slot, and the step attends to
+        [0, at) under `mask` [B, 1, (heads/kvh)*L, at]."""
         cfg = self.cfg
         b, n, _ = h.shape
         hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         qk, qk_rot, v = (h @ layer.qkv).split(layer.split, -1)
         qk = (qk.view(b, n, hq + kvh, d) * cos + qk_rot.view(b, n, hq + kvh, d) * sin).to(keys.dtype)
-        end = at + n
-        keys[:, :, at:end] = qk[:, :, hq:].transpose(1, 2)
-        values[:, :, at:end] = v.view(b, n, kvh, d).transpose(1, 2)
+        if rows is None:
+            end = at + n
+            keys[:, :, at:end] = qk[:, :, hq:].transpose(1, 2)
+            values[:, :, at:end] = v.view(b, n, kvh, d).transpose(1, 2)
+        else:
+            end, (bi, ti, si) = at, rows
+            keys[bi, :, si] = qk[bi, ti, hq:]
+            values[bi, :, si] = v.view(b, n, kvh, d)[bi, ti]
         # All queries of one call see the same keys (a decoded token; or the action tokens, which see
         # the whole context and each other), so the query heads sharing a kv head become one query
         # block: no copy of the keys per head (what repeat_interleave did).
         q = qk[:, :, :hq].permute(0, 2, 1, 3).reshape(b, kvh, (hq // kvh) * n, d)
         out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask)
         return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
+
+    def _fast_backbone(self, w: "_FusedWeights", x: Tensor, cos: Tensor, sin: Tensor, keys: list[Tensor],
+                       values: list[Tensor], at: int, mask: Tensor,
+                       rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+        """The backbone's layers on the fused weights for one decode step's tokens x [B, L, W] (their
+        keys/values written into the static cache, see _fast_attention); the hidden states before the
+        final norm."""
+        width = self.cfg.width
+        for i, layer in enumerate(w.backbone):
+            h = F.rms_norm(x, (width,), layer.attn_norm, layer.eps)
+            x = x + self._fast_attention(layer, h, cos, sin, keys[i], values[i], at, mask, rows) @ layer.o
+            h = F.rms_norm(x, (width,), layer.mlp_norm, layer.eps)
+            gate, up = (h @ layer.gate_up).chunk(2, -1)
+            x = x + (F.gelu(gate, approximate="tanh") * up) @ layer.down
+        return x
 
     def _decode_static(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
                        context_mask: Tensor, max_new: int, object_features: Tensor | None = None,
@@ -681,12 +727,7 @@ class Pi05Model(nn.Module):
             at = p + step
             mask = key_valid[..., : at + 1]
             c, s = cos[:, step: step + 1], sin[:, step: step + 1]
-            for i, layer in enumerate(w.backbone):
-                h = F.rms_norm(x, (width,), layer.attn_norm, layer.eps)
-                x = x + self._fast_attention(layer, h, c, s, keys[i], values[i], at, mask) @ layer.o
-                h = F.rms_norm(x, (width,), layer.mlp_norm, layer.eps)
-                gate, up = (h @ layer.gate_up).chunk(2, -1)
-                x = x + (F.gelu(gate, approximate="tanh") * up) @ layer.down
+            x = self._fast_backbone(w, x, c, s, keys, values, at, mask)
             hidden = F.rms_norm(x[:, 0], (width,), w.final_norm, w.eps)
             logits = (hidden @ w.embed_out).float()
             nxt = forced.apply(step, logits.argmax(-1))
@@ -698,6 +739,101 @@ class Pi05Model(nn.Module):
             if bool(done.all()):
                 break
         return torch.stack(ids, 1), torch.stack(scores, 1)
+
+    def _decode_constrained(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
+                            context_mask: Tensor, max_new: int, object_features: Tensor | None, forced: "_Forced",
+                            constraints: "Sequence[PlanConstraint | None]", jump: bool,
+                            want_scores: bool) -> tuple[Tensor, Tensor | None]:
+        """Greedy decoding on the static cache where each constrained row may write only what its
+        automaton allows (see `generate`). A step feeds each row the tokens it has appended since the
+        last step: one where the model chose, or the chosen token and the span forced after it
+        (jump-forward), so rows bring different numbers of tokens: each is written at its own row's
+        next cache slot, attends causally, and padding is neither written nor seen. Slots the step
+        attends to but a row has not written stay zero (masked; zeros keep NaN out of the sums).
+        Returns (ids [B, n], logits [B, n, V] or None)."""
+        cfg = self.cfg
+        _, valid, _, prefix_cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask,
+                                                            object_features)
+        b, p = valid.shape
+        dev, dtype = valid.device, prefix_cache[0][0].dtype
+        w = self._inference_weights(dtype)
+        caps = [max(max_new, c.longest) if c is not None else max_new for c in constraints]
+        total = p + max(caps)
+        keys = [torch.zeros(b, cfg.num_kv_heads, total, cfg.head_dim, device=dev, dtype=dtype) for _ in w.backbone]
+        values = [torch.zeros_like(k) for k in keys]
+        for (k, v), kc, vc in zip(prefix_cache, keys, values):
+            kc[:, :, :p] = k
+            vc[:, :, :p] = v
+        start = valid.sum(1)  # first target position
+        groups = cfg.num_heads // cfg.num_kv_heads
+        nodes = [c.root if c is not None else None for c in constraints]
+        out: list[list[int]] = [[] for _ in range(b)]  # the tokens written, row by row (without <bos>)
+        scores: list[list[Tensor]] = [[] for _ in range(b)]
+        feed: list[list[int]] = [[cfg.bos_id] for _ in range(b)]  # what each row brings to the next step
+        choose = [True] * b  # False: the row is finished; it is fed only for the scores of its last span
+        fed = [0] * b  # tokens of the row in the cache
+
+        def write(r: int, tokens: list[int]) -> list[int]:
+            """Row r writes these tokens; returns what it is fed next: them all, or where the row finishes
+            (<eos>, its budget) all but the last, and only for their scores (the logits that chose a
+            token come from feeding the token before it)."""
+            tokens = tokens[: caps[r] - len(out[r])]
+            out[r] += tokens
+            if cfg.eos_id in tokens or len(out[r]) >= caps[r]:
+                choose[r] = False
+                return tokens[:-1] if want_scores else []
+            return tokens
+
+        for r, c in enumerate(constraints):  # the automaton's opening span (the line, "So:") goes in with <bos>
+            if c is not None and jump:
+                span, nodes[r] = c.forced(nodes[r])
+                feed[r] = [cfg.bos_id] + write(r, span)
+        while any(feed):
+            n = max(map(len, feed))
+            lengths = torch.tensor([len(f) for f in feed], device=dev)
+            done_before = torch.tensor(fed, device=dev)
+            tokens = torch.tensor([f + [cfg.pad_id] * (n - len(f)) for f in feed], device=dev)
+            j = torch.arange(n, device=dev)
+            bi, ti = (j[None] < lengths[:, None]).nonzero(as_tuple=True)
+            slots = p + done_before[bi] + ti
+            end = p + int((done_before + lengths).max())
+            k = torch.arange(end - p, device=dev)
+            seen = (k[None, None] <= done_before[:, None, None] + j[None, :, None]) \
+                & (k[None, None] < (done_before + lengths)[:, None, None])  # [B, n, end - p]
+            mask = torch.cat([valid[:, None, :].expand(b, n, p), seen], -1)[:, None].repeat(1, 1, groups, 1)
+            cos, sin = self._rope_tables(start[:, None] + done_before[:, None] + j[None], cfg.head_dim, cfg.rope_theta)
+            x = self._fast_backbone(w, F.embedding(tokens, w.embed_in), cos, sin, keys, values, end, mask,
+                                    (bi, ti, slots))
+            last = (lengths - 1).clamp(min=0)
+            hidden = x if want_scores else x[torch.arange(b, device=dev), last][:, None]
+            logits = (F.rms_norm(hidden, (cfg.width,), w.final_norm, w.eps) @ w.embed_out).float()  # [B, n or 1, V]
+            for r in range(b):
+                n_r = len(feed[r])
+                if not n_r:
+                    continue
+                if want_scores:
+                    scores[r] += logits[r, :n_r].unbind(0)
+                fed[r] += n_r
+                feed[r] = []
+                if not choose[r]:
+                    continue
+                row = logits[r, n_r - 1 if want_scores else 0]
+                c = constraints[r]
+                if c is None:  # decoded freely: the forced ids first, then the argmax, one token a step
+                    token = forced.at(r, len(out[r]))
+                    feed[r] = write(r, [int(row.argmax()) if token is None else token])
+                    continue
+                allowed = c.allowed(nodes[r])
+                token = allowed[int(row[allowed].argmax())]
+                nodes[r] = c.advance(nodes[r], token)
+                span, nodes[r] = c.forced(nodes[r]) if jump else ([], nodes[r])
+                feed[r] = write(r, [token] + span)
+        n = max(map(len, out))
+        ids = torch.tensor([row + [cfg.pad_id] * (n - len(row)) for row in out], dtype=torch.long, device=dev)
+        if not want_scores:
+            return ids, None
+        pad = torch.zeros(cfg.vocab_size, device=dev)
+        return ids, torch.stack([torch.stack(row + [pad] * (n - len(row))) for row in scores])
 
     def _sample_actions_fast(self, ctx: tuple[KVCache, Tensor, Tensor], x: Tensor, steps: int) -> Tensor:
         """The Euler loop of sample_actions on the expert with a static cache: the context keys/values
@@ -757,6 +893,12 @@ class _Forced:
             return chosen
         column = self.ids[:, step].to(chosen.device)
         return torch.where(column != self.pad_id, column, chosen)
+
+    def at(self, row: int, step: int) -> int | None:
+        """Row `row`'s forced token at `step`, or None where the model chooses."""
+        if self.ids is None or step >= self.ids.shape[1] or int(self.ids[row, step]) == self.pad_id:
+            return None
+        return int(self.ids[row, step])
 
 
 def _rotate_half_rows(weight: Tensor, heads: int, head_dim: int) -> Tensor:

@@ -140,12 +140,18 @@ class Pi05Policy:
 
 def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Tensor, ids: torch.Tensor,
                     mask: torch.Tensor, ctx_ids: torch.Tensor, ctx_mask: torch.Tensor, tasks: list[str],
-                    lines: list[str] | None = None) -> tuple[list[str], list[str]]:
+                    lines: list[str] | None = None, grammar: bool | None = None) -> tuple[list[str], list[str]]:
     """A grounded planner's plans for a batch: the read-out's heads write each scene line
     (policies/scene_line.py), which is forced as the first tokens of the text, and the backbone decodes
     on from it ("... So: <subtask>"). `lines`: force these instead (e.g. the true lines, to measure
-    deciding apart from reading). Returns (texts, the lines forced)."""
+    deciding apart from reading). Returns (texts, the lines forced).
+    `grammar`: decode each plan under the plan grammar (policies/pi05/constrained.py: after its line,
+    only "So: <subtask>" naming what the line listed, then <eos>; forced spans appended in one pass).
+    None (the default): on for every row but a scene question (policies.plan_grammar.is_scene_question),
+    whose answer is free text after the line; False: every row decoded freely, as before the grammar."""
+    from policies.pi05.constrained import PlanConstraint
     from policies.pi05.objects import read_scenes
+    from policies.plan_grammar import is_scene_question
     from policies.scene_line import format_scene
 
     features = model.vision.features(images)
@@ -155,7 +161,11 @@ def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Te
     forced = torch.full((len(encoded), max(map(len, encoded))), model.cfg.pad_id, dtype=torch.long)
     for row, line_ids in enumerate(encoded):
         forced[row, : len(line_ids)] = torch.tensor(line_ids)
-    out = model.generate(images, ids, mask, ctx_ids, ctx_mask, object_features=features, forced_ids=forced)
+    planned = [not is_scene_question(task) if grammar is None else grammar for task in tasks]
+    constraints = ([PlanConstraint.for_line(processor, line) if plan else None for line, plan in zip(lines, planned)]
+                   if any(planned) else None)
+    out = model.generate(images, ids, mask, ctx_ids, ctx_mask, object_features=features, forced_ids=forced,
+                         constraints=constraints)
     return [processor.decode(row) for row in out.tolist()], lines
 
 

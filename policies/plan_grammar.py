@@ -1,0 +1,68 @@
+"""Which subtasks a grounded plan may decide, given the scene line it opened with.
+
+    subtasks = allowed_subtasks(parse_scene(line))   # every Subtask the line leaves open, in a fixed order
+    plan_is_allowed(text)                            # "I see: ... So: <subtask>": parses, and names only what it saw
+    is_scene_question(text)                          # a co-trained scene question: answered, not planned
+
+The grounded planner writes "I see: <scene line> So: <subtask>" (policies/scene_line.py,
+policies/planning.py, policies/grammar.py). Its subtask may name only the blocks its own line listed:
+"pick up" / "push" any listed block; "stack it on" a listed block other than the one the line says
+is held; "place it in" any bowl (the line lists a bowl only where a block sits in it, so every
+bowl colour of the grammar stays open); the drawer and put-down subtasks always. The grammar-
+constrained decoder (policies/pi05/constrained.py) tokenises exactly these plans; this module knows
+no tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from policies.grammar import COLORS, DIRECTIONS, Subtask, SubtaskParseError, parse_subtask
+from policies.planning import PlanParseError, parse_plan
+from policies.scene_line import Scene, SceneParseError, parse_scene, split_scene
+
+# the subtasks that name no object: always open
+_NAMELESS = (Subtask("drawer_put"), Subtask("open"), Subtask("close"), Subtask("put_down"))
+
+
+def allowed_subtasks(scene: Scene) -> tuple[Subtask, ...]:
+    """Every subtask a plan after this scene line may decide, each once (blocks in the line's order)."""
+    names = [b.name for b in scene.blocks]
+    held = {b.name for b in scene.blocks if b.place == "held"}
+    out: list[Subtask] = [Subtask("pick", obj=n) for n in names]
+    out += [Subtask("place", target=f"{c} bowl") for c in COLORS]
+    out += [Subtask("stack", target=n) for n in names if n not in held]
+    out += list(_NAMELESS)
+    out += [Subtask("push", obj=n, target=d) for n in names for d in DIRECTIONS]
+    return tuple(out)
+
+
+def plan_is_allowed(text: str) -> bool:
+    """Does this plan open with a scene line, end with one subtask of the grammar, and name in it only
+    what the line allows? (The measure of a constrained decoder: every plan it writes passes.)"""
+    try:
+        plan = parse_plan(text)
+        line, rest = split_scene(plan.thought)
+        if line is None or rest:
+            return False
+        return parse_subtask(plan.subtask) in allowed_subtasks(parse_scene(line))
+    except (PlanParseError, SceneParseError, SubtaskParseError):
+        return False
+
+
+@lru_cache(maxsize=1)
+def _question_patterns() -> tuple[re.Pattern, ...]:
+    import prompts
+
+    slot = re.compile(r"\\\{(?:obj|bowl)\\\}")
+    return tuple(re.compile("^" + slot.sub("[a-z ]+", re.escape(t.lower())) + "$")
+                 for phrasings in prompts.load("scene_questions")["questions"].values() for t in phrasings)
+
+
+def is_scene_question(text: str) -> bool:
+    """A question put in the task's place (`/ask`, the co-trained scene questions): its answer follows
+    the scene line instead of a subtask, so no plan grammar applies. A task is an instruction, never a
+    question: a text is a question when it ends in "?" or is one of prompts/scene_questions.toml's phrasings."""
+    t = " ".join(text.lower().split())
+    return t.endswith("?") or any(p.match(t) for p in _question_patterns())
