@@ -183,7 +183,8 @@ def test_forced_spans_in_one_pass_give_the_ids_and_logits_of_token_by_token_deco
     constraints = [PlanConstraint.for_line(processor, line) for line in lines]
     passes = []
     fast_backbone = Pi05Model._fast_backbone
-    monkeypatch.setattr(Pi05Model, "_fast_backbone", lambda self, *a, **k: passes.append(1) or fast_backbone(self, *a, **k))
+    monkeypatch.setattr(Pi05Model, "_fast_backbone",
+                        lambda self, *a, **k: passes.append(1) or fast_backbone(self, *a, **k))
     jumped, jumped_scores = model.generate(*args, constraints=constraints, return_scores=True)
     n_jumped = len(passes)
     stepped, stepped_scores = model.generate(*args, constraints=constraints, return_scores=True, jump=False)
@@ -214,8 +215,8 @@ def test_a_scene_with_one_block_can_only_pick_that_block(processor):
     assert processor.decode(span) == "the red block to the"  # then only the direction is chosen
     assert len(constraint.allowed(node)) == len(DIRECTIONS)
     subtasks = allowed_subtasks(parse_scene(line))
-    assert {s.obj for s in subtasks if s.obj} == {"red block"} and {s.target for s in subtasks if s.kind == "stack"} == {
-        "red block"}
+    assert {s.obj for s in subtasks if s.obj} == {"red block"}
+    assert {s.target for s in subtasks if s.kind == "stack"} == {"red block"}
     for seed in range(4):
         out = random_model(processor, seed).generate(*inputs(processor, TASKS[:2], seed),
                                                     constraints=[constraint, constraint])
@@ -230,3 +231,11 @@ def test_scene_questions_are_told_from_tasks():
         assert is_scene_question(q), q
     for t in TASKS + ["stack the red block on the blue block, then the green block on the red block"]:
         assert not is_scene_question(t), t
+
+
+def test_constrained_decoding_runs_under_bf16_autocast(processor):
+    model = random_model(processor, 5)
+    constraints = [PlanConstraint.for_line(processor, line) for line in LINES]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.generate(*inputs(processor, TASKS, 5), constraints=constraints)
+    assert all(plan_is_allowed(processor.decode(ids)) for ids in out.tolist())
