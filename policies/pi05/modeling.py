@@ -676,7 +676,8 @@ class Pi05Model(nn.Module):
             values[bi, :, si] = v.view(b, n, kvh, d)[bi, ti]
         # All queries of one call see the same keys (a decoded token; or the action tokens, which see
         # the whole context and each other), so the query heads sharing a kv head become one query
-        # block: no copy of the keys per head (what repeat_interleave did).
+        # block: no copy of the keys per head (what repeat_interleave did). A jump-forward step's
+        # queries see different keys (causal); its mask holds one row per query, tiled over the group.
         q = qk[:, :, :hq].permute(0, 2, 1, 3).reshape(b, kvh, (hq // kvh) * n, d)
         out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask)
         return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
