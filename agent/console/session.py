@@ -292,6 +292,7 @@ def open_coach_session(args: Any) -> CoachSession:
 def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
     from agent.envs import make_env
     from agent.loop import ControlLoop
+    from agent.runtime.recording import Guarded, RecordingObserver
     from agent.specs import SpecError, default_high_level_spec, default_low_level_spec, make_high_level, make_low_level
     from sessions.recorder import RecorderError, SessionRecorder, default_session_dir, make_header
 
@@ -337,8 +338,6 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
         for observer in observers:
             observer.close()
         raise CoachSessionError(f"cannot record to {out_dir}: {err}") from None
-    # The loop records to one place; observers (the live rerun log) see the same events after it.
-    loop_recorder = Tee(recorder, observers) if observers else recorder
     # Paced (a person watching): the high level plans on its own thread, so the robot never waits
     # for a plan. Unpaced headless scripts plan in the step, deterministic under the seed (agent/loop.py).
     paced = getattr(args, "speed", None) is not None
@@ -346,8 +345,11 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
         from agent.planner_thread import set_inference_threads
 
         set_inference_threads()
-    loop = ControlLoop(env, high, low, recorder=loop_recorder, replan_period_s=args.replan_period,
-                       async_planning=paced)
+    # The loop records to one place; observers (the live rerun log) see the same records after it,
+    # and one that fails is dropped with one message while the recording goes on.
+    logs = [Guarded(RecordingObserver(observer), label="hivla coach") for observer in observers]
+    loop = ControlLoop(env, high, low, recorder=recorder, replan_period_s=args.replan_period,
+                       async_planning=paced, observers=logs)
     try:
         loop.reset(seed=args.seed, options=options)
     except Exception:
@@ -355,29 +357,4 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
         raise
     meta = {"high_level": high_spec, "low_level": low_spec, "session_dir": str(out_dir)}
     return loop, recorder, meta, observers
-
-
-class Tee:
-    """The recorder first, then each observer: what the loop records, they see. An observer
-    that fails is dropped with one message; the recording goes on."""
-
-    def __init__(self, recorder: Any, observers: list) -> None:
-        self.recorder = recorder
-        self.observers = list(observers)
-
-    def record(self, event: Any) -> None:
-        self.recorder.record(event)
-        self._tell("record", event)
-
-    def record_step(self, step: Any, images: dict) -> None:
-        self.recorder.record_step(step, images)
-        self._tell("record_step", step, images)
-
-    def _tell(self, method: str, *args: Any) -> None:
-        for observer in list(self.observers):
-            try:
-                getattr(observer, method)(*args)
-            except Exception as err:
-                self.observers.remove(observer)
-                print(f"hivla coach: stopped logging to {observer}: {type(err).__name__}: {err}", file=sys.stderr)
 
