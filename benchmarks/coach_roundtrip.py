@@ -97,7 +97,7 @@ def live_report(episodes: int, mistake_rate: float, coach_error: float, max_step
     from agent.coaching.scripted import ScriptedCoach
     from agent.envs import SUITES, make_env
     from agent.envs.expert import ScriptedExpert
-    from agent.loop import ControlLoop
+    from agent.runtime.factory import build_loop
 
     class Said:
         def __init__(self):
@@ -123,7 +123,7 @@ def live_report(episodes: int, mistake_rate: float, coach_error: float, max_step
                         return out
 
                     coach.observe = observe
-                loop = ControlLoop(env, MistakenPlanner(mistake_rate, seed=ep), ScriptedExpert(), coach=coach)
+                loop = build_loop(env, MistakenPlanner(mistake_rate, seed=ep), ScriptedExpert(), coach=coach)
                 result = loop.run_episode(seed=1000 + ep, options={"family": family}, max_steps=max_steps)
                 successes += result.success
                 steps.append(result.steps)

@@ -8,7 +8,7 @@ not know it; the scripted expert executes. The coach corrects the plan whenever 
 
 Three ways to run the same sessions (same seeds, same coach seed):
   no memory        the coach says the rule for good ("from now on leave the red block alone"), but
-                   the loop keeps nothing past the episode (`ControlLoop(remember=False)`)
+                   the loop keeps nothing past the episode (`build_loop(..., remember=False)`)
   memory           the same words; the loop keeps the rule for the session (agent/memory.py) and every
                    later plan's context carries it (PlannerContext.memory)
   memory, repeat   the coach words the rule for the episode only ("avoid the red block"); the loop
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.coaching import vocab  # noqa: E402
 from agent.coaching.scripted import FamilyBehaviour, ScriptedCoach  # noqa: E402
-from agent.loop import ControlLoop  # noqa: E402
+from agent.runtime.factory import build_loop  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
 from policies.rules import Rule  # noqa: E402
 
@@ -73,7 +73,7 @@ def run_session(env, high, low, family: str, colour: str, seeds: list[int], reme
                 coach_seed: int) -> dict:
     coach = ScriptedCoach(seed=coach_seed, intended=FamilyBehaviour(fixed_rules=[Rule("avoid_block", f"{colour} block")]),
                           rule_scope=scope)
-    loop = ControlLoop(env, high, low, coach=coach, remember=remember)
+    loop = build_loop(env, high, low, coach=coach, remember=remember)
     episodes = []
     for seed in seeds:
         r = loop.run_episode(seed=seed, options={"family": family})

@@ -145,11 +145,11 @@ def main() -> None:
     from agent.console.worker import SimWorker
     from agent.envs import make_env
     from agent.loop import ControlLoop
-    from agent.specs import make_high_level, make_low_level
+    from agent.runtime.factory import build_loop
 
     def build() -> ControlLoop:  # on the simulator thread: the GL context belongs to it
         env = make_env(family=args.family, image_size=args.image_size, seed=0)
-        loop = ControlLoop(env, make_high_level("oracle"), make_low_level("expert"))
+        loop = build_loop(env, "oracle", "expert")
         loop.reset(seed=0, options={"family": args.family} if args.family else None)
         for _ in range(5):
             loop.step()

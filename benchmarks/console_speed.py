@@ -42,9 +42,10 @@ from agent.console.pace import Pace  # noqa: E402
 from agent.console.worker import SimWorker  # noqa: E402
 from agent.envs import make_env  # noqa: E402
 from agent.envs.tabletop import ACTION_NAMES, CAMERAS, STATE_NAMES  # noqa: E402
-from agent.loop import CONTROL_HZ, ControlLoop  # noqa: E402
+from agent.loop import CONTROL_HZ  # noqa: E402
+from agent.runtime.factory import build_loop  # noqa: E402
 from agent.planner_thread import set_inference_threads  # noqa: E402
-from agent.specs import default_high_level_spec, default_low_level_spec, make_high_level, make_low_level  # noqa: E402
+from agent.specs import default_high_level_spec, default_low_level_spec  # noqa: E402
 from policies.types import Correction, CorrectionKind  # noqa: E402
 from sessions.recorder import SessionRecorder, make_header  # noqa: E402
 
@@ -94,8 +95,7 @@ def run_segment(setting: str, seconds: float, speed: float, root: Path, args, rn
                              cameras={c: (args.image_size, args.image_size) for c in CAMERAS},
                              state_names=list(STATE_NAMES), action_names=list(ACTION_NAMES))
         log = PlanLog(SessionRecorder(root / f"{setting}-{seed}", header))
-        loop = ControlLoop(env, make_high_level(high_spec, seed=seed), make_low_level(low_spec, seed=seed),
-                           recorder=log, async_planning=asynchronous)
+        loop = build_loop(env, high_spec, low_spec, seed=seed, recorder=log, async_planning=asynchronous)
         loop.reset(seed=seed)
         return env, log, loop
 

@@ -67,10 +67,10 @@ def episodes_per_minute(episodes_per_family: int, image_size: int = 128) -> dict
     from agent.envs import SUITES, make_env
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
-    from agent.loop import ControlLoop
+    from agent.runtime.factory import build_loop
 
     env = make_env(image_size=image_size)
-    loop = ControlLoop(env, OraclePlanner(seed=0), ScriptedExpert(), compute_model_plan=False)
+    loop = build_loop(env, OraclePlanner(seed=0), ScriptedExpert(), compute_model_plan=False)
     started = time.perf_counter()
     n = ok = steps = 0
     for family in SUITES["base"]:

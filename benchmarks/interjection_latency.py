@@ -31,8 +31,7 @@ from agent.coaching.classify import classify
 from agent.envs import make_env
 from agent.envs.tabletop import ACTION_NAMES, CAMERAS, STATE_NAMES
 from agent.console.worker import SimWorker
-from agent.loop import ControlLoop
-from agent.specs import make_high_level, make_low_level
+from agent.runtime.factory import build_loop
 from sessions.recorder import SessionRecorder, make_header
 
 RESULTS = Path(__file__).resolve().parent / "results" / "interjection_latency.json"
@@ -54,7 +53,7 @@ def measure_latency(n_corrections: int, image_size: int, seed: int) -> list[floa
     # the same SimWorker that `hivla coach` uses; this thread plays the person at the keyboard.
     worker = SimWorker()
     env = worker.call(lambda: make_env(family="sort_into_bowls", image_size=image_size))
-    loop = ControlLoop(env, make_high_level("oracle", seed=seed), make_low_level("expert", seed=seed))
+    loop = build_loop(env, "oracle", "expert", seed=seed)
     rng = random.Random(seed)
     latencies: list[float] = []
     episode_seed = seed
@@ -116,7 +115,7 @@ def measure_recorder_cost(steps: int, image_size: int, seed: int) -> dict:
         for setting in times:
             env = make_env(family="stack_three", image_size=image_size)
             recorder = _TimedRecorder(_recorder(Path(tmp), setting, image_size)) if setting == "with" else None
-            loops[setting] = ControlLoop(env, make_high_level("oracle"), make_low_level("expert"), recorder=recorder)
+            loops[setting] = build_loop(env, "oracle", "expert", recorder=recorder)
             loops[setting].reset(seed=seed)
         episode_seed = seed
         for i in range(steps):

@@ -49,11 +49,10 @@ def vla_throughput(cfg, dtype: str, batch: int, repeats: int) -> float:
 def control_steps(low_spec: str, steps: int) -> dict:
     from agent.envs import make_env
     from agent.envs.oracle import OraclePlanner
-    from agent.loop import ControlLoop
-    from agent.specs import make_low_level
+    from agent.runtime.factory import build_loop
 
     env = make_env(suite="base", image_size=128)
-    loop = ControlLoop(env, OraclePlanner(seed=0), make_low_level(low_spec), compute_model_plan=False)
+    loop = build_loop(env, OraclePlanner(seed=0), low_spec, compute_model_plan=False)
     times: list[float] = []
     seed = 0
     loop.reset(seed=seed, options={"family": "stack_three"})

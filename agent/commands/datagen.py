@@ -54,7 +54,7 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
     from agent.envs.detours import PutDownDetours
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
-    from agent.loop import ControlLoop
+    from agent.runtime.factory import build_loop
     from sessions.recorder import SessionRecorder, make_header
 
     base_seed = episode_seeds[0] if episode_seeds else 0
@@ -77,7 +77,7 @@ def record_episodes(out: str, worker: int, episode_seeds: list[int], suite: str,
     successes = steps = 0
     session_dir = Path(out) / f"datagen_w{worker}_{int(time.time())}"
     with SessionRecorder(session_dir, header) as rec:
-        loop = ControlLoop(env, high, low, recorder=rec, compute_model_plan=False)
+        loop = build_loop(env, high, low, recorder=rec, compute_model_plan=False)
         for i, seed in enumerate(episode_seeds):
             result = loop.run_episode(seed=seed, options={"family": fams[seed % len(fams)]}, max_steps=max_steps)
             successes += int(result.success)

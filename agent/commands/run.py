@@ -102,20 +102,18 @@ def run_shard(config: RunConfig, jobs: list[tuple[str, int]], worker: int, progr
     """Run (family, seed) jobs in this process with one env, one policy pair and one loop."""
     _init_worker()
     from agent.envs import make_env
-    from agent.loop import ControlLoop
-    from agent.specs import make_high_level, make_low_level
+    from agent.runtime.factory import build_loop
 
     first_seed = jobs[0][1] if jobs else 0
     env = make_env(suite=config.suite, image_size=config.image_size)
-    high = make_high_level(config.high_level, seed=first_seed, device=config.device, dtype=config.dtype)
-    low = make_low_level(config.low_level, seed=first_seed, device=config.device, dtype=config.dtype)
     coach = _make_coach(config, first_seed + 7919 * worker)
     recorder = _make_recorder(config, env, worker) if config.out else None
     records = []
     try:
-        loop = ControlLoop(env, high, low, recorder=recorder, coach=coach, compute_model_plan=recorder is not None)
+        loop = build_loop(env, config.high_level, config.low_level, seed=first_seed, device=config.device,
+                          dtype=config.dtype, recorder=recorder, coach=coach, compute_model_plan=recorder is not None)
         for family, seed in jobs:
-            for policy in (high, low):  # seeded per episode, so results do not depend on --workers
+            for policy in (loop.high, loop.low):  # seeded per episode, so results do not depend on --workers
                 if hasattr(policy, "seed"):
                     policy.seed = seed
             result = loop.run_episode(seed=seed, options={"family": family}, max_steps=config.max_steps)

@@ -291,8 +291,7 @@ def open_coach_session(args: Any) -> CoachSession:
 
 def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
     from agent.envs import make_env
-    from agent.loop import ControlLoop
-    from agent.runtime.recording import Guarded, RecordingObserver
+    from agent.runtime.factory import build_loop
     from agent.specs import SpecError, default_high_level_spec, default_low_level_spec, make_high_level, make_low_level
     from sessions.recorder import RecorderError, SessionRecorder, default_session_dir, make_header
 
@@ -347,9 +346,8 @@ def _build(args: Any) -> tuple[Any, Any, dict[str, str]]:
         set_inference_threads()
     # The loop records to one place; observers (the live rerun log) see the same records after it,
     # and one that fails is dropped with one message while the recording goes on.
-    logs = [Guarded(RecordingObserver(observer), label="hivla coach") for observer in observers]
-    loop = ControlLoop(env, high, low, recorder=recorder, replan_period_s=args.replan_period,
-                       async_planning=paced, observers=logs)
+    loop = build_loop(env, high, low, recorder=recorder, logs=observers, log_label="hivla coach",
+                      replan_period_s=args.replan_period, async_planning=paced)
     try:
         loop.reset(seed=args.seed, options=options)
     except Exception:
