@@ -15,7 +15,7 @@ import asyncio
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit.application import Application
 from prompt_toolkit.completion import Completer, Completion
@@ -30,6 +30,9 @@ from prompt_toolkit.widgets import TextArea
 
 from agent.console.controller import FORCING_COMMANDS, SLASH_COMMANDS, WRITTEN_PREFIXES, CoachController
 from agent.console.view import CorrectionLine, StatusSnapshot, render_fragments
+
+if TYPE_CHECKING:
+    from agent.runtime.loop import ControlLoop
 
 PROMPT = "coach> "
 PLAN_CHANGE_SHOW_S = 4.0  # how long the view shows "old -> new" after a correction changed the plan
@@ -181,7 +184,7 @@ class CoachApp:
 
     def __init__(
         self,
-        loop: Any,
+        loop: ControlLoop,
         controller: CoachController,
         *,
         runner: Any = None,

@@ -20,10 +20,14 @@ import time
 import unicodedata
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from agent.inputs import Command, CommandName, Reply
 from policies.types import Correction
+
+if TYPE_CHECKING:
+    from agent.runtime.loop import ControlLoop
+    from sessions.recorder import SessionRecorder
 
 MAX_LINE_CHARS = 300  # corrections are short; a longer line is most likely a paste accident
 MAX_MESSAGES = 50
@@ -150,8 +154,8 @@ class CoachController:
 
     def __init__(
         self,
-        loop: Any,
-        recorder: Any = None,
+        loop: ControlLoop,
+        recorder: SessionRecorder | None = None,
         classify: Callable[..., Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
         pace: Any = None,

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from agent.runtime.loop import ControlLoop
 
 SPACING_STEPS = 10  # lines without "@STEP" follow the previous one by 1 s of control (10 Hz)
 DEFAULT_MAX_STEPS = 600
@@ -67,7 +70,7 @@ def parse_script(lines: Iterable[str], first_step: int = SPACING_STEPS) -> list[
 
 
 def run_script(
-    loop: Any,
+    loop: ControlLoop,
     controller: Any,
     script: list[ScriptLine],
     *,

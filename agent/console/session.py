@@ -15,12 +15,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.console.controller import CoachController
 from agent.console.episodes import EpisodeSequencer, verdict
 from agent.console.pace import Pace
 from agent.console.worker import SimWorker
+
+if TYPE_CHECKING:
+    from agent.runtime.loop import ControlLoop
+    from sessions.recorder import SessionRecorder
 
 HISTORY_FILE_NAME = "coach_history.txt"
 ACTION_NAMES_DEFAULT = ["dx", "dy", "dz", "dyaw", "grip"]  # the env's action layout, if it names none
@@ -100,8 +104,8 @@ class CoachSession:
 
     def __init__(
         self,
-        loop: Any,
-        recorder: Any,
+        loop: ControlLoop,
+        recorder: SessionRecorder,
         meta: dict[str, str],
         camera_width: int = 48,
         refresh_hz: float = 10.0,

@@ -14,7 +14,10 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+if TYPE_CHECKING:
+    from agent.runtime.loop import ControlLoop
 
 T = TypeVar("T")
 
@@ -24,7 +27,7 @@ class SimWorker:
 
     def __init__(self, name: str = "hivla-sim") -> None:
         self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future]] = queue.SimpleQueue()
-        self._loop: Any = None
+        self._loop: ControlLoop | None = None
         self._pace: Any = None
         self._stop = threading.Event()
         self.error: BaseException | None = None  # what stopped the stepping, shown by the console
@@ -47,7 +50,7 @@ class SimWorker:
         self._calls.put((fn, future))
         return future
 
-    def start_stepping(self, loop: Any, pace: Any = None) -> None:
+    def start_stepping(self, loop: ControlLoop, pace: Any = None) -> None:
         """From now on, call `loop.step()` as `pace` (agent.console.pace.Pace) allows: every
         1 / (10 Hz x speed) s, never waiting for input, not at all while it is held."""
         from agent.console.pace import Pace
