@@ -215,7 +215,8 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
         b = get_batch(tensors, chunk, torch.device("cpu"))
         with torch.no_grad(), autocast:
             texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
-                                       b["context_ids"], b["context_mask"], [raw.tasks[i] for i in chunk.tolist()])
+                                       b["context_ids"], b["context_mask"], [raw.tasks[i] for i in chunk.tolist()],
+                                       grammar=False)
         for i, text in zip(chunk.tolist(), texts):
             ok = parse_subtask_or_empty(text) == raw.answers[i]
             answered["all"].append(ok)

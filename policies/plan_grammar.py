@@ -2,7 +2,6 @@
 
     subtasks = allowed_subtasks(parse_scene(line))   # every Subtask the line leaves open, in a fixed order
     plan_is_allowed(text)                            # "I see: ... So: <subtask>": parses, and names only what it saw
-    is_scene_question(text)                          # a co-trained scene question: answered, not planned
 
 The grounded planner writes "I see: <scene line> So: <subtask>" (policies/scene_line.py,
 policies/planning.py, policies/grammar.py). Its subtask may name only the blocks its own line listed:
@@ -14,9 +13,6 @@ no tokenizer.
 """
 
 from __future__ import annotations
-
-import re
-from functools import lru_cache
 
 from policies.grammar import COLORS, DIRECTIONS, Subtask, SubtaskParseError, parse_subtask
 from policies.planning import PlanParseError, parse_plan
@@ -49,20 +45,3 @@ def plan_is_allowed(text: str) -> bool:
         return parse_subtask(plan.subtask) in allowed_subtasks(parse_scene(line))
     except (PlanParseError, SceneParseError, SubtaskParseError):
         return False
-
-
-@lru_cache(maxsize=1)
-def _question_patterns() -> tuple[re.Pattern, ...]:
-    import prompts
-
-    slot = re.compile(r"\\\{(?:obj|bowl)\\\}")
-    return tuple(re.compile("^" + slot.sub("[a-z ]+", re.escape(t.lower())) + "$")
-                 for phrasings in prompts.load("scene_questions")["questions"].values() for t in phrasings)
-
-
-def is_scene_question(text: str) -> bool:
-    """A question put in the task's place (`/ask`, the co-trained scene questions): its answer follows
-    the scene line instead of a subtask, so no plan grammar applies. A task is an instruction, never a
-    question: a text is a question when it ends in "?" or is one of prompts/scene_questions.toml's phrasings."""
-    t = " ".join(text.lower().split())
-    return t.endswith("?") or any(p.match(t) for p in _question_patterns())

@@ -127,7 +127,7 @@ def record_shard(out: str, seeds: list[int], suite: str, noise: float, image_siz
     from agent.envs import SUITES, make_env
     from agent.envs.expert import ScriptedExpert
     from agent.envs.oracle import OraclePlanner
-    from agent.loop import ControlLoop
+    from agent.runtime.factory import build_loop
 
     started = time.perf_counter()
     env = make_env(suite=suite, image_size=render_size, seed=seeds[0], render_images=False)
@@ -141,7 +141,7 @@ def record_shard(out: str, seeds: list[int], suite: str, noise: float, image_siz
 
         torch.set_num_threads(1)
         low = RenderedLowLevel(make_low_level(low_level, seed=seeds[0]), env)
-    loop = ControlLoop(env, tap, low, recorder=None, compute_model_plan=False)
+    loop = build_loop(env, tap, low, compute_model_plan=False)
     fams = list(families or SUITES[suite])
     successes = steps = 0
     for seed in seeds:

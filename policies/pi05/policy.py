@@ -100,12 +100,14 @@ class Pi05Policy:
         return self.cfg.vision_stem == "objects"
 
     def _decode(self, images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, ctx_ids: torch.Tensor,
-                ctx_mask: torch.Tensor, task: str) -> str:
-        """Greedy text after [base | context]; a grounded planner's read-out writes the scene line first."""
+                ctx_mask: torch.Tensor, task: str, plan: bool = True) -> str:
+        """Greedy text after [base | context]; a grounded planner's read-out writes the scene line first,
+        and a plan (not an answer) is decoded under the plan grammar."""
         with self._autocast():
             if not self.grounded:
                 return self.processor.decode(self.model.generate(images, ids, mask, ctx_ids, ctx_mask)[0].tolist())
-            return decode_grounded(self.model, self.processor, images, ids, mask, ctx_ids, ctx_mask, [task])[0][0]
+            return decode_grounded(self.model, self.processor, images, ids, mask, ctx_ids, ctx_mask, [task],
+                                   grammar=plan)[0][0]
 
     @torch.no_grad()
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
@@ -125,7 +127,7 @@ class Pi05Policy:
         images = torch.from_numpy(self.processor.prepare_images(obs.images))[None].to(self.device)
         ids, mask = self._tensor(self.processor.prefix_ids(question, obs.state), self.cfg.prefix_text_len)
         no_ctx, no_ctx_mask = self._tensor([], self.cfg.max_context_tokens)
-        text = self._decode(images, ids, mask, no_ctx, no_ctx_mask, question)
+        text = self._decode(images, ids, mask, no_ctx, no_ctx_mask, question, plan=False)
         # a grounded planner answers after its scene line, as it decides: "I see: ... So: <answer>"
         return self.processor.parse_plan(text)[1] if self.grounded else text
 
@@ -140,18 +142,16 @@ class Pi05Policy:
 
 def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Tensor, ids: torch.Tensor,
                     mask: torch.Tensor, ctx_ids: torch.Tensor, ctx_mask: torch.Tensor, tasks: list[str],
-                    lines: list[str] | None = None, grammar: bool | None = None) -> tuple[list[str], list[str]]:
+                    lines: list[str] | None = None, grammar: bool = True) -> tuple[list[str], list[str]]:
     """A grounded planner's plans for a batch: the read-out's heads write each scene line
     (policies/scene_line.py), which is forced as the first tokens of the text, and the backbone decodes
     on from it ("... So: <subtask>"). `lines`: force these instead (e.g. the true lines, to measure
     deciding apart from reading). Returns (texts, the lines forced).
-    `grammar`: decode each plan under the plan grammar (policies/pi05/constrained.py: after its line,
-    only "So: <subtask>" naming what the line listed, then <eos>; forced spans appended in one pass).
-    None (the default): on for every row but a scene question (policies.plan_grammar.is_scene_question),
-    whose answer is free text after the line; False: every row decoded freely, as before the grammar."""
+    `grammar`: decode under the plan grammar (policies/pi05/constrained.py: after its line, only
+    "So: <subtask>" naming what the line listed, then <eos>; forced spans appended in one pass). The
+    caller knows what it asks: False for scene questions, whose answer is free text after the line."""
     from policies.pi05.constrained import PlanConstraint
     from policies.pi05.objects import read_scenes
-    from policies.plan_grammar import is_scene_question
     from policies.scene_line import format_scene
 
     features = model.vision.features(images)
@@ -161,9 +161,7 @@ def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Te
     forced = torch.full((len(encoded), max(map(len, encoded))), model.cfg.pad_id, dtype=torch.long)
     for row, line_ids in enumerate(encoded):
         forced[row, : len(line_ids)] = torch.tensor(line_ids)
-    planned = [not is_scene_question(task) if grammar is None else grammar for task in tasks]
-    constraints = ([PlanConstraint.for_line(processor, line) if plan else None for line, plan in zip(lines, planned)]
-                   if any(planned) else None)
+    constraints = [PlanConstraint.for_line(processor, line) for line in lines] if grammar else None
     out = model.generate(images, ids, mask, ctx_ids, ctx_mask, object_features=features, forced_ids=forced,
                          constraints=constraints)
     return [processor.decode(row) for row in out.tolist()], lines
