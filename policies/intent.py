@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# What a typed line can ask for: the eight correction kinds, a question, and the two pace requests;
-# "unclear": lines that ask for nothing ("hmm", "asdf"), so they are not forced into a kind.
+# What a typed line can ask for: the nine correction kinds (a `fact` states what is true of the scene),
+# a question, and the two pace requests; "unclear": lines that ask for nothing ("hmm", "asdf"), so
+# they are not forced into a kind.
 INTENTS: tuple[str, ...] = ("override", "negation", "constraint", "nudge", "stop", "pause", "resume", "confirm",
-                            "question", "slower", "faster", "unclear")
+                            "question", "slower", "faster", "unclear", "fact")
 HEAD_DIR = Path(__file__).resolve().parent / "checkpoints" / "intent"
 EMBED_DIM = 384
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from policies.scene_line import Fact
 from policies.types import CorrectionKind, Plan, PlanContext, PlanSource
 
 PLAN_SEPARATOR = " So: "
@@ -47,6 +48,9 @@ class PlannerContext:
     in_force: str | None = None  # the subtask of the plan in force (None before the first plan)
     corrections: tuple[Said, ...] = ()  # planning corrections in force, oldest first, the last CONTEXT_CORRECTIONS
     memory: tuple[str, ...] = ()  # rules remembered for the session (said "from now on", /rule), oldest first
+    # facts in force, oldest first: a grounded planner writes each in place of its read-out's reading
+    # of that object (policies/scene_line.py apply_facts) before it decides; never part of the text context
+    facts: tuple[Fact, ...] = ()
 
     def last(self, which: ContextLast = "in_force") -> str | None:
         """The one subtask a compact context names: the one in force, or the one completed last."""
@@ -67,29 +71,30 @@ class PlannerContext:
     def to_dict(self) -> dict:
         return {"task": self.task, "done": list(self.done), "in_force": self.in_force,
                 "corrections": [{"kind": s.kind.value, "text": s.text} for s in self.corrections],
-                "memory": list(self.memory)}
+                "memory": list(self.memory), "facts": [f.to_dict() for f in self.facts]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "PlannerContext":
         return planner_context(data["task"], data.get("done") or (), data.get("in_force"),
                                [Said(CorrectionKind(c["kind"]), c["text"]) for c in data.get("corrections") or ()],
-                               data.get("memory") or ())
+                               data.get("memory") or (), [Fact.from_dict(f) for f in data.get("facts") or ()])
 
 
-def planner_context(task: str, done=(), in_force: str | None = None, said=(), memory=()) -> PlannerContext:
+def planner_context(task: str, done=(), in_force: str | None = None, said=(), memory=(), facts=()) -> PlannerContext:
     """The context from its parts: `said` is every correction in force, oldest first (objects with
     `kind` and `text`); only the planning kinds, and the last CONTEXT_CORRECTIONS of them, are kept.
-    `memory`: the session's remembered rules (texts), all of them: a rule for good is never cut."""
+    `memory`: the session's remembered rules (texts), all of them: a rule for good is never cut.
+    `facts`: the facts in force (policies.scene_line.Fact), oldest first, all of them."""
     kept = [Said(CorrectionKind(c.kind), c.text) for c in said if CorrectionKind(c.kind) in PLANNING_KINDS]
     return PlannerContext(task=task, done=tuple(done), in_force=in_force,
-                          corrections=tuple(kept[-CONTEXT_CORRECTIONS:]), memory=tuple(memory))
+                          corrections=tuple(kept[-CONTEXT_CORRECTIONS:]), memory=tuple(memory), facts=tuple(facts))
 
 
 def build_planner_context(context: PlanContext) -> PlannerContext:
     """What the high level reads from the loop's PlanContext (the ONE rule: every planner and dataset uses it)."""
     in_force = context.plan_history[-1].subtask if context.plan_history else None
     return planner_context(context.task, context.completed_subtasks, in_force, context.corrections,
-                           [c.text for c in context.memory])
+                           [c.text for c in context.memory], [c.fact for c in context.facts if c.fact is not None])
 
 
 def format_plan(thought: str, subtask: str) -> str:

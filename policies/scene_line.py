@@ -126,3 +126,136 @@ def parse_scene(text: str) -> Scene:
         else:
             raise SceneParseError(f"not a block's place in the scene grammar: {part!r}")
     return Scene(tuple(blocks), drawer_open)
+
+
+# ---------------------------------------------------------------------------------------------
+# facts: what a person says is true of the scene, put in place of the read-out's reading
+# ---------------------------------------------------------------------------------------------
+
+DRAWER = "drawer"
+DRAWER_STATES = ("open", "shut")
+NAMED = "named"  # a bowl fact: the bowl the planner read as `where` is really `subject` ("that's the green bowl")
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One statement about the scene, as a correction of kind `fact` carries it.
+
+    subject: a block ("red block"), "drawer", or a bowl ("green bowl")
+    place:   a block: one of PLACES ("absent": there is no such block); the drawer: "open" / "shut";
+             a bowl: NAMED
+    where:   a block in a bowl or on a block: that bowl or block (None: not said); a NAMED bowl: the
+             bowl it is in place of (None: not known, e.g. "that's the green bowl" said out of context)
+    side:    a block on the table: left / middle / right (None: not said)
+    """
+
+    subject: str
+    place: str
+    where: str | None = None
+    side: str | None = None
+
+    def __post_init__(self) -> None:
+        allowed = DRAWER_STATES if self.subject == DRAWER else (NAMED,) if self.subject.endswith(" bowl") else PLACES
+        if self.place not in allowed:
+            raise ValueError(f"a fact about the {self.subject} has a place in {allowed}, not {self.place!r}")
+
+    def phrase(self) -> str:
+        """The belief in words, as the console echoes it ("the blue block is in the blue bowl")."""
+        if self.subject == DRAWER:
+            return f"the drawer is {self.place}"
+        if self.place == NAMED:
+            return f"that bowl is the {self.subject}" if self.where is None else f"the {self.where} is the {self.subject}"
+        if self.place == "absent":
+            return f"there is no {self.subject}"
+        where = {"bowl": f"in the {self.where or 'bowl'}", "block": f"on the {self.where or 'block'}",
+                 "table": "on the table" + (f" at the {self.side}" if self.side else ""), "held": "in the gripper",
+                 "drawer": "in the drawer", "moving": "moving"}[self.place]
+        return f"the {self.subject} is {where}"
+
+    def to_dict(self) -> dict:
+        return {"subject": self.subject, "place": self.place, "where": self.where, "side": self.side}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Fact":
+        return cls(data["subject"], data["place"], data.get("where"), data.get("side"))
+
+    @property
+    def moved_by(self) -> str | None:
+        """The block whose moving ends this fact (None: the drawer or a bowl, ended by the episode or
+        by a drawer subtask; see facts_in_force)."""
+        return None if self.subject == DRAWER or self.place == NAMED else self.subject
+
+
+def _task_bowl(task: str) -> str | None:
+    """The one bowl a task names ("put the red block in the blue bowl" -> "blue bowl"), if one."""
+    bowls = set(re.findall(r"\b([a-z]+ bowl)\b", task.lower()))
+    return bowls.pop() if len(bowls) == 1 else None
+
+
+def apply_facts(scene: Scene, facts, task: str = "") -> Scene:
+    """The scene with each stated fact in place of the read-out's reading of that object, in the
+    order said (a later fact about the same object wins). A block fact replaces the block's phrase
+    where the read-out listed it (keeping its place in the left-to-right order) or is added at the
+    end; "absent" removes it. What a fact leaves open is taken from the reading: a bowl not named
+    ("already in the bowl") is the bowl it was read in, else the one bowl the task names; a table
+    block's side is the side it was read at, else the middle. A fact the line cannot say (a block
+    on an unnamed block, a bowl nobody named) is left out of it. The drawer's state is written only
+    where the line says it (the task names the drawer), as format_scene does."""
+    blocks = list(scene.blocks)
+    drawer_open = scene.drawer_open
+    for fact in facts:
+        if fact.subject == DRAWER:
+            if drawer_open is not None:
+                drawer_open = fact.place == "open"
+            continue
+        if fact.place == NAMED:
+            if fact.where is not None:
+                blocks = [SeenBlock(b.name, b.place, fact.subject, b.side) if b.place == "bowl" and b.where == fact.where
+                          else b for b in blocks]
+            continue
+        index = next((i for i, b in enumerate(blocks) if b.name == fact.subject), None)
+        read = blocks[index] if index is not None else None
+        if fact.place == "absent":
+            if index is not None:
+                del blocks[index]
+            continue
+        where, side = fact.where, fact.side
+        if fact.place == "bowl" and where is None:
+            where = read.where if read is not None and read.place == "bowl" else _task_bowl(task)
+        if fact.place == "block" and where is None and read is not None and read.place == "block":
+            where = read.where
+        if fact.place == "table" and side is None:
+            side = read.side if read is not None and read.side else "middle"
+        if fact.place in ("bowl", "block") and where is None:
+            continue  # the line cannot say "in the bowl" without its colour
+        seen = SeenBlock(fact.subject, fact.place, where if fact.place in ("bowl", "block") else None,
+                         side if fact.place == "table" else None)
+        if index is None:
+            blocks.append(seen)
+        else:
+            blocks[index] = seen
+    return Scene(tuple(blocks), drawer_open)
+
+
+def apply_facts_to_line(line: str, facts, task: str = "") -> str:
+    """A scene line with the facts applied (format_scene(apply_facts(parse_scene(line), ...)))."""
+    return format_scene(apply_facts(parse_scene(line), facts, task)) if facts else line
+
+
+def contradictions(believed: Scene, true: Scene) -> list[Fact]:
+    """What the true scene says against a believed one, as facts (the scripted coach states these):
+    a block believed somewhere else, a block believed there that is not, a block not listed, and
+    the drawer's state where both say it."""
+    out = []
+    for block in believed.blocks:
+        real = true.block(block.name)
+        if real is None:
+            out.append(Fact(block.name, "absent"))
+        elif (real.place, real.where) != (block.place, block.where) and real.place != "moving":
+            out.append(Fact(real.name, real.place, real.where, real.side))
+    for real in true.blocks:
+        if believed.block(real.name) is None and real.place != "moving":
+            out.append(Fact(real.name, real.place, real.where, real.side))
+    if believed.drawer_open is not None and true.drawer_open is not None and believed.drawer_open != true.drawer_open:
+        out.append(Fact(DRAWER, "open" if true.drawer_open else "shut"))
+    return out

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 
 from policies.rules import Rule
+from policies.scene_line import Fact
 
 PlanSource = Literal["model", "human", "oracle"]
 
@@ -69,6 +70,7 @@ class CorrectionKind(str, enum.Enum):
     PAUSE = "pause"
     RESUME = "resume"
     CONFIRM = "confirm"  # that was right
+    FACT = "fact"  # a statement about the scene: corrects what the planner believes, never what it does
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class Correction:
     subtask: str | None = None  # the subtask it asks for (override) or forbids (negation), if any
     rule: Rule | None = None  # what a constraint forbids, as the classifier read it (None: nothing checkable)
     lasting: bool = False  # a constraint said as a rule for good ("from now on ...", /rule): kept for the session
+    fact: Fact | None = None  # what a fact says, as the grammar read it (None: no object and place could be read)
 
 
 @dataclass
@@ -94,6 +97,9 @@ class PlanContext:
     completed_subtasks: list[str] = field(default_factory=list)
     # rules remembered for the session (lasting constraints, this episode's and earlier ones), oldest first
     memory: list[Correction] = field(default_factory=list)
+    # facts in force (kind FACT, read), oldest first: each holds until its block is moved by a subtask
+    # that completes, or the episode ends (agent/runtime)
+    facts: list[Correction] = field(default_factory=list)
 
     @property
     def constraints(self) -> list[Correction]:

@@ -7,7 +7,9 @@ SCHEMA_VERSION on any incompatible change; readers refuse versions they do not k
 Versions: 1, the first; 2, PlanEmitted records the context the planner read (`context`), which
 sessions of version 1 lack (their readers fall back to no context; see sessions.export); 3, rules
 remembered for the session (RuleRemembered, RuleForgotten) and the context's `memory` (additive:
-sessions of versions 1 and 2 read as having no memory).
+sessions of versions 1 and 2 read as having no memory); 4, facts (corrections of kind `fact`):
+the fact a correction states (`CorrectionRecord.fact`) and the facts in force a planner read
+(`ContextData.facts`) (additive: older sessions read as having none).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.types import CorrectionKind
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class _Record(BaseModel):
@@ -79,6 +81,15 @@ class SaidData(_Record):
     text: str
 
 
+class FactData(_Record):
+    """A fact as data: policies.scene_line.Fact (subject, place, where, side)."""
+
+    subject: str
+    place: str
+    where: str | None = None
+    side: str | None = None
+
+
 class ContextData(_Record):
     """What the high level read at a decision: policies.planning.PlannerContext as data."""
 
@@ -87,6 +98,7 @@ class ContextData(_Record):
     in_force: str | None = None  # the subtask of the plan in force when it was asked
     corrections: list[SaidData] = Field(default_factory=list)  # the planning corrections it read, oldest first
     memory: list[str] = Field(default_factory=list)  # the session's remembered rules it read (schema 3)
+    facts: list[FactData] = Field(default_factory=list)  # the facts in force it read, oldest first (schema 4)
 
 
 class PlanEmitted(_Record):
@@ -118,6 +130,8 @@ class CorrectionRecord(_Record):
     resulting_plan: PlanData | None = None  # the plan adopted because of it
     suspect_from_step: int | None = None  # steps [suspect_from_step, step) are likely wrong behaviour
     mistake: str | None = None  # scripted coach: what it saw (wrong_object, wrong_order, ...)
+    # a fact: what it says is true, as the reader read it (schema 4): a perception label on this step's frames
+    fact: FactData | None = None
     withdrawn: bool = False
     wall_time: float
 

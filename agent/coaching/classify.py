@@ -10,12 +10,17 @@
 A line starting with a question word ("what do you see?", "why did you do that") is a question:
 Command(ASK, text), as `/ask TEXT` is.
 
+A statement about the scene ("the blue block is already in the bowl", "there is no red block",
+"that's the green bowl", "the drawer is open") is a `fact` (agent/coaching/facts.py reads its object
+and place into Correction.fact): it corrects what the planner believes, never what it does, so it
+is read before the clause kinds that would take its object for an order.
+
 Precedence, first match wins:
 
  1. Cleaning: NFKC, curly quotes straightened, control/format characters stripped, whitespace
     collapsed, cut at MAX_CHARS (noted in the reply). Empty -> Reply.
  2. A leading "/" is a slash command. Console commands map to `Command`; forcing prefixes
-    /override TEXT, /not TEXT, /rule TEXT, /nudge TEXT, /stop, /confirm force the correction kind
+    /override TEXT, /not TEXT, /rule TEXT, /nudge TEXT, /fact TEXT, /stop, /confirm force the correction kind
     (the text is still parsed for a subtask). Unknown commands -> Reply naming /help.
  3. A written prefix "override:", "not:", "rule:", "nudge:", "stop:", "confirm:" forces the kind too.
  4. Constraint markers anywhere in the text ("never", "always", "from now on", "leave X alone",
@@ -52,6 +57,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from agent.coaching import vocab
+from agent.coaching.facts import is_fact_statement, parse_fact
 from agent.coaching.clauses import clause_kind, core_words, free_text_kind, split_clauses, split_words
 # the word tables stay importable from here (understand.py reads them from this module)
 from agent.coaching.phrases import (  # noqa: F401
@@ -113,16 +119,18 @@ FORCING_ALIASES: dict[str, CorrectionKind] = {
     "nudge": K.NUDGE, "move": K.NUDGE,
     "stop": K.STOP, "halt": K.STOP,
     "confirm": K.CONFIRM, "yes": K.CONFIRM, "ok": K.CONFIRM,
+    "fact": K.FACT, "belief": K.FACT, "see": K.FACT,
 }
 NEEDS_TEXT = {K.OVERRIDE: "/override pick up the blue block", K.CONSTRAINT: "/rule never use the drawer",
-              K.NUDGE: "/nudge a bit left"}
-WRITTEN_PREFIX_RE = re.compile(r"^\s*(override|not|no|negation|rule|constraint|nudge|stop|confirm)\s*:\s*(.*)$", re.I)
+              K.NUDGE: "/nudge a bit left", K.FACT: "/fact the red block is on the table"}
+WRITTEN_PREFIX_RE = re.compile(r"^\s*(override|not|no|negation|rule|constraint|nudge|stop|confirm|fact)\s*:\s*(.*)$", re.I)
 
 HELP_TEXT = (
     "commands: /go /pause /resume /reset /task TEXT /undo /good /rules /forget N /speed X /slow /fast /ask QUESTION /save /help /quit\n"
-    "force a kind: /override TEXT  /not TEXT  /rule TEXT  /nudge TEXT  /stop  (or 'override: TEXT', ...)\n"
+    "force a kind: /override TEXT  /not TEXT  /rule TEXT  /nudge TEXT  /fact TEXT  /stop  (or 'override: TEXT', ...)\n"
     "or just type: 'no, the blue one first' (override), 'not that one' (negation), "
-    "'never use the drawer' (rule), 'a bit left' (nudge), 'stop' / 'wait' / 'go on', 'good' (confirm)"
+    "'never use the drawer' (rule), 'a bit left' (nudge), 'stop' / 'wait' / 'go on', 'good' (confirm), "
+    "'the red block is already in the bowl' (fact: what is true, the planner re-plans from it)"
 )
 
 
@@ -154,6 +162,8 @@ def _classify(raw: object, context: ReferenceContext | None) -> ParsedInput:
         return _forced(kind, prefixed.group(2).strip(), text, notes, context, f"{prefixed.group(1)}:")
     if QUESTION_RE.match(text.lower()):
         return Command(CommandName.ASK, text, _with_notes(_command_reply(CommandName.ASK, text), notes))
+    if is_fact_statement(text):
+        return _correction(K.FACT, text, notes, context, forced=False)
     kind = free_text_kind(text)
     if kind is None:
         return Reply(_with_notes(
@@ -265,8 +275,9 @@ def _correction(kind: CorrectionKind, text: str, notes: tuple[str, ...], context
     reply_notes = notes + ((f"there is no {', '.join(unknown)} in this world",) if unknown else ())
     rule = parse_rule(text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
     lasting = kind is K.CONSTRAINT and is_lasting(text, forced=forced)
-    reply = f"rule for the rest of the session: {text}" if lasting else _reply(kind, text, subtask)
-    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, rule=rule, lasting=lasting,
+    fact = parse_fact(text, context) if kind is K.FACT else None
+    reply = f"rule for the rest of the session: {text}" if lasting else _reply(kind, text, subtask, fact)
+    return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, rule=rule, lasting=lasting, fact=fact,
                                 reply=_with_notes(reply, reply_notes),
                                 notes=reply_notes, objects=objects, forced=forced)
 
@@ -284,7 +295,9 @@ def _subtask_for(kind: CorrectionKind, text: str, context: ReferenceContext | No
     return None
 
 
-def _reply(kind: CorrectionKind, text: str, subtask: str | None) -> str:
+def _reply(kind: CorrectionKind, text: str, subtask: str | None, fact=None) -> str:
+    if kind is K.FACT:  # the console echoes the belief it will use
+        return f"belief → {fact.phrase()}" if fact is not None else f"fact: {text} (no object and place read)"
     if kind is K.OVERRIDE:
         return f"override → {subtask}" if subtask else f"override: {text} (no canonical subtask found; passed as said)"
     if kind is K.NEGATION:

@@ -4,7 +4,7 @@
 the way the coach does (with a ReferenceContext describing the scene and the plan being
 corrected) and reports how often the classifier recovers what the coach meant: the kind, the
 subtask (override, negation), the rule (constraint, via `parse_rule`) and the motion (nudge, via
-`nudge_to_action_offset`).
+`nudge_to_action_offset`) and the fact (fact: its object and place, agent.coaching.facts).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, clas
 from agent.coaching.nudge import nudge_to_action_offset
 from agent.coaching.rules import parse_rule
 from policies.rules import Rule
+from policies.scene_line import DRAWER, NAMED, Fact
 from policies.types import CorrectionKind
 
 K = CorrectionKind
@@ -107,6 +108,15 @@ def _rule_for(key: str, scene: Scene) -> Rule:
     return Rule(key, scene.bowls[0])
 
 
+def _fact_for(key: str, scene: Scene) -> Fact:
+    a, b = scene.blocks[0], scene.blocks[1]
+    if key.startswith("drawer_"):
+        return Fact(DRAWER, key.split("_", 1)[1])
+    return {"bowl": Fact(a, "bowl", scene.bowls[0]), "table": Fact(a, "table", side="left"), "held": Fact(a, "held"),
+            "drawer": Fact(a, "drawer"), "block": Fact(a, "block", b), "absent": Fact(a, "absent"),
+            "named": Fact(scene.bowls[0], NAMED, scene.bowls[1])}[key]
+
+
 @dataclass
 class RoundTrip:
     checked: int = 0
@@ -137,6 +147,15 @@ def check_sentence(section: str, key: str, text: str, scene: Scene) -> tuple[boo
         got = classify(text, ctx)
         ok = isinstance(got, ClassifiedCorrection) and got.kind is kind and got.subtask == intended
         return ok, _describe(got)
+    if section == "fact":
+        from agent.coaching.voice import fact_agrees
+
+        meant = _fact_for(key, scene)
+        current = vocab.place_in_bowl(meant.where.split()[0]) if meant.place == NAMED else None
+        got = classify(text, ReferenceContext(current_subtask=current, scene_blocks=scene.blocks))
+        read = got.fact if isinstance(got, ClassifiedCorrection) else None
+        return isinstance(got, ClassifiedCorrection) and got.kind is K.FACT and fact_agrees(meant, read), \
+            f"{_describe(got)} fact={read}"
     got = classify(text, ReferenceContext(scene_blocks=scene.blocks))
     if section == "constraint":
         rule = _rule_for(key, scene)
@@ -169,6 +188,10 @@ def round_trip(grammar: Mapping[str, Any] | None = None, scenes: tuple[Scene, ..
                 fills = _fills(_subtask_for("pick" if key == "generic" else key, scene)[0])
             elif section == "constraint":
                 fills = _rule_for(key, scene).fills()
+            elif section == "fact":
+                from agent.coaching.voice import fact_fills
+
+                fills = fact_fills(_fact_for(key, scene))
             else:
                 fills = {}
             try:

@@ -27,6 +27,8 @@ HEDGES = ("i think ", "maybe ", "could you ", "can you ", "would you ", "i'd lik
 AFTER = ("", "", "", "", " please", ", please", ", thanks", "!", " now", " ok?", " pls", "...")
 # Hedges read naturally only before a verb phrase; questions and pace requests keep their own shape.
 HEDGED = {"override", "negation", "constraint", "nudge"}
+# A statement of fact is prefixed by what people say before one ("actually", "look,"), never a hedge
+# that turns it into a request ("could you the red block is ...").
 
 
 def _fills(rng: random.Random) -> dict[str, str]:
@@ -35,7 +37,9 @@ def _fills(rng: random.Random) -> dict[str, str]:
     obj = vocab.block_name(colors[0], size)
     if rng.random() < 0.15:
         obj = obj.replace("block", rng.choice(("cube", "one")))
-    return {"obj": obj, "color": colors[0], "target": vocab.block_name(colors[1]), "bowl": vocab.bowl_name(colors[2])}
+    other = rng.choice([c for c in vocab.SCENE_COLORS if c != colors[2]])
+    return {"obj": obj, "color": colors[0], "target": vocab.block_name(colors[1]), "bowl": vocab.bowl_name(colors[2]),
+            "side": rng.choice(("left", "middle", "right")), "other": vocab.bowl_name(other), "other_color": other}
 
 
 def _typo(text: str, rng: random.Random) -> str:

@@ -14,6 +14,10 @@ What it watches for (MISTAKES):
   drop               a held block fell somewhere the plan did not put it
   stuck              no task progress for `stuck_steps`, or a finished subtask still in force
                      after `stale_steps` (nobody re-planned)
+  wrong_belief       the plan's scene line (a grounded planner's "I see: ...") contradicts the
+                     simulator's scene at the step the plan came: the coach states what is true,
+                     a `fact` ("the red block is already in the blue bowl"), never an order;
+                     `state_facts=False` never does, `facts_only=True` says nothing else
 and it confirms a correctly finished subtask now and then (`confirm_rate`).
 
 What it says comes from prompts/coach.toml (several hundred surface forms), by kind: override,
@@ -58,11 +62,13 @@ from agent.coaching.behaviour import (  # noqa: F401  (FamilyBehaviour: importab
 from agent.coaching.classify import ReferenceContext
 from agent.coaching.coach_sight import is_drop, nudge_words
 from agent.coaching.voice import CoachUtterance, CoachVoice, subtask_fills  # noqa: F401  (subtask_fills: as before)
+from agent.envs.scene_facts import scene_facts
 from policies.rules import Rule
+from policies.scene_line import Fact, Scene, SceneParseError, contradictions, parse_scene, scene_from_facts, split_scene
 from policies.types import CorrectionKind, Plan
 
 K = CorrectionKind
-MISTAKES = ("wrong_object", "wrong_order", "broken_constraint", "drop", "stuck")
+MISTAKES = ("wrong_object", "wrong_order", "broken_constraint", "drop", "stuck", "wrong_belief")
 # how the coach words a rule: for good ("from now on ...": kept for the session by the loop's memory),
 # for the episode only ("avoid the red block"), or either
 RULE_SCOPES = ("any", "lasting", "episode")
@@ -79,6 +85,7 @@ class _Finding:
     plan_subtask: str | None = None
     rule: Rule | None = None
     block: str | None = None
+    fact: Fact | None = None
 
 
 @dataclass
@@ -103,6 +110,8 @@ class _EpisodeMemory:
     followup: _FollowUp | None = None
     spoken_rules: list[Rule] = field(default_factory=list)
     announced: bool = False
+    belief_thought: str | None = None  # the plan thought whose scene line was last checked
+    true_at_plan: Scene | None = None  # the simulator's scene when that plan came
 
 
 class ScriptedCoach:
@@ -128,6 +137,8 @@ class ScriptedCoach:
         announce_rules: bool = False,
         rule_scope: str = "any",
         grammar: Mapping[str, Any] | None = None,
+        state_facts: bool = True,
+        facts_only: bool = False,
     ) -> None:
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
@@ -151,6 +162,8 @@ class ScriptedCoach:
         if rule_scope not in RULE_SCOPES:
             raise ValueError(f"rule_scope must be one of {', '.join(RULE_SCOPES)}, got {rule_scope!r}")
         self.rule_scope = rule_scope
+        self.state_facts = state_facts or facts_only
+        self.facts_only = facts_only
         self.grammar = dict(grammar) if grammar is not None else prompts.load("coach")
         if isinstance(intended, Mapping):
             self._per_family = {name: as_behaviour(b) for name, b in intended.items()}
@@ -178,6 +191,7 @@ class ScriptedCoach:
             world = getattr(obs, "privileged", None)
         if world is None:
             raise ValueError("the scripted coach needs privileged state: info['privileged'] or obs.privileged")
+        self._task = getattr(obs, "task", None) or info.get("task", "")
         said = self._observe(world, info, plan, step)
         if said is not None:
             self._count(said)
@@ -201,6 +215,10 @@ class ScriptedCoach:
         done_subtasks = [s for s, d in zip(info.get("subtasks", []), info.get("subtasks_done", [])) if d]
         done_subtasks = [s for s in done_subtasks if s not in ctx.pending_subtasks]
         findings = self._findings(world, plan_sub, allowed, rules, ctx.pending_subtasks, done_subtasks, step)
+        if self.facts_only:
+            findings = []
+        if self.state_facts:
+            findings = self._belief_findings(world, plan) + findings  # a wrong belief is the root of a wrong plan
 
         # transient findings only ripen if they persist for the reaction time
         present = {f.key for f in findings}
@@ -276,6 +294,22 @@ class ScriptedCoach:
         if mem.drop is not None and getattr(world, "held", None) == mem.drop[1]:
             mem.drop = None  # picked up again
 
+    def _belief_findings(self, world: Any, plan: Plan | None) -> list[_Finding]:
+        """What the plan's scene line says against the simulator's scene at the step the plan came."""
+        mem = self._mem
+        line = split_scene(plan.thought)[0] if plan is not None and plan.source != "human" else None
+        if line is None:
+            return []
+        if plan.thought != mem.belief_thought:  # a new plan: the world it was read from is the one now
+            mem.belief_thought = plan.thought
+            mem.true_at_plan = scene_from_facts(scene_facts(world), self._task)
+        try:
+            believed = parse_scene(line)
+        except SceneParseError:
+            return []
+        return [_Finding("wrong_belief", ("fact", fact.subject, fact.place, fact.where), "fact", plan.subtask, fact=fact)
+                for fact in contradictions(believed, mem.true_at_plan)]
+
     def _findings(self, world: Any, plan_sub: str | None, allowed: list[str], rules: list[Rule],
                   pending: Sequence[str], done_subtasks: Sequence[str], step: int) -> list[_Finding]:
         mem = self._mem
@@ -312,10 +346,13 @@ class ScriptedCoach:
             mem.last_progress = step  # give the robot a fresh budget after speaking
         # imperfect coach: sometimes misses, sometimes says something wrong
         if self.error_rate and self.rng.random() < self.error_rate:
-            if self.rng.random() < 0.5:
+            if self.rng.random() < 0.5 or f.mistake == "wrong_belief":  # a fact is missed, never said wrong
                 self.stats["missed"] += 1
                 return None
             return self._wrong_thing(world, allowed, plan_sub, ctx, step, f.mistake, suspect)
+
+        if f.mistake == "wrong_belief" and f.fact is not None:
+            return self.voice.say_fact(f.fact, ctx, step, suspect=suspect)
 
         if f.kind_hint == "plan" and allow_interrupt and self.rng.random() < self.interrupt_rate:
             kind = K.STOP if self.rng.random() < 0.5 else K.PAUSE

@@ -10,7 +10,10 @@ Two readers, each doing what it is good at:
 Slash commands and written prefixes ("/rule ...", "not: ...") are the grammar's alone and sure.
 The reading is *unsure* when the intent model's probability is below ASK_BELOW, or when the
 grammar's own reading of the line is the opposite one: always when the model hears an override and
-the grammar a negation or rule, and below SURE_REFUSAL the other way round. The console then asks back ("did you mean:
+the grammar a negation or rule, and below SURE_REFUSAL the other way round. A fact is never acted on
+as an order: a line the grammar reads as a statement about the scene is read as a fact whatever the
+model hears (asked back when the model hears something else), and a fact the model hears but the
+grammar cannot place (no object or no place) is asked back; a fact's meaning is the belief it sets. The console then asks back ("did you mean:
 never touch the green block for this episode? (y / n / rephrase)") and acts only on yes.
 
 A few misspelt words are mended first ("gren" -> "green", "blok" -> "block", "contineu" ->
@@ -81,6 +84,9 @@ class Understanding:
             return f"{item.subtask} now" if item.subtask else f'do "{item.text}" now'
         if kind is K.NEGATION:
             return f"don't {item.subtask}" if item.subtask else f'not that ("{item.text}")'
+        if kind is K.FACT:
+            fact = getattr(item, "fact", None)
+            return f"believe: {fact.phrase()}" if fact is not None else f'a fact I cannot place: "{item.text}"'
         return {K.NUDGE: f'a small motion: "{item.text}"', K.STOP: "stop the robot", K.PAUSE: "pause the robot",
                 K.RESUME: "carry on", K.CONFIRM: "that was right"}[kind]
 
@@ -194,6 +200,9 @@ def understand(text: object, context: ReferenceContext | None = None,
             return reading
         return Understanding(reading.item, reading.intent, confidence, reading.rule,
                              why_unsure=f"the intent model cannot tell ({intent}, {confidence:.0%})")
+    if (isinstance(grammar, ClassifiedCorrection) and grammar.kind is K.FACT) or intent == "fact":
+        fact_item = grammar if isinstance(grammar, ClassifiedCorrection) and grammar.kind is K.FACT else None
+        return _fact_reading(fact_item or correction_as(K.FACT, mended, context), intent, confidence, why)
     if intent == "question":
         return Understanding(Command(CommandName.ASK, cleaned, ""), intent, confidence, why_unsure=why)
     if intent in PACE_INTENTS:
@@ -202,9 +211,9 @@ def understand(text: object, context: ReferenceContext | None = None,
                              why_unsure=why)
     if isinstance(grammar, Command) and grammar.name is CommandName.ASK:
         why = why or "the grammar reads it as a question"  # "why the blue one?" may be either
+    grammar_kind = grammar.kind if isinstance(grammar, ClassifiedCorrection) else None
     kind = CORRECTION_INTENTS[intent]
     item = correction_as(kind, mended, context)
-    grammar_kind = grammar.kind if isinstance(grammar, ClassifiedCorrection) else None
     if grammar_kind is not None and _opposite(kind, grammar_kind):
         # Acting on an override the person meant as a refusal does what they forbade: always ask.
         # A refusal the grammar reads as an override ("leave the green block where it is") is the
@@ -219,6 +228,16 @@ def understand(text: object, context: ReferenceContext | None = None,
             kind, intent, item = K.OVERRIDE, "override", grammar
     rule = parse_rule(item.text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
     return Understanding(item, intent, confidence, rule=rule, why_unsure=why)
+
+
+def _fact_reading(item: ClassifiedCorrection, intent: str, confidence: float, why: str) -> Understanding:
+    """A statement about the scene: read as a fact, never as an order; unsure when the two readers
+    disagree, or when the grammar cannot say which object and where."""
+    if intent != "fact":
+        why = why or f"the intent model reads it as {'a' if intent != 'override' else 'an'} {intent}"
+    elif item.fact is None:
+        why = why or "the grammar cannot read which object it is about and where"
+    return Understanding(item, "fact", confidence if intent == "fact" else 1.0 - confidence, why_unsure=why)
 
 
 _loader: threading.Thread | None = None

@@ -13,6 +13,7 @@ import numpy as np
 
 from agent.coaching import vocab
 from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, classify
+from policies.scene_line import DRAWER, NAMED, Fact
 from policies.types import CorrectionKind
 
 K = CorrectionKind
@@ -29,12 +30,14 @@ class CoachUtterance(ClassifiedCorrection):
     suspect_from_step: int | None = None  # frames from this step on show the mistake
     erroneous: bool = False  # deliberately wrong or unhelpful (error_rate)
     template: str = ""
+    intended_fact: Fact | None = None  # a fact: what the coach means is true
 
     @property
     def agrees(self) -> bool:
         """The classifier read what the coach meant."""
         return self.kind is self.intended_kind and (
-            self.intended_subtask is None or self.subtask == self.intended_subtask)
+            self.intended_subtask is None or self.subtask == self.intended_subtask) and (
+            self.intended_fact is None or fact_agrees(self.intended_fact, self.fact))
 
 
 class CoachVoice:
@@ -61,13 +64,20 @@ class CoachVoice:
         return self.render(kind.value, templates_key, fills, kind, subtask, ctx, step, mistake=mistake,
                            suspect=suspect, erroneous=erroneous, generic_ok=kind is K.NEGATION)
 
+    def say_fact(self, fact: Fact, ctx: ReferenceContext, step: int, *, mistake: str | None = "wrong_belief",
+                 suspect: int | None = None) -> CoachUtterance | None:
+        """State what is true (prompts/coach.toml [fact]), in words the reader reads back as this fact."""
+        said = self.render("fact", fact_key(fact), fact_fills(fact), K.FACT, None, ctx, step, mistake=mistake,
+                           suspect=suspect, intended_fact=fact)
+        return said
+
     def say_simple(self, kind: CorrectionKind, ctx: ReferenceContext, step: int, *, mistake: str | None = None,
                    suspect: int | None = None) -> CoachUtterance | None:
         return self.render(kind.value, "any", {}, kind, None, ctx, step, mistake=mistake, suspect=suspect)
 
     def render(self, section: str, key: str, fills: dict, kind: CorrectionKind, subtask: str | None,
                ctx: ReferenceContext, step: int, *, mistake: str | None = None, suspect: int | None = None,
-               erroneous: bool = False, generic_ok: bool = False) -> CoachUtterance | None:
+               erroneous: bool = False, generic_ok: bool = False, intended_fact: Fact | None = None) -> CoachUtterance | None:
         templates = list(self.grammar.get(section, {}).get(key, []))
         if generic_ok:
             templates += list(self.grammar.get(section, {}).get("generic", []))
@@ -83,7 +93,7 @@ class CoachVoice:
                 text = template.format(**fills)
             except (KeyError, IndexError):
                 continue
-            said = self._utterance(text, template, kind, subtask, ctx, step, mistake, suspect, erroneous)
+            said = self._utterance(text, template, kind, subtask, ctx, step, mistake, suspect, erroneous, intended_fact)
             if said is None:
                 continue
             if said.agrees and self._in_scope(said):
@@ -100,14 +110,16 @@ class CoachVoice:
         return said.lasting == (self.rule_scope == "lasting")
 
     def _utterance(self, text: str, template: str, kind: CorrectionKind, subtask: str | None, ctx: ReferenceContext,
-                   step: int, mistake: str | None, suspect: int | None, erroneous: bool) -> CoachUtterance | None:
+                   step: int, mistake: str | None, suspect: int | None, erroneous: bool,
+                   intended_fact: Fact | None = None) -> CoachUtterance | None:
         parsed = classify(text, ctx)
         if not isinstance(parsed, ClassifiedCorrection):
             return None
         fields = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(ClassifiedCorrection)}
         fields.update(step=step, speaker="scripted")
         return CoachUtterance(**fields, intended_kind=kind, intended_subtask=subtask, mistake=mistake,
-                              suspect_from_step=suspect, erroneous=erroneous, template=template)
+                              suspect_from_step=suspect, erroneous=erroneous, template=template,
+                              intended_fact=intended_fact)
 
 
 def subtask_fills(sub: Any) -> dict[str, str]:
@@ -127,3 +139,32 @@ def subtask_fills(sub: Any) -> dict[str, str]:
 def _about_a_block(subtask: str | None) -> bool:
     sub = vocab.split_subtask(subtask)
     return sub is not None and sub.kind in ("pick", "push", "stack")
+
+
+def fact_key(fact: Fact) -> str:
+    """The [fact] group of prompts/coach.toml that words this fact."""
+    if fact.subject == DRAWER:
+        return f"drawer_{fact.place}"
+    return "named" if fact.place == NAMED else fact.place
+
+
+def fact_fills(fact: Fact) -> dict[str, str]:
+    """Template slots for a fact (see prompts/coach.toml [fact])."""
+    if fact.subject == DRAWER:
+        return {}
+    if fact.place == NAMED:
+        other = fact.where or "bowl"
+        return {"bowl": fact.subject, "color": fact.subject.split()[0], "other": other, "other_color": other.split()[0]}
+    fills = {"obj": fact.subject, "color": vocab.block_color(fact.subject), "side": fact.side or "middle"}
+    if fact.place == "bowl" and fact.where:
+        fills["bowl"] = fact.where
+    if fact.place == "block" and fact.where:
+        fills["target"] = fact.where
+    return fills
+
+
+def fact_agrees(meant: Fact, read: Fact | None) -> bool:
+    """The reader got the fact meant: its object and place, and its bowl, block beneath and side where
+    the words name them (a statement may leave them out: "already in the bowl")."""
+    return (read is not None and read.subject == meant.subject and read.place == meant.place
+            and read.where in (None, meant.where) and read.side in (None, meant.side))

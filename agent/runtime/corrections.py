@@ -3,7 +3,9 @@
 
 Input is drained at the start of a control step. A correction changes the planner's context at
 once; an override is in force at once, a negation or rule re-plans (asynchronous: the correction is
-emitted when its plan lands, so its record names the plan it led to).
+emitted when its plan lands, so its record names the plan it led to). A fact changes what the planner
+believes, never what it does: it joins the facts in force (PlanContext.facts, which a grounded planner
+writes into its scene line) and re-plans as a rule does; it sets no subtask and forbids none.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from agent.runtime.acting import Actor
 from agent.runtime.state import Episode, PlanChange, episode_over_reply
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
 
-_REPLANS = (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT)
+_REPLANS = (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT, CorrectionKind.FACT)
 
 
 def _starts_episode(item: object) -> bool:
@@ -128,6 +130,8 @@ class Corrections:
         self._context.corrections.append(correction)
         if kind is CorrectionKind.CONSTRAINT:
             self._remember(correction, correction_id=self._correction_counter)
+        if kind is CorrectionKind.FACT and correction.fact is not None:
+            self._context.facts.append(correction)
         self._context_changed()
         ep.corrections.append(correction)
         deferred = False  # async: the event waits for the plan this correction asked for
@@ -157,7 +161,7 @@ class Corrections:
                 "correction",
             )
             self._paused = self._stopped = False
-        elif kind in (CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT):
+        elif kind in (CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT, CorrectionKind.FACT):
             self._paused = self._stopped = False
             self._replan("correction")
             if self._planner is not None:
@@ -176,6 +180,9 @@ class Corrections:
             model_plan=model_plan, resulting_plan=self._plan, suspect_from_step=suspect, replanned=kind in _REPLANS,
             submitted=submitted, wall_time=time.time())
         self._last_reply = f"{kind.value}: {correction.text}"
+        if kind is CorrectionKind.FACT:  # the belief the planner will use, not the words
+            self._last_reply = (f"belief: {correction.fact.phrase()} (planning from it)" if correction.fact is not None
+                                else f"fact: {correction.text} (no object and place read: the planner's belief is unchanged)")
         if deferred:
             self._pending_corrections.append(applied)
             return
@@ -203,6 +210,8 @@ class Corrections:
         withdrawn = ep.corrections.pop()
         correction_id = ep.correction_ids.pop()
         self._context.corrections.remove(withdrawn)
+        if withdrawn in self._context.facts:
+            self._context.facts.remove(withdrawn)
         number = self.memory.number_of(withdrawn)
         if number is not None:  # a rule withdrawn is not kept for later episodes either
             self._forget(number, reply=False)

@@ -24,7 +24,7 @@ from agent.runtime import events as ev
 from agent.runtime.acting import Actor
 from agent.runtime.events import ReplanReason
 from agent.runtime.protocols import Env, HighLevel
-from agent.runtime.state import Episode, record_completion
+from agent.runtime.state import Episode, expire_facts, record_completion
 from policies.planning import build_planner_context
 from policies.types import Observation, Plan, PlanContext
 
@@ -69,6 +69,7 @@ class Planning:
         elif self._current_subtask_done():
             assert self._episode is not None and self._context is not None
             record_completion(self._context.completed_subtasks, self._plan.subtask)
+            expire_facts(self._context.facts, self._plan.subtask)
             self._emit(ev.SubtaskDone(self._episode.index, self._episode.step, self._plan.subtask))
             self._context_changed()
             self._replan("subtask_done")

@@ -26,7 +26,8 @@ def _correction(e: ev.CorrectionApplied) -> schema.CorrectionRecord:
         episode=e.episode, step=e.step, correction_id=e.correction_id, kind=c.kind, text=c.text,
         speaker=getattr(c, "speaker", None) or "human", replaced_plan=plan_data(e.replaced_plan),
         model_plan=plan_data(e.model_plan), resulting_plan=plan_data(e.resulting_plan),
-        suspect_from_step=e.suspect_from_step, mistake=getattr(c, "mistake", None), wall_time=e.wall_time)
+        suspect_from_step=e.suspect_from_step, mistake=getattr(c, "mistake", None),
+        fact=None if c.fact is None else schema.FactData(**c.fact.to_dict()), wall_time=e.wall_time)
 
 
 _RECORDS: dict[type, Callable] = {

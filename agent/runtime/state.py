@@ -20,6 +20,30 @@ def record_completion(completed: list[str], subtask: str) -> None:
     completed.append(subtask)
 
 
+def expire_facts(facts: list[Correction], subtask: str) -> None:
+    """Drop the facts a completed subtask ended: a fact about a block holds until the robot moves that
+    block (a subtask naming it, or placing the block it held), one about the drawer until a drawer
+    subtask; the rest hold until the episode ends (a new episode starts with no facts)."""
+    from policies.grammar import SubtaskParseError, parse_subtask
+
+    try:
+        sub = parse_subtask(subtask)
+    except SubtaskParseError:
+        return  # free text (a human's words): nothing known to have moved
+    named = {getattr(sub, "obj", None), getattr(sub, "it", None)} - {None}
+    moves_held = sub.kind in ("place", "stack", "drawer_put", "put_down")
+    for correction in list(facts):
+        fact = correction.fact
+        if fact is None:
+            continue
+        if fact.subject == "drawer":
+            gone = sub.kind in ("open", "close")
+        else:
+            gone = fact.moved_by is not None and (fact.moved_by in named or (moves_held and fact.place == "held"))
+        if gone:
+            facts.remove(correction)
+
+
 def episode_over_reply(success: bool, step: int, what_next: str | None = None) -> str:
     """What a correction typed after the episode ended is answered with (nothing is recorded);
     `what_next` replaces the default hint (the console knows when the next episode starts)."""

@@ -113,7 +113,12 @@ class Pi05Policy:
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
         ctx = build_planner_context(context or PlanContext(task=obs.task))
         ctx_ids, ctx_mask = self._tensor(self.processor.planner_context_ids(ctx), self.cfg.max_context_tokens)
-        text = self._decode(*self._base(obs), ctx_ids, ctx_mask, obs.task)
+        if self.grounded and ctx.facts:  # the facts in force take the read-out's place in the line it writes
+            with self._autocast():
+                text = decode_grounded(self.model, self.processor, *self._base(obs), ctx_ids, ctx_mask, [obs.task],
+                                       facts=[ctx.facts])[0][0]
+        else:
+            text = self._decode(*self._base(obs), ctx_ids, ctx_mask, obs.task)
         thought, subtask = self.processor.parse_plan(text)
         return Plan(thought=thought, subtask=subtask, source="model")
 
@@ -142,21 +147,30 @@ class Pi05Policy:
 
 def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Tensor, ids: torch.Tensor,
                     mask: torch.Tensor, ctx_ids: torch.Tensor, ctx_mask: torch.Tensor, tasks: list[str],
-                    lines: list[str] | None = None, grammar: bool = True) -> tuple[list[str], list[str]]:
+                    lines: list[str] | None = None, grammar: bool = True,
+                    facts: list | None = None) -> tuple[list[str], list[str]]:
     """A grounded planner's plans for a batch: the read-out's heads write each scene line
     (policies/scene_line.py), which is forced as the first tokens of the text, and the backbone decodes
     on from it ("... So: <subtask>"). `lines`: force these instead (e.g. the true lines, to measure
     deciding apart from reading). Returns (texts, the lines forced).
     `grammar`: decode under the plan grammar (policies/pi05/constrained.py: after its line, only
     "So: <subtask>" naming what the line listed, then <eos>; forced spans appended in one pass). The
-    caller knows what it asks: False for scene questions, whose answer is free text after the line."""
+    caller knows what it asks: False for scene questions, whose answer is free text after the line.
+    `facts`: per row, the facts in force (policies.scene_line.Fact, oldest first), each put in place of
+    the line's reading of its object before the line is forced (apply_facts), so the plan is decided
+    from the corrected belief; the lines returned are the ones forced."""
     from policies.pi05.constrained import PlanConstraint
     from policies.pi05.objects import read_scenes
-    from policies.scene_line import format_scene
+    from policies.scene_line import apply_facts, apply_facts_to_line, format_scene
 
     features = model.vision.features(images)
     if lines is None:
-        lines = [format_scene(scene) for scene in read_scenes(model.vision.heads(features), tasks)]
+        scenes = read_scenes(model.vision.heads(features), tasks)
+        if facts is not None:
+            scenes = [apply_facts(scene, row, task) for scene, row, task in zip(scenes, facts, tasks)]
+        lines = [format_scene(scene) for scene in scenes]
+    elif facts is not None:
+        lines = [apply_facts_to_line(line, row, task) for line, row, task in zip(lines, facts, tasks)]
     encoded = [processor.encode(line) for line in lines]
     forced = torch.full((len(encoded), max(map(len, encoded))), model.cfg.pad_id, dtype=torch.long)
     for row, line_ids in enumerate(encoded):

@@ -6,12 +6,17 @@
                        `memory` rows (role "assistant", the robot's running memory as LeRobot's
                        recipes read it): the rules remembered for the session, joined by "; ", as the
                        planner read them, one row each time they change
-  language_events      each correction as an `interjection` row (role "user") on the frame it came;
+  language_events      each correction as an `interjection` row (role "user") on the frame it came,
+                       but a fact (a statement about the scene) as a `fact` row: a perception label for
+                       this frame, its reading as data in `tool_calls` (one JSON call, set_belief with
+                       subject / place / where / side) for a read-out fine-tune;
                        each `/ask` as two `vqa` rows (the user's question, the assistant's answer)
                        naming the camera the answer is grounded in
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -61,7 +66,7 @@ def language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list[
         if not first_step <= c.step <= last_step + 1:
             continue
         frame = min(seg.end - seg.start - 1, ep.position_of_step(c.step) - seg.start)
-        events.setdefault(frame, []).append({"role": "user", "content": c.text, "style": "interjection", "camera": None, "tool_calls": None})
+        events.setdefault(frame, []).append(_event_row(c))
         exported.append(c)
     for q in ep.questions:  # /ask: the question and the high level's answer, grounded in a camera's view
         if not first_step <= q.step <= last_step + 1:
@@ -72,6 +77,14 @@ def language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list[
             {"role": role, "content": text, "style": "vqa", "camera": camera, "tool_calls": None}
             for role, text in (("user", q.question), ("assistant", q.answer)))
     return persistent, events, exported
+
+
+def _event_row(c: CorrectionRecord) -> dict:
+    if c.kind.value != "fact":
+        return {"role": "user", "content": c.text, "style": "interjection", "camera": None, "tool_calls": None}
+    calls = None if c.fact is None else [json.dumps({"type": "function", "function": {
+        "name": "set_belief", "arguments": c.fact.model_dump()}})]
+    return {"role": "user", "content": c.text, "style": "fact", "camera": None, "tool_calls": calls}
 
 
 def _memory_rows(in_force_at: dict[int, object], fps: int) -> list[dict]:

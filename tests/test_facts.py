@@ -1,0 +1,235 @@
+"""Facts (issue 33): a statement about the scene is read as a fact, never acted on as an order, put in
+place of the planner's reading, recorded with its frame and exported as a perception label, and the
+scripted coach states one when the plan's scene line contradicts the simulator."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, classify
+from agent.coaching.facts import is_fact_statement, parse_fact
+from agent.coaching.understand import understand
+from agent.envs import make_env
+from agent.envs.expert import ScriptedExpert
+from agent.envs.oracle import OraclePlanner
+from agent.envs.scene_facts import scene_facts
+from agent.loop import ControlLoop
+from agent.runtime.state import expire_facts
+from policies.planning import PlannerContext, build_planner_context
+from policies.scene_line import (
+    NAMED, Fact, Scene, SeenBlock, apply_facts, apply_facts_to_line, contradictions, format_scene, parse_scene,
+    scene_from_facts,
+)
+from policies.types import Correction, CorrectionKind, Plan, PlanContext
+from sessions.export import ExportOptions, export_sessions
+from sessions.reader import read_session
+from sessions.recorder import SessionRecorder, make_header
+from sessions.schema import ContextData
+
+K = CorrectionKind
+SCENE = Scene((SeenBlock("red block", "table", side="left"), SeenBlock("blue block", "bowl", "green bowl"),
+               SeenBlock("yellow block", "held")), drawer_open=False)
+
+
+# ---------------------------------------------------------------------------------- the scene line
+
+
+def test_a_fact_takes_the_place_of_the_reading_of_its_object():
+    facts = [Fact("red block", "bowl", "green bowl"), Fact("blue block", "table"), Fact("yellow block", "absent"),
+             Fact("drawer", "open")]
+    scene = apply_facts(SCENE, facts)
+    assert format_scene(scene) == ("I see: red block in the green bowl, blue block on the table at the middle; "
+                                   "drawer open.")
+    assert parse_scene(format_scene(scene)) == scene  # still a line of the grammar the decoder is forced with
+
+
+def test_what_a_fact_leaves_open_comes_from_the_reading_or_the_task():
+    # "already in the bowl": the bowl it was read in; else the one bowl the task names
+    assert apply_facts(SCENE, [Fact("blue block", "bowl")]).block("blue block").where == "green bowl"
+    put = apply_facts(SCENE, [Fact("red block", "bowl")], task="put the red block in the purple bowl")
+    assert put.block("red block") == SeenBlock("red block", "bowl", "purple bowl")
+    assert apply_facts(SCENE, [Fact("red block", "bowl")]) == SCENE  # no bowl to name: left out of the line
+    # a table block keeps the side it was read at; a block not read is added at the end
+    assert apply_facts(SCENE, [Fact("red block", "table")]).block("red block").side == "left"
+    assert apply_facts(SCENE, [Fact("orange block", "held")]).blocks[-1] == SeenBlock("orange block", "held")
+    # a later fact about the same object wins; the drawer is said only where the line says it
+    assert apply_facts(SCENE, [Fact("red block", "held"), Fact("red block", "drawer")]).block("red block").place == "drawer"
+    assert apply_facts(Scene(SCENE.blocks), [Fact("drawer", "open")]).drawer_open is None
+    # "that's the purple bowl" (in place of the green bowl the planner named)
+    renamed = apply_facts(SCENE, [Fact("purple bowl", NAMED, where="green bowl")])
+    assert renamed.block("blue block").where == "purple bowl"
+    assert apply_facts_to_line(format_scene(SCENE), []) == format_scene(SCENE)
+
+
+def test_contradictions_are_the_true_scene_against_the_believed_one():
+    true = Scene((SeenBlock("red block", "bowl", "green bowl"), SeenBlock("blue block", "bowl", "green bowl"),
+                  SeenBlock("yellow block", "held")), drawer_open=True)
+    said = contradictions(SCENE, true)
+    assert said == [Fact("red block", "bowl", "green bowl"), Fact("drawer", "open")]
+    assert apply_facts(SCENE, said) == true
+    assert contradictions(true, true) == []
+    assert contradictions(Scene((SeenBlock("pink block", "held"),)), Scene(())) == [Fact("pink block", "absent")]
+
+
+# ---------------------------------------------------------------------------------- the reader
+
+
+@pytest.mark.parametrize("text, fact", [
+    ("the blue block is already in the bowl", Fact("blue block", "bowl")),
+    ("the red block is on the table, not in the bowl", Fact("red block", "table")),
+    ("no, the red block is on the table at the left", Fact("red block", "table", side="left")),
+    ("there is no red block", Fact("red block", "absent")),
+    ("the drawer is open", Fact("drawer", "open")),
+    ("the drawer isn't open", Fact("drawer", "shut")),
+    ("the yellow block is on top of the green block", Fact("yellow block", "block", "green block")),
+    ("the green cube's in your gripper", Fact("green block", "held")),
+    ("the purple block is in the drawer", Fact("purple block", "drawer")),
+    ("that's the green bowl, not the blue one", Fact("green bowl", NAMED, "blue bowl")),
+])
+def test_the_grammar_reads_the_object_and_its_place(text, fact):
+    got = classify(text)
+    assert isinstance(got, ClassifiedCorrection) and got.kind is K.FACT and got.fact == fact
+    assert got.subtask is None  # a fact names no subtask to do or to forbid
+    assert fact.phrase() in got.reply  # the console echoes the belief it will use
+
+
+def test_the_grammar_uses_what_the_robot_is_doing():
+    ctx = ReferenceContext(current_subtask="place it in the blue bowl", holding="red block")
+    assert parse_fact("that's the green bowl", ctx) == Fact("green bowl", NAMED, "blue bowl")
+    assert parse_fact("it's in the green bowl", ctx) == Fact("red block", "bowl", "green bowl")
+    assert parse_fact("it's in the green bowl") is None  # "it" with nothing held: no object
+
+
+@pytest.mark.parametrize("text", [
+    "is the red block in the bowl?", "the drawer must stay shut", "pretend the red block isn't there",
+    "the blue bowl is the wrong bowl", "it's the red block you need", "that's the block", "keep the drawer shut",
+    "no, the blue one first", "not the red block", "the blue bowl is the right one",
+])
+def test_orders_rules_and_questions_are_not_facts(text):
+    assert not is_fact_statement(text)
+    got = classify(text)
+    assert not (isinstance(got, ClassifiedCorrection) and got.kind is K.FACT)
+
+
+def _probs(intent: str, p: float = 0.95):
+    return lambda text: {intent: p, "override" if intent != "override" else "negation": 1 - p}
+
+
+def test_a_statement_is_never_acted_on_as_an_order_whatever_the_model_hears():
+    for heard in ("override", "negation", "nudge"):
+        u = understand("the blue block is already in the red bowl", probs=_probs(heard))
+        assert u.intent == "fact" and u.item.kind is K.FACT and u.unsure  # read as a fact, asked back
+        assert u.item.fact == Fact("blue block", "bowl", "red bowl")
+    sure = understand("the blue block is already in the red bowl", probs=_probs("fact"))
+    assert sure.intent == "fact" and not sure.unsure and sure.meaning() == "believe: the blue block is in the red bowl"
+    # the model hears a fact the grammar cannot place: asked back, and still no order
+    vague = understand("you've got it all wrong about where things are", probs=_probs("fact"))
+    assert vague.intent == "fact" and vague.unsure and vague.item.fact is None
+
+
+# ---------------------------------------------------------------------------------- the planner context
+
+
+def test_facts_in_force_are_part_of_the_planner_context_and_not_of_its_text():
+    fact = Correction(K.FACT, "the red block is in the blue bowl", fact=Fact("red block", "bowl", "blue bowl"))
+    ctx = PlanContext(task="t", corrections=[fact], facts=[fact])
+    read = build_planner_context(ctx)
+    assert read.facts == (Fact("red block", "bowl", "blue bowl"),) and read.corrections == ()
+    assert PlannerContext.from_dict(read.to_dict()) == read
+    assert ContextData.model_validate(read.to_dict()).facts[0].where == "blue bowl"  # the recorder's schema takes it
+
+
+def test_a_fact_holds_until_its_block_is_moved():
+    def said(fact: Fact) -> Correction:
+        return Correction(K.FACT, fact.phrase(), fact=fact)
+
+    red, drawer, held = said(Fact("red block", "table")), said(Fact("drawer", "open")), said(Fact("blue block", "held"))
+    facts = [red, drawer, held]
+    expire_facts(facts, "pick up the green block")
+    assert facts == [red, drawer, held]
+    expire_facts(facts, "pick up the red block")
+    assert facts == [drawer, held]
+    expire_facts(facts, "place it in the green bowl")  # the held block was moved
+    assert facts == [drawer]
+    expire_facts(facts, "close the drawer")
+    assert facts == []
+
+
+# ---------------------------------------------------------------------------------- the loop, recorded, exported
+
+
+class FactReadingOracle(OraclePlanner):
+    """The oracle's plans, noting the facts each plan was asked with."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seen: list[tuple] = []
+
+    def plan(self, obs, context):
+        self.seen.append(build_planner_context(context).facts)
+        return super().plan(obs, context)
+
+
+def test_a_fact_replans_from_the_belief_never_as_an_order_and_is_exported_as_a_label(tmp_path):
+    env = make_env(family="put_color_in_bowl", image_size=32)
+    high = FactReadingOracle(seed=0)
+    obs, _ = env.reset(seed=0)
+    header = make_header(high_level="oracle", low_level="expert", cameras={k: v.shape[:2] for k, v in obs["images"].items()},
+                         state_names=[f"s{i}" for i in range(len(obs["state"]))], action_names=["dx", "dy", "dz", "dyaw", "grip"])
+    with SessionRecorder(tmp_path / "s", header) as rec:
+        loop = ControlLoop(env, high, ScriptedExpert(seed=0), recorder=rec)
+        loop.reset(seed=0)
+        for _ in range(4):
+            loop.step()
+        block = sorted(loop.latest_observation().privileged.blocks)[0]
+        before = loop.snapshot().plan
+        loop.submit(classify(f"the {block} is already in the purple bowl"))
+        loop.step()
+        after = loop.snapshot()
+        assert high.seen[-1] == (Fact(block, "bowl", "purple bowl"),)  # the next plan read it
+        assert after.plan.source != "human" and after.plan.subtask == before.subtask or after.plan.source == "oracle"
+        assert after.last_reply.startswith(f"belief: the {block} is in the purple bowl")
+        for _ in range(3):
+            loop.step()
+        loop.close()
+    episode = read_session(tmp_path / "s").episodes[0]
+    [c] = episode.corrections
+    assert c.kind is K.FACT and c.step == 4 and c.fact.subject == block and c.fact.place == "bowl"
+    assert any(p.context is not None and p.context.facts for p in episode.plans)
+    export_sessions([tmp_path / "s"], tmp_path / "ds", ExportOptions(format="lerobot", video_codec="lossless"))
+    rows = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "file-000.parquet").to_pylist()
+    events = [(r["frame_index"], e) for r in rows for e in r["language_events"]]
+    [(frame, event)] = [(f, e) for f, e in events if e["style"] == "fact"]
+    assert frame == 4 and event["content"] == c.text and event["role"] == "user"
+    call = json.loads(event["tool_calls"][0]) if isinstance(event["tool_calls"][0], str) else event["tool_calls"][0]
+    assert call["function"]["arguments"]["subject"] == block
+    assert not [e for _, e in events if e["style"] == "interjection"]
+
+
+# ---------------------------------------------------------------------------------- the scripted coach
+
+
+def test_the_coach_states_what_is_true_when_the_scene_line_is_wrong():
+    from agent.coaching.scripted import ScriptedCoach
+
+    env = make_env(family="put_color_in_bowl", image_size=32)
+    obs, info = env.reset(seed=0)
+    world = info.get("privileged") or env.unwrapped_world if hasattr(env, "unwrapped_world") else info.get("privileged")
+    world = world if world is not None else obs.get("privileged")
+    true = scene_from_facts(scene_facts(world), obs["task"] if isinstance(obs, dict) and "task" in obs else "")
+    wrong = apply_facts(true, [Fact(true.blocks[0].name, "held")])
+    said = []
+    for seed in range(6):
+        coach = ScriptedCoach(seed=seed, delay_steps=1, facts_only=True)
+        plan = Plan(thought=format_scene(wrong) + " I pick it up.", subtask="pick up the red block")
+        for step in range(4):
+            u = coach.observe(obs, {**info, "privileged": world}, plan, step)
+            if u is not None:
+                said.append(u)
+                break
+    assert said and all(u.kind is K.FACT and u.agrees and u.subtask is None for u in said)
+    assert all(u.fact.subject == true.blocks[0].name and u.fact.place == true.blocks[0].place for u in said)
+    assert len({u.text for u in said}) > 1  # varied words
