@@ -7,6 +7,9 @@ tunes a classifier reads it. Its three splits, written in this order:
   dev    its failures were looked at while building the console's reader (templates were added for them)
   test   its aggregate numbers and its opposite readings were seen while choosing the model
   final  written after the model was chosen, run once: the number to quote
+  fact_final  statements about the scene (kind `fact`, each with the fact it states: object, place,
+         and the bowl / block beneath / side where said), written after the intent head that reads
+         facts was trained: scored also for the fact read and for any fact acted on as an order
 
 Side by side, in one process, on one CPU core:
   rules       agent.coaching.classify alone (word tables and regular expressions)
@@ -38,9 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 DATA = Path(__file__).resolve().parent / "data" / "corrections_heldout.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results" / "classifier_heldout.json"
 LABELS = ("override", "negation", "constraint", "nudge", "stop", "pause", "resume", "confirm", "question",
-          "slower", "faster")
+          "slower", "faster", "fact")
 REFUSING = {"negation", "constraint"}
-SPLITS = ("dev", "test", "final")
+SPLITS = ("dev", "test", "final", "fact_final")
+ORDERS = {"override", "negation"}  # what a fact must never be acted on as
 
 
 def load_rows(path: Path = DATA) -> list[dict]:
@@ -58,7 +62,8 @@ def read_with_rules(text: str) -> dict:
     item = classify(text)
     if isinstance(item, ClassifiedCorrection):
         rule = parse_rule(item.text) if item.kind.value == "constraint" else None
-        return {"label": item.kind.value, "objects": list(item.objects), "rule": rule, "asked": False}
+        return {"label": item.kind.value, "objects": list(item.objects), "rule": rule, "asked": False,
+                "fact": item.fact.to_dict() if item.fact is not None else None}
     if isinstance(item, Command):
         label = {CommandName.SLOW: "slower", CommandName.FAST: "faster", CommandName.ASK: "question"}.get(item.name, "command")
         return {"label": label, "objects": [], "rule": None, "asked": False}
@@ -69,8 +74,14 @@ def read_with_understand(text: str) -> dict:
     from agent.coaching.understand import understand
 
     u = understand(text)
+    fact = getattr(u.item, "fact", None) if u.intent == "fact" else None
     return {"label": u.intent, "objects": list(u.objects), "rule": u.rule, "asked": u.unsure,
-            "confidence": round(u.confidence, 3), "meaning": u.meaning()}
+            "confidence": round(u.confidence, 3), "meaning": u.meaning(), "fact": fact.to_dict() if fact else None}
+
+
+def fact_right(want: dict, got: dict | None) -> bool:
+    """The fact read is the one stated: its object and place, and where / side where the line says them."""
+    return got is not None and all(got.get(k) == want.get(k) for k in ("subject", "place", "where", "side"))
 
 
 def rule_text(rule) -> str | None:
@@ -106,7 +117,21 @@ def score(rows: list[dict], readings: list[dict]) -> dict:
             if not g["asked"]:
                 wrong_acted.append(r["text"])
     asked = sum(g["asked"] for g in readings)
-    return {
+    facts = [(r, g) for r, g in zip(rows, readings) if r.get("fact")]
+    fact_entry = {}
+    if facts:
+        fact_entry = {
+            "fact_lines": len(facts),
+            "read_as_fact_right": sum(g["label"] == "fact" and fact_right(r["fact"], g.get("fact")) for r, g in facts),
+            "read_as_fact": sum(g["label"] == "fact" for r, g in facts),
+            "acted_on_as_order": [r["text"] for r, g in facts if g["label"] in ORDERS and not g["asked"]],
+            "read_as_order": [r["text"] for r, g in facts if g["label"] in ORDERS],
+            "fact_misses": [{"text": r["text"], "want": r["fact"], "read": g["label"], "fact": g.get("fact"),
+                             "asked_back": g["asked"]} for r, g in facts
+                            if not (g["label"] == "fact" and fact_right(r["fact"], g.get("fact")))],
+        }
+        fact_entry["fact_accuracy"] = fact_entry["read_as_fact_right"] / len(facts)
+    return {**fact_entry,
         "lines": len(rows), "kind_accuracy": kind_right / len(rows),
         "object_lines": len(named), "object_accuracy": objects_right / len(named) if named else None,
         "rule_lines": len(ruled), "rule_accuracy": rules_right / len(ruled) if ruled else None,
@@ -174,11 +199,21 @@ def main() -> int:
             table.add_row(label, str(results["readers"]["rules"][split]["per_kind"][label]["n"]), *cells)
         for metric, key in (("kinds right", "kind_accuracy"), ("objects right", "object_accuracy"),
                             ("rules right", "rule_accuracy")):
-            table.add_row(metric, "", *[f"{results['readers'][n][split][key]:.1%}" for n in readers])
+            table.add_row(metric, "", *["-" if results['readers'][n][split][key] is None
+                                        else f"{results['readers'][n][split][key]:.1%}" for n in readers])
         table.add_row("opposite readings", "", *[str(len(results["readers"][n][split]["opposite_readings"])) for n in readers])
         table.add_row("asked back", "", *[str(results["readers"][n][split]["asked_back"]) for n in readers])
         table.add_row("wrong, acted on", "", *[str(results["readers"][n][split]["wrong_and_acted_on"]) for n in readers])
         console.print(table)
+    for name in readers:
+        entry = results["readers"][name]["fact_final"]
+        if entry.get("fact_lines"):
+            console.print(f"{name}: facts read as `fact` with the right object and place: {entry['read_as_fact_right']}/"
+                          f"{entry['fact_lines']} ({entry['fact_accuracy']:.1%}); read as an override or negation: "
+                          f"{len(entry['read_as_order'])}, acted on as one: {len(entry['acted_on_as_order'])}")
+            for miss in entry["fact_misses"]:
+                console.print(f"  FACT MISS {miss['text']!r}: want {miss['want']}, read {miss['read']} {miss['fact']}"
+                              f"{' (asked back)' if miss['asked_back'] else ''}")
     for name in readers:
         console.print(f"{name}: median {results['readers'][name]['median_latency_ms']:.1f} ms a line on "
                       f"{results['torch_threads']} thread(s), best of 3 "
