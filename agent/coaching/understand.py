@@ -226,6 +226,12 @@ def understand(text: object, context: ReferenceContext | None = None,
             # by clause and knows a leading "no" starts a request; the encoder pools the line into one
             # vector. (Its blind spot is rules, "leave X where it is": there the model's reading stays.)
             kind, intent, item = K.OVERRIDE, "override", grammar
+        runner_up = sorted(p, key=p.get)[-2]
+        if confidence < ASK_BELOW and CORRECTION_INTENTS.get(runner_up) is grammar_kind:
+            # The model is unsure and the grammar's reading is its close second ("the blue bowl is where
+            # it should go": rule 45%, request 41%): ask back the reading both readers find plausible,
+            # never a rule the words do not state.
+            kind, intent, item = grammar_kind, runner_up, grammar
     rule = parse_rule(item.text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
     return Understanding(item, intent, confidence, rule=rule, why_unsure=why)
 
