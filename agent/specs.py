@@ -7,8 +7,8 @@
     openpi:HOST:PORT[:ROBOT]  a remote openpi policy server (low level); ROBOT names the observation and
                       action mapping (hivla, libero, droid, or a .toml; default hivla)
     hf:PATH           a local transformers VLM or LM directory, prompted from prompts/ (high level)
-    (empty / None)    the shipped defaults: the pi05 checkpoint policies/checkpoints/small as high
-                      level and the VLA checkpoint policies/checkpoints/vla as low level
+    (empty / None)    the shipped defaults: the grounded pi05 planner policies/checkpoints/grounded as
+                      high level and the VLA checkpoint policies/checkpoints/vla as low level
 
 The same model instance is shared when both levels name the same checkpoint.
 """
@@ -20,7 +20,9 @@ from pathlib import Path
 from policies.base import HighLevelPolicy, LowLevelPolicy
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "policies" / "checkpoints"
-SHIPPED_CHECKPOINT = CHECKPOINTS / "small"  # the pi05 high level
+# the pi05 high level: the grounded planner, which writes what it sees before it decides
+# (policies/checkpoints/grounded/MODEL_CARD.md; it replaced `small`, which stays shipped)
+SHIPPED_CHECKPOINT = CHECKPOINTS / "grounded"
 SHIPPED_VLA = CHECKPOINTS / "vla"  # the low-level VLA
 
 
