@@ -1,5 +1,8 @@
 """The π0.5-style model in one file, read top to bottom.
 
+(Over 450 lines on purpose, as nanoGPT's model.py: the prefix, the backbone, the action expert, the
+losses and the fast inference paths share one layout of segments and caches, and read best together.)
+
     images (front, wrist) ─► ViT (shared) ─┐
     task, coaching context, state bins ────┴─► prefix ─► Gemma-style backbone ─► thought + subtask (text)
                                                    │
