@@ -147,7 +147,7 @@ class Pi05Policy:
 
 def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Tensor, ids: torch.Tensor,
                     mask: torch.Tensor, ctx_ids: torch.Tensor, ctx_mask: torch.Tensor, tasks: list[str],
-                    lines: list[str] | None = None, grammar: bool = True,
+                    lines: list[str] | None = None, grammar: bool = True, jump: bool = True,
                     facts: list | None = None) -> tuple[list[str], list[str]]:
     """A grounded planner's plans for a batch: the read-out's heads write each scene line
     (policies/scene_line.py), which is forced as the first tokens of the text, and the backbone decodes
@@ -156,6 +156,7 @@ def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Te
     `grammar`: decode under the plan grammar (policies/pi05/constrained.py: after its line, only
     "So: <subtask>" naming what the line listed, then <eos>; forced spans appended in one pass). The
     caller knows what it asks: False for scene questions, whose answer is free text after the line.
+    `jump=False`: forced spans token by token (the reference the benchmark times jump-forward against).
     `facts`: per row, the facts in force (policies.scene_line.Fact, oldest first), each put in place of
     the line's reading of its object before the line is forced (apply_facts), so the plan is decided
     from the corrected belief; the lines returned are the ones forced."""
@@ -177,7 +178,7 @@ def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Te
         forced[row, : len(line_ids)] = torch.tensor(line_ids)
     constraints = [PlanConstraint.for_line(processor, line) for line in lines] if grammar else None
     out = model.generate(images, ids, mask, ctx_ids, ctx_mask, object_features=features, forced_ids=forced,
-                         constraints=constraints)
+                         constraints=constraints, jump=jump)
     return [processor.decode(row) for row in out.tolist()], lines
 
 
