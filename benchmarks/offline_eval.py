@@ -179,7 +179,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
         torch.device("cpu"))
     raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
                                  context_last=cfg.context_last, scene_questions=args.questions, seed=args.seed,
-                                 thoughts="scene")
+                                 thoughts="scene_bowls" if cfg.scene_bowls else "scene")
     tensors, meta = encode_samples(raw, processor)
     order = torch.randperm(len(raw), generator=g)
     is_plan = tensors["subtask_class"][order] >= 0

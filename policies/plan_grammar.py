@@ -6,8 +6,9 @@
 The grounded planner writes "I see: <scene line> So: <subtask>" (policies/scene_line.py,
 policies/planning.py, policies/grammar.py). Its subtask may name only the blocks its own line listed:
 "pick up" / "push" any listed block; "stack it on" a listed block other than the one the line says
-is held; "place it in" any bowl (the line lists a bowl only where a block sits in it, so every
-bowl colour of the grammar stays open); the drawer and put-down subtasks always. The grammar-
+is held; "place it in" a bowl the line listed (a line without its bowls, from a read-out that
+does not read them, leaves every bowl colour of the grammar open); the drawer and put-down subtasks
+always. The grammar-
 constrained decoder (policies/pi05/constrained.py) tokenises exactly these plans; this module knows
 no tokenizer.
 """
@@ -27,7 +28,7 @@ def allowed_subtasks(scene: Scene) -> tuple[Subtask, ...]:
     names = [b.name for b in scene.blocks]
     held = {b.name for b in scene.blocks if b.place == "held"}
     out: list[Subtask] = [Subtask("pick", obj=n) for n in names]
-    out += [Subtask("place", target=f"{c} bowl") for c in COLORS]
+    out += [Subtask("place", target=bowl) for bowl in (scene.bowls or [f"{c} bowl" for c in COLORS])]
     out += [Subtask("stack", target=n) for n in names if n not in held]
     out += list(_NAMELESS)
     out += [Subtask("push", obj=n, target=d) for n in names for d in DIRECTIONS]

@@ -2,12 +2,14 @@
 
     scene = scene_from_facts(facts, task)          # the simulator's facts -> a Scene (training labels)
     text = format_scene(scene)
-    # "I see: green block on the table at the left, red block in the blue bowl, blue block in the gripper; drawer shut."
+    # "I see: green block on the table at the left, red block in the blue bowl, blue block in the gripper;
+    #  bowls: red, blue; drawer shut."
     parse_scene(text) == scene                     # SceneParseError on text outside the grammar
 
 Every block present, left to right as the front camera shows them (world x: the camera looks along
 +y, the order the oracle breaks ties in); a block on the table with its side (where a push is going);
-the drawer's state only where the task names the drawer. One canonical form and no synonyms, so a text
+the bowls present, in the fixed colour order of policies.grammar.COLORS (the facts say which bowls are
+there, not where); the drawer's state only where the task names the drawer. One canonical form and no synonyms, so a text
 loss on it teaches reading, not style, and a parser (the console, the grammar-constrained decoder)
 reads it back exactly. The planner writes this line, then " So: <subtask>" (policies/planning.py).
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from policies.grammar import COLORS
 
 SCENE_OPEN = "I see: "
 # Where a block can be. "absent" is the read-out's class for a name the scene does not hold; it is
@@ -51,6 +55,7 @@ class SeenBlock:
 class Scene:
     blocks: tuple[SeenBlock, ...]  # left to right
     drawer_open: bool | None = None  # None: not said (the task does not name the drawer)
+    bowls: tuple[str, ...] = ()  # the bowls present ("red bowl"), in COLORS order; () also: not read
 
     def block(self, name: str) -> SeenBlock | None:
         return next((b for b in self.blocks if b.name == name), None)
@@ -64,20 +69,28 @@ def mentions_drawer(task: str) -> bool:
     return "drawer" in task.lower()
 
 
-def scene_from_facts(facts: dict, task: str) -> Scene:
-    """The Scene the simulator's facts (agent/envs/scene_facts.py, blocks already left to right) describe."""
+def bowl_order(bowls) -> tuple[str, ...]:
+    """Bowl names in the line's fixed order (COLORS), each once."""
+    return tuple(sorted(set(bowls), key=lambda name: COLORS.index(name.split()[0])))
+
+
+def scene_from_facts(facts: dict, task: str, bowls: bool = True) -> Scene:
+    """The Scene the simulator's facts (agent/envs/scene_facts.py, blocks already left to right) describe.
+    `bowls=False`: without the bowls (the line a planner whose read-out has no bowl queries writes)."""
     blocks = []
     for name, fact in sorted(facts["blocks"].items(), key=lambda item: item[1]["x"]):
         place = fact["place"]
         blocks.append(SeenBlock(name, place, fact.get("where") if place in ("bowl", "block") else None,
                                 side_of(fact["x"]) if place == "table" else None))
-    return Scene(tuple(blocks), bool(facts["drawer_open"]) if mentions_drawer(task) else None)
+    return Scene(tuple(blocks), bool(facts["drawer_open"]) if mentions_drawer(task) else None,
+                 bowl_order(facts.get("bowls", ())) if bowls else ())
 
 
 def format_scene(scene: Scene) -> str:
     seen = ", ".join(b.phrase() for b in scene.blocks) or "no block"
+    bowls = f"; bowls: {', '.join(b.removesuffix(' bowl') for b in scene.bowls)}" if scene.bowls else ""
     drawer = "" if scene.drawer_open is None else f"; drawer {'open' if scene.drawer_open else 'shut'}"
-    return f"{SCENE_OPEN}{seen}{drawer}."
+    return f"{SCENE_OPEN}{seen}{bowls}{drawer}."
 
 
 def split_scene(thought: str) -> tuple[str | None, str]:
@@ -109,13 +122,21 @@ def parse_scene(text: str) -> Scene:
     end = text.find(".", len(SCENE_OPEN))
     if end < 0:
         raise SceneParseError(f"a scene line ends with '.': {text[:80]!r}")
-    body = text[len(SCENE_OPEN):end]
-    drawer_open = None
-    if "; drawer " in body:
-        body, state = body.rsplit("; drawer ", 1)
-        if state not in ("open", "shut"):
-            raise SceneParseError(f"the drawer is 'open' or 'shut', not {state!r}")
-        drawer_open = state == "open"
+    body, *tails = text[len(SCENE_OPEN):end].split("; ")
+    drawer_open, bowls = None, ()
+    for tail in tails:
+        if tail.startswith("drawer "):
+            state = tail.removeprefix("drawer ")
+            if state not in ("open", "shut"):
+                raise SceneParseError(f"the drawer is 'open' or 'shut', not {state!r}")
+            drawer_open = state == "open"
+        elif tail.startswith("bowls: "):
+            colours = tail.removeprefix("bowls: ").split(", ")
+            if any(c not in COLORS for c in colours) or list(colours) != sorted(set(colours), key=COLORS.index):
+                raise SceneParseError(f"bowls are listed once each, in the order {', '.join(COLORS)}: {tail!r}")
+            bowls = tuple(f"{c} bowl" for c in colours)
+        else:
+            raise SceneParseError(f"after the blocks come '; bowls: ...' and '; drawer open|shut', not {tail!r}")
     blocks = []
     for part in ([] if body == "no block" else body.split(", ")):
         for pattern, build in _PHRASES:
@@ -125,7 +146,7 @@ def parse_scene(text: str) -> Scene:
                 break
         else:
             raise SceneParseError(f"not a block's place in the scene grammar: {part!r}")
-    return Scene(tuple(blocks), drawer_open)
+    return Scene(tuple(blocks), drawer_open, bowls)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +223,7 @@ def apply_facts(scene: Scene, facts, task: str = "") -> Scene:
     on an unnamed block, a bowl nobody named) is left out of it. The drawer's state is written only
     where the line says it (the task names the drawer), as format_scene does."""
     blocks = list(scene.blocks)
-    drawer_open = scene.drawer_open
+    drawer_open, bowls = scene.drawer_open, scene.bowls
     for fact in facts:
         if fact.subject == DRAWER:
             if drawer_open is not None:
@@ -212,6 +233,8 @@ def apply_facts(scene: Scene, facts, task: str = "") -> Scene:
             if fact.where is not None:
                 blocks = [SeenBlock(b.name, b.place, fact.subject, b.side) if b.place == "bowl" and b.where == fact.where
                           else b for b in blocks]
+                if bowls:
+                    bowls = bowl_order([fact.subject if b == fact.where else b for b in bowls])
             continue
         index = next((i for i, b in enumerate(blocks) if b.name == fact.subject), None)
         read = blocks[index] if index is not None else None
@@ -234,7 +257,9 @@ def apply_facts(scene: Scene, facts, task: str = "") -> Scene:
             blocks.append(seen)
         else:
             blocks[index] = seen
-    return Scene(tuple(blocks), drawer_open)
+    if bowls:  # a block stated in a bowl the line did not list: that bowl is there
+        bowls = bowl_order([*bowls, *(b.where for b in blocks if b.place == "bowl")])
+    return Scene(tuple(blocks), drawer_open, bowls)
 
 
 def apply_facts_to_line(line: str, facts, task: str = "") -> str:

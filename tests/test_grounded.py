@@ -12,7 +12,8 @@ from agent.training import planner_frames as pf
 from agent.training.readout_trainer import ReadoutSettings, load_frames, train_readout
 from agent.training.trainer import TrainSettings, train
 from policies.pi05.configuration import make_config
-from policies.pi05.objects import BLOCK_NAMES, WHERE_NAMES, ObjectReadout, labels_from_facts, read_scenes
+from policies.pi05.objects import BLOCK_NAMES, BOWL_NAMES, WHERE_NAMES, ObjectReadout, labels_from_facts, read_scenes
+from policies.plan_grammar import allowed_subtasks
 from policies.pi05.policy import load_pi05
 from policies.planning import format_plan, parse_plan
 from policies.scene_line import PLACES, SIDES, Scene, SceneParseError, SeenBlock, format_scene, parse_scene, \
@@ -45,6 +46,10 @@ def test_the_grounded_thought_round_trips_for_every_family(frames):
         assert plan.thought == line and plan.subtask == row["subtask"]
         # every present block is listed once, left to right
         assert [b.name for b in scene.blocks] == list(row["facts"]["blocks"])
+        # the bowls present, each once, in the fixed colour order; the line without them as well
+        assert set(scene.bowls) == set(row["facts"]["bowls"]) and len(scene.bowls) == len(row["facts"]["bowls"])
+        bare = scene_from_facts(row["facts"], row["context"]["task"], bowls=False)
+        assert bare.bowls == () and parse_scene(format_scene(bare)) == bare
         # the oracle itself writes the same line before its reason
         assert row["thought"].startswith(line + " ")
         families.add(row["family"])
@@ -57,7 +62,12 @@ def test_the_scene_grammar_refuses_text_outside_it():
     line = format_scene(scene)
     assert line == "I see: red block on the table at the left, large blue block on the green block; drawer shut."
     assert parse_scene(line) == scene
-    for bad in ("the red block is on the table", "I see: red block floating.", "I see: red block in the gripper"):
+    with_bowls = Scene(scene.blocks, drawer_open=True, bowls=("red bowl", "blue bowl"))
+    assert format_scene(with_bowls).endswith("green block; bowls: red, blue; drawer open.")
+    assert parse_scene(format_scene(with_bowls)) == with_bowls
+    for bad in ("the red block is on the table", "I see: red block floating.", "I see: red block in the gripper",
+                "I see: red block in the gripper; bowls: blue, red.", "I see: red block in the gripper; bowls: pink.",
+                "I see: red block in the gripper; plates: red."):
         with pytest.raises(SceneParseError):
             parse_scene(bad)
 
@@ -81,6 +91,8 @@ def test_read_out_labels_match_the_detectors_on_a_scripted_scene():
     absent = [k for k, name in enumerate(BLOCK_NAMES) if name not in world.blocks]
     assert absent and all(labels["place"][k] == 0 for k in absent)
     assert labels["drawer"] == int(world.drawer.is_open)
+    assert [BOWL_NAMES[k] for k, there in enumerate(labels["bowls"]) if there] == \
+        [name for name in BOWL_NAMES if name in world.bowls]
 
 
 def test_the_heads_reading_writes_a_line_in_the_grammar():
@@ -92,13 +104,38 @@ def test_the_heads_reading_writes_a_line_in_the_grammar():
         for b in scene.blocks:  # a block is never read as on itself or in a block
             assert b.where != b.name
             assert b.place != "bowl" or b.where.endswith("bowl")
+        assert scene.bowls == ()  # this read-out has no bowl queries
+
+
+def test_a_read_out_with_bowl_queries_lists_the_bowls_and_the_plan_may_use_only_those():
+    readout = ObjectReadout(make_config("tiny", vision_stem="objects", scene_bowls=True)).eval()
+    assert readout.n_tokens == len(BLOCK_NAMES) + len(BOWL_NAMES) + 1
+    with torch.no_grad():
+        out = readout.heads(readout.features(torch.randint(0, 255, (4, 2, 32, 32, 3), dtype=torch.uint8)))
+    assert out["bowls"].shape == (4, len(BOWL_NAMES), 2)
+    # the heads say: the green bowl is there, the red block is in the blue bowl, no other block is there
+    out["bowls"][:] = torch.tensor([1.0, 0.0])
+    out["bowls"][:, BOWL_NAMES.index("green bowl")] = torch.tensor([0.0, 1.0])
+    out["place"][:] = 0.0
+    out["place"][:, :, 0] = 1.0
+    red = BLOCK_NAMES.index("red block")
+    out["place"][:, red] = torch.nn.functional.one_hot(torch.tensor(PLACES.index("bowl")), len(PLACES)).float()
+    out["where"][:, red] = torch.nn.functional.one_hot(torch.tensor(WHERE_NAMES.index("blue bowl")), len(WHERE_NAMES)).float()
+    scene = read_scenes(out, ["swap the blocks"] * 4)[0]
+    # a block read in a bowl says that bowl is there, and the line lists it in the colour order
+    assert scene.bowls == ("green bowl", "blue bowl")
+    assert format_scene(scene) == "I see: red block in the blue bowl; bowls: green, blue."
+    targets = {s.target for s in allowed_subtasks(scene) if s.kind == "place"}
+    assert targets == {"green bowl", "blue bowl"}
+    # a line without bowls (a read-out without bowl queries) leaves every bowl colour open
+    assert {s.target for s in allowed_subtasks(Scene(scene.blocks)) if s.kind == "place"} == set(BOWL_NAMES)
 
 
 def test_the_two_stage_recipe_trains_and_plans_from_its_own_reading(frames, tmp_path):
     readout = tmp_path / "readout"
-    summary = train_readout(ReadoutSettings(data=[str(frames)], out=str(readout), preset="tiny", steps=6, batch_size=8,
+    summary = train_readout(ReadoutSettings(data=[str(frames)], out=str(readout), preset="grounded", steps=6, batch_size=8,
                                             eval_every=6, threads=1, warmup_steps=1, held_out_fraction=0.2,
-                                            overrides={**TINY, "vision_stem": "objects"}))
+                                            overrides=TINY))
     assert 0.0 <= summary["final_eval"]["objects_right"] <= 1.0
     ckpt = tmp_path / "planner"
     s = TrainSettings(data=[str(frames)], out=str(ckpt), preset="grounded", steps=4, batch_size=8, eval_every=4,

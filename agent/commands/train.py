@@ -50,8 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="stop (resumably) at this step; the learning-rate schedule still spans --steps")
     parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
     parser.add_argument("--init-from", default=None, metavar="CKPT",
-                        help="pi05: start from this checkpoint's weights, tokenizer and norm stats (tensors whose "
-                             "shape the new config changes start fresh)")
+                        help="pi05: start from this checkpoint's weights, tokenizer and norm stats; readout: from an "
+                             "earlier read-out's weights (tensors the new config adds or reshapes start fresh)")
     parser.add_argument("--readout", default=None, metavar="RUN",
                         help="pi05 --preset grounded: the object read-out trained by `--model readout` (stage 1), "
                              "loaded and frozen while the backbone learns the grounded thought")
@@ -95,12 +95,14 @@ def check_args(args: argparse.Namespace) -> str | None:
         if not path.exists():
             return f"--data {path}: no such file or directory"
     if args.init_from is not None:
-        if args.model != "pi05":
-            return "--init-from is for --model pi05"
-        missing = [f for f in ("model.safetensors", "tokenizer.json", "norm_stats.json")
+        if args.model not in ("pi05", "readout"):
+            return "--init-from is for --model pi05 or readout"
+        needs = ("model.safetensors",) if args.model == "readout" else ("model.safetensors", "tokenizer.json", "norm_stats.json")
+        missing = [f for f in needs
                    if not (Path(args.init_from) / f).is_file()]
         if missing:
-            return f"--init-from {args.init_from}: not a pi05 checkpoint directory (no {', '.join(missing)})"
+            kind = "an object read-out (`hivla train --model readout` OUT)" if args.model == "readout" else "a pi05 checkpoint directory"
+            return f"--init-from {args.init_from}: not {kind} (no {', '.join(missing)})"
     if args.scene_questions < 0:
         return f"--scene-questions must not be negative, got {args.scene_questions}"
     from agent.training.planner_frames import is_planner_frames
@@ -143,7 +145,8 @@ def main(args: argparse.Namespace) -> int:
         if args.model == "readout":
             from agent.training.readout_trainer import ReadoutSettings, train_readout
 
-            train_readout(ReadoutSettings(**{k: v for k, v in common.items() if k != "stride"}, stop_at=args.stop_at))
+            train_readout(ReadoutSettings(**{k: v for k, v in common.items() if k != "stride"}, stop_at=args.stop_at,
+                                          init_from=args.init_from))
             return 0
         if args.model == "vla":
             from agent.training.vla_trainer import VlaTrainSettings, train_vla

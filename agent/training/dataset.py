@@ -31,7 +31,7 @@ from policies.pi05.processor import NormStats, Pi05Processor, pad_to, prompt_cor
 
 CACHE_FILE = "data_cache.safetensors"
 CACHE_META = "data_cache.json"
-THOUGHTS = ("oracle", "scene", "none")  # what a planner-frame sample's thought is (collect_planner_frames)
+THOUGHTS = ("oracle", "scene", "scene_bowls", "none")  # what a planner-frame sample's thought is (collect_planner_frames)
 
 
 @dataclass
@@ -181,10 +181,11 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
     the task's place, no coaching context, the answer as the target). No actions: a planner recipe.
     `thoughts`: "oracle", the oracle's own; "scene", the scene line the simulator's facts give
     (policies/scene_line.py), for plans and questions alike ("I see: ... So: <subtask or answer>"), the
-    grounded planner's; "none", no thought at all (the text-only baseline, which never sees the scene)."""
+    grounded planner's ("scene_bowls": the line with its bowls, for a read-out that reads them); "none", no thought at all (the text-only baseline, which never sees the scene)."""
     if thoughts not in THOUGHTS:
         raise ValueError(f"thoughts must be one of {THOUGHTS}, got {thoughts!r}")
-    grounded = thoughts == "scene"
+    grounded = thoughts in ("scene", "scene_bowls")
+    bowls = thoughts == "scene_bowls"
     from agent.training.planner_frames import read_shard, shards
     from agent.training.scene_questions import sample_questions
     from policies.planning import PlannerContext
@@ -210,10 +211,10 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
             key = f"{stem.parent.name}/{row['episode']}"
             n_questions = int(scene_questions) + int(rng.random() < scene_questions - int(scene_questions))
             asked = sample_questions(row["facts"], rng, n_questions) if n_questions else []
-            thought = {"scene": lambda: format_scene(scene_from_facts(row["facts"], ctx.task)), "none": lambda: "",
-                       "oracle": lambda: row["thought"]}[thoughts]()
+            thought = (format_scene(scene_from_facts(row["facts"], ctx.task, bowls)) if grounded
+                       else "" if thoughts == "none" else row["thought"])
             samples = [(ctx.task, ctx.last(context_last), ctx.read_texts, thought, row["subtask"], None, None)]
-            samples += [(question, None, [], format_scene(scene_from_facts(row["facts"], question)) if grounded else "",
+            samples += [(question, None, [], format_scene(scene_from_facts(row["facts"], question, bowls)) if grounded else "",
                          "", answer, kind) for kind, question, answer in asked]
             for task, last, corrections, thought, subtask, answer, kind in samples:
                 raw.frame_of.append(frame_index)

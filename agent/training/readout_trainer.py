@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from agent.training.loop import Logger, LoopSettings, Recipe, TrainingLoop
 from policies.pi05.configuration import Pi05Config, make_config
-from policies.pi05.objects import ObjectReadout, labels_from_facts, object_correct, read_scenes
+from policies.pi05.objects import BOWL_NAMES, ObjectReadout, labels_from_facts, object_correct, read_scenes
 from policies.scene_line import PLACES, format_scene, scene_from_facts
 
-LABELS = ("place", "where", "side", "x", "drawer")
+LABELS = ("place", "where", "side", "x", "bowls", "drawer")
 READOUT_FILE = "model.safetensors"
 
 
@@ -52,6 +52,7 @@ class ReadoutSettings:
     threads: int = 2
     seed: int = 0
     stop_at: int | None = None
+    init_from: str | None = None  # a read-out to start from (OUT of an earlier stage 1): its matching tensors
     overrides: dict = field(default_factory=dict)
 
 
@@ -119,16 +120,18 @@ def evaluate_readout(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtyp
                      batch_size: int = 128) -> dict:
     """On the frames `idx`: present objects placed right (place, and where / side where they apply),
     frames whose every block is right, scene lines written exactly right (order and drawer included),
-    and objects right per true place."""
+    objects right per true place, and (a read-out that reads bowls) bowls read right, there or not."""
     was_training = readout.training
     readout.eval()
-    right_objects = present = lines_right = frames_right = 0
+    right_objects = present = lines_right = frames_right = bowls_right = 0
     per_place = {p: [0, 0] for p in PLACES[1:]}
     for chunk in idx.split(batch_size):
         batch = frames.batch(chunk, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
             out = {k: v.float() for k, v in readout.heads(readout.features(batch["images"])).items()}
         ok = object_correct(out, batch)
+        if "bowls" in out:
+            bowls_right += int((out["bowls"].argmax(-1) == batch["bowls"]).sum())
         is_present = batch["place"] > 0
         right_objects += int((ok & is_present).sum())
         present += int(is_present.sum())
@@ -139,12 +142,16 @@ def evaluate_readout(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtyp
             per_place[place][1] += int(mask.sum())
         tasks = [frames.tasks[i] for i in chunk.tolist()]
         for scene, i in zip(read_scenes(out, tasks), chunk.tolist()):
-            lines_right += format_scene(scene) == format_scene(scene_from_facts(frames.facts[i], frames.tasks[i]))
+            true = scene_from_facts(frames.facts[i], frames.tasks[i], bowls=readout.reads_bowls)
+            lines_right += format_scene(scene) == format_scene(true)
     readout.train(was_training)
     n = len(idx)
-    return {"objects_right": right_objects / max(1, present), "frames_all_blocks_right": frames_right / max(1, n),
-            "scene_lines_right": lines_right / max(1, n), "frames": n,
-            "per_place": {p: {"right": r / t, "n": t} for p, (r, t) in per_place.items() if t}}
+    metrics = {"objects_right": right_objects / max(1, present), "frames_all_blocks_right": frames_right / max(1, n),
+               "scene_lines_right": lines_right / max(1, n), "frames": n,
+               "per_place": {p: {"right": r / t, "n": t} for p, (r, t) in per_place.items() if t}}
+    if readout.reads_bowls:
+        metrics["bowls_right"] = bowls_right / max(1, n * len(BOWL_NAMES))
+    return metrics
 
 
 def save_readout(out: Path, readout: ObjectReadout, cfg: Pi05Config, info: dict) -> None:
@@ -195,6 +202,11 @@ def train_readout(s: ReadoutSettings) -> dict:
     model = ReadoutObjective(cfg).to(device)
     if loop.resuming:
         load_readout_into(model, out)
+    elif s.init_from:
+        from agent.training.trainer import warm_start
+
+        fresh = warm_start(model, Path(s.init_from) / READOUT_FILE)
+        log.echo(f"initialised from {s.init_from}; {len(fresh)} tensors start fresh: {', '.join(fresh) or 'none'}")
     g = torch.Generator().manual_seed(s.seed)
     eval_idx = held_idx[torch.randperm(len(held_idx), generator=g)[: s.eval_frames]]
     log.echo(f"read-out: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "

@@ -133,8 +133,12 @@ def prepare(s: TrainSettings, log: Logger):
 
 def thought_kind(cfg: Pi05Config) -> str:
     """What a planner-frame plan's thought is for this config: none for the text-only baseline, the
-    scene line for a grounded planner, the oracle's otherwise."""
-    return "none" if cfg.blind else "scene" if cfg.vision_stem == "objects" else "oracle"
+    scene line for a grounded planner (with the bowls where its read-out reads them), the oracle's otherwise."""
+    if cfg.blind:
+        return "none"
+    if cfg.vision_stem == "objects":
+        return "scene_bowls" if cfg.scene_bowls else "scene"
+    return "oracle"
 
 
 def split_held_out(tensors: dict, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,8 @@ from pathlib import Path
 CAMERAS = ("front", "wrist")
 CONTEXT_LAST = ("in_force", "done")
 VISION_STEMS = ("patch", "conv", "resampler", "objects")
-OBJECT_TOKENS = 19  # "objects" stem: one token per name in policies.pi05.objects.OBJECT_NAMES (18 blocks, the drawer)
+OBJECT_TOKENS = 19  # "objects" stem: one token per block name and the drawer (policies.pi05.objects.object_names)
+BOWL_TOKENS = 6  # and, with `scene_bowls`, one per bowl colour (policies.pi05.objects.BOWL_NAMES)
 
 
 @dataclass
@@ -103,6 +104,11 @@ class Pi05Config:
     # task, the state and the coaching context alone decide. A grounded planner must beat it widely.
     blind: bool = False
 
+    # "objects" stem: the read-out also has a query per bowl colour and the scene line lists the bowls
+    # present ("; bowls: red, blue"), so a bowl no block sits in (swap_bowls' spare) is in what the
+    # planner reads. False: a checkpoint from before bowls were read (its layout and lines unchanged).
+    scene_bowls: bool = False
+
     preset: str = "custom"
 
     @property
@@ -119,7 +125,7 @@ class Pi05Config:
     def image_tokens(self) -> int:
         """Image tokens of all cameras together (the object read-out reads both cameras into one set)."""
         if self.vision_stem == "objects":
-            return OBJECT_TOKENS
+            return OBJECT_TOKENS + (BOWL_TOKENS if self.scene_bowls else 0)
         return len(self.cameras) * self.image_tokens_per_camera
 
     @property
@@ -256,7 +262,7 @@ def grounded() -> Pi05Config:
     return Pi05Config(vision_stem="objects", vision_width=96, vision_depth=3, vision_heads=4,
                       vision_mlp_dim=384, context_last="done", action_token_stride=0, flow_loss_weight=0.0,
                       max_subtask_tokens=1, max_target_tokens=80, expert_width=32, expert_mlp_dim=64,
-                      scene_questions=True, preset="grounded")
+                      scene_questions=True, scene_bowls=True, preset="grounded")
 
 
 def pi05() -> Pi05Config:

@@ -2,12 +2,13 @@
 
     uint8 [B, n_cam, 64, 64, 3] ─► GroupNorm convs 32-32-64-64 (strides 2-2-1-1), per camera
         ─► 16x16 map + (x, y) + a camera embedding: 256 keys a camera, both cameras together
-        ─► one query per object name (OBJECT_NAMES: 18 block names and the drawer), made from the
-           name's words ("large" + "red" + "block"), cross-attends to the keys, then the queries
-           attend to each other (a block on a block, two blocks of one colour)
+        ─► one query per object name (object_names: 18 block names, with `scene_bowls` the 6 bowl
+           colours, and the drawer), made from the name's words ("large" + "red" + "block"),
+           cross-attends to the keys, then the queries attend to each other (a block on a block, two
+           blocks of one colour)
         ─► features [B, n_objects, vision_width]
         ─► heads: place (PLACES), where (a bowl or the block beneath), side (left/middle/right),
-           x (for the left-to-right order), the drawer open or shut
+           x (for the left-to-right order), each bowl there or not, the drawer open or shut
         ─► tokens [B, n_objects, width] for the backbone
 
 Why: a read-out fed only by the plan's text loss never learned to tell the colours apart (66% of
@@ -25,15 +26,15 @@ from torch import Tensor, nn
 
 from policies.augment import random_shift
 from policies.grammar import COLORS, SIZES
-from policies.pi05.configuration import OBJECT_TOKENS, Pi05Config
+from policies.pi05.configuration import BOWL_TOKENS, OBJECT_TOKENS, Pi05Config
 from policies.pi05.vision import TRUNK_CHANNELS, TRUNK_STRIDES, QueryBlock, coordinate_grid, group_norm_convs
-from policies.scene_line import PLACES, SIDES, Scene, SeenBlock, mentions_drawer, side_of
+from policies.scene_line import PLACES, SIDES, Scene, SeenBlock, bowl_order, mentions_drawer, side_of
 
 BLOCK_NAMES = tuple(f"{c} block" for c in COLORS) + tuple(f"{s} {c} block" for s in SIZES for c in COLORS)
 DRAWER = "drawer"
-OBJECT_NAMES = BLOCK_NAMES + (DRAWER,)
-assert len(OBJECT_NAMES) == OBJECT_TOKENS, "configuration.OBJECT_TOKENS counts OBJECT_NAMES"
+assert len(BLOCK_NAMES) + 1 == OBJECT_TOKENS, "configuration.OBJECT_TOKENS counts the blocks and the drawer"
 BOWL_NAMES = tuple(f"{c} bowl" for c in COLORS)
+assert len(BOWL_NAMES) == BOWL_TOKENS, "configuration.BOWL_TOKENS counts BOWL_NAMES"
 WHERE_NAMES = BOWL_NAMES + BLOCK_NAMES  # what a block can be in or on
 NAME_WORDS = (*COLORS, *SIZES, "block", DRAWER)
 X_SCALE = 0.3  # world x is regressed in units of this (the table spans about ±0.3 m)
@@ -41,7 +42,13 @@ IGNORE = -100
 
 
 def name_word_ids(name: str) -> list[int]:
-    return [NAME_WORDS.index(w) for w in name.split()]
+    """The name's words in NAME_WORDS ("bowl" is not one: see ObjectReadout.bowl_word)."""
+    return [NAME_WORDS.index(w) for w in name.split() if w != "bowl"]
+
+
+def object_names(scene_bowls: bool) -> tuple[str, ...]:
+    """The read-out's queries in order: the blocks, the bowls (with `scene_bowls`), the drawer last."""
+    return BLOCK_NAMES + (BOWL_NAMES if scene_bowls else ()) + (DRAWER,)
 
 
 class ObjectReadout(nn.Module):
@@ -52,12 +59,21 @@ class ObjectReadout(nn.Module):
         self.map_proj = nn.Conv2d(TRUNK_CHANNELS[-1] + 2, w, 1)  # features + (x, y) -> the keys' width
         self.camera = nn.Parameter(torch.randn(len(cfg.cameras), w) * 0.02)
         self.map_norm = nn.LayerNorm(w)
+        self.names = object_names(cfg.scene_bowls)
+        self.reads_bowls = cfg.scene_bowls
         # A query is made from its name's words, so "large red block" shares what "red" and "large" learned.
         self.words = nn.Embedding(len(NAME_WORDS), w)
-        words = torch.zeros(len(OBJECT_NAMES), len(NAME_WORDS))
-        for i, name in enumerate(OBJECT_NAMES):
+        words = torch.zeros(len(self.names), len(NAME_WORDS))
+        for i, name in enumerate(self.names):
             words[i, name_word_ids(name)] = 1.0
         self.register_buffer("name_words", words, persistent=False)
+        if self.reads_bowls:
+            # "bowl" is a parameter of its own, not a row of `words`, so a read-out trained before bowls
+            # were read keeps every tensor's shape and warm-starts one that reads them.
+            is_bowl = torch.tensor([name in BOWL_NAMES for name in self.names], dtype=torch.float32)
+            self.register_buffer("is_bowl", is_bowl[:, None], persistent=False)
+            self.bowl_word = nn.Parameter(torch.randn(w) * 0.02)
+            self.bowl_head = nn.Linear(w, 2)
         self.query_mlp = nn.Sequential(nn.Linear(w, w), nn.GELU(), nn.Linear(w, w))
         self.blocks = nn.ModuleList(
             QueryBlock(w, cfg.vision_heads, cfg.vision_mlp_dim, reads_map=i == 0) for i in range(cfg.vision_depth))
@@ -72,7 +88,7 @@ class ObjectReadout(nn.Module):
 
     @property
     def n_tokens(self) -> int:
-        return len(OBJECT_NAMES)
+        return len(self.names)
 
     def features(self, images: Tensor) -> Tensor:
         """uint8 [B, n_cam, H, W, 3] -> [B, n_objects, vision_width] (normed)."""
@@ -85,7 +101,10 @@ class ObjectReadout(nn.Module):
         fmap = torch.cat([fmap, coordinate_grid(h, w, fmap.device, fmap.dtype).expand(len(fmap), -1, -1, -1)], 1)
         keys = self.map_proj(fmap).flatten(2).transpose(1, 2).reshape(b, n_cam, h * w, -1)
         keys = self.map_norm((keys + self.camera[None, :, None]).flatten(1, 2))  # [B, n_cam*h*w, w]
-        queries = self.query_mlp(self.name_words @ self.words.weight)[None].expand(b, -1, -1)
+        names = self.name_words @ self.words.weight
+        if self.reads_bowls:
+            names = names + self.is_bowl * self.bowl_word
+        queries = self.query_mlp(names)[None].expand(b, -1, -1)
         for block in self.blocks:
             queries = block(queries, keys)
         return self.norm(queries)
@@ -98,8 +117,11 @@ class ObjectReadout(nn.Module):
 
     def heads(self, features: Tensor) -> dict[str, Tensor]:
         blocks = features[:, : len(BLOCK_NAMES)]
-        return {"place": self.place_head(blocks), "where": self.where_head(blocks), "side": self.side_head(blocks),
-                "x": self.x_head(blocks).squeeze(-1), "drawer": self.drawer_head(features[:, -1])}
+        out = {"place": self.place_head(blocks), "where": self.where_head(blocks), "side": self.side_head(blocks),
+               "x": self.x_head(blocks).squeeze(-1), "drawer": self.drawer_head(features[:, -1])}
+        if self.reads_bowls:
+            out["bowls"] = self.bowl_head(features[:, len(BLOCK_NAMES): len(BLOCK_NAMES) + len(BOWL_NAMES)])
+        return out
 
     def loss(self, features: Tensor, labels: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Cross-entropy per object on place / where / side / drawer, smooth L1 on x (present blocks)."""
@@ -114,9 +136,14 @@ class ObjectReadout(nn.Module):
         loss = place + where + side + x + 0.5 * drawer
         with torch.no_grad():
             acc = objects_right(out, labels)
-        return loss, {"place_loss": place.item(), "where_loss": where.item(), "side_loss": side.item(),
-                      "x_loss": x.item(), "drawer_loss": drawer.item(), "object_acc": acc["objects"],
-                      "scene_acc": acc["scenes"]}
+        info = {"place_loss": place.item(), "where_loss": where.item(), "side_loss": side.item(),
+                "x_loss": x.item(), "drawer_loss": drawer.item(), "object_acc": acc["objects"],
+                "scene_acc": acc["scenes"]}
+        if "bowls" in out:
+            bowls = F.cross_entropy(out["bowls"].flatten(0, 1), labels["bowls"].flatten())
+            loss = loss + 0.5 * bowls
+            info.update(bowl_loss=bowls.item(), bowl_acc=(out["bowls"].argmax(-1) == labels["bowls"]).float().mean().item())
+        return loss, info
 
 
 def _masked_ce(logits: Tensor, labels: Tensor) -> Tensor:
@@ -129,7 +156,8 @@ def _masked_ce(logits: Tensor, labels: Tensor) -> Tensor:
 def labels_from_facts(facts: dict) -> dict[str, list]:
     """The read-out's labels for one frame from the simulator's facts (agent/envs/scene_facts.py):
     per block name, its place class, where (IGNORE unless in a bowl / on a block), side (IGNORE unless
-    on the table) and world x (0 when absent); the drawer open (1) or shut (0)."""
+    on the table) and world x (0 when absent); per bowl name, there (1) or not (0); the drawer open (1)
+    or shut (0)."""
     place, where, side, x = [], [], [], []
     for name in BLOCK_NAMES:
         fact = facts["blocks"].get(name)
@@ -140,7 +168,8 @@ def labels_from_facts(facts: dict) -> dict[str, list]:
         where.append(WHERE_NAMES.index(fact["where"]) if fact["place"] in ("bowl", "block") else IGNORE)
         side.append(SIDES.index(side_of(fact["x"])) if fact["place"] == "table" else IGNORE)
         x.append(float(fact["x"]))
-    return {"place": place, "where": where, "side": side, "x": x, "drawer": int(bool(facts["drawer_open"]))}
+    bowls = [int(name in facts.get("bowls", ())) for name in BOWL_NAMES]
+    return {"place": place, "where": where, "side": side, "x": x, "bowls": bowls, "drawer": int(bool(facts["drawer_open"]))}
 
 
 def objects_right(out: dict[str, Tensor], labels: dict[str, Tensor]) -> dict[str, float]:
@@ -161,8 +190,10 @@ def object_correct(out: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
 
 
 def read_scenes(out: dict[str, Tensor], tasks: list[str]) -> list[Scene]:
-    """The heads' reading as Scenes: each block read as present, with its place, ordered by its read x."""
-    places, wheres = out["place"].argmax(-1).tolist(), out["where"].argmax(-1).tolist()
+    """The heads' reading as Scenes: each block read as present, with its place, ordered by its read x;
+    the bowls read as there (a read-out without bowl queries reads none)."""
+    places = out["place"].argmax(-1).tolist()
+    bowls_there = out["bowls"].argmax(-1).tolist() if "bowls" in out else None
     sides, xs, drawers = out["side"].argmax(-1).tolist(), out["x"].float().tolist(), out["drawer"].argmax(-1).tolist()
     scenes = []
     for b, task in enumerate(tasks):
@@ -174,7 +205,10 @@ def read_scenes(out: dict[str, Tensor], tasks: list[str]) -> list[Scene]:
             where = _where_for(place, out["where"][b, i], name) if place in ("bowl", "block") else None
             seen.append((xs[b][i], SeenBlock(name, place, where, SIDES[sides[b][i]] if place == "table" else None)))
         seen.sort(key=lambda item: item[0])
-        scenes.append(Scene(tuple(s for _, s in seen), bool(drawers[b]) if mentions_drawer(task) else None))
+        # a block read in a bowl says the bowl is there, whatever its own query read
+        bowls = bowl_order([*(n for n, there in zip(BOWL_NAMES, bowls_there[b]) if there),
+                            *(s.where for _, s in seen if s.place == "bowl")]) if bowls_there else ()
+        scenes.append(Scene(tuple(s for _, s in seen), bool(drawers[b]) if mentions_drawer(task) else None, bowls))
     return scenes
 
 
