@@ -5,8 +5,9 @@ A constraint is remembered when
                   classifier's `Correction.lasting`), or it was forced with /rule;
   repeated        the same rule (the same policies.rules.Rule, else the same words) is said in a second episode.
 Remembered rules are in every later plan's context (PlanContext.memory -> PlannerContext.memory, the
-one context builder) until `/forget N`. The control loop owns one SessionMemory and records each
-change (sessions.schema RuleRemembered / RuleForgotten).
+one context builder) until `/forget N`. The control loop owns one SessionMemory; its observer
+agent.runtime.session_memory offers it the corrections said and tells each change (RuleKept /
+RuleDropped, recorded as sessions.schema RuleRemembered / RuleForgotten).
 
     memory = SessionMemory()
     kept = memory.offer(correction, episode=0)   # Remembered or None

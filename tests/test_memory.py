@@ -138,6 +138,26 @@ def test_a_rule_said_in_episode_0_is_in_episode_3s_context_and_the_export_and_fo
     assert not any(ep == 4 for ep, *_ in memory)  # forgotten before episode 4's first plan
 
 
+def test_a_rule_is_recorded_before_the_correction_that_said_it_and_forgotten_before_its_withdrawal():
+    from memory_recorder import MemoryRecorder
+
+    env = make_env(family="sort_into_bowls", image_size=32, render_images=False)
+    rec = MemoryRecorder()
+    loop = ControlLoop(env, OraclePlanner(seed=0), ScriptedExpert(seed=0), recorder=rec)
+    loop.reset(seed=_red_seeds(env, 1)[0], options={"family": "sort_into_bowls"})
+    loop.submit(classify(RULE))
+    loop.step()
+    kinds = [e.type for e in rec.events if e.type != "plan"]
+    assert kinds[-2:] == ["rule_remembered", "correction"]
+    asked = [e for e in rec.events if e.type == "plan"][-1]
+    assert asked.reason == "correction" and asked.context.memory == [RULE]  # the plan the rule asked for reads it
+    loop.submit(Command(CommandName.UNDO))
+    loop.step()
+    assert [e.type for e in rec.events if e.type != "plan"][-2:] == ["rule_forgotten", "correction_withdrawn"]
+    assert loop.memory.texts() == () and loop.snapshot().memory == ()
+    loop.close()
+
+
 def test_the_scripted_coach_words_a_rule_for_good_or_for_the_episode_as_asked():
     from agent.coaching.scripted import FamilyBehaviour, ScriptedCoach
 

@@ -1,5 +1,6 @@
 """What a person's (or the scripted coach's) input does to the loop: the inbox, commands, corrections,
-/undo, and the session memory's rules. A mixin of ControlLoop (agent.runtime.loop).
+/undo, /rules and /forget. A mixin of ControlLoop (agent.runtime.loop). Session memory keeps its rules
+as an observer of the corrections said and withdrawn (agent.runtime.session_memory).
 
 Input is drained at the start of a control step. A correction changes the planner's context at
 once; an override is in force at once, a negation or rule re-plans (asynchronous: the correction is
@@ -22,6 +23,7 @@ from agent.memory import SessionMemory
 from agent.planner_thread import PlannerThread
 from agent.runtime import events as ev
 from agent.runtime.acting import Actor
+from agent.runtime.session_memory import MemoryObserver
 from agent.runtime.state import Episode, PlanChange, episode_over_reply
 from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
 
@@ -35,6 +37,7 @@ def _starts_episode(item: object) -> bool:
 
 class Corrections:
     memory: SessionMemory
+    _rules: MemoryObserver
     compute_model_plan: bool
     suspect_window_steps: int
     _inbox: queue.SimpleQueue[tuple[float, UserInput]]
@@ -122,14 +125,15 @@ class Corrections:
         ep = self._episode
         assert ep is not None and self._context is not None
         correction = replace(correction, step=ep.step, time=self._obs.time if self._obs else 0.0)
+        correction_id = self._correction_counter
+        self._correction_counter += 1
         replaced = self._plan
         model_plan = None
         kind = correction.kind
         if kind not in (CorrectionKind.CONFIRM, CorrectionKind.RESUME):
             ep.interventions += 1
         self._context.corrections.append(correction)
-        if kind is CorrectionKind.CONSTRAINT:
-            self._remember(correction, correction_id=self._correction_counter)
+        self._emit(ev.CorrectionSaid(episode=ep.index, step=ep.step, correction_id=correction_id, correction=correction))
         if kind is CorrectionKind.FACT and correction.fact is not None:
             self._context.facts.append(correction)
         self._context_changed()
@@ -169,8 +173,6 @@ class Corrections:
             else:
                 model_plan = self._plan
 
-        correction_id = self._correction_counter
-        self._correction_counter += 1
         ep.correction_ids.append(correction_id)
         suspect = getattr(correction, "suspect_from_step", None)  # the scripted coach knows
         if suspect is None and kind in (CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.STOP):
@@ -212,9 +214,6 @@ class Corrections:
         self._context.corrections.remove(withdrawn)
         if withdrawn in self._context.facts:
             self._context.facts.remove(withdrawn)
-        number = self.memory.number_of(withdrawn)
-        if number is not None:  # a rule withdrawn is not kept for later episodes either
-            self._forget(number, reply=False)
         self._context_changed()
         ep.withdrawn.append(withdrawn)
         self._emit(ev.CorrectionUndone(episode=ep.index, step=ep.step, correction_id=correction_id, wall_time=time.time()))
@@ -226,33 +225,15 @@ class Corrections:
             f"; plan now: {after}" if before is not None and after != before.subtask else "")
         self._note_plan_change(withdrawn, before, withdrawn=True)
 
-    # ------------------------------------------------------------------ session memory (agent.memory)
-
-    def _remember(self, correction: Correction, correction_id: int) -> None:
-        """Keep a constraint for the rest of the session if it is said for good, or said again."""
+    def _forget(self, number: int) -> None:
+        """/forget N: remembered rule N stops applying from this step on (session memory tells the recorder)."""
         ep = self._episode
-        assert ep is not None and self._context is not None
-        kept = self.memory.offer(correction, ep.index)
-        if kept is None:
-            return
-        self._context.memory.append(correction)
-        self._emit(ev.RuleKept(episode=ep.index, step=ep.step, rule_id=kept.rule_id, text=correction.text,
-                               how=kept.how, correction_id=correction_id, wall_time=time.time()))
-
-    def _forget(self, number: int, *, reply: bool = True) -> None:
-        """/forget N: remembered rule N stops applying from this step on (emitted, so the session says when)."""
-        ep = self._episode
-        assert ep is not None and self._context is not None
-        gone = self.memory.forget(number)
+        assert ep is not None
+        gone = self._rules.forget(number, ep.index, ep.step)
         if gone is None:
-            if reply:
-                self._last_reply = f"no rule {number} to forget; " + self.memory.listing()
+            self._last_reply = f"no rule {number} to forget; " + self.memory.listing()
             return
-        if gone.correction in self._context.memory:
-            self._context.memory.remove(gone.correction)
         self._context_changed()
-        self._emit(ev.RuleDropped(episode=ep.index, step=ep.step, rule_id=gone.rule_id, wall_time=time.time()))
-        if reply:
-            said_now = gone.correction in ep.corrections
-            self._last_reply = f"forgot rule {number}: {gone.correction.text}" + (
-                " (said this episode: /undo also withdraws it here)" if said_now else "")
+        said_now = gone.correction in ep.corrections
+        self._last_reply = f"forgot rule {number}: {gone.correction.text}" + (
+            " (said this episode: /undo also withdraws it here)" if said_now else "")

@@ -2,8 +2,9 @@
 
 The loop emits these and nothing else: agent.runtime.recording turns them into the session's
 records, the console reads the latest LoopSnapshot from SnapshotPublished, the latency probe pairs
-a correction with the first step acted on its plan. Each is emitted on the loop's thread, at the
-moment it happens, so observers see them in the order the loop did them.
+a correction with the first step acted on its plan, session memory keeps the rules said for good
+(agent.runtime.session_memory). Each is emitted on the loop's thread, at the moment it happens, so
+observers see them in the order the loop did them.
 """
 
 from __future__ import annotations
@@ -56,6 +57,17 @@ class PlanLanded:
     asked_wall_time: float | None
     context: PlannerContext  # what the high level read for it
     wall_time: float
+
+
+@dataclass(frozen=True)
+class CorrectionSaid:
+    """A correction reached the loop, stamped with its step, before anything acts on it (session
+    memory offers a rule a place here, so the plan the rule asks for already reads it)."""
+
+    episode: int
+    step: int
+    correction_id: int
+    correction: Correction
 
 
 @dataclass(frozen=True)
@@ -156,5 +168,5 @@ class SnapshotPublished:
     snapshot: LoopSnapshot
 
 
-LoopEvent = Union[EpisodeStarted, PlanAsked, PlanLanded, CorrectionApplied, CorrectionUndone, RuleKept, RuleDropped,
-                  SubtaskDone, QuestionAnswered, StepTaken, EpisodeEnded, SnapshotPublished]
+LoopEvent = Union[EpisodeStarted, PlanAsked, PlanLanded, CorrectionSaid, CorrectionApplied, CorrectionUndone, RuleKept,
+                  RuleDropped, SubtaskDone, QuestionAnswered, StepTaken, EpisodeEnded, SnapshotPublished]

@@ -8,10 +8,10 @@ Input from a person or the scripted coach arrives through `submit()`, which only
 never waits for anyone, it drains the queue at the start of the next step (agent.runtime.corrections).
 
 The loop has one owner thread (env, low level, observers). What happens is emitted as events
-(agent.runtime.events) to observers: the recorder (agent.runtime.recording), the snapshot UIs read
-from other threads and the latency probe (agent.runtime.observers), and any passed in (the rerun log).
-Corrections last the episode, except rules kept for the session (agent.memory), which the loop's
-`memory` puts in every later episode's PlanContext until /forget N.
+(agent.runtime.events) to observers: session memory (agent.runtime.session_memory: rules kept for the
+session, in every later episode's PlanContext until /forget N), the recorder (agent.runtime.recording),
+the snapshot UIs read from other threads and the latency probe (agent.runtime.observers), and any
+passed in (the rerun log). Other corrections last the episode.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from agent.planner_thread import PlannerThread
 from agent.runtime import events as ev
 from agent.runtime.acting import Actor
 from agent.runtime.corrections import Corrections
-from agent.runtime.events import ReplanReason
 from agent.runtime.observers import LatencyProbe, SnapshotBox
 from agent.runtime.planning import Planning
 from agent.runtime.protocols import Coach, Env, HighLevel, LoopObserver, LowLevel, Recorder
 from agent.runtime.recording import RecordingObserver
+from agent.runtime.session_memory import MemoryObserver
 from agent.runtime.state import Episode, EpisodeResult, LoopSnapshot
 from policies.types import Observation, Plan, PlanContext
 
@@ -61,9 +61,11 @@ class ControlLoop(Corrections, Planning):
         self.suspect_window_steps = suspect_window_steps
         self._actor = Actor(low, execute_steps)
         self._snapshots, self._probe = SnapshotBox(), LatencyProbe()
-        # The recorder first: what the loop records, the other observers (the rerun log) see after it.
-        self.observers: list[LoopObserver] = [
-            *([RecordingObserver(recorder)] if recorder is not None else []), self._snapshots, self._probe, *observers]
+        self.memory = SessionMemory(enabled=remember)  # rules kept across episodes; False keeps none (a baseline)
+        self._rules = MemoryObserver(self.memory, self._emit)
+        # Memory first: what it tells is recorded before the event it answers; the rerun log sees records after.
+        recording = [RecordingObserver(recorder)] if recorder is not None else []
+        self.observers: list[LoopObserver] = [self._rules, *recording, self._snapshots, self._probe, *observers]
 
         self._inbox: queue.SimpleQueue[tuple[float, UserInput]] = queue.SimpleQueue()
         self._episode: Episode | None = None
@@ -85,12 +87,10 @@ class ControlLoop(Corrections, Planning):
         # Asynchronous planning (see the module docstring); None: plans are computed in the step.
         self._planner: PlannerThread | None = PlannerThread(high) if async_planning else None
         self._generation = 0  # bumped whenever what the planner reads changes
-        self._awaiting: ReplanReason | None = None  # holding still for an asked plan (async only)
+        self._awaiting: ev.ReplanReason | None = None  # holding still for an asked plan (async only)
         self._pending_corrections: list[ev.CorrectionApplied] = []
         self._last_model_plan: Plan | None = None  # the high level's latest own plan this episode
         self.stale_plans = 0  # plans discarded on landing because the context changed after they were asked
-        # Session memory (agent.memory): rules kept across episodes; `remember=False` keeps none (a baseline).
-        self.memory = SessionMemory(enabled=remember)
 
     @property
     def async_planning(self) -> bool:
@@ -125,7 +125,7 @@ class ControlLoop(Corrections, Planning):
 
     # ------------------------------------------------------------------ episode control
 
-    def reset(self, seed: int | None = None, options: dict | None = None, reason: ReplanReason = "start",
+    def reset(self, seed: int | None = None, options: dict | None = None, reason: ev.ReplanReason = "start",
               *, keep_queued: bool = False) -> Observation:
         """Start a new episode. Input still queued for the old one is discarded (it was said about
         that episode), except with `keep_queued` (a /reset or /task: what follows it was typed for
@@ -141,7 +141,7 @@ class ControlLoop(Corrections, Planning):
         self._obs = self.env.observation(raw_obs, info)
         self._episode = Episode(index=self._episode_counter, task=self._obs.task, family=info.get("family"),
                                 start_wall=time.time())
-        self._context = PlanContext(task=self._obs.task, memory=self.memory.corrections())
+        self._context = PlanContext(task=self._obs.task, memory=self._rules.in_force)
         self._context_changed()
         self._awaiting = None
         self._pending_corrections.clear()
