@@ -22,6 +22,7 @@ from pathlib import Path
 
 from agent.commands.devices import add_device_arguments, device_problem
 from agent.errors import UserError
+from agent.runtime.state import EpisodeResult
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -59,16 +60,10 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class EpisodeRecord:
-    family: str
+class EpisodeRecord(EpisodeResult):
+    """One episode of a run: what the loop's run_episode returned, under the job's family, and its seed."""
+
     seed: int
-    success: bool
-    subtasks_completed: int
-    subtasks_total: int
-    steps: int
-    interventions: int
-    wall_time: float
-    reason: str
 
 
 # --- worker side ----------------------------------------------------------------------------------
@@ -117,8 +112,7 @@ def run_shard(config: RunConfig, jobs: list[tuple[str, int]], worker: int, progr
                 if hasattr(policy, "seed"):
                     policy.seed = seed
             result = loop.run_episode(seed=seed, options={"family": family}, max_steps=config.max_steps)
-            record = EpisodeRecord(family, seed, bool(result.success), result.subtasks_completed, result.subtasks_total,
-                                   result.steps, result.interventions, result.wall_time, result.reason)
+            record = EpisodeRecord(**asdict(result) | {"family": family, "seed": seed})
             records.append(record)
             if progress is not None:
                 progress(record)
