@@ -164,29 +164,39 @@ def from_unit(y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-class Pi05Processor:
-    def __init__(self, cfg: Pi05Config, tokenizer, norm_stats: NormStats):
+class BaseProcessor:
+    """What every model's processor shares (this one and policies.vla's): its config, tokenizer and
+    norm stats, checked to fit each other, and the actions' quantile normalisation."""
+
+    def __init__(self, cfg, tokenizer, norm_stats: NormStats):
         self.cfg = cfg
         self.tok = tokenizer
         self.stats = norm_stats
         check_stats_dims(norm_stats, cfg.state_dim, cfg.action_dim)
-        if tokenizer.token_to_id(state_token(0)) != cfg.bin_token_offset:
-            raise ValueError(f"tokenizer puts <s0> at id {tokenizer.token_to_id(state_token(0))}, "
-                             f"config.bin_token_offset is {cfg.bin_token_offset}")
         if tokenizer.get_vocab_size() > cfg.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
-        self._state_ids = np.array([tokenizer.token_to_id(state_token(i)) for i in range(STATE_BINS)])
-
-    # -- numbers ---------------------------------------------------------------------------------
-
-    def normalize_state(self, state: np.ndarray) -> np.ndarray:
-        return to_unit(np.asarray(state, np.float32), self.stats.state_q01, self.stats.state_q99)
 
     def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
         return to_unit(np.asarray(actions, np.float32), self.stats.action_q01, self.stats.action_q99)
 
     def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
         return from_unit(actions, self.stats.action_q01, self.stats.action_q99)
+
+
+class Pi05Processor(BaseProcessor):
+    cfg: Pi05Config
+
+    def __init__(self, cfg: Pi05Config, tokenizer, norm_stats: NormStats):
+        super().__init__(cfg, tokenizer, norm_stats)
+        if tokenizer.token_to_id(state_token(0)) != cfg.bin_token_offset:
+            raise ValueError(f"tokenizer puts <s0> at id {tokenizer.token_to_id(state_token(0))}, "
+                             f"config.bin_token_offset is {cfg.bin_token_offset}")
+        self._state_ids = np.array([tokenizer.token_to_id(state_token(i)) for i in range(STATE_BINS)])
+
+    # -- numbers ---------------------------------------------------------------------------------
+
+    def normalize_state(self, state: np.ndarray) -> np.ndarray:
+        return to_unit(np.asarray(state, np.float32), self.stats.state_q01, self.stats.state_q99)
 
     def state_bins(self, state: np.ndarray) -> np.ndarray:
         """Normalised state in [-1, 1] -> bin index in [0, 255] per dimension."""

@@ -7,9 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from policies.pi05.processor import (
-    NormStats, check_stats_dims, from_unit, pad_to, stack_cameras, to_unit, train_tokenizer,
-)
+from policies.pi05.processor import BaseProcessor, pad_to, stack_cameras, to_unit, train_tokenizer
 from policies.vla.configuration import VlaConfig
 
 
@@ -21,26 +19,14 @@ def train_subtask_tokenizer(texts: Iterable[str], vocab_size: int = 512):
     return train_tokenizer(prompt_corpus() + list(texts) * 4, vocab_size=vocab_size)
 
 
-class VlaProcessor:
-    def __init__(self, cfg: VlaConfig, tokenizer, norm_stats: NormStats):
-        self.cfg = cfg
-        self.tok = tokenizer
-        self.stats = norm_stats
-        check_stats_dims(norm_stats, cfg.state_dim, cfg.action_dim)
-        if tokenizer.get_vocab_size() > cfg.vocab_size:
-            raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
+class VlaProcessor(BaseProcessor):
+    cfg: VlaConfig
 
     def normalize_state(self, state: np.ndarray) -> np.ndarray:
         state = np.asarray(state, np.float32).reshape(-1)
         if state.shape[0] != self.cfg.state_dim:
             raise ValueError(f"state has {state.shape[0]} dims, the model expects {self.cfg.state_dim}")
         return to_unit(state, self.stats.state_q01, self.stats.state_q99)
-
-    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return to_unit(np.asarray(actions, np.float32), self.stats.action_q01, self.stats.action_q99)
-
-    def unnormalize_actions(self, actions: np.ndarray) -> np.ndarray:
-        return from_unit(actions, self.stats.action_q01, self.stats.action_q99)
 
     def subtask_ids(self, subtask: str) -> tuple[np.ndarray, np.ndarray]:
         """Lower-cased, whitespace-normalised text -> (ids, mask), each [max_subtask_tokens]."""
