@@ -63,6 +63,21 @@ def load_state_dict_checked(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def warm_start(model: torch.nn.Module, weights: Path) -> list[str]:
+    """Copy every tensor of `weights` whose name and shape the model shares; returns the names of the
+    model's tensors left as initialised (e.g. a new vision stem, a new query), so the log says what is new."""
+    from safetensors.torch import load_file
+
+    check_safetensors_file(weights)
+    saved = load_file(str(weights))
+    own = model.state_dict()
+    shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise CheckpointError(f"{weights}: no tensor matches this model; is it a checkpoint of the same kind?")
+    model.load_state_dict(shared, strict=False)
+    return sorted(k for k in own if k not in shared)
+
+
 def save_checkpoint_dir(path: str | Path, model: torch.nn.Module, kind: str, files: dict[str, Callable[[Path], None]],
                         extra: dict | None = None) -> Path:
     """Write model.safetensors (fp32, tagged with the model `kind`), then each of `files` (name ->

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from agent.training.loop import Logger, LoopSettings, Recipe, TrainingLoop
+from policies.checkpoint import warm_start
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.objects import BOWL_NAMES, ObjectReadout, labels_from_facts, object_correct, read_scenes
 from policies.scene_line import PLACES, format_scene, scene_from_facts
@@ -203,8 +204,6 @@ def train_readout(s: ReadoutSettings) -> dict:
     if loop.resuming:
         load_readout_into(model, out)
     elif s.init_from:
-        from agent.training.trainer import warm_start
-
         fresh = warm_start(model, Path(s.init_from) / READOUT_FILE)
         log.echo(f"initialised from {s.init_from}; {len(fresh)} tensors start fresh: {', '.join(fresh) or 'none'}")
     g = torch.Generator().manual_seed(s.seed)

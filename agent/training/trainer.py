@@ -25,7 +25,7 @@ from agent.training.loop import (  # noqa: F401  (TRAINER_STATE, sigterm_as_inte
 )
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
-from policies.checkpoint import check_safetensors_file
+from policies.checkpoint import warm_start
 from policies.pi05.policy import CheckpointError, load_state_dict_checked, save_checkpoint
 from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer
 from policies.planning import PlanParseError, parse_plan
@@ -147,21 +147,6 @@ def split_held_out(tensors: dict, fraction: float, seed: int) -> tuple[torch.Ten
     if len(train_idx) == 0:
         raise ValueError("no training samples left after holding out episodes; record more episodes")
     return train_idx, held_idx
-
-
-def warm_start(model: Pi05Model, weights: Path) -> list[str]:
-    """Copy every tensor of `weights` whose name and shape the model shares; returns the names of the
-    model's tensors left as initialised (e.g. a new vision stem), so the log says what is new."""
-    from safetensors.torch import load_file
-
-    check_safetensors_file(weights)
-    saved = load_file(str(weights))
-    own = model.state_dict()
-    shared = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
-    if not shared:
-        raise CheckpointError(f"{weights}: no tensor matches this model; is it a pi05 checkpoint?")
-    model.load_state_dict(shared, strict=False)
-    return sorted(k for k in own if k not in shared)
 
 
 def freeze_readout(model: Pi05Model, readout: str, resuming: bool, log: Logger) -> None:
