@@ -9,7 +9,9 @@ sessions of version 1 lack (their readers fall back to no context; see sessions.
 remembered for the session (RuleRemembered, RuleForgotten) and the context's `memory` (additive:
 sessions of versions 1 and 2 read as having no memory); 4, facts (corrections of kind `fact`):
 the fact a correction states (`CorrectionRecord.fact`) and the facts in force a planner read
-(`ContextData.facts`) (additive: older sessions read as having none).
+(`ContextData.facts`) (additive: older sessions read as having none); 5, a step may carry a `label`:
+the action chunk a privileged expert would execute from that step's state (DAgger's label, written by
+`hivla datagen --mode dagger`; additive: older sessions read as having none).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.types import CorrectionKind
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 class _Record(BaseModel):
@@ -74,6 +76,9 @@ class Step(_Record):
     subtask: str | None
     subtask_index: int | None = None  # index into EpisodeStart.subtasks, if known
     paused: bool = False
+    # [H][A]: the chunk the scripted expert would execute from this step's state under `subtask`
+    # (schema 5). The low level learns it instead of the actions executed next (DAgger).
+    label: list[list[float]] | None = None
 
 
 class SaidData(_Record):

@@ -2,10 +2,15 @@
 
     hivla datagen --suite base --episodes 200 --out runs/datagen --noise 0.1 --workers 2 --image-size 64
     hivla datagen --mode planner --episodes 10000 --out runs/planner_frames --noise 0.1 --image-size 64
+    hivla datagen --mode dagger --beta 0.5 --low-level default --episodes 600 --out runs/vla_dagger/r1 \
+                  --image-size 64 --workers 2
 
 `--mode sessions` (the default) records every step as a session (the low level's data). `--mode
 planner` steps the physics unrendered and renders both cameras only at the frames the planner learns
-from (every plan the loop asks for), into resumable shards (agent.training.planner_frames).
+from (every plan the loop asks for), into resumable shards (agent.training.planner_frames). `--mode
+dagger` lets the learned low level act (the expert's chunk instead with probability --beta) and
+records every step with the scripted expert's chunk from that state as its label, in resumable
+session shards that `hivla train --model vla --data` reads (agent.training.dagger).
 
 Each worker runs the real control loop (OraclePlanner + ScriptedExpert) and writes its own session
 directory under --out through the session recorder, so plans (PlanEmitted) and the plan in force at
@@ -21,17 +26,24 @@ from pathlib import Path
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("sessions", "planner"), default="sessions",
+    parser.add_argument("--mode", choices=("sessions", "planner", "dagger"), default="sessions",
                         help="sessions: every step recorded (low-level data); planner: only the planner's frames, "
-                             "physics unrendered (many more scenes a minute)")
-    parser.add_argument("--shard-episodes", type=int, default=50, help="--mode planner: episodes a shard")
-    parser.add_argument("--low-level", default="expert", metavar="SPEC",
-                        help="--mode planner: who executes the subtasks: expert (with --noise), or a learned spec "
-                             "(vla:PATH; empty 'vla:' is not a path: use the shipped default with 'default'), so the "
-                             "oracle labels the states the learned system reaches")
+                             "physics unrendered (many more scenes a minute); dagger: the learned low level acts "
+                             "and the scripted expert labels every state it visits (a DAgger round)")
+    parser.add_argument("--shard-episodes", type=int, default=None,
+                        help="--mode planner / dagger: episodes a shard, the unit a killed run resumes from "
+                             "(planner 50, dagger 10)")
+    parser.add_argument("--low-level", default=None, metavar="SPEC",
+                        help="--mode planner: who executes the subtasks: expert (the default, with --noise), or a "
+                             "learned spec (vla:PATH; empty 'vla:' is not a path: use the shipped default with "
+                             "'default'), so the oracle labels the states the learned system reaches; --mode dagger: "
+                             "the VLA that acts, 'default' (the shipped one, the default) or vla:PATH")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="--mode dagger (required): the probability that a chunk is the expert's instead of the "
+                             "learned policy's; decays over rounds (e.g. 0.5, 0.25, 0)")
     parser.add_argument("--render-size", type=int, default=128,
-                        help="--mode planner: cameras are rendered at this size (as `hivla run` and `coach` render "
-                             "them) and stored at --image-size")
+                        help="--mode planner / dagger: cameras are rendered at this size (as `hivla run` and `coach` "
+                             "render them) and stored at --image-size")
     parser.add_argument("--suite", default="base")
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--out", required=True, help="directory for the recorded sessions")
@@ -93,9 +105,14 @@ def main(args: argparse.Namespace) -> int:
 
     if args.episodes < 1 or args.workers < 1:
         raise SystemExit("--episodes and --workers must be at least 1")
+    problem = mode_problem(args)
+    if problem:
+        raise SystemExit(problem)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.mode == "planner":
         return record_planner_frames(args)
+    if args.mode == "dagger":
+        return record_dagger(args)
     seeds = [args.seed + i for i in range(args.episodes)]
     shards = [seeds[w:: args.workers] for w in range(args.workers)]
     started = time.perf_counter()
@@ -114,6 +131,81 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def mode_problem(args: argparse.Namespace) -> str | None:
+    """An option the chosen --mode does not use or needs and lacks, as one line (nothing is ignored silently)."""
+    if args.mode != "dagger" and args.beta is not None:
+        return "--beta is for --mode dagger"
+    if args.mode == "sessions" and (args.low_level not in (None, "expert") or args.shard_episodes is not None):
+        return "--mode sessions records the expert in one session a worker: --low-level and --shard-episodes are " \
+               "for --mode planner and --mode dagger"
+    if args.shard_episodes is not None and args.shard_episodes < 1:
+        return "--shard-episodes must be at least 1"
+    if args.mode == "dagger":
+        if args.beta is None or not 0.0 <= args.beta <= 1.0:
+            return ("--mode dagger needs --beta in [0, 1]: the share of chunks the expert executes this round "
+                    "(e.g. 0.5, then 0.25, then 0)")
+        if args.low_level not in (None, "default") and not args.low_level.startswith("vla:"):
+            return f"--mode dagger lets the learned VLA act: --low-level default or vla:PATH, not {args.low_level!r}"
+        if args.noise:
+            return ("--noise is not used by --mode dagger: an executed expert chunk is the noise-free label "
+                    "itself, and the learned policy's own mistakes are the perturbation")
+    return None
+
+
+def _blocks(args: argparse.Namespace, default_size: int) -> list[list[int]]:
+    """The episodes' seeds in shards of --shard-episodes (a shard is named by its first seed)."""
+    size = args.shard_episodes or default_size
+    end = args.seed + args.episodes
+    return [list(range(start, min(start + size, end))) for start in range(args.seed, end, size)]
+
+
+def record_dagger(args: argparse.Namespace) -> int:
+    """--mode dagger: shards of --shard-episodes episodes (agent.training.dagger), written by --workers
+    processes; the shards already in --out are skipped, so a killed round resumes where it stopped."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from agent.commands.output import progress_bar
+    from agent.training import dagger
+
+    out = Path(args.out)
+    low_level = None if args.low_level in (None, "default") else args.low_level
+    blocks = _blocks(args, 10)
+    dagger.write_manifest(out, {
+        "suite": args.suite, "policy": args.low_level or "default", "beta": args.beta,
+        "image_size": args.image_size, "render_size": args.render_size, "max_steps": args.max_steps,
+        "families": args.families or None, "put_down_share": args.put_down_share, "shard_episodes": args.shard_episodes or 10})
+    done = set(dagger.done_shards(out))
+    todo = [b for b in blocks if dagger.shard_name(b[0]) not in done]
+    print(f"dagger (beta {args.beta}): {len(blocks) - len(todo)} of {len(blocks)} shards already in {out}; "
+          f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
+    common = (args.suite, low_level, args.beta, args.image_size, args.render_size, args.max_steps, args.families,
+              args.put_down_share)
+    started = time.perf_counter()
+    totals = {"episodes": 0, "successes": 0, "steps": 0, "labelled_steps": 0, "expert_chunks": 0, "policy_chunks": 0}
+
+    def add(r: dict, advance) -> None:
+        for k in totals:
+            totals[k] += r[k]
+        advance(f"{totals['episodes']} episodes, {totals['labelled_steps']} labelled steps")
+
+    with progress_bar("dagger", len(todo)) as advance:
+        if args.workers == 1:  # in this process: no pool to start, and a test sees its errors directly
+            for block in todo:
+                add(dagger.record_shard(str(out), block, *common), advance)
+        else:
+            with ProcessPoolExecutor(args.workers) as pool:
+                for future in [pool.submit(dagger.record_shard, str(out), block, *common) for block in todo]:
+                    add(future.result(), advance)
+    wall = time.perf_counter() - started
+    chunks = totals["expert_chunks"] + totals["policy_chunks"]
+    whole = dagger.round_summary(out)
+    print(f"recorded {totals['episodes']} episodes ({totals['successes']} successful), {totals['steps']} steps "
+          f"({totals['labelled_steps']} labelled), "
+          f"{totals['expert_chunks']} of {chunks} chunks the expert's, in {wall:.0f}s to {out}; the round now holds "
+          f"{int(whole.get('episodes', 0))} episodes, {int(whole.get('labelled_steps', 0))} labelled steps", flush=True)
+    return 0
+
+
 def record_planner_frames(args: argparse.Namespace) -> int:
     """--mode planner: shards of `--shard-episodes` episodes, written by `--workers` processes; shards
     already on disk are skipped, so a killed run resumes where it stopped."""
@@ -126,12 +218,11 @@ def record_planner_frames(args: argparse.Namespace) -> int:
     out = Path(args.out)
     pf.write_manifest(out, args.image_size, len(STATE_NAMES), args.render_size)
     done = {p.name for p in pf.shards(out)}
-    blocks = [list(range(start, min(start + args.shard_episodes, args.seed + args.episodes)))
-              for start in range(args.seed, args.seed + args.episodes, args.shard_episodes)]
+    blocks = _blocks(args, 50)
     todo = [b for b in blocks if pf.shard_name(b[0]) not in done]
     print(f"planner frames: {len(blocks) - len(todo)} of {len(blocks)} shards already in {out}; "
           f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
-    low_level = None if args.low_level == "default" else args.low_level
+    low_level = "expert" if args.low_level is None else None if args.low_level == "default" else args.low_level
     common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size, low_level)
     started = time.perf_counter()
     totals = {"episodes": 0, "successes": 0, "frames": 0}

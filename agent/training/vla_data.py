@@ -5,7 +5,9 @@ One sample per kept control step that executes a subtask:
   state     the robot state at that step
   subtask   the subtask in force (the text the low level was told)
   actions   the next `chunk_size` actions, masked where the episode ends or the subtask changes, so a
-            chunk never teaches the next subtask's motion under this subtask's words
+            chunk never teaches the next subtask's motion under this subtask's words; in an episode
+            whose steps carry expert labels (schema 5, `hivla datagen --mode dagger`) the step's label
+            instead (the chunk the expert would execute from that state), and only labelled steps
 
 Samples are tokenised/normalised once and cached as one safetensors file beside the checkpoint,
 so training reads tensors only and a resumed run skips decoding.
@@ -70,19 +72,26 @@ def collect_vla_samples(data_paths: list[str | Path], cfg: VlaConfig, stride: in
             subtasks = [s.subtask for s in ep.steps]
             masks = chunk_masks(subtasks, [s.paused for s in ep.steps], cfg.chunk_size)
             actions = np.asarray([s.action for s in ep.steps], np.float32)
-            kept = [i for i in range(0, len(ep.steps), stride) if subtasks[i] and not ep.steps[i].paused]
+            # DAgger episodes: the policy learns the expert's chunk at each visited state, not what ran next
+            labelled = any(s.label is not None for s in ep.steps)
+            kept = [i for i in range(0, len(ep.steps), stride) if subtasks[i] and not ep.steps[i].paused
+                    and (not labelled or ep.steps[i].label is not None)]
             if not kept:
                 continue
             frames = {cam: resize_images(ep.frames(cam)[kept], cfg.image_size) for cam in cfg.cameras}
             for row, i in enumerate(kept):
+                if labelled:  # the expert's whole chunk from this state, under this subtask
+                    future = np.asarray(ep.steps[i].label, np.float32)[: cfg.chunk_size]
+                    mask = np.arange(cfg.chunk_size) < len(future)
+                else:
+                    future, mask = actions[i: i + cfg.chunk_size], masks[i]
                 chunk = np.zeros((cfg.chunk_size, actions.shape[1]), np.float32)
-                future = actions[i: i + cfg.chunk_size]
                 chunk[: len(future)] = future
                 raw.images.append(np.stack([frames[cam][row] for cam in cfg.cameras]))
                 raw.states.append(np.asarray(ep.steps[i].state, np.float32))
                 raw.subtasks.append(subtasks[i])
                 raw.actions.append(chunk)
-                raw.action_masks.append(masks[i])
+                raw.action_masks.append(mask)
                 raw.episode_keys.append(f"{session.header.session_id}/{ep.episode}")
         log(f"read {session.path.name}: {len(raw)} samples so far")
     if not len(raw):
