@@ -103,6 +103,47 @@ def test_the_grammar_uses_what_the_robot_is_doing():
     assert parse_fact("it's in the green bowl") is None  # "it" with nothing held: no object
 
 
+@pytest.mark.parametrize("text, fact", [
+    # words of a rule that report the past ("never", "any more") leave a statement a statement
+    ("the purple block is on the table, it never got picked up", Fact("purple block", "table")),
+    ("the purple block is not in the green bowl any more", Fact("purple block", "table")),
+    ("the drawer was never closed", Fact("drawer", "open")),
+    # a place denied in general, a side said as a part of the table, a vague place then the real one
+    ("the red cube isn't in any bowl now", Fact("red block", "table")),
+    ("the orange block is in the middle of the table", Fact("orange block", "table", side="middle")),
+    ("the orange block is in the left bowl", Fact("orange block", "bowl")),  # a bowl, not the table's left
+    ("the blue block is already in here, in the yellow bowl", Fact("blue block", "bowl", "yellow bowl")),
+    ("the yellow block is not anywhere", Fact("yellow block", "absent")),
+    # other verbs of where a block came to rest, and "has been"
+    ("the green block has already been dropped into the purple bowl", Fact("green block", "bowl", "purple bowl")),
+    ("the green block made it into the orange bowl", Fact("green block", "bowl", "orange bowl")),
+    ("the blue block: already in the red bowl", Fact("blue block", "bowl", "red bowl")),
+    ("the yellow cube, it is in the blue bowl", Fact("yellow block", "bowl", "blue bowl")),
+    # the place before the block
+    ("there is a green block in the red bowl", Fact("green block", "bowl", "red bowl")),
+    ("the orange bowl already has the yellow block in it", Fact("yellow block", "bowl", "orange bowl")),
+    ("you are holding the small green block", Fact("small green block", "held")),
+    ("the red block is underneath the orange block", Fact("orange block", "block", "red block")),
+    ("you already put the purple block in the red bowl", Fact("purple block", "bowl", "red bowl")),
+    # bowls named in place of another
+    ("that is not the red bowl, it is the blue one", Fact("blue bowl", NAMED, "red bowl")),
+    ("the bowl you went to is the yellow one", Fact("yellow bowl", NAMED)),
+])
+def test_the_grammar_reads_statements_people_make_in_other_words(text, fact):
+    got = classify(text)
+    assert isinstance(got, ClassifiedCorrection) and got.kind is K.FACT and got.fact == fact
+    named = [o for o in (fact.subject, fact.where) if o]
+    assert list(got.objects[: len(named)]) == named  # the objects the fact names come first, bowls as bowls
+
+
+@pytest.mark.parametrize("text", [
+    "you put the red block in the blue bowl",  # without "already": it may be an order
+    "keep the drawer open", "the red block is away",
+])
+def test_lines_that_may_be_orders_are_not_read_as_facts(text):
+    assert parse_fact(text) is None and not is_fact_statement(text)
+
+
 @pytest.mark.parametrize("text", [
     "is the red block in the bowl?", "the drawer must stay shut", "pretend the red block isn't there",
     "the blue bowl is the wrong bowl", "it's the red block you need", "that's the block", "keep the drawer shut",
@@ -128,6 +169,25 @@ def test_a_statement_is_never_acted_on_as_an_order_whatever_the_model_hears():
     # the model hears a fact the grammar cannot place: asked back, and still no order
     vague = understand("you've got it all wrong about where things are", probs=_probs("fact"))
     assert vague.intent == "fact" and vague.unsure and vague.item.fact is None
+
+
+def test_an_order_read_from_a_statement_the_grammar_cannot_place_is_asked_back(monkeypatch):
+    import agent.coaching.understand as reader
+
+    # "the red block is away": a statement's shape, no place the grammar knows; the model hears an order
+    for heard in ("override", "negation"):
+        u = understand("the red block is away", probs=_probs(heard))
+        assert u.intent == heard and u.unsure and "statement" in u.why_unsure
+    assert not understand("pick up the red block", probs=_probs("override")).unsure  # an order stays one
+    assert not understand("no, the orange block is wrong", probs=_probs("negation")).unsure  # so does a refusal
+
+    class Loading:
+        def is_alive(self):
+            return True
+
+    monkeypatch.setattr(reader, "_loader", Loading())  # the grammar alone reads it as a negation: asked back
+    u = reader.understand("the red block isn't to the side")
+    assert u.item.kind is K.NEGATION and u.unsure and "statement" in u.why_unsure
 
 
 # ---------------------------------------------------------------------------------- the planner context

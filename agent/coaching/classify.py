@@ -276,10 +276,24 @@ def _correction(kind: CorrectionKind, text: str, notes: tuple[str, ...], context
     rule = parse_rule(text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
     lasting = kind is K.CONSTRAINT and is_lasting(text, forced=forced)
     fact = parse_fact(text, context) if kind is K.FACT else None
+    if fact is not None:
+        objects = _with_fact_objects(objects, fact)
     reply = f"rule for the rest of the session: {text}" if lasting else _reply(kind, text, subtask, fact)
     return ClassifiedCorrection(kind=kind, text=text, subtask=subtask, rule=rule, lasting=lasting, fact=fact,
                                 reply=_with_notes(reply, reply_notes),
                                 notes=reply_notes, objects=objects, forced=forced)
+
+
+def _with_fact_objects(objects: tuple[str, ...], fact) -> tuple[str, ...]:
+    """The objects a fact names first (its reading knows a bowl from a block: "that bowl is purple",
+    "the drawer's been left open"), then the others the words name, less a "<colour> block" read
+    where the fact names that colour's bowl and no such block."""
+    named = tuple(o for o in (fact.subject, fact.where) if o)
+    bowls = {o.split()[-2] for o in named if o.endswith(" bowl")}
+    blocks = {o for o in named if o.endswith(" block")}
+    rest = tuple(o for o in objects if o not in named and not (o.endswith(" block") and o not in blocks
+                                                                 and o.split()[-2] in bowls))
+    return named + rest
 
 
 def _subtask_for(kind: CorrectionKind, text: str, context: ReferenceContext | None) -> str | None:

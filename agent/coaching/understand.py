@@ -13,8 +13,11 @@ grammar's own reading of the line is the opposite one: always when the model hea
 the grammar a negation or rule, and below SURE_REFUSAL the other way round. A fact is never acted on
 as an order: a line the grammar reads as a statement about the scene is read as a fact whatever the
 model hears (asked back when the model hears something else), and a fact the model hears but the
-grammar cannot place (no object or no place) is asked back; a fact's meaning is the belief it sets. The console then asks back ("did you mean:
-never touch the green block for this episode? (y / n / rephrase)") and acts only on yes.
+grammar cannot place (no object or no place) is asked back; a fact's meaning is the belief it sets.
+An override or negation read from a line with a statement's shape ("the red block is ...", "red
+block: ...") is asked back too: it may be a fact the grammar cannot place. The console then asks
+back ("did you mean: never touch the green block for this episode? (y / n / rephrase)") and acts
+only on yes.
 
 A few misspelt words are mended first ("gren" -> "green", "blok" -> "block", "contineu" ->
 "continue"): only words within one edit of a colour or an object noun of this world (or one swapped,
@@ -34,6 +37,7 @@ from agent.coaching.classify import (
     NEGATION_WORDS, PICK_VERBS, PLACE_VERBS, WRITTEN_PREFIX_RE, ClassifiedCorrection, ReferenceContext, classify,
     clean_text, correction_as,
 )
+from agent.coaching.facts import looks_like_statement
 from agent.coaching.rules import Rule, parse_rule
 from agent.inputs import Command, CommandName, Reply
 from policies.types import CorrectionKind
@@ -112,10 +116,12 @@ _KNOWN = (set(vocab.ALL_COLORS) | set(vocab.BLOCK_NOUNS) | set(vocab.BOWL_NOUNS)
              "bed", "rod", "lowly", "blow", "slowly", "brown", "ranger"})
 
 
-# Words that say what is wanted, mended only for a swapped, doubled or dropped letter ("contineu",
-# "waiit", "rigth"): a changed letter would turn real words ("tower", "might") into them.
+# Words that say what is wanted (and two that say a statement is one: "allready", "acutally"), mended
+# only for a swapped, doubled or dropped letter ("contineu", "waiit", "rigth"): a changed letter would
+# turn real words ("tower", "might") into them.
 _KIND_TARGETS = ("continue", "resume", "wait", "stop", "proceed", "pause", "freeze", "forward", "higher", "lower", "slower", "faster",
-                 "gripper", "rotate", "clockwise", "release", "right", "never", "always", "alone", "please")
+                 "gripper", "rotate", "clockwise", "release", "right", "never", "always", "alone", "please", "already",
+                 "actually")
 _KNOWN |= set(_KIND_TARGETS) | {"tower", "towers", "slowly", "flower", "power", "might", "night", "light", "tight",
                                  "eight", "fight", "sight", "whatever", "forever"}
 
@@ -181,6 +187,8 @@ def understand(text: object, context: ReferenceContext | None = None,
         if mended != cleaned:
             grammar = classify(mended, context)
         reading = _from_grammar(grammar, cleaned)
+        if isinstance(grammar, ClassifiedCorrection) and grammar.kind is K.NEGATION and looks_like_statement(mended):
+            return Understanding(reading.item, reading.intent, 0.0, reading.rule, why_unsure=_STATED)
         if not (isinstance(grammar, ClassifiedCorrection) and grammar.kind is K.OVERRIDE):
             return reading  # as the console read lines before the model: the grammar's other readings hold
         # the grammar's blind spot: rules it reads as overrides ("leave the green block where it is")
@@ -232,8 +240,13 @@ def understand(text: object, context: ReferenceContext | None = None,
             # it should go": rule 45%, request 41%): ask back the reading both readers find plausible,
             # never a rule the words do not state.
             kind, intent, item = grammar_kind, runner_up, grammar
+    if kind in (K.OVERRIDE, K.NEGATION) and not why and looks_like_statement(mended):
+        why = _STATED  # "purple block: already in the green bowl" may be a fact the grammar cannot place
     rule = parse_rule(item.text, context.scene_blocks if context else ()) if kind is K.CONSTRAINT else None
     return Understanding(item, intent, confidence, rule=rule, why_unsure=why)
+
+
+_STATED = "it reads like a statement about the scene, not an order"
 
 
 def _fact_reading(item: ClassifiedCorrection, intent: str, confidence: float, why: str) -> Understanding:
