@@ -18,7 +18,7 @@ from agent.envs.oracle import OraclePlanner
 from agent.envs.scene_facts import scene_facts
 from agent.loop import ControlLoop
 from agent.runtime.state import expire_facts
-from policies.planning import PlannerContext, build_planner_context
+from policies.planning import PlannerContext, build_planner_context, format_plan
 from policies.scene_line import (
     NAMED, Fact, Scene, SeenBlock, apply_facts, apply_facts_to_line, contradictions, format_scene, parse_scene,
     scene_from_facts,
@@ -233,13 +233,17 @@ class FactReadingOracle(OraclePlanner):
         return super().plan(obs, context)
 
 
-def test_a_fact_replans_from_the_belief_never_as_an_order_and_is_exported_as_a_label(tmp_path):
+@pytest.fixture(scope="module")
+def fact_session(tmp_path_factory):
+    """An oracle + expert episode with one fact said at step 4 (about a block the task leaves alone, so it
+    holds to the end), recorded; what the loop did meanwhile."""
+    out = tmp_path_factory.mktemp("fact_session")
     env = make_env(family="put_color_in_bowl", image_size=32)
     high = FactReadingOracle(seed=0)
     obs, _ = env.reset(seed=0)
     header = make_header(high_level="oracle", low_level="expert", cameras={k: v.shape[:2] for k, v in obs["images"].items()},
                          state_names=[f"s{i}" for i in range(len(obs["state"]))], action_names=["dx", "dy", "dz", "dyaw", "grip"])
-    with SessionRecorder(tmp_path / "s", header) as rec:
+    with SessionRecorder(out / "s", header) as rec:
         loop = ControlLoop(env, high, ScriptedExpert(seed=0), recorder=rec)
         loop.reset(seed=0)
         for _ in range(4):
@@ -248,25 +252,60 @@ def test_a_fact_replans_from_the_belief_never_as_an_order_and_is_exported_as_a_l
         before = loop.snapshot().plan
         loop.submit(classify(f"the {block} is already in the purple bowl"))
         loop.step()
-        after = loop.snapshot()
-        assert high.seen[-1] == (Fact(block, "bowl", "purple bowl"),)  # the next plan read it
-        assert after.plan.source != "human" and after.plan.subtask == before.subtask or after.plan.source == "oracle"
-        assert after.last_reply.startswith(f"belief: the {block} is in the purple bowl")
-        for _ in range(3):
+        seen, after = high.seen[-1], loop.snapshot()
+        for _ in range(25):  # past a timer re-plan (every 20 steps): a plan made while the fact holds
             loop.step()
         loop.close()
-    episode = read_session(tmp_path / "s").episodes[0]
+    return {"path": out / "s", "block": block, "before": before, "after": after, "seen": seen, "root": out}
+
+
+def test_a_fact_replans_from_the_belief_never_as_an_order_and_is_exported_as_a_label(fact_session):
+    block, before, after = fact_session["block"], fact_session["before"], fact_session["after"]
+    assert fact_session["seen"] == (Fact(block, "bowl", "purple bowl"),)  # the next plan read it
+    assert after.plan.source != "human" and after.plan.subtask == before.subtask or after.plan.source == "oracle"
+    assert after.last_reply.startswith(f"belief: the {block} is in the purple bowl")
+    episode = read_session(fact_session["path"]).episodes[0]
     [c] = episode.corrections
     assert c.kind is K.FACT and c.step == 4 and c.fact.subject == block and c.fact.place == "bowl"
     assert any(p.context is not None and p.context.facts for p in episode.plans)
-    export_sessions([tmp_path / "s"], tmp_path / "ds", ExportOptions(format="lerobot", video_codec="lossless"))
-    rows = pq.read_table(tmp_path / "ds" / "data" / "chunk-000" / "file-000.parquet").to_pylist()
+    out = fact_session["root"] / "ds"
+    export_sessions([fact_session["path"]], out, ExportOptions(format="lerobot", video_codec="lossless"))
+    rows = pq.read_table(out / "data" / "chunk-000" / "file-000.parquet").to_pylist()
     events = [(r["frame_index"], e) for r in rows for e in r["language_events"]]
     [(frame, event)] = [(f, e) for f, e in events if e["style"] == "fact"]
     assert frame == 4 and event["content"] == c.text and event["role"] == "user"
     call = json.loads(event["tool_calls"][0]) if isinstance(event["tool_calls"][0], str) else event["tool_calls"][0]
     assert call["function"]["arguments"]["subject"] == block
     assert not [e for _, e in events if e["style"] == "interjection"]
+
+
+def test_a_fact_survives_into_the_sft_export_as_a_turn_and_into_the_finetune_reader(fact_session):
+    from agent.training.sft_data import load_sft_export
+
+    block = fact_session["block"]
+    stated = Fact(block, "bowl", "purple bowl")
+    out = fact_session["root"] / "sft"
+    report = export_sessions([fact_session["path"]], out, ExportOptions(format="sft"))
+    assert report.by_kind.get("fact") == 1
+    rows = pq.read_table(out / "train.parquet").to_pylist()
+    [row] = [r for r in rows if r["kind"] == "fact"]
+    # the fact's turn: the person's statement as data, the user turn with the belief in force, the
+    # assistant turn the plan made after it
+    assert row["fact"] == stated.to_dict() and row["step"] == 4 and row["source"] == "human"
+    assert row["context"]["facts"] == [stated.to_dict()]
+    user, assistant = row["messages"]
+    assert user["role"] == "user" and f"Facts: {stated.phrase()}" in user["content"][-1]["text"]
+    episode = read_session(fact_session["path"]).episodes[0]
+    caused = next(p for p in episode.plans if p.reason == "correction")
+    assert assistant["content"][0]["text"] == format_plan(caused.plan.thought, caused.plan.subtask)
+    assert row["weight"] > 0 and row["subtask"] == caused.plan.subtask
+    # plans made while the fact holds read it too; none before it does
+    plans = [r for r in rows if r["kind"] == "plan"]
+    assert any(r["step"] > 4 for r in plans) and all(r["context"]["facts"] == ([stated.to_dict()] if r["step"] > 4 else []) for r in plans)
+    assert all("Facts:" not in r["messages"][0]["content"][-1]["text"] for r in plans if r["step"] < 4)
+    # what `hivla finetune` reads: the planner context with the fact
+    [example] = [e for e in load_sft_export([out]) if e.key.endswith("/fact")]
+    assert example.context.facts == (stated,) and example.subtask == caused.plan.subtask
 
 
 # ---------------------------------------------------------------------------------- the scripted coach

@@ -56,7 +56,8 @@ def test_the_sft_export_carries_the_context_the_planner_had(export):
     assert [c["kind"] for c in negation["context"]["corrections"]] == ["constraint", "override", "negation"]
     assert negation["context"]["in_force"] == "pick up the red block"
     first = min((r for r in rows if r["kind"] == "plan"), key=lambda r: r["step"])
-    assert first["context"] == {"task": episode.task, "done": [], "in_force": None, "corrections": [], "memory": []}
+    assert first["context"] == {"task": episode.task, "done": [], "in_force": None, "corrections": [], "memory": [],
+                                "facts": []}
     # "never use the drawer" (step 4) is a rule for good: every later decision reads it as remembered
     assert all(r["context"]["memory"] == ["never use the drawer"] for r in rows if r["step"] > 4)
     # a plan made because a subtask finished names it as done

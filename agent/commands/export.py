@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-KINDS = ["plan", "override", "negation", "constraint", "nudge", "stop", "pause", "resume", "confirm"]
+KINDS = ["plan", "override", "negation", "constraint", "nudge", "fact", "stop", "pause", "resume", "confirm"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from policies.planning import format_plan
 from policies.planning import planner_context as build_context
+from policies.scene_line import Fact
 from sessions.reader import EpisodeData, Session
 from sessions.schema import ContextData, CorrectionRecord, PlanData, PlanEmitted
 
@@ -166,7 +167,8 @@ def decision_points(session: Session, ep: EpisodeData, options: ExportOptions) -
 
 def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
     """What the planner read at this decision, as plain data ({"task", "done", "in_force",
-    "corrections": [{"kind", "text"}]}; see policies.planning.PlannerContext), so a trainer re-renders
+    "corrections": [{"kind", "text"}], "memory", "facts": [{"subject", "place", "where", "side"}]}; see
+    policies.planning.PlannerContext), so a trainer re-renders
     the decision with any prompt (hf: through prompts/hf_planner.toml).
 
     Sessions of schema 2 record it with each plan: a plan's row reads its own, a correction's row the
@@ -188,6 +190,7 @@ def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
         before = sorted((p for p in ep.plans if plan_id is not None and p.plan_id < plan_id), key=lambda p: p.plan_id)
         said = [x for x in ep.corrections if not x.withdrawn and x.step <= point.step]
         in_force = before[-1].plan.subtask if before else None
+    facts = [Fact(**x.fact.model_dump()) for x in said if x.fact is not None]  # said by then (none expire here)
     done: list[str] = []
     # a plan made because its predecessor finished marks that one done (as agent.loop.record_completion
     # notes it: each subtask once, the most recent completion last)
@@ -197,7 +200,7 @@ def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
             if previous.plan.subtask in done:
                 done.remove(previous.plan.subtask)
             done.append(previous.plan.subtask)
-    return build_context(ep.task, done, in_force, said, memory_at(ep, point.step)).to_dict()
+    return build_context(ep.task, done, in_force, said, memory_at(ep, point.step), facts).to_dict()
 
 
 def memory_at(ep: EpisodeData, step: int) -> list[str]:
@@ -219,8 +222,16 @@ def _recorded_context(ep: EpisodeData, point: DecisionPoint) -> ContextData | No
         return point.plan.context
     c = point.correction
     caused = [p for p in ep.plans if p.reason == "correction" and p.step >= c.step and p.context is not None
-              and p.context.corrections and p.context.corrections[-1].text == c.text]
+              and _caused_by(c, p.context)]
     return min(caused, key=lambda p: p.plan_id).context if caused else None
+
+
+def _caused_by(c: CorrectionRecord, context: ContextData) -> bool:
+    """Whether a plan read this correction last: its words (a planning kind), or its fact (a fact is
+    read as a belief, never as words)."""
+    if c.fact is not None:
+        return bool(context.facts) and context.facts[-1] == c.fact
+    return bool(context.corrections) and context.corrections[-1].text == c.text
 
 
 def context_text(context: dict) -> str:
@@ -234,6 +245,8 @@ def context_text(context: dict) -> str:
         lines.append("Corrections: " + " | ".join(f"[{c['kind']}] {c['text']}" for c in context["corrections"]))
     if context.get("memory"):  # rules kept for the session (sessions of schema 3)
         lines.append("Rules kept: " + " | ".join(context["memory"]))
+    if context.get("facts"):  # what the person said is true, in place of what the robot saw (schema 4)
+        lines.append("Facts: " + " | ".join(Fact.from_dict(f).phrase() for f in context["facts"]))
     lines.append("What should the robot do next? Think briefly, then name the subtask.")
     return "\n".join(lines)
 

@@ -9,8 +9,13 @@ Columns
              `Sequence` of `Image` in the parquet metadata, so `datasets.load_dataset("parquet", ...)`
              decodes them as PIL images with no cast (sessions/export/hf_features.py)
   cameras    the cameras of the current frames, which are the last len(cameras) entries of `images`
-  context    the decision's context as data: {task, done, in_force, corrections: [{kind, text}], memory}, so a
-             trainer can re-render it with another prompt (`hivla finetune --base hf:DIR` does)
+  context    the decision's context as data: {task, done, in_force, corrections: [{kind, text}], memory,
+             facts: [{subject, place, where, side}]}, so a trainer can re-render it with another prompt
+             (`hivla finetune --base hf:DIR` does); the user text says the facts in force ("Facts: ...")
+  fact       a fact's row (kind "fact"): what the person said is true, as the reader read it
+             ({subject, place, where, side}); the user turn has the facts in force, the assistant turn
+             the plan made from the corrected belief (a grounded planner's scene line with the fact in
+             place of its reading); null on other rows
   kind       "plan" or the correction kind;  source: plan source or correction speaker
   session, session_id, episode, step, weight, corrected, task, family, subtask, split
 
@@ -56,14 +61,16 @@ HISTORY_STRIDE = 5  # earlier frames are taken every half second at 10 Hz
 def sft_schema() -> pa.Schema:
     part = pa.struct([("type", pa.string()), ("text", pa.string())])
     message = pa.struct([("role", pa.string()), ("content", pa.list_(part))])
+    fact = pa.struct([("subject", pa.string()), ("place", pa.string()), ("where", pa.string()), ("side", pa.string())])
     context = pa.struct([("task", pa.string()), ("done", pa.list_(pa.string())), ("in_force", pa.string()),
                          ("corrections", pa.list_(pa.struct([("kind", pa.string()), ("text", pa.string())]))),
-                         ("memory", pa.list_(pa.string()))])
+                         ("memory", pa.list_(pa.string())), ("facts", pa.list_(fact))])
     return with_hf_features(pa.schema([
         ("messages", pa.list_(message)),
         ("images", pa.list_(IMAGE_TYPE)),
         ("cameras", pa.list_(pa.string())),
         ("context", context),
+        ("fact", fact),
         ("kind", pa.string()), ("source", pa.string()), ("session", pa.string()), ("session_id", pa.string()),
         ("episode", pa.int64()), ("step", pa.int64()), ("weight", pa.float32()), ("corrected", pa.bool_()),
         ("task", pa.string()), ("family", pa.string()), ("subtask", pa.string()), ("split", pa.string()),
@@ -108,6 +115,7 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
         "images": [{"bytes": b, "path": None} for b in images],
         "cameras": cameras,
         "context": context,
+        "fact": point.correction.fact.model_dump() if point.correction is not None and point.correction.fact else None,
         "kind": point.kind,
         "source": point.source,
         "session": str(point.session.path),
