@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
 
@@ -42,7 +41,7 @@ import torch
 
 from agent.training.finetune_data import CorrectionData, base_dataset, correction_dataset
 from agent.training.finetune_settings import FinetuneSettings
-from agent.training.loop import LoopSettings, Recipe, TrainingLoop
+from agent.training.loop import Recipe, TrainingLoop
 from agent.training.trainer import BATCH_KEYS
 from policies.grammar import normalize
 from policies.pi05.modeling import Pi05Model
@@ -221,11 +220,8 @@ def _cat(a: dict, b: dict) -> dict:
 
 def finetune(s: FinetuneSettings) -> dict:
     s.validate()
-    loop = TrainingLoop(LoopSettings(
-        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
-        weight_decay=s.weight_decay, betas=(0.9, 0.95), dtype=s.dtype, device=s.device, resume=s.resume,
-        save_every_s=s.save_every_s, log_every=25, log_file="finetune.log", label="finetune", progress=s.progress,
-        threads=s.threads, settings=asdict(s)))
+    loop = TrainingLoop(s.loop_settings(weight_decay=s.weight_decay, betas=(0.9, 0.95), log_every=25,
+                                        log_file="finetune.log", label="finetune", progress=s.progress))
     world, main, device, out, say = loop.world, loop.main, loop.device, loop.out, loop.log.echo
     torch.manual_seed(s.seed)
 

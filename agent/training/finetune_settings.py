@@ -6,18 +6,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.training.loop import RecipeSettings
 from policies.pi05.policy import CheckpointError
 
 
-@dataclass
-class FinetuneSettings:
+@dataclass(kw_only=True)
+class FinetuneSettings(RecipeSettings):
+    """The fields every run has (data, out, device, dtype, resume, seed, ...) are RecipeSettings'
+    (agent/training/loop.py); the schedule's defaults are this recipe's."""
+
     base: str  # base checkpoint directory
     data: list[str]  # exports (sft/pairs/lerobot: their coaching table, nothing else) or coached session directories
-    out: str
     base_data: list[str] | None = None  # datagen sessions or a directory with a cached tensor dataset
     correction_share: float = 0.1
     steps: int = 1000
-    batch_size: int = 32  # per optimizer step, over all processes
+    batch_size: int = 32
     lr: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 20
@@ -32,12 +35,6 @@ class FinetuneSettings:
     max_base_samples: int = 20_000
     base_stride: int = 5
     eval_base_samples: int = 64
-    device: str = "cpu"
-    dtype: str = "bf16"
-    resume: bool = False
-    save_every_s: float = 240.0
-    seed: int = 0
-    threads: int | None = None  # torch threads per process (default: cores / processes)
     progress: bool = True
     extra: dict = field(default_factory=dict)  # recorded in checkpoint_info.json
 

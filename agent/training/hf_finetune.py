@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -37,7 +37,7 @@ import torch
 
 from agent.training.corrections import CorrectionDataError
 from agent.training.sft_data import SftExample, load_sft_export
-from agent.training.loop import TRAINER_STATE, LoopSettings, Recipe, TrainingLoop
+from agent.training.loop import TRAINER_STATE, Recipe, RecipeSettings, TrainingLoop
 from policies.grammar import normalize
 from policies.hf.loading import ADAPTER_CONFIG, HfModelError, adapter_base
 from policies.hf.planner import HfHighLevel
@@ -47,11 +47,13 @@ SUMMARY_FILE = "hf_finetune.json"
 MERGED_DIR = "merged"
 
 
-@dataclass
-class HfFinetuneSettings:
+@dataclass(kw_only=True)
+class HfFinetuneSettings(RecipeSettings):
+    """The fields every run has (data, out, device, dtype, resume, seed, ...) are RecipeSettings'
+    (agent/training/loop.py); the schedule's defaults are this recipe's."""
+
     base: str  # a transformers model directory (or an adapter directory from an earlier fine-tune)
     data: list[str]  # SFT exports
-    out: str
     steps: int = 1000
     batch_size: int = 32  # examples per optimizer step (accumulated, one a forward pass)
     lr: float = 3e-4
@@ -62,12 +64,6 @@ class HfFinetuneSettings:
     lora_targets: str = "all-linear"  # peft's target_modules: "all-linear" or comma-separated module names
     merge: bool = False
     eval_samples: int = 32
-    device: str = "cpu"
-    dtype: str = "bf16"
-    resume: bool = False
-    save_every_s: float = 240.0
-    seed: int = 0
-    threads: int | None = None
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -218,12 +214,10 @@ def finetune_hf(s: HfFinetuneSettings) -> dict:
     planner = HfHighLevel(s.base, device=str(PartialState(cpu=s.device == "cpu").device) if several else s.device,
                           dtype=s.dtype)
     out = Path(s.out)  # made only once the data and the model are known to load
-    loop = TrainingLoop(LoopSettings(
-        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
+    loop = TrainingLoop(s.loop_settings(
         # the base weights are in --dtype already and the adapters train in fp32: no autocast
-        dtype="fp32", device=s.device, resume=s.resume and (out / ADAPTER_CONFIG).is_file(),
-        save_every_s=s.save_every_s, log_every=10, log_file="finetune.log", label="finetune",
-        threads=s.threads or torch.get_num_threads(), settings=asdict(s)))
+        dtype="fp32", resume=s.resume and (out / ADAPTER_CONFIG).is_file(), log_every=10, log_file="finetune.log",
+        label="finetune", threads=s.threads or torch.get_num_threads()))
     log, state, main = loop.log, loop.state, loop.main
     model = with_adapters(planner, s, loop.resuming)
     planner.model = model  # encode/generate now run through the adapters

@@ -1,6 +1,7 @@
 """The one training loop: pi05 training, pi05 fine-tuning, the VLA and hf LoRA all run through it.
 
     loop = TrainingLoop(LoopSettings(out="runs/x", steps=4000, lr=5e-4, warmup_steps=200, batch_size=32))
+    loop = TrainingLoop(settings.loop_settings(log_every=50))  # or from a recipe's RecipeSettings
     ...  # the recipe builds its data and model on loop.device (loading its weights when loop.resuming)
     state = loop.run(Recipe(model=model, batches=sampler, save=save, evaluate=evaluate))
 
@@ -28,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
@@ -206,6 +207,49 @@ class LoopSettings:
     progress: bool = True
     threads: int | None = None  # torch threads a process (default: the cores shared by the processes)
     settings: dict = field(default_factory=dict)  # the recipe's settings, written at the top of the log
+
+
+@dataclass(kw_only=True)
+class RecipeSettings:
+    """What every recipe's settings hold: its data, OUT and the loop's knobs. A recipe's settings
+    subclass this, adding their own fields and giving the schedule their own defaults; `loop_settings`
+    hands these to the loop, and all of the recipe's settings to the top of its log."""
+
+    data: list[str]
+    out: str
+    steps: int
+    batch_size: int  # samples an optimizer step, over all processes
+    lr: float
+    warmup_steps: int
+    device: str = "cpu"
+    dtype: str = "bf16"  # "bf16": the forward pass under bf16 autocast
+    resume: bool = False
+    save_every_s: float = 240.0
+    seed: int = 0
+    threads: int | None = None  # torch threads a process (default: the cores shared by the processes)
+
+    def loop_settings(self, **recipe) -> LoopSettings:
+        """The loop's settings: these, with `recipe` adding the rest (log_every, label, ...) or replacing one."""
+        return LoopSettings(**{
+            "out": self.out, "steps": self.steps, "lr": self.lr, "warmup_steps": self.warmup_steps,
+            "batch_size": self.batch_size, "dtype": self.dtype, "device": self.device, "resume": self.resume,
+            "save_every_s": self.save_every_s, "threads": self.threads, "settings": asdict(self), **recipe})
+
+
+@dataclass(kw_only=True)
+class PresetSettings(RecipeSettings):
+    """A model trained from a config preset (pi05, its object read-out, the VLA): these too go to the loop."""
+
+    preset: str
+    weight_decay: float = 0.01
+    eval_every: int = 1000  # steps between held-out evaluations
+    held_out_fraction: float = 0.1  # of the episodes
+    stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
+    overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
+
+    def loop_settings(self, **recipe) -> LoopSettings:
+        return super().loop_settings(**{"weight_decay": self.weight_decay, "eval_every": self.eval_every,
+                                        "stop_at": self.stop_at, **recipe})
 
 
 @dataclass

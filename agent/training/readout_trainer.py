@@ -15,7 +15,7 @@ under the names a Pi05Model gives them (`vision.*`), so stage 2 (`hivla train --
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from agent.training.loop import Logger, LoopSettings, Recipe, TrainingLoop
+from agent.training.loop import Logger, PresetSettings, Recipe, TrainingLoop
 from policies.checkpoint import warm_start
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.objects import BOWL_NAMES, ObjectReadout, labels_from_facts, object_correct, read_scenes
@@ -33,28 +33,20 @@ LABELS = ("place", "where", "side", "x", "bowls", "drawer")
 READOUT_FILE = "model.safetensors"
 
 
-@dataclass
-class ReadoutSettings:
-    data: list[str]
-    out: str
+@dataclass(kw_only=True)
+class ReadoutSettings(PresetSettings):
+    """The object read-out's training. The fields every run has (data, out, device, dtype, resume, seed, ...) are
+    PresetSettings' and RecipeSettings' (agent/training/loop.py); the schedule's defaults are this recipe's."""
+
     preset: str = "grounded"
     steps: int = 12000
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 0.01
     warmup_steps: int = 300
-    device: str = "cpu"
-    dtype: str = "bf16"
-    resume: bool = False
-    eval_every: int = 1000
-    save_every_s: float = 240.0
+    threads: int | None = 2
     held_out_fraction: float = 0.05
     eval_frames: int = 1000
-    threads: int = 2
-    seed: int = 0
-    stop_at: int | None = None
     init_from: str | None = None  # a read-out to start from (OUT of an earlier stage 1): its matching tensors
-    overrides: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -186,11 +178,7 @@ def load_readout_into(model: nn.Module, path: str | Path) -> None:
 def train_readout(s: ReadoutSettings) -> dict:
     from agent.training.dataset import split_episodes
 
-    loop = TrainingLoop(LoopSettings(
-        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
-        weight_decay=s.weight_decay, betas=(0.9, 0.95), dtype=s.dtype, device=s.device, resume=s.resume,
-        stop_at=s.stop_at, eval_every=s.eval_every, save_every_s=s.save_every_s, log_every=100, threads=s.threads,
-        label="read-out", settings=asdict(s)))
+    loop = TrainingLoop(s.loop_settings(betas=(0.9, 0.95), log_every=100, label="read-out"))
     log: Logger = loop.log
     out, device = loop.out, loop.device
     torch.manual_seed(s.seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +21,7 @@ from agent.training.dataset import (
     build_tokenizer_and_stats, collect_samples, encode_samples, load_cache, recontext_cache, save_cache, split_episodes,
 )
 from agent.training.loop import (  # noqa: F401  (TRAINER_STATE, sigterm_as_interrupt: imported from here too)
-    TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop, sigterm_as_interrupt,
+    TRAINER_STATE, Logger, PresetSettings, Recipe, TrainingLoop, sigterm_as_interrupt,
 )
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
@@ -31,31 +31,23 @@ from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer
 from policies.planning import PlanParseError, parse_plan
 
 
-@dataclass
-class TrainSettings:
-    data: list[str]
-    out: str
+@dataclass(kw_only=True)
+class TrainSettings(PresetSettings):
+    """The π0.5-style model's training. The fields every run has (data, out, device, dtype, resume, seed, ...) are
+    PresetSettings' and RecipeSettings' (agent/training/loop.py); the schedule's defaults are this recipe's."""
+
     preset: str = "small"
     steps: int = 4000
     batch_size: int = 32
     lr: float = 5e-4
-    weight_decay: float = 0.01
     warmup_steps: int = 200
-    device: str = "cpu"
-    dtype: str = "bf16"
-    resume: bool = False
+    threads: int | None = 2
     eval_every: int = 500
-    save_every_s: float = 240.0
-    held_out_fraction: float = 0.1
     eval_samples: int = 256
     eval_generate: int = 48
     stride: int = 1
     vocab_size: int = 1024
-    seed: int = 0
-    threads: int = 2
-    overrides: dict = field(default_factory=dict)  # config field -> value, on top of the preset
     init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
-    stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
     scene_questions: float = 0.4  # planner frames: scene questions per frame, on average
     readout: str | None = None  # grounded preset: a stage-1 object read-out, loaded and frozen (its features cached)
 
@@ -267,11 +259,7 @@ def decode_held_out(model: Pi05Model, processor: Pi05Processor, tensors: dict, i
 
 
 def train(s: TrainSettings) -> dict:
-    loop = TrainingLoop(LoopSettings(
-        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
-        weight_decay=s.weight_decay, betas=(0.9, 0.95), dtype=s.dtype, device=s.device, resume=s.resume,
-        stop_at=s.stop_at, eval_every=s.eval_every, save_every_s=s.save_every_s, log_every=50, threads=s.threads,
-        settings=asdict(s)))
+    loop = TrainingLoop(s.loop_settings(betas=(0.9, 0.95), log_every=50))
     log, device, out = loop.log, loop.device, loop.out
     torch.manual_seed(s.seed)
     with loop.accelerator.main_process_first():  # the other processes read the data and vocabulary it made

@@ -13,7 +13,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from agent.training.loop import (  # noqa: F401  (TRAINER_STATE: imported from here too)
-    TRAINER_STATE, Logger, LoopSettings, Recipe, TrainingLoop,
+    TRAINER_STATE, Logger, PresetSettings, Recipe, TrainingLoop,
 )
 from agent.training.trainer import split_held_out
 from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
@@ -37,33 +37,28 @@ BATCH_KEYS = ("images", "state", "subtask_ids", "subtask_mask", "actions", "acti
 ACTION_NAMES = ("dx", "dy", "dz", "dyaw", "grip")
 
 
-@dataclass
-class VlaTrainSettings:
-    data: list[str]
-    out: str
+@dataclass(kw_only=True)
+class VlaTrainSettings(PresetSettings):
+    """The low-level VLA's training. The fields every run has (data, out, device, dtype, resume, seed, ...) are
+    PresetSettings' and RecipeSettings' (agent/training/loop.py); the schedule's defaults are this recipe's."""
+
     preset: str = "small"
     steps: int = 30_000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 500
-    ema_decay: float = 0.999
-    device: str = "cpu"
     dtype: str = "fp32"
-    resume: bool = False
-    eval_every: int = 1000
+    save_every_s: float = 180.0
+    threads: int | None = 1
+    held_out_fraction: float = 0.05
+    ema_decay: float = 0.999
     closed_loop_every: int = 5000  # steps between closed-loop evaluations (0: never)
     closed_loop_trials: int = 5  # trials per primitive in each of them
-    save_every_s: float = 180.0
-    held_out_fraction: float = 0.05
     eval_samples: int = 2048
     stride: int = 1
     vocab_size: int = 1024  # byte-level BPE: 518 ids are bytes and special tokens, the rest whole words
-    seed: int = 0
-    threads: int = 1
-    overrides: dict = field(default_factory=dict)
     data_cache: str | None = None  # an earlier run's directory on the same data: reuse its tensors and tokenizer
-    stop_at: int | None = None  # end (resumably) at this step; the schedule still runs to `steps`
 
 
 def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, dict, dict]:
@@ -166,11 +161,8 @@ def closed_loop(model: VlaModel, processor: VlaProcessor, s: VlaTrainSettings, d
 
 def train_vla(s: VlaTrainSettings) -> dict:
     every = [n for n in (s.eval_every, s.closed_loop_every) if n]
-    loop = TrainingLoop(LoopSettings(
-        out=s.out, steps=s.steps, lr=s.lr, warmup_steps=s.warmup_steps, batch_size=s.batch_size,
-        weight_decay=s.weight_decay, dtype=s.dtype, device=s.device, resume=s.resume, stop_at=s.stop_at,
-        eval_every=math.gcd(*every) if every else 0, save_every_s=s.save_every_s, log_every=100,
-        label="train vla", threads=s.threads, settings=asdict(s)))
+    loop = TrainingLoop(s.loop_settings(eval_every=math.gcd(*every) if every else 0, log_every=100,
+                                        label="train vla"))
     log, device, out = loop.log, loop.device, loop.out
     torch.manual_seed(s.seed)
     with loop.accelerator.main_process_first():  # the other processes read the data and vocabulary it made
