@@ -131,3 +131,17 @@ def test_hivla_coach_runs_with_a_tiny_hf_model(model, request, tmp_path, capsys)
     assert len(model_plans) >= 2  # the first plan and the re-plan on the constraint, at least
     assert episode.corrections[1].model_plan is not None  # what the model would have done, logged
     assert episode.steps[-1].subtask == "pick up the red block"
+
+
+def test_the_prompt_says_the_rules_and_facts_in_force_and_nothing_when_there_are_none():
+    from policies.hf.planner import planner_fields
+    from policies.planning import planner_context
+    from policies.scene_line import Fact
+
+    bare = planner_fields(planner_context("sort the blocks"))
+    assert bare["memory"] == "" and bare["facts"] == ""
+    fields = planner_fields(planner_context("sort the blocks", memory=["never use the red bowl"],
+                                            facts=[Fact("blue block", "bowl", "green bowl"), Fact("drawer", "open")]))
+    assert "never use the red bowl" in fields["memory"]
+    assert "the blue block is in the green bowl; the drawer is open" in fields["facts"]
+    assert fields["facts"].endswith("\n")

@@ -32,7 +32,7 @@ IGNORE_INDEX = -100  # transformers' label for tokens without loss
 
 def planner_fields(ctx: PlannerContext) -> dict[str, str]:
     """The context as the prompt's fields: what was done, the subtask in force, what the person said,
-    the rules remembered for the session."""
+    the rules remembered for the session, the facts in force."""
     prompt = load_prompt("hf_planner")
     return {
         "task": ctx.task,
@@ -41,6 +41,7 @@ def planner_fields(ctx: PlannerContext) -> dict[str, str]:
         "corrections": " | ".join(f'"{c}"' for c in ctx.texts) or prompt["no_corrections"],
         # a line only when rules are remembered: a context without memory reads as it always did
         "memory": prompt["memory_line"].format(rules=" | ".join(f'"{m}"' for m in ctx.memory)) if ctx.memory else "",
+        "facts": prompt["facts_line"].format(facts="; ".join(f.phrase() for f in ctx.facts)) if ctx.facts else "",
     }
 
 
