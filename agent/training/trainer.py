@@ -62,12 +62,13 @@ RESUMABLE_OVERRIDES = ("context_last", "knowledge_insulation", "text_loss_weight
                        "action_token_loss_weight")
 
 
-def resume_overrides(cfg: Pi05Config, overrides: dict) -> dict:
-    """Apply --set overrides to a resumed run's config; only RESUMABLE_OVERRIDES may change."""
-    fixed = sorted(k for k, v in overrides.items() if k not in RESUMABLE_OVERRIDES and getattr(cfg, k, object()) != v)
+def resume_overrides(cfg, overrides: dict, resumable: tuple[str, ...] = RESUMABLE_OVERRIDES) -> dict:
+    """Apply --set overrides to a resumed run's config (pi05's or the VLA's); only `resumable` fields may
+    change. Returns the fields changed."""
+    fixed = sorted(k for k, v in overrides.items() if k not in resumable and getattr(cfg, k, object()) != v)
     if fixed:
         raise ValueError(f"--set {', '.join(fixed)} cannot change when resuming (the checkpoint's shapes depend on "
-                         f"them); a resumed run may change only {', '.join(RESUMABLE_OVERRIDES)}")
+                         f"them); a resumed run may change only {', '.join(resumable)}")
     changed = {k: v for k, v in overrides.items() if getattr(cfg, k) != v}
     for key, value in changed.items():
         setattr(cfg, key, value)
@@ -82,9 +83,7 @@ def prepare(s: TrainSettings, log: Logger):
     if s.resume and (out / "config.json").is_file():
         cfg = Pi05Config.load(out / "config.json")
         retargeted = resume_overrides(cfg, s.overrides)
-        tokenizer = load_tokenizer(out / "tokenizer.json")
-        stats = NormStats.load(out / "norm_stats.json")
-        processor = Pi05Processor(cfg, tokenizer, stats)
+        processor = Pi05Processor.from_dir(out, cfg)
         if cached is None:
             raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
                                   context_last=cfg.context_last, scene_questions=s.scene_questions,

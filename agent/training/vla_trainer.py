@@ -23,7 +23,7 @@ import torch
 from agent.training.loop import (  # noqa: F401  (TRAINER_STATE: imported from here too)
     TRAINER_STATE, Logger, PresetSettings, Recipe, TrainingLoop,
 )
-from agent.training.trainer import split_held_out
+from agent.training.trainer import resume_overrides, split_held_out
 from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
 from policies.checkpoint import CheckpointError, load_state_dict_checked
 from policies.pi05.processor import NormStats, load_tokenizer
@@ -66,18 +66,11 @@ def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, 
     cached = load_cache(out) if s.resume else None
     if s.resume and (out / "config.json").is_file():
         cfg = VlaConfig.load(out / "config.json")
-        changed = {k: v for k, v in s.overrides.items() if getattr(cfg, k, object()) != v}
-        fixed = sorted(k for k in changed if k not in RESUMABLE_FIELDS)
-        if fixed:
-            raise ValueError(f"--set {', '.join(fixed)} cannot change when resuming (parameter shapes depend on it); "
-                             f"a resumed run may change only {', '.join(RESUMABLE_FIELDS)}")
+        changed = resume_overrides(cfg, s.overrides, RESUMABLE_FIELDS)
         if changed:
-            for key, value in changed.items():
-                setattr(cfg, key, value)
-            cfg.validate()
             cfg.save(out / "config.json")
             log.echo(f"resuming with {changed}")
-        processor = VlaProcessor(cfg, load_tokenizer(out / "tokenizer.json"), NormStats.load(out / "norm_stats.json"))
+        processor = VlaProcessor.from_dir(out, cfg)
         if cached is None:
             cached = encode_vla_samples(collect_vla_samples(s.data, cfg, s.stride, log.echo), processor)
             save_cache(out, *cached)

@@ -176,6 +176,11 @@ class BaseProcessor:
         if tokenizer.get_vocab_size() > cfg.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.get_vocab_size()} tokens, the model only {cfg.vocab_size}")
 
+    @classmethod
+    def from_dir(cls, path: str | Path, cfg):
+        """The processor of `cfg` with the tokenizer.json and norm_stats.json in checkpoint directory `path`."""
+        return cls(cfg, load_tokenizer(Path(path) / "tokenizer.json"), NormStats.load(Path(path) / "norm_stats.json"))
+
     def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
         return to_unit(np.asarray(actions, np.float32), self.stats.action_q01, self.stats.action_q99)
 
