@@ -1,14 +1,23 @@
-"""Reading checkpoint files safely, for every model in policies/: safetensors only (never pickle), and
-anything truncated, missing or mismatched is one CheckpointError naming the file and the problem."""
+"""Checkpoints of every model in policies/ (pi05, the VLA): reading their files safely (safetensors only,
+never pickle; anything truncated, missing or mismatched is one CheckpointError naming the file and the
+problem), the config dataclass as config.json and from its presets, and the loaded policy's device and dtype.
+
+A checkpoint directory holds CHECKPOINT_FILES: the config, the weights, the tokenizer and the norm stats.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self, TypeVar
 
 import torch
+
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "norm_stats.json")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class CheckpointError(ValueError):
@@ -111,3 +120,102 @@ def require_files(path: str | Path, names: tuple[str, ...]) -> Path:
     if absent:
         raise CheckpointError(f"{path}: checkpoint is missing {absent}")
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# the config: config.json and the presets
+# ---------------------------------------------------------------------------------------------
+
+
+class ConfigFile:
+    """A model's config dataclass as its checkpoint's config.json: tuples are written as lists and read
+    back as tuples; an unknown field, a file that is not a JSON object or a value `check_fields`
+    refuses is one ValueError naming it, and what is read is validated (the subclass's `validate`)."""
+
+    @classmethod
+    def check_fields(cls, data: dict) -> None:
+        """Refuse a value of config.json before the config is built from it (none by default)."""
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Self:
+        fields = dataclasses.fields(cls)
+        unknown = sorted(set(data) - {f.name for f in fields})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        data = dict(data)
+        cls.check_fields(data)
+        for f in fields:
+            if isinstance(f.default, tuple) and f.name in data:
+                data[f.name] = tuple(data[f.name])
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+Config = TypeVar("Config", bound=ConfigFile)
+
+
+def preset_config(presets: dict[str, Callable[[], Config]], preset: str, overrides: dict) -> Config:
+    """The config of one of `presets` (name -> its config) with `overrides` (field -> value), validated."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(presets)}")
+    cfg = presets[preset]()
+    for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown config field {key!r}")
+        setattr(cfg, key, value)
+    cfg.validate()
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# a loaded checkpoint
+# ---------------------------------------------------------------------------------------------
+
+
+def load_checkpoint_dir(path: str | Path, config_cls: type[ConfigFile], model_cls: type[torch.nn.Module],
+                        processor_cls) -> tuple[torch.nn.Module, object]:
+    """(model in eval mode, processor) from a checkpoint directory; `processor_cls.from_dir(path, cfg)`
+    reads the tokenizer and the norm stats (policies.pi05.processor.BaseProcessor)."""
+    path = require_files(path, CHECKPOINT_FILES)
+    try:
+        cfg = config_cls.load(path / "config.json")
+        processor = processor_cls.from_dir(path, cfg)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    model = model_cls(cfg)
+    load_state_dict_checked(model, path / "model.safetensors")
+    return model.eval(), processor
+
+
+class LoadedPolicy:
+    """A loaded model + processor on `device` in `dtype` (bf16: the forward passes under autocast); the
+    pi05 and VLA policies add the LeRobot-style inference API."""
+
+    def __init__(self, model: torch.nn.Module, processor, device: str = "cpu", dtype: str = "fp32"):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(self.device).eval()
+        self.processor = processor
+        self.cfg = model.cfg
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")

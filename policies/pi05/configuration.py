@@ -9,10 +9,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
+
+from policies.checkpoint import ConfigFile, preset_config
 
 CAMERAS = ("front", "wrist")
 CONTEXT_LAST = ("in_force", "done")
@@ -22,7 +21,9 @@ BOWL_TOKENS = 6  # and, with `scene_bowls`, one per bowl colour (policies.pi05.o
 
 
 @dataclass
-class Pi05Config:
+class Pi05Config(ConfigFile):
+    """The model's dims and switches; as config.json through ConfigFile (policies/checkpoint.py)."""
+
     # vocabulary (set from the tokenizer when one is trained; includes the 256 state-bin tokens)
     vocab_size: int = 1024
     pad_id: int = 0
@@ -148,37 +149,9 @@ class Pi05Config:
         if self.head_dim % 2:
             raise ValueError("head_dim must be even (RoPE)")
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["cameras"] = list(self.cameras)
-        return d
-
     @classmethod
-    def from_dict(cls, data: dict) -> "Pi05Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown Pi05Config fields {unknown}")
-        data = dict(data)
+    def check_fields(cls, data: dict) -> None:
         _check_types(data)
-        if "cameras" in data:
-            data["cameras"] = tuple(data["cameras"])
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Pi05Config":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of config fields, got {type(data).__name__}")
-        return cls.from_dict(data)
 
 
 def _check_types(data: dict) -> None:
@@ -281,12 +254,4 @@ PRESETS = {"tiny": tiny, "small": small, "small_conv": small_conv, "planner": pl
 
 
 def make_config(preset: str, **overrides) -> Pi05Config:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = PRESETS[preset]()
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise ValueError(f"unknown config field {key!r}")
-        setattr(cfg, key, value)
-    cfg.validate()
-    return cfg
+    return preset_config(PRESETS, preset, overrides)

@@ -16,16 +16,14 @@ from pathlib import Path
 import torch
 
 from policies.checkpoint import (  # noqa: F401 (CheckpointError and the checks are re-exported)
-    CheckpointError, check_safetensors_file, load_state_dict_checked, require_files, save_checkpoint_dir,
+    CheckpointError, LoadedPolicy, check_safetensors_file, load_checkpoint_dir,
+    load_state_dict_checked, require_files, save_checkpoint_dir,
 )
 from policies.pi05.configuration import Pi05Config
 from policies.pi05.modeling import Pi05Model
-from policies.pi05.processor import NormStats, Pi05Processor, load_tokenizer, pad_to
+from policies.pi05.processor import NormStats, Pi05Processor, pad_to
 from policies.planning import build_planner_context
 from policies.types import ActionChunk, Observation, Plan, PlanContext
-
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "norm_stats.json")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,17 +42,7 @@ def save_checkpoint(path: str | Path, model: Pi05Model, tokenizer, norm_stats: N
 
 
 def load_checkpoint(path: str | Path) -> tuple[Pi05Model, Pi05Processor]:
-    path = require_files(path, CHECKPOINT_FILES)
-    try:
-        cfg = Pi05Config.load(path / "config.json")
-        tokenizer = load_tokenizer(path / "tokenizer.json")
-        stats = NormStats.load(path / "norm_stats.json")
-        processor = Pi05Processor(cfg, tokenizer, stats)
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    model = Pi05Model(cfg)
-    load_state_dict_checked(model, path / "model.safetensors")
-    return model.eval(), processor
+    return load_checkpoint_dir(path, Pi05Config, Pi05Model, Pi05Processor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,25 +50,18 @@ def load_checkpoint(path: str | Path) -> tuple[Pi05Model, Pi05Processor]:
 # ---------------------------------------------------------------------------------------------
 
 
-class Pi05Policy:
-    """A loaded model + processor with the LeRobot-style inference API."""
+class Pi05Policy(LoadedPolicy):
+    """A loaded model + processor (on its device, in its dtype: LoadedPolicy) with the LeRobot-style
+    inference API."""
 
-    def __init__(self, model: Pi05Model, processor: Pi05Processor, device: str = "cpu", dtype: str = "fp32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.model = model.to(self.device).eval()
-        self.processor = processor
-        self.cfg = model.cfg
+    model: Pi05Model
+    processor: Pi05Processor
+    cfg: Pi05Config
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: str = "fp32") -> "Pi05Policy":
         model, processor = load_checkpoint(path)
         return cls(model, processor, device=device, dtype=dtype)
-
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16")
 
     def _tensor(self, ids: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor]:
         arr, mask = pad_to(ids, length, self.cfg.pad_id)
@@ -103,7 +84,7 @@ class Pi05Policy:
                 ctx_mask: torch.Tensor, task: str, plan: bool = True) -> str:
         """Greedy text after [base | context]; a grounded planner's read-out writes the scene line first,
         and a plan (not an answer) is decoded under the plan grammar."""
-        with self._autocast():
+        with self.autocast():
             if not self.grounded:
                 return self.processor.decode(self.model.generate(images, ids, mask, ctx_ids, ctx_mask)[0].tolist())
             return decode_grounded(self.model, self.processor, images, ids, mask, ctx_ids, ctx_mask, [task],
@@ -114,7 +95,7 @@ class Pi05Policy:
         ctx = build_planner_context(context or PlanContext(task=obs.task))
         ctx_ids, ctx_mask = self._tensor(self.processor.planner_context_ids(ctx), self.cfg.max_context_tokens)
         if self.grounded and ctx.facts:  # the facts in force take the read-out's place in the line it writes
-            with self._autocast():
+            with self.autocast():
                 text = decode_grounded(self.model, self.processor, *self._base(obs), ctx_ids, ctx_mask, [obs.task],
                                        facts=[ctx.facts])[0][0]
         else:
@@ -140,7 +121,7 @@ class Pi05Policy:
     def predict_action_chunk(self, obs: Observation, subtask: str) -> ActionChunk:
         """float32 [H, A] in environment units."""
         sub_ids, sub_mask = self._tensor(self.processor.subtask_ids(subtask), self.cfg.max_subtask_tokens)
-        with self._autocast():
+        with self.autocast():
             actions = self.model.sample_actions(*self._base(obs), sub_ids, sub_mask)
         return self.processor.unnormalize_actions(actions[0].float().cpu().numpy())
 
