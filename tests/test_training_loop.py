@@ -1,9 +1,10 @@
-"""agent/training/loop.py on a toy regression: the schedule, the parameter groups, the resume state,
-the non-finite guard, the evaluation hook, stop_at and gradient accumulation. The recipes' own tests
-(test_train, test_vla, test_finetune, test_hf_finetune) run it on the real models."""
+"""agent/training/loop.py on a toy regression: the recipes' settings, the schedule, the parameter groups,
+the resume state, the non-finite guard, the evaluation hook, stop_at and gradient accumulation. The
+recipes' own tests (test_train, test_vla, test_finetune, test_hf_finetune) run it on the real models."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from agent.training.loop import (
-    TRAINER_STATE, LoopSettings, Recipe, TrainingLoop, decay_groups, load_train_state, lr_at, save_train_state,
+    TRAINER_STATE, LoopSettings, PresetSettings, Recipe, RecipeSettings, TrainingLoop, decay_groups, load_train_state,
+    lr_at, save_train_state,
 )
 
 torch.set_num_threads(1)
@@ -39,6 +41,18 @@ def toy_batches(step: int):
 def settings(out, **kw) -> LoopSettings:
     return LoopSettings(**{"out": str(out), "steps": 10, "lr": 1e-2, "warmup_steps": 2, "batch_size": 8,
                            "weight_decay": 0.1, "threads": 1, "progress": False, **kw})
+
+
+def test_a_recipes_settings_hand_the_loop_what_they_hold():
+    s = PresetSettings(data=["d"], out="o", steps=7, batch_size=4, lr=0.1, warmup_steps=1, preset="tiny", stop_at=3,
+                       threads=1)
+    loop = s.loop_settings(betas=(0.9, 0.95), eval_every=2)  # the recipe adds one and replaces another
+    assert (loop.out, loop.steps, loop.batch_size, loop.lr, loop.warmup_steps, loop.stop_at, loop.threads) == \
+        ("o", 7, 4, 0.1, 1, 3, 1)
+    assert (loop.betas, loop.eval_every, loop.weight_decay, loop.dtype) == ((0.9, 0.95), 2, 0.01, "bf16")
+    assert loop.settings == dataclasses.asdict(s)  # all of them, for the top of the log
+    plain = RecipeSettings(data=["d"], out="o", steps=7, batch_size=4, lr=0.1, warmup_steps=1).loop_settings()
+    assert (plain.weight_decay, plain.stop_at, plain.eval_every) == (0.0, None, 0)  # the loop's own defaults
 
 
 def test_warm_up_then_cosine_to_a_tenth():
