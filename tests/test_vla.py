@@ -39,9 +39,10 @@ def _settings(data, out, steps, **kw):
 
 @pytest.fixture(scope="module")
 def overfit(data, tmp_path_factory):
-    """800 steps (about 15 s) on three recorded episodes."""
+    """1,200 steps (about 20 s) on three recorded episodes (800 sat at the edge: a change to the prompts, whose
+    text the tokenizer is also trained on, was enough to leave the drawer shut)."""
     out = tmp_path_factory.mktemp("vla_ckpt")
-    train_vla(_settings(data, out, 800))
+    train_vla(_settings(data, out, 1200))
     return out
 
 
