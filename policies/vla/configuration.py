@@ -9,10 +9,9 @@ spatial resolution through convolutions and keypoints rather than long token seq
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
+
+from policies.checkpoint import ConfigFile, preset_config
 
 CAMERAS = ("front", "wrist")
 HEADS = ("regression", "flow")
@@ -22,7 +21,9 @@ RESUMABLE_FIELDS = ("regression_loss", "random_shift_pad", "n_action_steps", "fl
 
 
 @dataclass
-class VlaConfig:
+class VlaConfig(ConfigFile):
+    """The VLA's dims and switches; as config.json through ConfigFile (policies/checkpoint.py)."""
+
     # vocabulary (set from the tokenizer when one is trained)
     vocab_size: int = 512
     pad_id: int = 0
@@ -81,39 +82,6 @@ class VlaConfig:
         if self.image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {self.image_size}")
 
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for key in ("cameras", "conv_channels", "conv_strides"):
-            d[key] = list(d[key])
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VlaConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown VlaConfig fields {unknown}")
-        data = dict(data)
-        for key in ("cameras", "conv_channels", "conv_strides"):
-            if key in data:
-                data[key] = tuple(data[key])
-        cfg = cls(**data)
-        cfg.validate()
-        return cfg
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "VlaConfig":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object")
-        return cls.from_dict(data)
-
 
 def tiny() -> VlaConfig:
     return VlaConfig(image_size=32, conv_channels=(8, 8, 16, 16), group_norm_groups=4, keypoints=8,
@@ -130,12 +98,4 @@ PRESETS = {"tiny": tiny, "small": small}
 
 
 def make_config(preset: str, **overrides) -> VlaConfig:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    cfg = PRESETS[preset]()
-    for key, value in overrides.items():
-        if not hasattr(cfg, key):
-            raise ValueError(f"unknown config field {key!r}")
-        setattr(cfg, key, value)
-    cfg.validate()
-    return cfg
+    return preset_config(PRESETS, preset, overrides)

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policies.checkpoint import CheckpointError, check_safetensors_file, load_state_dict_checked, require_files, save_checkpoint_dir
-from policies.pi05.processor import NormStats, load_tokenizer
+from policies.checkpoint import (
+    CHECKPOINT_FILES, CheckpointError, LoadedPolicy, check_safetensors_file, load_checkpoint_dir, require_files,
+    save_checkpoint_dir,
+)
 from policies.types import ActionChunk, Observation
 from policies.vla.configuration import VlaConfig
 from policies.vla.modeling import VlaModel
 from policies.vla.processor import VlaProcessor
 
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "norm_stats.json")
 KIND = "vla"
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def save_checkpoint(path: str | Path, model: VlaModel, processor: VlaProcessor, extra: dict | None = None) -> Path:
@@ -40,27 +40,19 @@ def load_checkpoint(path: str | Path) -> tuple[VlaModel, VlaProcessor]:
     kind = check_safetensors_file(path / "model.safetensors").get("__metadata__", {}).get("hivla")
     if kind not in (None, KIND):
         raise CheckpointError(f"{path} is a {kind!r} checkpoint, not a low-level VLA; use the spec '{kind}:{path}'")
-    try:
-        cfg = VlaConfig.load(path / "config.json")
-        processor = VlaProcessor(cfg, load_tokenizer(path / "tokenizer.json"), NormStats.load(path / "norm_stats.json"))
-    except (ValueError, TypeError) as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    model = VlaModel(cfg)
-    load_state_dict_checked(model, path / "model.safetensors")
-    return model.eval(), processor
+    return load_checkpoint_dir(path, VlaConfig, VlaModel, VlaProcessor)
 
 
-class VlaPolicy:
-    """A loaded model + processor with the LeRobot-style inference API."""
+class VlaPolicy(LoadedPolicy):
+    """A loaded model + processor (on its device, in its dtype: LoadedPolicy) with the LeRobot-style
+    inference API."""
+
+    model: VlaModel
+    processor: VlaProcessor
+    cfg: VlaConfig
 
     def __init__(self, model: VlaModel, processor: VlaProcessor, device: str = "cpu", dtype: str = "fp32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.model = model.to(self.device).eval()
-        self.processor = processor
-        self.cfg = model.cfg
+        super().__init__(model, processor, device, dtype)
         self._text_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
@@ -80,7 +72,7 @@ class VlaPolicy:
         """float32 [chunk_size, A] in environment units."""
         images = torch.from_numpy(self.processor.prepare_images(obs.images))[None].to(self.device)
         state = torch.from_numpy(self.processor.normalize_state(obs.state))[None].to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bf16"):
+        with self.autocast():
             chunk = self.model.predict_action_chunk(images, state, *self._text(subtask))
         return self.processor.unnormalize_actions(chunk[0].float().cpu().numpy())
 
