@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from policies.augment import camera_input
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
 from policies.pi05.policy import (
@@ -292,6 +293,16 @@ def test_conv_stem_gives_a_finer_token_grid_and_trains(processor):
     assert model.vision.patch.net[0].weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="power-of-two"):
         dataclasses.replace(cfg, image_size=48, patch_size=12).validate()
+
+
+def test_camera_input_scales_to_unit_range_and_shifts_only_while_training():
+    images = torch.tensor([0, 255], dtype=torch.uint8).repeat_interleave(8).view(1, 4, 4, 1).expand(2, 4, 4, 3)
+    x = camera_input(images, torch.float32, shift_pad=2, training=False)
+    assert x.shape == (2, 3, 4, 4) and x.min() == -1.0 and x.max() == 1.0
+    assert torch.equal(camera_input(images, torch.float32, shift_pad=0, training=True), x)
+    torch.manual_seed(0)
+    shifted = [camera_input(images, torch.float32, shift_pad=2, training=True) for _ in range(8)]
+    assert any(not torch.equal(s, x) for s in shifted)
 
 
 def test_a_planner_only_config_skips_the_action_expert_and_refuses_to_act(processor, tmp_path):

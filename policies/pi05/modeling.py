@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.augment import random_shift
+from policies.augment import camera_input
 from policies.pi05.configuration import Pi05Config
 from policies.pi05.objects import ObjectReadout
 from policies.pi05.vision import ConvResampler, group_norm_convs
@@ -187,9 +187,7 @@ class VisionTower(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         # images uint8 [B, H, W, 3] -> tokens [B, N, width]
-        x = images.permute(0, 3, 1, 2).to(self.pos.dtype) / 127.5 - 1.0
-        if self.training and self.shift_pad > 0:
-            x = random_shift(x, self.shift_pad)
+        x = camera_input(images, self.pos.dtype, self.shift_pad, self.training)
         x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
         return self.proj(self.norm(self.blocks(x)))
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.augment import random_shift
+from policies.augment import camera_input
 from policies.grammar import COLORS, SIZES
 from policies.pi05.configuration import BOWL_TOKENS, OBJECT_TOKENS, Pi05Config
 from policies.pi05.vision import TRUNK_CHANNELS, TRUNK_STRIDES, QueryBlock, coordinate_grid, group_norm_convs
@@ -93,9 +93,7 @@ class ObjectReadout(nn.Module):
     def features(self, images: Tensor) -> Tensor:
         """uint8 [B, n_cam, H, W, 3] -> [B, n_objects, vision_width] (normed)."""
         b, n_cam = images.shape[:2]
-        x = images.flatten(0, 1).permute(0, 3, 1, 2).to(self.camera.dtype) / 127.5 - 1.0
-        if self.training and self.shift_pad > 0:
-            x = random_shift(x, self.shift_pad)
+        x = camera_input(images.flatten(0, 1), self.camera.dtype, self.shift_pad, self.training)
         fmap = self.trunk(x)
         _, _, h, w = fmap.shape
         fmap = torch.cat([fmap, coordinate_grid(h, w, fmap.device, fmap.dtype).expand(len(fmap), -1, -1, -1)], 1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from policies.augment import random_shift
+from policies.augment import camera_input
 from policies.pi05.configuration import Pi05Config
 
 TRUNK_CHANNELS = (32, 32, 64, 64)
@@ -84,9 +84,7 @@ class ConvResampler(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         # images uint8 [B, H, W, 3] -> tokens [B, vision_queries, width]
-        x = images.permute(0, 3, 1, 2).to(self.queries.dtype) / 127.5 - 1.0
-        if self.training and self.shift_pad > 0:
-            x = random_shift(x, self.shift_pad)
+        x = camera_input(images, self.queries.dtype, self.shift_pad, self.training)
         fmap = self.trunk(x)  # [B, C, h, w]
         b, _, h, w = fmap.shape
         fmap = torch.cat([fmap, coordinate_grid(h, w, fmap.device, fmap.dtype).expand(b, -1, -1, -1)], 1)
