@@ -102,6 +102,29 @@ def test_train_on_empty_data_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "ckpt").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("model, preset, schedule", [
+    # steps, batch_size, lr, dtype, eval_every, save_every_s, threads: each recipe's own, as `hivla train --help` says
+    ("pi05", "small", (4000, 32, 5e-4, "bf16", 500, 240.0, 2)),
+    ("readout", "grounded", (12_000, 64, 1e-3, "bf16", 1000, 240.0, 2)),
+    ("vla", "small", (30_000, 64, 1e-3, "fp32", 1000, 180.0, 1)),
+])
+def test_train_flags_left_unset_take_the_recipes_defaults(model, preset, schedule):
+    from agent.cli import build_parser
+    from agent.commands.train import recipe
+
+    def settings(*flags):
+        return recipe(build_parser().parse_args(["train", "--model", model, "--data", "d", "--out", "o", *flags]))[1]
+
+    names = ("steps", "batch_size", "lr", "dtype", "eval_every", "save_every_s", "threads")
+    s = settings()
+    assert s.preset == preset and tuple(getattr(s, n) for n in names) == schedule
+    s = settings("--steps", "7", "--batch-size", "3", "--lr", "0.5", "--dtype", "fp32", "--eval-every", "2",
+                 "--save-every", "9", "--threads", "4", "--set", "depth=2")
+    assert tuple(getattr(s, n) for n in names) == (7, 3, 0.5, "fp32", 2, 9.0, 4) and s.overrides == {"depth": 2}
+    with pytest.raises(SystemExit, match=f"--preset 'nope' is not a {model} preset; choose from"):
+        settings("--preset", "nope")
+
+
 def test_checkpoint_config_types_are_checked():
     from policies.pi05.configuration import Pi05Config, tiny
 

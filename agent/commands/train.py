@@ -12,22 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from agent.errors import UserError
 
-# per-model defaults for the flags left unset
-DEFAULTS = {
-    "pi05": {"steps": 4000, "batch_size": 32, "lr": 5e-4, "dtype": "bf16", "eval_every": 500, "save_every": 240.0,
-             "threads": 2, "presets": ("tiny", "small", "small_conv", "planner", "grounded", "pi05")},
-    "readout": {"steps": 12_000, "batch_size": 64, "lr": 1e-3, "dtype": "bf16", "eval_every": 1000,
-                "save_every": 240.0, "threads": 2, "presets": ("grounded",)},
-    "vla": {"steps": 30_000, "batch_size": 64, "lr": 1e-3, "dtype": "fp32", "eval_every": 1000, "save_every": 180.0,
-            "threads": 1, "presets": ("tiny", "small")},
-}
+if TYPE_CHECKING:
+    from agent.training.loop import PresetSettings
+
+# The flags left unset take the recipe's own defaults: its settings class in agent/training/ owns them.
+MODELS = ("pi05", "readout", "vla")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="pi05", choices=sorted(DEFAULTS),
+    parser.add_argument("--model", default="pi05", choices=MODELS,
                         help="pi05: the π0.5-style model (high level); readout: the grounded planner's object "
                              "read-out alone (its stage 1, on planner frames); vla: the low-level VLA")
     parser.add_argument("--data", nargs="+", required=True, help="session directories (or folders holding them)")
@@ -119,46 +116,51 @@ def check_args(args: argparse.Namespace) -> str | None:
     return None
 
 
+def recipe(args: argparse.Namespace) -> tuple[Callable[[PresetSettings], object], PresetSettings]:
+    """The training function `--model` names and its settings from the flags; a flag left unset (None) takes
+    the default of the recipe's settings class."""
+    if args.model == "readout":
+        from agent.training.readout_trainer import ReadoutSettings, train_readout
+
+        train, settings_class, own = train_readout, ReadoutSettings, dict(init_from=args.init_from)
+        if args.preset == "small":  # the flag's default is the high level's
+            args.preset = "grounded"
+    elif args.model == "vla":
+        from agent.training.vla_trainer import VlaTrainSettings, train_vla
+
+        train, settings_class = train_vla, VlaTrainSettings
+        own = dict(stride=args.stride, closed_loop_every=args.closed_loop_every,
+                   closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache)
+    else:
+        from agent.training.trainer import TrainSettings, train
+
+        settings_class = TrainSettings
+        own = dict(stride=args.stride, init_from=args.init_from, scene_questions=args.scene_questions,
+                   readout=args.readout)
+    if args.preset not in settings_class.presets:
+        raise SystemExit(f"--preset {args.preset!r} is not a {args.model} preset; "
+                         f"choose from {', '.join(settings_class.presets)}")
+    given = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "dtype": args.dtype,
+             "eval_every": args.eval_every, "save_every_s": args.save_every, "threads": args.threads}
+    return train, settings_class(data=args.data, out=args.out, preset=args.preset, device=args.device,
+                                 resume=args.resume, seed=args.seed, overrides=parse_overrides(args.set),
+                                 stop_at=args.stop_at, **{k: v for k, v in given.items() if v is not None}, **own)
+
+
 def main(args: argparse.Namespace) -> int:
     import os
 
     # On a shared machine, OpenMP threads that spin at barriers while another process holds the core
     # slow a 2-thread step down ~6x (measured: 20 s vs 3.2 s a step with one thread); sleep instead.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    defaults = DEFAULTS[args.model]
     problem = check_args(args)
     if problem:
         raise UserError(problem)
-    if args.model == "readout" and args.preset == "small":  # the flag's default is the high level's
-        args.preset = "grounded"
-    if args.preset not in defaults["presets"]:
-        raise SystemExit(f"--preset {args.preset!r} is not a {args.model} preset; choose from {', '.join(defaults['presets'])}")
-    pick = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
-            for k in ("steps", "batch_size", "lr", "dtype", "eval_every", "save_every", "threads")}
-    common = dict(data=args.data, out=args.out, preset=args.preset, steps=pick["steps"], batch_size=pick["batch_size"],
-                  lr=pick["lr"], device=args.device, dtype=pick["dtype"], resume=args.resume,
-                  eval_every=pick["eval_every"], save_every_s=pick["save_every"], stride=args.stride,
-                  threads=pick["threads"], seed=args.seed, overrides=parse_overrides(args.set))
-    from agent.training.trainer import sigterm_as_interrupt
+    train, settings = recipe(args)
+    from agent.training.loop import sigterm_as_interrupt
 
     with sigterm_as_interrupt():  # `kill PID` saves a resumable checkpoint, as Ctrl-C does
-        if args.model == "readout":
-            from agent.training.readout_trainer import ReadoutSettings, train_readout
-
-            train_readout(ReadoutSettings(**{k: v for k, v in common.items() if k != "stride"}, stop_at=args.stop_at,
-                                          init_from=args.init_from))
-            return 0
-        if args.model == "vla":
-            from agent.training.vla_trainer import VlaTrainSettings, train_vla
-
-            train_vla(VlaTrainSettings(**common, closed_loop_every=args.closed_loop_every,
-                                       closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache,
-                                       stop_at=args.stop_at))
-            return 0
-        from agent.training.trainer import TrainSettings, train
-
-        train(TrainSettings(**common, init_from=args.init_from, stop_at=args.stop_at,
-                            scene_questions=args.scene_questions, readout=args.readout))
+        train(settings)
     return 0
 
 

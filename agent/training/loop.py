@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, ClassVar, Iterator, Union
 
 import torch
 
@@ -240,6 +240,7 @@ class RecipeSettings:
 class PresetSettings(RecipeSettings):
     """A model trained from a config preset (pi05, its object read-out, the VLA): these too go to the loop."""
 
+    presets: ClassVar[tuple[str, ...]] = ()  # the --preset names the recipe trains (set by each recipe)
     preset: str
     weight_decay: float = 0.01
     eval_every: int = 1000  # steps between held-out evaluations

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ class ReadoutSettings(PresetSettings):
     """The object read-out's training. The fields every run has (data, out, device, dtype, resume, seed, ...) are
     PresetSettings' and RecipeSettings' (agent/training/loop.py); the schedule's defaults are this recipe's."""
 
+    presets: ClassVar[tuple[str, ...]] = ("grounded",)  # the preset with the object read-out (vision_stem "objects")
     preset: str = "grounded"
     steps: int = 12000
     batch_size: int = 64

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import torch
 
@@ -23,7 +23,7 @@ from agent.training.dataset import (
 from agent.training.loop import (  # noqa: F401  (TRAINER_STATE, sigterm_as_interrupt: imported from here too)
     TRAINER_STATE, Logger, PresetSettings, Recipe, TrainingLoop, sigterm_as_interrupt,
 )
-from policies.pi05.configuration import Pi05Config, make_config
+from policies.pi05.configuration import PRESETS, Pi05Config, make_config
 from policies.pi05.modeling import Pi05Model, count_parameters
 from policies.checkpoint import warm_start
 from policies.pi05.policy import CheckpointError, load_state_dict_checked, save_checkpoint
@@ -36,6 +36,7 @@ class TrainSettings(PresetSettings):
     """The π0.5-style model's training. The fields every run has (data, out, device, dtype, resume, seed, ...) are
     PresetSettings' and RecipeSettings' (agent/training/loop.py); the schedule's defaults are this recipe's."""
 
+    presets: ClassVar[tuple[str, ...]] = tuple(PRESETS)
     preset: str = "small"
     steps: int = 4000
     batch_size: int = 32

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from agent.training.trainer import resume_overrides, split_held_out
 from agent.training.vla_data import build_processor, collect_vla_samples, encode_vla_samples, load_cache, save_cache
 from policies.checkpoint import CheckpointError, load_state_dict_checked
 from policies.pi05.processor import NormStats, load_tokenizer
-from policies.vla.configuration import RESUMABLE_FIELDS, VlaConfig, make_config
+from policies.vla.configuration import PRESETS, RESUMABLE_FIELDS, VlaConfig, make_config
 from policies.vla.modeling import VlaModel, count_parameters
 from policies.vla.policy import VlaLowLevel, VlaPolicy, save_checkpoint
 from policies.vla.processor import VlaProcessor
@@ -42,6 +42,7 @@ class VlaTrainSettings(PresetSettings):
     """The low-level VLA's training. The fields every run has (data, out, device, dtype, resume, seed, ...) are
     PresetSettings' and RecipeSettings' (agent/training/loop.py); the schedule's defaults are this recipe's."""
 
+    presets: ClassVar[tuple[str, ...]] = tuple(PRESETS)
     preset: str = "small"
     steps: int = 30_000
     batch_size: int = 64
