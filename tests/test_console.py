@@ -20,7 +20,8 @@ from agent.console.halfblock import HalfBlockImage, downsample, halfblock_ansi, 
 from agent.console.script import ScriptError, parse_script, run_script
 from agent.console.view import CorrectionLine, StatusSnapshot, render_fragments, render_plain
 from agent.loop import ControlLoop
-from policies.types import Correction, CorrectionKind, Observation, Plan, PlanContext
+from line_world import InOrderPlanner
+from policies.types import Correction, CorrectionKind, Observation
 
 # ---------------------------------------------------------------------- a tiny stand-in world
 
@@ -74,18 +75,6 @@ class ColourLine:
         return target is not None and abs(info["x"] - target) < 0.05
 
 
-class InOrder:
-    def reset(self):
-        pass
-
-    def plan(self, obs: Observation, context: PlanContext) -> Plan:
-        negated = {c.subtask for c in context.negations}
-        for sub, done in zip(obs.privileged["subtasks"], obs.privileged["subtasks_done"]):
-            if not done and sub not in negated:
-                return Plan(thought=f"{sub.split()[-2]} is the next mark", subtask=sub, source="oracle")
-        return Plan(thought="all marks visited", subtask="pick up the red block", source="oracle")
-
-
 class GoToMark:
     def reset(self):
         pass
@@ -96,7 +85,7 @@ class GoToMark:
 
 
 def make_loop(recorder=None, **kw) -> ControlLoop:
-    loop = ControlLoop(ColourLine(**kw), InOrder(), GoToMark(), recorder=recorder)
+    loop = ControlLoop(ColourLine(**kw), InOrderPlanner(), GoToMark(), recorder=recorder)
     loop.reset(seed=0)
     return loop
 

@@ -16,8 +16,8 @@ import pytest
 from agent.inputs import Command, CommandName
 from agent.loop import ControlLoop
 from policies.types import Correction, CorrectionKind, PlanContext
+from line_world import GoTo, InOrderPlanner, LineWorld
 from memory_recorder import MemoryRecorder
-from test_loop import GoTo, InOrderPlanner, LineWorld
 
 
 class GatedPlanner(InOrderPlanner):
