@@ -7,13 +7,11 @@ import pyarrow.parquet as pq
 
 from agent.console.controller import CoachController
 from agent.envs import make_env
-from agent.envs.expert import ScriptedExpert
 from agent.envs.oracle import OraclePlanner
-from agent.loop import ControlLoop
+from oracle_session import recorded_loop
 from policies.base import SceneQuestionAnswerer
 from sessions.export import ExportOptions, export_sessions
 from sessions.reader import read_session
-from sessions.recorder import SessionRecorder, make_header
 
 
 class AnsweringOracle(OraclePlanner):
@@ -27,11 +25,7 @@ def test_a_question_is_answered_recorded_and_exported_and_never_changes_the_plan
     env = make_env(family="put_color_in_bowl", image_size=32)
     high = AnsweringOracle(seed=0)
     assert isinstance(high, SceneQuestionAnswerer)
-    obs, _ = env.reset(seed=0)
-    header = make_header(high_level="oracle", low_level="expert", cameras={k: v.shape[:2] for k, v in obs["images"].items()},
-                         state_names=[f"s{i}" for i in range(len(obs["state"]))], action_names=["dx", "dy", "dz", "dyaw", "grip"])
-    with SessionRecorder(tmp_path / "s", header) as rec:
-        loop = ControlLoop(env, high, ScriptedExpert(seed=0), recorder=rec)
+    with recorded_loop(tmp_path / "s", env, high, seed=0) as loop:
         loop.reset(seed=0)
         for _ in range(5):
             loop.step()
@@ -42,7 +36,6 @@ def test_a_question_is_answered_recorded_and_exported_and_never_changes_the_plan
         assert after == before  # no plan, no correction, no context change
         for _ in range(3):
             loop.step()
-        loop.close()
     episode = read_session(tmp_path / "s").episodes[0]
     [q] = episode.questions
     assert q.question == "what is on the table?" and q.answer == out.reply.split("A: ", 1)[1] and q.step == 5

@@ -13,11 +13,10 @@ from agent.coaching.classify import ClassifiedCorrection, ReferenceContext, clas
 from agent.coaching.facts import is_fact_statement, parse_fact
 from agent.coaching.understand import understand
 from agent.envs import make_env
-from agent.envs.expert import ScriptedExpert
 from agent.envs.oracle import OraclePlanner
 from agent.envs.scene_facts import scene_facts
-from agent.loop import ControlLoop
 from agent.runtime.state import expire_facts
+from oracle_session import recorded_loop
 from policies.planning import PlannerContext, build_planner_context, format_plan
 from policies.scene_line import (
     NAMED, Fact, Scene, SeenBlock, apply_facts, apply_facts_to_line, contradictions, format_scene, parse_scene,
@@ -26,7 +25,6 @@ from policies.scene_line import (
 from policies.types import Correction, CorrectionKind, Plan, PlanContext
 from sessions.export import ExportOptions, export_sessions
 from sessions.reader import read_session
-from sessions.recorder import SessionRecorder, make_header
 from sessions.schema import ContextData
 
 K = CorrectionKind
@@ -240,11 +238,7 @@ def fact_session(tmp_path_factory):
     out = tmp_path_factory.mktemp("fact_session")
     env = make_env(family="put_color_in_bowl", image_size=32)
     high = FactReadingOracle(seed=0)
-    obs, _ = env.reset(seed=0)
-    header = make_header(high_level="oracle", low_level="expert", cameras={k: v.shape[:2] for k, v in obs["images"].items()},
-                         state_names=[f"s{i}" for i in range(len(obs["state"]))], action_names=["dx", "dy", "dz", "dyaw", "grip"])
-    with SessionRecorder(out / "s", header) as rec:
-        loop = ControlLoop(env, high, ScriptedExpert(seed=0), recorder=rec)
+    with recorded_loop(out / "s", env, high, seed=0) as loop:
         loop.reset(seed=0)
         for _ in range(4):
             loop.step()
@@ -255,7 +249,6 @@ def fact_session(tmp_path_factory):
         seen, after = high.seen[-1], loop.snapshot()
         for _ in range(25):  # past a timer re-plan (every 20 steps): a plan made while the fact holds
             loop.step()
-        loop.close()
     return {"path": out / "s", "block": block, "before": before, "after": after, "seen": seen, "root": out}
 
 

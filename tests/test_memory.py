@@ -17,6 +17,7 @@ import dataclasses
 
 import numpy as np
 
+from oracle_session import recorded_loop
 from policies.pi05.configuration import make_config
 from policies.pi05.processor import NormStats, Pi05Processor, train_tokenizer
 from policies.planning import PlannerContext, build_planner_context
@@ -24,7 +25,6 @@ from policies.rules import Rule
 from policies.types import CorrectionKind
 from sessions.export import ExportOptions, export_sessions
 from sessions.reader import read_session
-from sessions.recorder import SessionRecorder, make_header
 
 RULE = "from now on leave the red block alone"
 
@@ -90,11 +90,7 @@ def test_a_rule_said_in_episode_0_is_in_episode_3s_context_and_the_export_and_fo
     env = make_env(family="sort_into_bowls", image_size=32)
     seeds = _red_seeds(env, 5)
     high = SeeingOracle(seed=0)
-    obs, _ = env.reset(seed=seeds[0])
-    header = make_header(high_level="oracle", low_level="expert", cameras={k: v.shape[:2] for k, v in obs["images"].items()},
-                         state_names=[f"s{i}" for i in range(len(obs["state"]))], action_names=["dx", "dy", "dz", "dyaw", "grip"])
-    with SessionRecorder(tmp_path / "s", header) as rec:
-        loop = ControlLoop(env, high, ScriptedExpert(seed=0), recorder=rec)
+    with recorded_loop(tmp_path / "s", env, high, seed=seeds[0]) as loop:
         console = CoachController(loop)
         loop.reset(seed=seeds[0], options={"family": "sort_into_bowls"})
         loop.submit(classify(RULE))
@@ -119,7 +115,6 @@ def test_a_rule_said_in_episode_0_is_in_episode_3s_context_and_the_export_and_fo
         loop.reset(seed=seeds[4], options={"family": "sort_into_bowls"})
         assert high.seen[-1][1].memory == ()  # episode 4 plans without it
         assert "no rules remembered" in console.handle("/rules").reply
-        loop.close()
     session = read_session(tmp_path / "s")
     events = [(e.type, e.episode) for ep in session.episodes for e in ep.rules]
     assert events == [("rule_remembered", 0), ("rule_forgotten", 3)]
