@@ -55,35 +55,30 @@ def test_every_kind_has_at_least_eight_phrasings():
     assert all(len(texts) >= 8 for texts in PHRASINGS.values())
 
 
-@pytest.mark.parametrize("text,subtask", [
-    ("pick up the blue block", "pick up the blue block"),
-    ("no, the blue one first", "pick up the blue block"),
-    ("put it in the green bowl instead", "place it in the green bowl"),
-    ("do the drawer now", "open the drawer"),
-    ("close the drawer", "close the drawer"),
-    ("stack it on the green block", "stack it on the green block"),
-    ("push the yellow block to the left", "push the yellow block to the left"),
-    ("push the red block forward", "push the red block to the front"),
-    ("grab the big red cube", "pick up the large red block"),
-    ("the small blue one", "pick up the small blue block"),
-    ("put it down", "put it down on the table"),
-    ("the blue one, not the red one", "pick up the blue block"),
-    ("put it in the drawer", "put it in the drawer"),
+@pytest.mark.parametrize("text,kind,subtask", [
+    # an override names the subtask to do instead
+    ("pick up the blue block", K.OVERRIDE, "pick up the blue block"),
+    ("no, the blue one first", K.OVERRIDE, "pick up the blue block"),
+    ("put it in the green bowl instead", K.OVERRIDE, "place it in the green bowl"),
+    ("do the drawer now", K.OVERRIDE, "open the drawer"),
+    ("close the drawer", K.OVERRIDE, "close the drawer"),
+    ("stack it on the green block", K.OVERRIDE, "stack it on the green block"),
+    ("push the yellow block to the left", K.OVERRIDE, "push the yellow block to the left"),
+    ("push the red block forward", K.OVERRIDE, "push the red block to the front"),
+    ("grab the big red cube", K.OVERRIDE, "pick up the large red block"),
+    ("the small blue one", K.OVERRIDE, "pick up the small blue block"),
+    ("put it down", K.OVERRIDE, "put it down on the table"),
+    ("the blue one, not the red one", K.OVERRIDE, "pick up the blue block"),
+    ("put it in the drawer", K.OVERRIDE, "put it in the drawer"),
+    # a negation names the subtask it forbids
+    ("don't touch the red block", K.NEGATION, "pick up the red block"),
+    ("not the blue bowl", K.NEGATION, "place it in the blue bowl"),
+    ("don't open the drawer", K.NEGATION, "open the drawer"),
+    ("not on the green block", K.NEGATION, "stack it on the green block"),
 ])
-def test_override_extracts_the_canonical_subtask(text, subtask):
+def test_overrides_and_negations_extract_the_canonical_subtask(text, kind, subtask):
     result = classify(text)
-    assert result.kind is K.OVERRIDE and result.subtask == subtask
-
-
-@pytest.mark.parametrize("text,subtask", [
-    ("don't touch the red block", "pick up the red block"),
-    ("not the blue bowl", "place it in the blue bowl"),
-    ("don't open the drawer", "open the drawer"),
-    ("not on the green block", "stack it on the green block"),
-])
-def test_negation_extracts_the_forbidden_subtask(text, subtask):
-    result = classify(text)
-    assert result.kind is K.NEGATION and result.subtask == subtask
+    assert result.kind is kind and result.subtask == subtask
 
 
 def test_context_resolves_the_one_and_that_one():
