@@ -35,18 +35,7 @@ from typing import Any
 import numpy as np
 
 from sessions.frames import encode_frame, frame_path
-from sessions.schema import (
-    CorrectionRecord,
-    CorrectionWithdrawn,
-    EpisodeEnd,
-    EpisodeStart,
-    PlanEmitted,
-    QuestionAnswered,
-    RuleForgotten,
-    RuleRemembered,
-    SessionHeader,
-    Step,
-)
+from sessions.schema import EPISODE_EVENTS, EpisodeEvent, EpisodeStart, SessionHeader, Step
 
 HEADER_FILE = "session.json"
 EVENTS_FILE = "events.jsonl"
@@ -225,16 +214,14 @@ class SessionRecorder:
             copies[name] = img.copy()  # the caller may reuse its buffers
         self._put(("step", step, copies))
 
-    def record(self, event: PlanEmitted | CorrectionRecord | CorrectionWithdrawn | QuestionAnswered | RuleRemembered
-               | RuleForgotten | EpisodeEnd | EpisodeStart) -> None:
+    def record(self, event: EpisodeEvent | EpisodeStart) -> None:
         """Queue a plan, correction, withdrawal, question, rule kept or forgotten, or episode end (an
         EpisodeStart also works)."""
         if isinstance(event, EpisodeStart):
             return self.start_episode(event)
         if isinstance(event, Step):
             raise TypeError("steps carry images: use record_step(step, images)")
-        if not isinstance(event, (PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, RuleRemembered,
-                                  RuleForgotten, EpisodeEnd)):
+        if not isinstance(event, EPISODE_EVENTS):
             raise TypeError(f"cannot record a {type(event).__name__}")
         self._put(("event", event))
 

@@ -198,8 +198,10 @@ class EpisodeEnd(_Record):
     wall_time: float
 
 
-Event = Annotated[
-    Union[EpisodeStart, Step, PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, RuleRemembered,
-          RuleForgotten, EpisodeEnd],
-    Field(discriminator="type"),
-]
+# What an episode records besides its start and its steps (SessionRecorder.record takes these).
+EPISODE_EVENTS = (PlanEmitted, CorrectionRecord, CorrectionWithdrawn, QuestionAnswered, RuleRemembered, RuleForgotten,
+                  EpisodeEnd)
+EpisodeEvent = Union[EPISODE_EVENTS]
+
+# Any line of events.jsonl.
+Event = Annotated[Union[(EpisodeStart, Step, *EPISODE_EVENTS)], Field(discriminator="type")]
