@@ -9,7 +9,10 @@ Rules, in order:
     correction mentions positively ("the blue one first") moved to the front and groups whose block
     a negation or constraint names ("not the red block", "leave the green block alone") moved to the
     back - skipped while any alternative exists. Rules remembered for the session (context.memory)
-    count as constraints of every episode.
+    count as constraints of every episode. Whatever a negation or rule in force rules out
+    (policies/obey.py: a rule's subtasks, a negated subtask) also goes to the back: first a group
+    whose next step is ruled out, then one with a ruled-out step later on (a place in a bowl said
+    to be avoided), so the plan obeys by obey.py's definition whenever the task allows it.
  3. A block that slipped out of the gripper after its pick is picked again.
  4. With everything done, the plan names no subtask (`TASK_DONE`): the robot holds still.
 The thought says what the oracle sees first, in the scene line's one fixed grammar
@@ -28,6 +31,7 @@ from agent.envs.tasks import Group, TaskInstance, left_to_right
 from agent.envs.scene_facts import scene_facts
 from agent.envs.world import WorldState
 from policies.grammar import Subtask, normalize, parse_subtask, put_down
+from policies.obey import Forbid, forbidden, forbids_in_force
 from policies.scene_line import format_scene, scene_from_facts
 from policies.types import TASK_DONE, CorrectionKind, Observation, Plan, PlanContext
 
@@ -55,14 +59,15 @@ class OraclePlanner:
         task: TaskInstance = world.task
         flags = task.group_flags(world)
         avoid, prefer = self._correction_mentions(world, context)
+        forbids = forbids_in_force(context.corrections, context.memory)
         if world.held is not None:
-            return self._plan_holding(world, task, flags, avoid)
+            return self._plan_holding(world, task, flags, avoid, forbids)
         if all(all(f) for f in flags):
             # Nothing is left: say so and name no subtask, so the loop holds still instead of
             # re-running (and re-recording) the last subtask at every step.
             return Plan(thought=self._grounded(world, self._say("done", total=len(task.subtasks))), subtask=TASK_DONE,
                         source="oracle")
-        group_index = self._choose_group(world, task, flags, avoid, prefer)
+        group_index = self._choose_group(world, task, flags, avoid, prefer, forbids)
         group = task.groups[group_index]
         sub = group.subtasks[flags[group_index].index(False)]
         prefix = ""
@@ -72,7 +77,8 @@ class OraclePlanner:
         return self._plan(world, prefix + self._thought(world, task, flags, group, sub), sub)
 
     # --- choosing -------------------------------------------------------------------------------
-    def _choose_group(self, world: WorldState, task: TaskInstance, flags, avoid: set[str], prefer: set[str]) -> int:
+    def _choose_group(self, world: WorldState, task: TaskInstance, flags, avoid: set[str], prefer: set[str],
+                      forbids: list[Forbid]) -> int:
         ready = [
             i for i, g in enumerate(task.groups)
             if not all(flags[i]) and all(all(flags[d]) for d in g.deps)
@@ -81,11 +87,14 @@ class OraclePlanner:
             return next(i for i, f in enumerate(flags) if not all(f))
         # Among groups equally right, the leftmost block in the front camera goes first: a rule the
         # images show, so a learned planner can be right rather than guess the reference order.
-        ready.sort(key=lambda i: (task.groups[i].obj in avoid, task.groups[i].obj not in prefer,
+        # What the corrections rule out goes last: a ruled-out next step, then a ruled-out later one.
+        ready.sort(key=lambda i: (task.groups[i].obj in avoid or _ruled_out(task, flags, i, forbids)[0],
+                                  _ruled_out(task, flags, i, forbids)[1], task.groups[i].obj not in prefer,
                                   left_to_right(world, task.groups[i].obj), i))
         return ready[0]
 
-    def _plan_holding(self, world: WorldState, task: TaskInstance, flags, avoid: set[str]) -> Plan:
+    def _plan_holding(self, world: WorldState, task: TaskInstance, flags, avoid: set[str],
+                      forbids: list[Forbid]) -> Plan:
         held = world.held
         # the latest ready group moving this block (a swap moves the same block twice)
         for i in reversed(range(len(task.groups))):
@@ -100,6 +109,10 @@ class OraclePlanner:
                 and all(all(flags[d]) for d in h.deps)
             ]
             if held in avoid and alternatives:
+                return self._plan(world, self._say("put_down", held=held), put_down())
+            # its place is ruled out ("not the red bowl") and something else is wholly allowed: do that first
+            if forbidden(g.subtasks[1].text, forbids) and any(not _ruled_out(task, flags, j, forbids)[1]
+                                                              for j in alternatives):
                 return self._plan(world, self._say("put_down", held=held), put_down())
             self._carrying = held
             return self._plan(world, self._thought(world, task, flags, g, g.subtasks[1]), g.subtasks[1])
@@ -176,6 +189,13 @@ class OraclePlanner:
             return self._say("regrasp" if dropped else "pick", **fields)
         situation = {"place": "place", "stack": "stack", "drawer_put": "drawer_put"}.get(sub.kind, "place")
         return self._say(situation, **fields)
+
+
+def _ruled_out(task: TaskInstance, flags, i: int, forbids: list[Forbid]) -> tuple[bool, bool]:
+    """(the group's next step is ruled out, any of its steps left is) by the corrections in force."""
+    left = [sub.text for sub, ok in zip(task.groups[i].subtasks, flags[i]) if not ok]
+    ruled = [forbidden(s, forbids) for s in left]
+    return bool(ruled) and ruled[0], any(ruled)
 
 
 def _cap(text: str) -> str:
