@@ -9,6 +9,11 @@
      most likely path; a sampled chunk scores lower by construction.
 
   3. Scene questions (planner frames only): exact-match accuracy of the answer, by question type.
+  4. Context following (planner frames, --data): on frames whose context has a negation or a rule in
+     force (coached frames, `hivla datagen --mode planner --coach scripted`), the share of plans that
+     obey it (policies/obey.py's definition), the model's (decoded as at run time) beside the
+     oracle's label (a sanity check: ~100%), overall, where the rules make a choice ("binding"),
+     and by where the rule came from (negation, constraint, memory). Up to --frames such frames.
 
     python benchmarks/offline_eval.py --checkpoint runs/ckpt_small4 [--frames 600] [--threads 2]
     python benchmarks/offline_eval.py --checkpoint runs/planner --data runs/planner_frames_heldout
@@ -36,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from policies.grammar import parse_subtask  # noqa: E402
 from agent.training.dataset import collect_planner_frames, encode_samples, load_cache, split_episodes  # noqa: E402
 from agent.training.trainer import decode_held_out, get_batch, parse_subtask_or_empty  # noqa: E402
+from agent.training.planner_frames import read_rows  # noqa: E402
+from policies.obey import Forbid, binding, obeys  # noqa: E402
 from policies.pi05.policy import load_checkpoint  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "offline_eval.json"
@@ -62,6 +69,41 @@ def subtask_kind(subtask: str) -> str:
         return parse_subtask(subtask).kind
     except ValueError:
         return "(unparsed)"
+
+
+def context_following(plans: list[tuple[dict, str]]) -> dict:
+    """(row, subtask decoded from its frame) pairs -> for the frames whose context rules something
+    out, the share of the model's plans and of the oracle's labels that obey it, by group."""
+    tally: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # frames, model obeys, oracle obeys
+    for row, decoded in plans:
+        forbids = [Forbid.from_dict(f) for f in row.get("forbids") or ()]
+        if not forbids:
+            continue
+        allowed = row.get("allowed") or []
+        groups = ["in force"] + (["binding"] if binding(forbids, allowed) else [])
+        groups += [f"from: {source}" for source in sorted({f.source for f in forbids})]
+        for group in groups:
+            t = tally[group]
+            t[0] += 1
+            t[1] += obeys(decoded, forbids, allowed)
+            t[2] += obeys(row["subtask"], forbids, allowed)
+    return {g: {"frames": n, "model_obeys": m / n, "oracle_obeys": o / n} for g, (n, m, o) in sorted(tally.items())}
+
+
+def ruled_frames(raw, rows: list[dict], order: torch.Tensor, limit: int) -> torch.Tensor:
+    """Up to `limit` plan samples (in `order`) whose frame's context rules something out."""
+    keep = [i for i in order.tolist() if raw.answers[i] is None and rows[raw.frame_of[i]].get("forbids")]
+    return torch.tensor(keep[:limit], dtype=torch.long)
+
+
+def print_following(following: dict) -> None:
+    if not following:
+        print("context following: no frame has a negation or rule in force (record coached frames: "
+              "hivla datagen --mode planner --coach scripted)")
+        return
+    print(f"{'context following (negation / rule in force)':<44} {'n':>5} {'model':>10} {'oracle':>10}")
+    for k, v in following.items():
+        print(f"{k:<44} {v['frames']:>5} {100 * v['model_obeys']:>9.1f}% {100 * v['oracle_obeys']:>9.1f}%")
 
 
 def main(argv=None) -> int:
@@ -128,6 +170,20 @@ def main(argv=None) -> int:
         spread = ((true - true[mask].mean(0)) ** 2)[mask].mean(0)
         r2 = (1 - err / spread).tolist()
 
+    following = None
+    if args.data is not None:  # context following: the ruled frames, decoded as above
+        frame_rows = read_rows([args.data])
+        ruled = ruled_frames(raw, frame_rows, held, args.frames)
+        plans = []
+        for chunk in ruled.split(args.batch_size) if len(ruled) else ():
+            b = get_batch(tensors, chunk, torch.device("cpu"))
+            with torch.no_grad(), autocast:
+                out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"],
+                                     b["context_mask"])
+            plans += [(frame_rows[raw.frame_of[i]], parse_subtask_or_empty(processor.decode(row)))
+                      for i, row in zip(chunk.tolist(), out.tolist())]
+        following = context_following(plans)
+
     answered: dict[str, list[bool]] = defaultdict(list)
     if len(questions):
         decoded = decode_held_out(model, processor, tensors, questions, args.dtype,
@@ -142,7 +198,7 @@ def main(argv=None) -> int:
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data) if args.data else "held-out split of the cache",
               "frames": len(pick), "context_last": model.cfg.context_last,
               "subtask_accuracy": rows, "scene_question_accuracy": qa_rows or None,
-              "action_r2": dict(zip(ACTION_NAMES, r2)) if r2 else None,
+              "action_r2": dict(zip(ACTION_NAMES, r2)) if r2 else None, "context_following": following,
               "seconds": time.perf_counter() - started}
     print(f"{'held-out frames':<28} {'n':>5} {'subtask acc':>11}")
     for k, v in rows.items():
@@ -155,6 +211,8 @@ def main(argv=None) -> int:
         print("action R² (zero-noise chunk vs expert): " + "  ".join(f"{n} {x:.3f}" for n, x in zip(ACTION_NAMES, r2)))
     else:
         print("action R²: none (a planner-only checkpoint, or planner frames, which carry no actions)")
+    if following is not None:
+        print_following(following)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
@@ -185,6 +243,20 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     is_plan = tensors["subtask_class"][order] >= 0
     plans, questions = order[is_plan][: args.frames], order[~is_plan][: args.frames]
     hits: dict[str, list[bool]] = defaultdict(list)
+
+    def run_time_plans(chunk: torch.Tensor) -> list[str]:
+        """The plans the planner writes at run time on these samples (its own line; the blind baseline none)."""
+        b = get_batch(tensors, chunk, torch.device("cpu"))
+        with torch.no_grad(), autocast:
+            if cfg.blind:
+                out = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"],
+                                     b["context_mask"])
+                return [processor.decode(row) for row in out.tolist()]
+            texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
+                                       b["context_ids"], b["context_mask"], [raw.tasks[i] for i in chunk.tolist()])
+        return texts
+
+    decoded: dict[int, str] = {}  # sample -> its run-time plan's text
     for chunk in plans.split(args.batch_size):
         b = get_batch(tensors, chunk, torch.device("cpu"))
         tasks = [raw.tasks[i] for i in chunk.tolist()]
@@ -200,6 +272,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
                 given, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
                                            b["context_ids"], b["context_mask"], tasks, lines=true_lines)
         for i, text, true_text, line, true_line in zip(chunk.tolist(), texts, given, lines, true_lines):
+            decoded[i] = text
             truth = raw.plan_subtasks[i]
             ok = parse_subtask_or_empty(text) == truth
             due = raw.last_subtasks[i] != truth  # the context's subtask is the answer unless a decision is due
@@ -210,8 +283,15 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
             for group in groups:
                 hits[group].append(ok)
                 hits[f"{group} (true line given)"].append(parse_subtask_or_empty(true_text) == truth)
+    frame_rows = read_rows([args.data])
+    ruled = ruled_frames(raw, frame_rows, order, args.frames)
+    missing = torch.tensor([i for i in ruled.tolist() if i not in decoded], dtype=torch.long)
+    for chunk in missing.split(args.batch_size) if len(missing) else ():
+        decoded.update(zip(chunk.tolist(), run_time_plans(chunk)))
+    following = context_following([(frame_rows[raw.frame_of[i]], parse_subtask_or_empty(decoded[i]))
+                                   for i in ruled.tolist()])
     answered: dict[str, list[bool]] = defaultdict(list)
-    for chunk in ([] if cfg.blind else questions.split(args.batch_size)):
+    for chunk in ([] if cfg.blind or not len(questions) else questions.split(args.batch_size)):
         b = get_batch(tensors, chunk, torch.device("cpu"))
         with torch.no_grad(), autocast:
             texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
@@ -224,7 +304,8 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     rows = {k: {"frames": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(hits.items())}
     qa_rows = {k: {"questions": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(answered.items())}
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "reading": reading,
-              "decisions": rows, "scene_question_accuracy": qa_rows, "seconds": time.perf_counter() - started}
+              "decisions": rows, "scene_question_accuracy": qa_rows, "context_following": following,
+              "seconds": time.perf_counter() - started}
     if reading is not None:
         print(f"reading, {reading['frames']} frames: objects placed right {100 * reading['objects_right']:.1f}%, "
               f"scene lines wholly right {100 * reading['scene_lines_right']:.1f}%, "
@@ -239,6 +320,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     print(f"{'scene questions':<44} {'n':>5} {'answer acc':>10}")
     for k, v in qa_rows.items():
         print(f"{k:<44} {v['questions']:>5} {100 * v['accuracy']:>9.1f}%")
+    print_following(following)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")

@@ -2,12 +2,17 @@
 
     hivla datagen --suite base --episodes 200 --out runs/datagen --noise 0.1 --workers 2 --image-size 64
     hivla datagen --mode planner --episodes 10000 --out runs/planner_frames --noise 0.1 --image-size 64
+    hivla datagen --mode planner --coach scripted --episodes 2000 --out runs/planner_frames_coached \
+                  --noise 0.1 --image-size 64
     hivla datagen --mode dagger --beta 0.5 --low-level default --episodes 600 --out runs/vla_dagger/r1 \
                   --image-size 64 --workers 2
 
 `--mode sessions` (the default) records every step as a session (the low level's data). `--mode
 planner` steps the physics unrendered and renders both cameras only at the frames the planner learns
-from (every plan the loop asks for), into resumable shards (agent.training.planner_frames). `--mode
+from (every plan the loop asks for), into resumable shards (agent.training.planner_frames); with
+`--coach scripted` the scripted coach corrects the oracle for a person's unspoken preferences, in
+sessions of `--session-episodes` episodes, so the frames' contexts hold corrections and remembered
+rules and their labels obey them (same shard format). `--mode
 dagger` lets the learned low level act (the expert's chunk instead with probability --beta) and
 records every step with the scripted expert's chunk from that state as its label, in resumable
 session shards that `hivla train --model vla --data` reads (agent.training.dagger).
@@ -38,6 +43,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "learned spec (vla:PATH; empty 'vla:' is not a path: use the shipped default with "
                              "'default'), so the oracle labels the states the learned system reaches; --mode dagger: "
                              "the VLA that acts, 'default' (the shipped one, the default) or vla:PATH")
+    parser.add_argument("--coach", choices=("none", "scripted"), default="none",
+                        help="--mode planner: 'scripted': the scripted coach corrects the oracle (overrides, "
+                             "negations, rules, session memory) for preferences it was never told, so the frames' "
+                             "contexts hold what was said and their labels obey it (agent/coaching/preferences.py)")
+    parser.add_argument("--session-episodes", type=int, default=None,
+                        help="--coach scripted: episodes a coached session (one person, one session memory); "
+                             "default 5")
     parser.add_argument("--beta", type=float, default=None,
                         help="--mode dagger (required): the probability that a chunk is the expert's instead of the "
                              "learned policy's; decays over rounds (e.g. 0.5, 0.25, 0)")
@@ -140,6 +152,12 @@ def mode_problem(args: argparse.Namespace) -> str | None:
                "for --mode planner and --mode dagger"
     if args.shard_episodes is not None and args.shard_episodes < 1:
         return "--shard-episodes must be at least 1"
+    if args.coach != "none" and args.mode != "planner":
+        return "--coach is for --mode planner (coached planner frames)"
+    if args.session_episodes is not None and args.coach == "none":
+        return "--session-episodes is for --coach scripted"
+    if args.session_episodes is not None and args.session_episodes < 1:
+        return "--session-episodes must be at least 1"
     if args.mode == "dagger":
         if args.beta is None or not 0.0 <= args.beta <= 1.0:
             return ("--mode dagger needs --beta in [0, 1]: the share of chunks the expert executes this round "
@@ -216,25 +234,44 @@ def record_planner_frames(args: argparse.Namespace) -> int:
     from agent.training import planner_frames as pf
 
     out = Path(args.out)
-    pf.write_manifest(out, args.image_size, len(STATE_NAMES), args.render_size)
+    coach = None if args.coach == "none" else args.coach
+    session_episodes = (args.session_episodes or 5) if coach else None
+    try:
+        pf.write_manifest(out, args.image_size, len(STATE_NAMES), args.render_size, coach, session_episodes)
+    except ValueError as err:  # frames of other settings already there: one line, not a traceback
+        raise SystemExit(str(err)) from err
     done = {p.name for p in pf.shards(out)}
     blocks = _blocks(args, 50)
     todo = [b for b in blocks if pf.shard_name(b[0]) not in done]
     print(f"planner frames: {len(blocks) - len(todo)} of {len(blocks)} shards already in {out}; "
           f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
     low_level = "expert" if args.low_level is None else None if args.low_level == "default" else args.low_level
-    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size, low_level)
+    common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size, low_level,
+              coach, session_episodes or 5)
     started = time.perf_counter()
-    totals = {"episodes": 0, "successes": 0, "frames": 0}
-    with progress_bar("planner frames", len(todo)) as advance, ProcessPoolExecutor(args.workers) as pool:
-        futures = [pool.submit(pf.record_shard, str(out), block, *common) for block in todo]
-        for future in futures:
-            r = future.result()
-            for k in totals:
-                totals[k] += r[k]
-            advance(f"{totals['episodes']} episodes, {totals['frames']} frames")
+    totals = {"episodes": 0, "successes": 0, "frames": 0, "interventions": 0}
+    said: dict[str, int] = {}
+
+    def add(r: dict, advance) -> None:
+        for k in totals:
+            totals[k] += r[k]
+        for kind, n in r["said"].items():
+            said[kind] = said.get(kind, 0) + n
+        advance(f"{totals['episodes']} episodes, {totals['frames']} frames")
+
+    with progress_bar("planner frames", len(todo)) as advance:
+        if args.workers == 1:  # in this process, as --mode dagger: no pool to fork from a process using torch
+            for block in todo:
+                add(pf.record_shard(str(out), block, *common), advance)
+        else:
+            with ProcessPoolExecutor(args.workers) as pool:
+                for future in [pool.submit(pf.record_shard, str(out), block, *common) for block in todo]:
+                    add(future.result(), advance)
     wall = time.perf_counter() - started
     rate = totals["episodes"] / max(wall, 1e-9) * 60
     print(f"recorded {totals['episodes']} episodes ({totals['successes']} successful), {totals['frames']} frames "
           f"in {wall:.0f}s ({rate:.0f} episodes/min) to {out}", flush=True)
+    if coach:
+        print(f"the coach intervened {totals['interventions']} times: "
+              + (", ".join(f"{n} {kind}" for kind, n in sorted(said.items())) or "nothing said"), flush=True)
     return 0
