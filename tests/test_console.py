@@ -303,3 +303,12 @@ def test_headless_script_records_a_session(tmp_path):
     (correction,) = episode.corrections
     assert correction.kind is CorrectionKind.OVERRIDE and correction.resulting_plan.subtask == "pick up the green block"
     assert correction.withdrawn
+
+
+def test_while_a_persons_plan_is_in_force_the_robots_last_reading_stays_in_view():
+    line = "I see: red block on the table at the left; bowls: blue."
+    model = render_plain(_snapshot(thought=f"{line} So: pick up the red block", source="model"), width=140)
+    assert "sees red block on the table at the left; bowls: blue." in model and "(last read)" not in model
+    human = render_plain(_snapshot(thought="The person said so.", source="human", last_seen=line), width=140)
+    assert "sees red block on the table at the left; bowls: blue.  (last read)" in human
+    assert "sees" not in render_plain(_snapshot(thought="The person said so.", source="human"), width=140)

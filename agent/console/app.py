@@ -30,6 +30,7 @@ from prompt_toolkit.widgets import TextArea
 
 from agent.console.controller import FORCING_COMMANDS, SLASH_COMMANDS, WRITTEN_PREFIXES, CoachController
 from agent.console.view import CorrectionLine, StatusSnapshot, render_fragments
+from policies.scene_line import split_scene
 
 if TYPE_CHECKING:
     from agent.runtime.loop import ControlLoop
@@ -111,6 +112,7 @@ class StatusTracker:
         self._episode_wall_start = time.monotonic()
         self._announced_end: int | None = None
         self._error_reported = False
+        self._last_seen = ""  # the episode's last scene line: kept while a person's plan (no line) is in force
 
     def frame_drawn(self) -> None:
         self.frames += 1
@@ -122,6 +124,7 @@ class StatusTracker:
             return StatusSnapshot(task="starting...", messages=list(self.controller.messages), **self.meta)
         if snap.episode != self._episode:
             self._episode, self._episode_wall_start = snap.episode, now
+            self._last_seen = ""
             self.loop_rate, self.sim_rate = RateMeter(), RateMeter()  # steps restart at 0 in a new episode
         self.loop_rate.add(snap.step, now)
         self.sim_rate.add(snap.sim_time, now)
@@ -138,6 +141,8 @@ class StatusTracker:
             self.controller.say(f"control loop stopped: {type(runner_error).__name__}: {runner_error}")
             self.controller.say("the session so far is kept: /quit saves it")
         plan = snap.plan
+        seen, _ = split_scene(plan.thought) if plan else (None, "")
+        self._last_seen = seen or self._last_seen
         waiting = None
         if pace is not None and pace.held:
             waiting = "press Enter or /go to start"
@@ -154,6 +159,7 @@ class StatusTracker:
         return StatusSnapshot(
             task=snap.task,
             thought=plan.thought if plan else "",
+            last_seen=self._last_seen,
             subtask=plan.subtask if plan else None,
             source=plan.source if plan else None,
             episode=snap.episode,

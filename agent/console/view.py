@@ -52,6 +52,7 @@ class StatusSnapshot:
 
     task: str = ""
     thought: str = ""
+    last_seen: str = ""  # the episode's last scene line, shown while the plan in force has none (a person's)
     subtask: str | None = None
     source: str | None = None  # model | human | oracle
     episode: int = 0
@@ -184,6 +185,8 @@ def _details(snap: StatusSnapshot) -> Table:
     seen, reason = split_scene(snap.thought)
     if seen:  # what the robot believes, under the task, so a person can see a misreading before it acts on it
         grid.add_row("sees", Text(seen.removeprefix(SCENE_OPEN), style="cyan"))
+    elif snap.last_seen:  # a person's plan has no line: what the robot last believed stays in view, marked so
+        grid.add_row("sees", Text(snap.last_seen.removeprefix(SCENE_OPEN), style="dim cyan").append("  (last read)", style="dim"))
     grid.add_row("thought", Text(reason or "-", style="italic"))
     subtask = Text(snap.subtask or "-", style="bold")
     if snap.source:
@@ -269,7 +272,7 @@ def _details_lines(snap: StatusSnapshot, width: int) -> list[list[tuple[str, str
     from prompt_toolkit.formatted_text import ANSI, split_lines, to_formatted_text
 
     key = (
-        width, snap.task, snap.thought, snap.subtask, snap.source, tuple(snap.subtasks), tuple(snap.subtasks_done),
+        width, snap.task, snap.thought, snap.last_seen, snap.subtask, snap.source, tuple(snap.subtasks), tuple(snap.subtasks_done),
         tuple((c.kind, c.text, c.step, c.withdrawn) for c in snap.corrections), snap.high_level, snap.low_level,
         snap.session_dir, getattr(snap.plan_change, "at", None), tuple(snap.memory),
     )
