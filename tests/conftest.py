@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 
-import numpy as np
 import pytest
 
 
@@ -16,26 +15,12 @@ def session(clean_session, tmp_path):
 
 @pytest.fixture(scope="session")
 def random_vla_checkpoint(tmp_path_factory):
-    """An untrained tiny VLA checkpoint (random weights, seed 0, made in well under a second): enough
-    wherever the test is about plumbing (serving, specs), not about what the policy learned."""
-    import torch
+    """An untrained tiny VLA checkpoint: enough wherever the test is about plumbing (serving, specs),
+    not about what the policy learned."""
+    from random_vla import make_random_vla
 
-    from policies.pi05.processor import NormStats
-    from policies.vla.configuration import make_config
-    from policies.vla.modeling import VlaModel
-    from policies.vla.policy import save_checkpoint
-    from policies.vla.processor import VlaProcessor, train_subtask_tokenizer
-
-    tok = train_subtask_tokenizer(["pick up the red block", "open the drawer", "place it in the blue bowl"],
-                                  vocab_size=600)
-    cfg = make_config("tiny", vocab_size=tok.get_vocab_size())
-    rng = np.random.default_rng(0)
-    stats = NormStats.from_data(rng.normal(size=(64, cfg.state_dim)).astype(np.float32),
-                                rng.normal(scale=0.01, size=(64, cfg.action_dim)).astype(np.float32))
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("random_vla")
-    save_checkpoint(out, VlaModel(cfg).eval(), VlaProcessor(cfg, tok, stats))
-    return out
+    return make_random_vla(tmp_path_factory.mktemp("random_vla"),
+                           ["pick up the red block", "open the drawer", "place it in the blue bowl"])
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from agent.training import dagger  # noqa: E402
 from agent.training.vla_data import collect_vla_samples  # noqa: E402
 from agent.training.vla_trainer import VlaTrainSettings, train_vla  # noqa: E402
 from memory_recorder import MemoryRecorder  # noqa: E402
+from random_vla import make_random_vla  # noqa: E402
 from policies.vla.configuration import VlaConfig  # noqa: E402
 from sessions.reader import read_session  # noqa: E402
 
@@ -36,22 +37,9 @@ CHUNK, EXECUTE, IMAGE, RENDER = 10, 7, 32, 64
 @pytest.fixture(scope="module")
 def vla(tmp_path_factory):
     """An untrained tiny VLA that predicts 10 actions and hands the loop 7 (the shipped rhythm)."""
-    from policies.pi05.processor import NormStats
-    from policies.vla.configuration import make_config
-    from policies.vla.modeling import VlaModel
-    from policies.vla.policy import save_checkpoint
-    from policies.vla.processor import VlaProcessor, train_subtask_tokenizer
-
-    tok = train_subtask_tokenizer(["pick up the red block", "place it in the blue bowl", "push the red block to the left"],
-                                  vocab_size=600)
-    cfg = make_config("tiny", vocab_size=tok.get_vocab_size(), chunk_size=CHUNK, n_action_steps=EXECUTE)
-    rng = np.random.default_rng(0)
-    stats = NormStats.from_data(rng.normal(size=(64, cfg.state_dim)).astype(np.float32),
-                                rng.normal(scale=0.01, size=(64, cfg.action_dim)).astype(np.float32))
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("dagger_vla")
-    save_checkpoint(out, VlaModel(cfg).eval(), VlaProcessor(cfg, tok, stats))
-    return out
+    return make_random_vla(tmp_path_factory.mktemp("dagger_vla"),
+                           ["pick up the red block", "place it in the blue bowl", "push the red block to the left"],
+                           chunk_size=CHUNK, n_action_steps=EXECUTE)
 
 
 class _Seen:

@@ -177,12 +177,27 @@ def _blocks(args: argparse.Namespace, default_size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, end))) for start in range(args.seed, end, size)]
 
 
-def record_dagger(args: argparse.Namespace) -> int:
-    """--mode dagger: shards of --shard-episodes episodes (agent.training.dagger), written by --workers
-    processes; the shards already in --out are skipped, so a killed round resumes where it stopped."""
+def record_blocks(label: str, record_shard, out, todo: list[list[int]], common: tuple, workers: int, add) -> None:
+    """Record each block of episode seeds as one shard with `record_shard(out, block, *common)`, under a
+    progress bar, handing each shard's counts to `add(counts, advance)`. One worker records in this
+    process: no pool to fork from a process already using torch, and a test sees its errors directly."""
     from concurrent.futures import ProcessPoolExecutor
 
     from agent.commands.output import progress_bar
+
+    with progress_bar(label, len(todo)) as advance:
+        if workers == 1:
+            for block in todo:
+                add(record_shard(str(out), block, *common), advance)
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for future in [pool.submit(record_shard, str(out), block, *common) for block in todo]:
+                    add(future.result(), advance)
+
+
+def record_dagger(args: argparse.Namespace) -> int:
+    """--mode dagger: shards of --shard-episodes episodes (agent.training.dagger), written by --workers
+    processes; the shards already in --out are skipped, so a killed round resumes where it stopped."""
     from agent.training import dagger
 
     out = Path(args.out)
@@ -206,14 +221,7 @@ def record_dagger(args: argparse.Namespace) -> int:
             totals[k] += r[k]
         advance(f"{totals['episodes']} episodes, {totals['labelled_steps']} labelled steps")
 
-    with progress_bar("dagger", len(todo)) as advance:
-        if args.workers == 1:  # in this process: no pool to start, and a test sees its errors directly
-            for block in todo:
-                add(dagger.record_shard(str(out), block, *common), advance)
-        else:
-            with ProcessPoolExecutor(args.workers) as pool:
-                for future in [pool.submit(dagger.record_shard, str(out), block, *common) for block in todo]:
-                    add(future.result(), advance)
+    record_blocks("dagger", dagger.record_shard, out, todo, common, args.workers, add)
     wall = time.perf_counter() - started
     chunks = totals["expert_chunks"] + totals["policy_chunks"]
     whole = dagger.round_summary(out)
@@ -227,9 +235,6 @@ def record_dagger(args: argparse.Namespace) -> int:
 def record_planner_frames(args: argparse.Namespace) -> int:
     """--mode planner: shards of `--shard-episodes` episodes, written by `--workers` processes; shards
     already on disk are skipped, so a killed run resumes where it stopped."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    from agent.commands.output import progress_bar
     from agent.envs.tabletop import STATE_NAMES
     from agent.training import planner_frames as pf
 
@@ -259,14 +264,7 @@ def record_planner_frames(args: argparse.Namespace) -> int:
             said[kind] = said.get(kind, 0) + n
         advance(f"{totals['episodes']} episodes, {totals['frames']} frames")
 
-    with progress_bar("planner frames", len(todo)) as advance:
-        if args.workers == 1:  # in this process, as --mode dagger: no pool to fork from a process using torch
-            for block in todo:
-                add(pf.record_shard(str(out), block, *common), advance)
-        else:
-            with ProcessPoolExecutor(args.workers) as pool:
-                for future in [pool.submit(pf.record_shard, str(out), block, *common) for block in todo]:
-                    add(future.result(), advance)
+    record_blocks("planner frames", pf.record_shard, out, todo, common, args.workers, add)
     wall = time.perf_counter() - started
     rate = totals["episodes"] / max(wall, 1e-9) * 60
     print(f"recorded {totals['episodes']} episodes ({totals['successes']} successful), {totals['frames']} frames "
