@@ -243,6 +243,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     is_plan = tensors["subtask_class"][order] >= 0
     plans, questions = order[is_plan][: args.frames], order[~is_plan][: args.frames]
     hits: dict[str, list[bool]] = defaultdict(list)
+    frame_rows = read_rows([args.data])
 
     def run_time_plans(chunk: torch.Tensor) -> list[str]:
         """The plans the planner writes at run time on these samples (its own line; the blind baseline none)."""
@@ -275,15 +276,18 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
             decoded[i] = text
             truth = raw.plan_subtasks[i]
             ok = parse_subtask_or_empty(text) == truth
-            due = raw.last_subtasks[i] != truth  # the context's subtask is the answer unless a decision is due
+            ctx = frame_rows[raw.frame_of[i]]["context"]
+            done_last = ctx["done"][-1] if ctx["done"] else None
+            due = done_last != truth  # the subtask completed last is the answer unless a decision is due
             groups = ["all", "decision due" if due else "continuing",
                       "line right" if line == true_line else "line wrong"]
+            if ctx["in_force"] and ctx["in_force"] != done_last:  # the re-plan timer, mid-subtask
+                groups.append("timer re-plan, " + ("keep the subtask" if truth == ctx["in_force"] else "change it"))
             if due:
                 groups.append(f"decision due, kind: {subtask_kind(truth)}")
             for group in groups:
                 hits[group].append(ok)
                 hits[f"{group} (true line given)"].append(parse_subtask_or_empty(true_text) == truth)
-    frame_rows = read_rows([args.data])
     ruled = ruled_frames(raw, frame_rows, order, args.frames)
     missing = torch.tensor([i for i in ruled.tolist() if i not in decoded], dtype=torch.long)
     for chunk in missing.split(args.batch_size) if len(missing) else ():

@@ -23,7 +23,8 @@ CONTEXT_CORRECTIONS = 4  # how many recent corrections the high level reads
 # corrections whose words steer the plan; pause/resume/stop/confirm are handled by the loop
 PLANNING_KINDS = frozenset({CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, CorrectionKind.CONSTRAINT,
                             CorrectionKind.NUDGE})
-ContextLast = Literal["in_force", "done"]
+ContextLast = Literal["in_force", "done", "history"]
+HISTORY_SUBTASKS = 4  # how many completed subtasks a "history" context lists, the most recent last
 RULE_MARK = "rule: "  # how a compact context marks a rule remembered for the session
 
 
@@ -53,9 +54,19 @@ class PlannerContext:
     facts: tuple[Fact, ...] = ()
 
     def last(self, which: ContextLast = "in_force") -> str | None:
-        """The one subtask a compact context names: the one in force, or the one completed last."""
+        """What a compact context names of the episode's progress: the subtask in force ("in_force"),
+        the one completed last ("done"), or ("history") its own labelled phrase, "done: a; b; c | doing: x":
+        the last HISTORY_SUBTASKS completed, oldest first, and the subtask in force while it is not the
+        one just completed (a timer re-plan mid-subtask). A planner that reads only the last completed
+        subtask cannot tell a swap's first move from its last (the same block held, the same subtask
+        just done), nor a re-plan mid-subtask from the decision that started it; the history says both."""
         if which == "done":
             return self.done[-1] if self.done else None
+        if which == "history":
+            parts = [f"done: {'; '.join(self.done[-HISTORY_SUBTASKS:])}"] if self.done else []
+            if self.in_force and (not self.done or self.in_force != self.done[-1]):
+                parts.append(f"doing: {self.in_force}")
+            return " | ".join(parts) or None
         return self.in_force
 
     @property

@@ -50,6 +50,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--session-episodes", type=int, default=None,
                         help="--coach scripted: episodes a coached session (one person, one session memory); "
                              "default 5")
+    parser.add_argument("--replan-period", type=float, default=None, metavar="SECONDS",
+                        help="--mode planner: the loop's re-plan timer (default: the loop's 2 s, as `hivla run`); shorter keeps "
+                             "more frames where a subtask is still under way and the plan in force should stand")
     parser.add_argument("--beta", type=float, default=None,
                         help="--mode dagger (required): the probability that a chunk is the expert's instead of the "
                              "learned policy's; decays over rounds (e.g. 0.5, 0.25, 0)")
@@ -154,6 +157,10 @@ def mode_problem(args: argparse.Namespace) -> str | None:
         return "--shard-episodes must be at least 1"
     if args.coach != "none" and args.mode != "planner":
         return "--coach is for --mode planner (coached planner frames)"
+    if args.replan_period is not None and args.mode != "planner":
+        return "--replan-period is for --mode planner"
+    if args.replan_period is not None and args.replan_period <= 0:
+        return f"--replan-period must be positive, got {args.replan_period}"
     if args.session_episodes is not None and args.coach == "none":
         return "--session-episodes is for --coach scripted"
     if args.session_episodes is not None and args.session_episodes < 1:
@@ -236,6 +243,7 @@ def record_planner_frames(args: argparse.Namespace) -> int:
     """--mode planner: shards of `--shard-episodes` episodes, written by `--workers` processes; shards
     already on disk are skipped, so a killed run resumes where it stopped."""
     from agent.envs.tabletop import STATE_NAMES
+    from agent.runtime.planning import REPLAN_PERIOD_S
     from agent.training import planner_frames as pf
 
     out = Path(args.out)
@@ -252,7 +260,7 @@ def record_planner_frames(args: argparse.Namespace) -> int:
           f"recording {sum(map(len, todo))} episodes with {args.workers} worker(s)", flush=True)
     low_level = "expert" if args.low_level is None else None if args.low_level == "default" else args.low_level
     common = (args.suite, args.noise, args.image_size, args.max_steps, args.families, args.render_size, low_level,
-              coach, session_episodes or 5)
+              coach, session_episodes or 5, args.replan_period or REPLAN_PERIOD_S)
     started = time.perf_counter()
     totals = {"episodes": 0, "successes": 0, "frames": 0, "interventions": 0}
     said: dict[str, int] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from agent.runtime.loop import ControlLoop
+from agent.runtime.planning import REPLAN_PERIOD_S
 from agent.runtime.protocols import Coach, Env, HighLevel, LoopObserver, LowLevel, Recorder
 from agent.runtime.recording import Guarded, RecordingObserver
 
@@ -28,7 +29,7 @@ def build_loop(
     log_label: str = "hivla",
     observers: Sequence[LoopObserver] = (),
     coach: Coach | None = None,
-    replan_period_s: float = 2.0,
+    replan_period_s: float = REPLAN_PERIOD_S,
     execute_steps: int | None = None,
     compute_model_plan: bool = True,
     async_planning: bool = False,

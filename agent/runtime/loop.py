@@ -27,7 +27,7 @@ from agent.runtime import events as ev
 from agent.runtime.acting import Actor
 from agent.runtime.corrections import Corrections
 from agent.runtime.observers import LatencyProbe, SnapshotBox
-from agent.runtime.planning import Planning
+from agent.runtime.planning import REPLAN_PERIOD_S, Planning
 from agent.runtime.protocols import Coach, Env, HighLevel, LoopObserver, LowLevel, Recorder
 from agent.runtime.recording import RecordingObserver
 from agent.runtime.session_memory import MemoryObserver
@@ -43,7 +43,7 @@ class ControlLoop(Corrections, Planning):
         low: LowLevel,
         *,
         recorder: Recorder | None = None,
-        replan_period_s: float = 2.0,
+        replan_period_s: float = REPLAN_PERIOD_S,
         execute_steps: int | None = None,
         compute_model_plan: bool = True,
         coach: Coach | None = None,

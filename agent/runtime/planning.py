@@ -28,6 +28,8 @@ from agent.runtime.state import Episode, expire_facts, record_completion
 from policies.planning import build_planner_context
 from policies.types import Observation, Plan, PlanContext
 
+REPLAN_PERIOD_S = 2.0  # seconds of sim time a model's plan stands before the loop asks again (the timer)
+
 
 class Planning:
     env: Env

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.training.dataset import RawSamples
+from agent.training.dataset import RawSamples, reject_history
 from policies.pi05.processor import resize_image
 from sessions.export.coaching import (
     COACHED_THOUGHT,
@@ -296,6 +296,7 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
     and, per sample, the index of its correction in the flat list of labels (-1: an approved plan).
     With context_last="done" every sample's context names the subtask completed last at its step (what
     the model read there); otherwise the subtask in force, as below."""
+    reject_history(context_last)
     raw, owner = RawSamples(), []
     n_labels = 0
     for item in coached:
@@ -343,6 +344,7 @@ def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], i
                       horizon: int, context_last: str = "in_force") -> tuple[RawSamples, list[CorrectionLabel]]:
     """One sample per correction: the frame when it was said, the replaced plan (or, with
     context_last="done", the subtask completed last) as context."""
+    reject_history(context_last)
     raw, labels = RawSamples(), []
     for item in coached:
         if not item.labels:

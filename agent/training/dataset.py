@@ -101,11 +101,20 @@ def last_completed(steps: list, plans: list) -> list[str | None]:
 
 def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | None]:
     """The subtask each step's coaching context names (see Pi05Config.context_last)."""
+    reject_history(context_last)
     if context_last == "done":
         return last_completed(steps, plans)
     plan_of = {p.plan_id: p for p in plans}
     return [None if i == 0 or steps[i - 1].plan_id not in plan_of else plan_of[steps[i - 1].plan_id].plan.subtask
             for i in range(len(steps))]
+
+
+def reject_history(context_last: str) -> None:
+    """Recorded sessions keep the last subtask done and the one in force at each step, not the history a
+    context_last="history" model reads; one line instead of contexts it was never trained on."""
+    if context_last == "history":
+        raise ValueError("this model reads the episode's history of subtasks (context_last='history'), which "
+                         "recorded sessions do not hold: train it on planner frames (hivla datagen --mode planner)")
 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,

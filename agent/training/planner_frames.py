@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.runtime.planning import REPLAN_PERIOD_S
 from policies.obey import Forbid, forbids_in_force
 from policies.pi05.processor import resize_images
 from policies.planning import CONTEXT_CORRECTIONS, PLANNING_KINDS, build_planner_context
@@ -145,12 +146,13 @@ def shard_name(first_seed: int) -> str:
 
 def record_shard(out: str, seeds: list[int], suite: str, noise: float, image_size: int, max_steps: int,
                  families: list[str] | None, render_size: int = 128, low_level: str | None = "expert",
-                 coach: str | None = None, session_episodes: int = 5) -> dict:
+                 coach: str | None = None, session_episodes: int = 5, replan_period_s: float = REPLAN_PERIOD_S) -> dict:
     """Run `seeds` as episodes and write them as one shard; returns counts. Frames are rendered at
     `render_size` and stored area-averaged to `image_size`: exactly what the planner's processor makes
     of the cameras `hivla run` and `hivla coach` render (128 px), where a native 64-px render differs
     at every edge (mean 4-5 levels, 1% of pixels by over 80: measured). `coach="scripted"`: sessions
-    of `session_episodes` consecutive seeds, coached (module doc)."""
+    of `session_episodes` consecutive seeds, coached (module doc). `replan_period_s`: the loop's re-plan
+    timer; shorter than the loop's own keeps more frames mid-subtask (the plan in force stands)."""
     if coach not in (None, *COACHES):
         raise ValueError(f"coach must be one of {COACHES} or None, got {coach!r}")
     if session_episodes < 1:
@@ -188,7 +190,8 @@ def record_shard(out: str, seeds: list[int], suite: str, noise: float, image_siz
             # no facts: the oracle's scene line is the simulator's, so a fact could only be the coach
             # reading a block that moved since the plan (a landing), not a belief to correct
             scripted = ScriptedCoach(seed=session[0], intended=SessionPreferences(seed=session[0]), state_facts=False)
-        loop = build_loop(env, tap, low, compute_model_plan=False, coach=scripted)
+        loop = build_loop(env, tap, low, compute_model_plan=False, coach=scripted,
+                          replan_period_s=replan_period_s)
         for seed in session:
             tap.episode = seed
             result = loop.run_episode(seed=seed, options={"family": fams[seed % len(fams)]}, max_steps=max_steps)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from policies.checkpoint import ConfigFile, preset_config
 
 CAMERAS = ("front", "wrist")
-CONTEXT_LAST = ("in_force", "done")
+CONTEXT_LAST = ("in_force", "done", "history")
 VISION_STEMS = ("patch", "conv", "resampler", "objects")
 OBJECT_TOKENS = 19  # "objects" stem: one token per block name and the drawer (policies.pi05.objects.object_names)
 BOWL_TOKENS = 6  # and, with `scene_bowls`, one per bowl colour (policies.pi05.objects.BOWL_NAMES)
@@ -71,6 +71,8 @@ class Pi05Config(ConfigFile):
     # ("last: ..."); "done": the subtask completed most recently ("done: ..."). With "in_force" nearly
     # every training sample answers "the same as last" (plans are re-asked on a timer), so a model learns
     # to copy it and repeats finished subtasks in closed loop; "done" leaves the choice to the images.
+    # "history" (planner frames only): the last few completed subtasks and, mid-subtask, the one in
+    # force, each labelled (policies.planning.PlannerContext.last), so a timer re-plan can keep it.
     context_last: str = "in_force"
 
     # token budgets (base prefix text = task + state tokens; the coaching context is its own segment)

@@ -4,7 +4,8 @@ quantile normalisation, image resizing, and parsing decoded text back into a pla
 Text layouts (token budgets come from Pi05Config):
   base prefix   "<task> {task}" + one state-bin token per state dimension
   context       "<coach> last: {subtask in force} | {recent corrections}" (high level only), or
-                "<coach> done: {subtask completed last} | ..." with the config's context_last="done"
+                "<coach> done: {subtask completed last} | ..." with the config's context_last="done", or
+                "<coach> done: {a}; {b} | doing: {subtask in force} | ..." with "history"
   subtask       "{subtask}"                       (the low level's instruction)
   target        "<bos>{thought} So: {subtask}<eos>" (what the high level decodes)
 """
@@ -217,8 +218,8 @@ class Pi05Processor(BaseProcessor):
         """"<coach> last: {subtask in force} | correction | correction" (or "done: {subtask completed
         last}", see Pi05Config.context_last) and what the coach said. Too long -> the oldest part is cut,
         the newest corrections survive. Empty when there is nothing (the first plan of an episode)."""
-        label = "done" if self.cfg.context_last == "done" else "last"
-        parts = [f"{label}: {last_subtask}"] if last_subtask else []
+        label = {"in_force": "last", "done": "done"}.get(self.cfg.context_last)  # "history" writes its own labels
+        parts = [f"{label}: {last_subtask}" if label else last_subtask] if last_subtask else []
         parts.extend(c for c in corrections if c)
         if not parts:
             return []
