@@ -84,7 +84,7 @@ def test_scene_question_labels_match_the_detectors_on_a_scripted_scene():
     world = info["privileged"]
     facts = scene_facts(world)
     assert world.in_bowl(block, bowl)
-    assert answer("where", facts, block) == f"in the {bowl}"
+    assert answer("where", facts, block) == f"the {block} is in the {bowl}"
     assert block in answer("bowl", facts, bowl)
     assert answer("held", facts) == "nothing" and world.held is None
     assert answer("drawer_state", facts) == ("yes, it is open" if world.drawer.is_open else "no, it is shut")
@@ -94,7 +94,7 @@ def test_scene_question_labels_match_the_detectors_on_a_scripted_scene():
     assert answer("leftmost", facts) == f"the {leftmost}"
     absent = next(f"{c} block" for c in ("red", "green", "blue", "yellow", "purple", "orange")
                   if not any(c in b for b in world.blocks))
-    assert answer("where", facts, absent) == f"there is no {absent}"
+    assert answer("where", facts, absent) == f"the {absent} is not in the scene"
 
 
 def test_sampled_questions_are_varied_and_answered_from_the_facts(frames):

@@ -6,7 +6,7 @@ where each block is, not only the few colour words a plan names.
 
     qa = sample_questions(facts, rng, n=2)   # [(type, question, answer), ...]
 
-Answers are short and canonical ("in the blue bowl", "the red block and the green block", "nothing",
+Answers are short and canonical ("the red block is in the blue bowl", "the red block and the green block", "nothing",
 "yes, it is open", "two"), so held-out accuracy is an exact match.
 """
 
@@ -38,7 +38,10 @@ def answer(kind: str, facts: dict, obj: str | None = None) -> str:
     """The canonical answer to a question of `kind` (about `obj`: a block or bowl name, if it needs one)."""
     blocks: dict = facts["blocks"]  # left to right
     if kind == "where":
-        return where_phrase(blocks[obj]) if obj in blocks else f"there is no {obj}"
+        # the block named first: a planner that has just written "the red block" copies what follows
+        # "red block" in its own scene line, a lookup a small model learns where a bare place is not
+        # (measured: 62.5% of "where" questions with bare places, the line right in most misses)
+        return f"the {obj} is {where_phrase(blocks[obj]) if obj in blocks else 'not in the scene'}"
     if kind == "bowl":
         return _listing([n for n, f in blocks.items() if f["place"] == "bowl" and f["where"] == obj])
     if kind == "drawer":
@@ -60,7 +63,7 @@ def answer(kind: str, facts: dict, obj: str | None = None) -> str:
 
 def sample_questions(facts: dict, rng: np.random.Generator, n: int = 2) -> list[tuple[str, str, str]]:
     """n distinct (type, question, answer) triples about this scene, phrasings drawn at random.
-    "where" questions sometimes name a block the scene does not hold (answer: "there is no ...")."""
+    "where" questions sometimes name a block the scene does not hold (answer: "the ... is not in the scene")."""
     phrasings = prompts.load("scene_questions")["questions"]
     blocks = list(facts["blocks"])
     out: list[tuple[str, str, str]] = []
