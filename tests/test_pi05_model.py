@@ -185,6 +185,9 @@ def test_context_names_the_subtask_in_force_or_the_one_done_last(processor):
     assert in_force.decode(in_force.context_ids("pick up the red block")).strip() == "last: pick up the red block"
     assert done.decode(done.context_ids("pick up the red block")).strip() == "done: pick up the red block"
     assert done.context_ids(None) == [] and in_force.context_ids(None) == []
+    history = Pi05Processor(dataclasses.replace(roomy, context_last="history"), processor.tok, processor.stats)
+    phrase = "done: open the drawer | doing: pick up the red block"  # PlannerContext.last("history") labels it
+    assert history.decode(history.context_ids(phrase)).strip() == phrase
     with pytest.raises(ValueError, match="context_last"):
         dataclasses.replace(processor.cfg, context_last="latest").validate()
 

@@ -3,7 +3,7 @@
 import pytest
 
 from policies.planning import (
-    CONTEXT_CORRECTIONS, PlannerContext, PlanParseError, build_planner_context, format_plan, parse_plan,
+    CONTEXT_CORRECTIONS, HISTORY_SUBTASKS, PlannerContext, PlanParseError, build_planner_context, format_plan, parse_plan,
 )
 from policies.types import Correction, CorrectionKind, Plan, PlanContext
 
@@ -47,3 +47,19 @@ def test_the_context_keeps_the_last_planning_corrections_and_the_subtask_in_forc
     assert PlannerContext.from_dict(ctx.to_dict()) == ctx
     first = build_planner_context(PlanContext(task="tidy up"))
     assert first.last("in_force") is None and first.last("done") is None and first.corrections == ()
+
+
+def test_a_history_context_lists_the_subtasks_done_and_the_one_still_under_way():
+    done = ["pick up the red block", "place it in the green bowl", "pick up the blue block",
+            "place it in the red bowl", "pick up the red block"][-HISTORY_SUBTASKS - 1:]
+    # a subtask just completed: the history only (the planner decides what comes next)
+    ctx = PlannerContext(task="swap", done=tuple(done), in_force=done[-1])
+    assert ctx.last("history") == "done: " + "; ".join(done[-HISTORY_SUBTASKS:])
+    # the timer mid-subtask: the one in force is named apart, so the planner can keep it
+    mid = PlannerContext(task="swap", done=tuple(done), in_force="place it in the blue bowl")
+    assert mid.last("history").endswith(" | doing: place it in the blue bowl")
+    # a swap's first move and its last differ here, where the subtask done last is the same
+    first = PlannerContext(task="swap", done=("pick up the red block",), in_force="pick up the red block")
+    assert first.last("done") == ctx.last("done") and first.last("history") != ctx.last("history")
+    assert PlannerContext(task="swap", in_force="pick up the red block").last("history") == "doing: pick up the red block"
+    assert PlannerContext(task="swap").last("history") is None

@@ -101,6 +101,10 @@ def test_last_completed_is_the_plan_in_force_before_a_subtask_done_replan():
     assert last_completed(steps, plans) == [None] * 5 + ["place it in the blue bowl"] * 4
     assert context_subtasks(steps, plans, "in_force")[:4] == [None, "pick up the red block",
                                                               "pick up the red block", "pick up the red block"]
+    # recorded sessions hold no history of subtasks: a "history" model is refused in one line, not fed
+    # contexts it never saw in training
+    with pytest.raises(ValueError, match="planner frames"):
+        context_subtasks(steps, plans, "history")
 
 
 def test_a_resumed_run_can_switch_context_last_and_reencodes_its_cache(sessions, tmp_path):
