@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 from policies.grammar import SubtaskParseError, normalize, parse_subtask
+from policies.planning import read_text
 from policies.rules import Rule, same_block
 from policies.types import Correction, CorrectionKind
 
@@ -41,7 +42,7 @@ class Forbid:
     """What one correction in force rules out."""
 
     source: Source
-    text: str  # the words said (as the planner's context lists them)
+    text: str  # what was said, as the planner's context lists it (policies.planning.read_text)
     rule: Rule | None = None  # constraint / memory: the rule
     subtask: str | None = None  # negation: the subtask negated
 
@@ -84,7 +85,7 @@ def forbids_in_force(corrections: Sequence[Correction], memory: Sequence[Correct
     for c in corrections:
         kind = CorrectionKind(c.kind)
         if kind is CorrectionKind.NEGATION and _parse(c.subtask) is not None:
-            out.append(Forbid("negation", c.text, subtask=c.subtask))
+            out.append(Forbid("negation", read_text(c), subtask=c.subtask))
         elif kind is CorrectionKind.CONSTRAINT and c.rule is not None:
             out.append(Forbid("constraint", c.text, rule=c.rule))
         elif kind is CorrectionKind.OVERRIDE and c.subtask:

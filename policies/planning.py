@@ -26,6 +26,7 @@ PLANNING_KINDS = frozenset({CorrectionKind.OVERRIDE, CorrectionKind.NEGATION, Co
 ContextLast = Literal["in_force", "done", "history"]
 HISTORY_SUBTASKS = 4  # how many completed subtasks a "history" context lists, the most recent last
 RULE_MARK = "rule: "  # how a compact context marks a rule remembered for the session
+NEGATION_MARK = "not: "  # how a context reads a negation whose subtask is known
 
 
 class PlanParseError(ValueError):
@@ -91,12 +92,23 @@ class PlannerContext:
                                data.get("memory") or (), [Fact.from_dict(f) for f in data.get("facts") or ()])
 
 
+def read_text(correction) -> str:
+    """How the planner reads one correction: a negation as the subtask it forbids ("not: pick up the red
+    block", what the console echoed to the person), since most are said as "no, not that" and name
+    nothing a planner could tell apart; the rest as said."""
+    subtask = getattr(correction, "subtask", None)
+    if CorrectionKind(correction.kind) is CorrectionKind.NEGATION and subtask:
+        return f"{NEGATION_MARK}{subtask}"
+    return correction.text
+
+
 def planner_context(task: str, done=(), in_force: str | None = None, said=(), memory=(), facts=()) -> PlannerContext:
     """The context from its parts: `said` is every correction in force, oldest first (objects with
-    `kind` and `text`); only the planning kinds, and the last CONTEXT_CORRECTIONS of them, are kept.
+    `kind`, `text` and, for a negation, `subtask`: see read_text); only the planning kinds, and the
+    last CONTEXT_CORRECTIONS of them, are kept.
     `memory`: the session's remembered rules (texts), all of them: a rule for good is never cut.
     `facts`: the facts in force (policies.scene_line.Fact), oldest first, all of them."""
-    kept = [Said(CorrectionKind(c.kind), c.text) for c in said if CorrectionKind(c.kind) in PLANNING_KINDS]
+    kept = [Said(CorrectionKind(c.kind), read_text(c)) for c in said if CorrectionKind(c.kind) in PLANNING_KINDS]
     return PlannerContext(task=task, done=tuple(done), in_force=in_force,
                           corrections=tuple(kept[-CONTEXT_CORRECTIONS:]), memory=tuple(memory), facts=tuple(facts))
 

@@ -11,7 +11,10 @@ sessions of versions 1 and 2 read as having no memory); 4, facts (corrections of
 the fact a correction states (`CorrectionRecord.fact`) and the facts in force a planner read
 (`ContextData.facts`) (additive: older sessions read as having none); 5, a step may carry a `label`:
 the action chunk a privileged expert would execute from that step's state (DAgger's label, written by
-`hivla datagen --mode dagger`; additive: older sessions read as having none).
+`hivla datagen --mode dagger`; additive: older sessions read as having none); 6, a correction may carry
+the `subtask` it asks for or forbids, as the reader read it (a negation said "no, not that" names the
+subtask in force; the planner reads it as "not: <subtask>", policies.planning.read_text; additive:
+older sessions read as having none, so their planners read the words).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.types import CorrectionKind
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 class _Record(BaseModel):
@@ -129,6 +132,7 @@ class CorrectionRecord(_Record):
     correction_id: int
     kind: CorrectionKind
     text: str
+    subtask: str | None = None  # the subtask it asks for (override) or forbids (negation), as read (schema 6)
     speaker: Literal["human", "scripted"] = "human"
     replaced_plan: PlanData | None = None  # the plan in force when the correction came
     model_plan: PlanData | None = None  # what the model itself would plan now (if computed)

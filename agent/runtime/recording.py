@@ -23,7 +23,7 @@ def plan_data(plan: Plan | None) -> schema.PlanData | None:
 def _correction(e: ev.CorrectionApplied) -> schema.CorrectionRecord:
     c = e.correction
     return schema.CorrectionRecord(
-        episode=e.episode, step=e.step, correction_id=e.correction_id, kind=c.kind, text=c.text,
+        episode=e.episode, step=e.step, correction_id=e.correction_id, kind=c.kind, text=c.text, subtask=c.subtask,
         speaker=getattr(c, "speaker", None) or "human", replaced_plan=plan_data(e.replaced_plan),
         model_plan=plan_data(e.model_plan), resulting_plan=plan_data(e.resulting_plan),
         suspect_from_step=e.suspect_from_step, mistake=getattr(c, "mistake", None),
