@@ -1,12 +1,14 @@
 """`hivla run`: many episodes over a task suite, with an optional scripted coach.
 
     hivla run --high-level oracle --low-level expert --suite base --episodes 20 --seed 0 \\
-              --json runs/base.json [--workers 2] [--family stack_three] [--coach scripted] [--out runs/s]
+              --json runs/base.json [--workers 2] [--family stack_three] [--coach scripted|facts] [--out runs/s]
 
 `--episodes` counts per family; episode i of every family uses seed `--seed + i`, so a run is
 reproducible and two runs with the same flags see the same scenes. Prints a rich progress bar and a
 per-family table; `--json` writes
-{"episodes", "success_rate", "mean_subtasks_completed", "interventions_per_episode", "per_family"}.
+{"episodes", "success_rate", "mean_subtasks_completed", "interventions_per_episode", "per_family"}
+(and "config", whose "coach" names the coach that ran). `--coach facts` is the scripted coach that only
+states facts: it speaks when the planner's scene line contradicts the simulator, and says nothing else.
 Workers are spawned processes (one simulator and policy copy each, torch limited to one thread).
 """
 
@@ -25,6 +27,9 @@ from agent.errors import UserError
 from agent.runtime.state import EpisodeResult
 
 
+COACHES = ("none", "scripted", "facts")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--high-level", default=None, help="high-level policy spec: oracle | pi05:PATH (default: shipped)")
     parser.add_argument("--low-level", default=None, help="low-level policy spec: expert | pi05:PATH (default: shipped)")
@@ -34,9 +39,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=10, help="episodes per family (default: 10)")
     parser.add_argument("--seed", type=int, default=0, help="episode i of each family uses seed + i")
     parser.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: 1)")
-    parser.add_argument("--coach", choices=("none", "scripted"), default="none",
-                        help="a scripted coach that watches and corrects (default: none)")
-    parser.add_argument("--coach-error-rate", type=float, default=0.0, help="the scripted coach's error rate")
+    parser.add_argument("--coach", choices=COACHES, default="none",
+                        help="a scripted coach that watches and corrects; facts: one that only states what the "
+                             "planner's scene line gets wrong (default: none)")
+    parser.add_argument("--coach-error-rate", type=float, default=0.0,
+                        help="the scripted coach's error rate (for --coach facts: the share of facts it misses)")
     parser.add_argument("--image-size", type=int, default=128, help="camera resolution (default: 128)")
     parser.add_argument("--max-steps", type=int, default=None, help="per-episode step cap (default: the family budget)")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
@@ -85,12 +92,16 @@ def _make_coach(config: RunConfig, seed: int):
     try:
         from agent.coaching.scripted import ScriptedCoach
     except ImportError as err:
-        raise SystemExit(f"--coach scripted needs agent.coaching.scripted, which is not available: {err}") from err
+        raise SystemExit(f"--coach {config.coach} needs agent.coaching.scripted, which is not available: "
+                         f"{err}") from err
+    # facts_only drops every finding but a wrong belief; a confirmation ("good") and a false alarm are not
+    # findings, so they are switched off here, or "only facts" would still say them
+    options = dict(facts_only=True, confirm_rate=0.0, false_alarm_rate=0.0) if config.coach == "facts" else {}
     if config.suite == "coaching":  # families whose intended behaviour only the coach knows
         from agent.coaching.intended import make_coach
 
-        return make_coach(seed=seed, error_rate=config.coach_error_rate)
-    return ScriptedCoach(seed=seed, error_rate=config.coach_error_rate)
+        return make_coach(seed=seed, error_rate=config.coach_error_rate, **options)
+    return ScriptedCoach(seed=seed, error_rate=config.coach_error_rate, **options)
 
 
 def run_shard(config: RunConfig, jobs: list[tuple[str, int]], worker: int, progress=None) -> list[EpisodeRecord]:
@@ -209,11 +220,11 @@ def main(args: argparse.Namespace) -> int:
             families = list(args.family)
     except ValueError as err:
         raise SystemExit(str(err)) from err
-    if args.coach == "scripted":
+    if args.coach != "none":
         try:
             import agent.coaching.scripted  # noqa: F401
         except ImportError as err:
-            raise SystemExit(f"--coach scripted is not available yet: {err}") from err
+            raise SystemExit(f"--coach {args.coach} is not available yet: {err}") from err
 
     from agent.specs import describe_spec, make_high_level, make_low_level, resolve_specs
 
@@ -251,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
     summary["config"] = {**asdict(config), "episodes_per_family": args.episodes, "seed": args.seed,
                          "workers": workers, "families": families}
     table_console().print(_table(summary, f"hivla run: {describe_spec(high_level)} + {describe_spec(low_level)}"
-                                    f" on {args.suite}, {len(records)} episodes in {wall:.0f}s"))
+                                    f" on {args.suite}, coach: {args.coach}, {len(records)} episodes in {wall:.0f}s"))
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +289,8 @@ def check_args(args: argparse.Namespace) -> str | None:
         return f"--image-size must be at least 16, got {args.image_size}"
     if not 0.0 <= args.coach_error_rate <= 1.0:
         return f"--coach-error-rate must be between 0 and 1, got {args.coach_error_rate}"
+    if args.coach_error_rate and args.coach == "none":
+        return "--coach-error-rate is for --coach scripted or --coach facts"
     if args.json is not None:
         if args.json.is_dir():
             return f"--json {args.json} is a directory; give a file path, e.g. --json {args.json / 'run.json'}"
