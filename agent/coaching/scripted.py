@@ -148,7 +148,9 @@ class ScriptedCoach:
         self.rng = np.random.default_rng(seed)
         self.delay_steps = int(delay_steps)
         self.error_rate = float(error_rate)
-        self.confirm_rate = confirm_rate
+        # "only facts" means nothing else is said: no confirmation ("good") and no false alarm either,
+        # which are not findings and so would survive the findings filter below
+        self.confirm_rate = 0.0 if facts_only else confirm_rate
         self.interrupt_rate = interrupt_rate
         self.override_share = override_share
         self.nudge_share = nudge_share
@@ -157,7 +159,7 @@ class ScriptedCoach:
         self.cooldown_steps = cooldown_steps
         self.repeat_after = repeat_after
         self.settle_steps = settle_steps
-        self.false_alarm_rate = false_alarm_rate
+        self.false_alarm_rate = 0.0 if facts_only else false_alarm_rate
         self.announce_rules = announce_rules
         if rule_scope not in RULE_SCOPES:
             raise ValueError(f"rule_scope must be one of {', '.join(RULE_SCOPES)}, got {rule_scope!r}")

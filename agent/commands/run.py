@@ -94,9 +94,7 @@ def _make_coach(config: RunConfig, seed: int):
     except ImportError as err:
         raise SystemExit(f"--coach {config.coach} needs agent.coaching.scripted, which is not available: "
                          f"{err}") from err
-    # facts_only drops every finding but a wrong belief; a confirmation ("good") and a false alarm are not
-    # findings, so they are switched off here, or "only facts" would still say them
-    options = dict(facts_only=True, confirm_rate=0.0, false_alarm_rate=0.0) if config.coach == "facts" else {}
+    options = dict(facts_only=True) if config.coach == "facts" else {}
     if config.suite == "coaching":  # families whose intended behaviour only the coach knows
         from agent.coaching.intended import make_coach
 
