@@ -234,10 +234,12 @@ def grounded() -> Pi05Config:
     # (policies/pi05/objects.py), trained first on its own with a loss per object, then frozen while
     # the backbone learns the grounded thought ("I see: ... So: subtask"). `small`'s backbone dims, so
     # it starts from the shipped checkpoint's language. A scene line and a subtask fit in 64 tokens.
+    # The context is the episode's history (the subtasks done, the one under way: a swap's phase and a
+    # timer re-plan are unreadable from the last subtask done alone), 64 tokens with what was said.
     return Pi05Config(vision_stem="objects", vision_width=96, vision_depth=3, vision_heads=4,
-                      vision_mlp_dim=384, context_last="done", action_token_stride=0, flow_loss_weight=0.0,
-                      max_subtask_tokens=1, max_target_tokens=80, expert_width=32, expert_mlp_dim=64,
-                      scene_questions=True, scene_bowls=True, preset="grounded")
+                      vision_mlp_dim=384, context_last="history", max_context_tokens=64, action_token_stride=0,
+                      flow_loss_weight=0.0, max_subtask_tokens=1, max_target_tokens=80, expert_width=32,
+                      expert_mlp_dim=64, scene_questions=True, scene_bowls=True, preset="grounded")
 
 
 def pi05() -> Pi05Config:
