@@ -142,6 +142,25 @@ def test_windows_relabel_the_mistake_and_the_taught_subtask(coached):
     assert len(agree) == 2 and agree.last_subtasks == ["pick up the red block", "pick up the green block"]
 
 
+def test_history_contexts_of_the_windows_and_the_agreement_samples(coached):
+    """context_last="history": the subtasks done at each frame (the table's `done` column) and the subtask
+    in force the "in_force" rule picks, the one before a wrong plan included, in PlannerContext's phrase."""
+    (item,) = coached
+    done, last_done = item.episode.column("done"), item.episode.column("last_done")
+    assert last_done == [d[-1] if d else None for d in done]  # last_done: the last of them
+    assert done[:20] == [[]] * 20 and done[20:] == [["open the drawer"]] * 10  # D was planned because C finished
+    raw, _ = correction_samples(coached, ("front", "wrist"), image_size=16, horizon=4, before=10, after=5,
+                                include_approved=True, with_corrections=0.0, context_last="history")
+    assert raw.last_subtasks == [
+        None,  # the approved first plan: nothing done, nothing in force
+        *["doing: pick up the red block"] * 6,  # 5-10: the decision for B was due with A in force
+        *["doing: open the drawer"] * 5,  # 11-15: C in force
+        # 25-28: the decision for E was due with D in force, after C was done; then F in force
+        *["done: open the drawer | doing: pick up the green block"] * 4, "done: open the drawer | doing: close the drawer"]
+    agree, _ = agreement_samples(coached, ("front", "wrist"), image_size=16, horizon=4, context_last="history")
+    assert agree.last_subtasks == ["doing: pick up the red block", "done: open the drawer | doing: pick up the green block"]
+
+
 def test_exports_choose_the_corrections(tmp_path, coached_session):
     from sessions.export import ExportOptions, export_sessions
 
@@ -262,8 +281,9 @@ def test_lora_merges_into_a_plain_checkpoint():
     assert not any("lora" in k for k in merged.state_dict())
 
 
-def tiny_base_and_coaching(tmp_path: Path, episodes: int, steps: int) -> tuple[Path, Path]:
-    """Base sessions, a tiny base checkpoint trained `steps` steps on them (tmp_path/ckpt), a coached session."""
+def tiny_base_and_coaching(tmp_path: Path, episodes: int, steps: int, **overrides) -> tuple[Path, Path]:
+    """Base sessions, a tiny base checkpoint trained `steps` steps on them (tmp_path/ckpt; `overrides`
+    of its config), a coached session."""
     from agent.training.trainer import TrainSettings, train
     from sessions.synthetic import write_synthetic_session
 
@@ -271,7 +291,7 @@ def tiny_base_and_coaching(tmp_path: Path, episodes: int, steps: int) -> tuple[P
     write_synthetic_session(data / "a", episodes=episodes, steps=30, image_size=32, seed=0)
     train(TrainSettings(data=[str(data)], out=str(tmp_path / "ckpt"), preset="tiny", steps=steps, batch_size=8,
                         eval_every=steps, eval_samples=8, eval_generate=2, threads=1, warmup_steps=2, vocab_size=700,
-                        overrides={"image_size": 32}))
+                        overrides={"image_size": 32, **overrides}))
     return data, record_coached_episode(tmp_path / "coached" / "session", size=32)
 
 
@@ -340,6 +360,57 @@ def test_finetune_reads_the_export_alone(tmp_path, capsys):
                   "--base-data", str(data), "--steps", "1", "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "export again with `hivla export" in err[0], err
+
+
+def test_finetune_of_a_history_model(tmp_path, monkeypatch, capsys):
+    """A base checkpoint that reads the episode's history (context_last="history", trained by `hivla train`
+    on sessions) is fine-tuned from an export: its base and correction samples read "done: ..." /
+    "doing: ..." phrases. An export made before the table carried the subtasks done is refused in one
+    line that names the fix."""
+    import pyarrow.parquet as pq
+
+    import agent.training.finetune_data as finetune_data
+    from agent.cli import main as hivla
+    from policies.pi05.policy import load_pi05
+    from sessions.export import ExportOptions, export_sessions
+
+    data, coached = tiny_base_and_coaching(tmp_path, episodes=2, steps=2, context_last="history", max_context_tokens=40)
+    export = tmp_path / "export"
+    export_sessions([coached], export, ExportOptions(format="sft"))
+    encoded = []
+    real = finetune_data.encode_samples
+
+    def spy(raw, processor):
+        out = real(raw, processor)
+        encoded.append((raw, out[0], processor))
+        return out
+
+    monkeypatch.setattr(finetune_data, "encode_samples", spy)
+    args = ["finetune", "--base", str(tmp_path / "ckpt"), "--data", str(export), "--base-data", str(data),
+            "--steps", "2", "--batch-size", "4", "--held-out-fraction", "0", "--threads", "1", "--base-stride", "2"]
+    assert hivla([*args, "--out", str(tmp_path / "ft")]) == 0, capsys.readouterr().err
+    assert load_pi05(tmp_path / "ft").cfg.context_last == "history"
+    windows, agree, base = (raw for raw, _, _ in encoded)  # the corrections' windows, agreement samples, base data
+    assert "done: open the drawer | doing: pick up the green block" in windows.last_subtasks
+    assert agree.last_subtasks == ["doing: pick up the red block",
+                                   "done: open the drawer | doing: pick up the green block"]
+    phrases = [last for raw in (windows, agree, base) for last in raw.last_subtasks if last]
+    assert phrases and all(last.startswith(("done: ", "doing: ")) for last in phrases)
+    assert any(last.startswith("done: ") for last in base.last_subtasks if last)  # synthetic plans finish subtasks
+    for raw, tensors, processor in encoded:  # what the model reads: the phrase first, then what was said
+        texts = [processor.decode(ids[mask].tolist())
+                 for ids, mask in zip(tensors["context_ids"], tensors["context_mask"].bool())]
+        read = [t.strip() for t in texts if t.strip()]  # (the decoded text leaves out the <coach> mark)
+        assert read and all(t.startswith(("done:", "doing:")) for t in read), read[:3]
+
+    table = pq.read_table(export / "coaching.parquet")
+    pq.write_table(table.drop(["done"]), export / "coaching.parquet")  # as an export of an older hivla wrote it
+    old = load_coached_episodes([export])
+    assert len(correction_samples(old, ("front", "wrist"), image_size=16, horizon=4, context_last="done")[0])
+    capsys.readouterr()
+    assert hivla([*args, "--out", str(tmp_path / "ft2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no 'done' column" in err[0] and "export again with `hivla export" in err[0], err
 
 
 def test_a_plan_that_undid_progress_is_not_approved():

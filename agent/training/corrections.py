@@ -28,6 +28,11 @@ For a wrong plan (mistake wrong_order/wrong_object/broken_constraint) the frames
 correction show as "last subtask" the one in force before the wrong plan was made: the context in
 which the right decision was due (after a finished step, say), not the model's own wrong plan.
 
+The checkpoint's context_last picks what the context names of the episode's progress, from the
+table's columns: the subtask in force ("in_force": last_in_force, or the one before a wrong plan as
+above), the one completed last ("done": last_done), or ("history") the phrase PlannerContext.last
+writes from the subtasks done at the step (the `done` column) and that same subtask in force.
+
 Agreement samples (`agreement_samples`): one per correction, the frame at the moment it was said,
 with that same context (the plan it replaced, for other mistakes); the model agrees if it now
 decodes the taught subtask.
@@ -44,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.training.dataset import RawSamples, reject_history
+from agent.training.dataset import RawSamples, history_context
 from policies.pi05.processor import resize_image
 from sessions.export.coaching import (
     COACHED_THOUGHT,
@@ -90,6 +95,10 @@ class ExportedEpisode:
         self._numbers = [s.step for s in self.steps]
 
     def column(self, name: str) -> list:
+        missing = next((r for r in self.rows if name not in r), None)
+        if missing is not None:  # a table written before the column was (a "history" model reads `done`)
+            raise CorrectionDataError(f"{missing.get('_source', self.key)}: its coaching table has no {name!r} column "
+                                      f"(episode {self.key}), exported before exports carried it; {EXPORT_AGAIN}")
         return [r[name] for r in self.rows]
 
     def position_of_step(self, step: int) -> int:
@@ -228,6 +237,7 @@ def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[Coache
         else:
             rows = _session_rows(p, log)
         for r in rows:
+            r["_source"] = str(p)  # for an error that names it
             steps = by_episode.setdefault(f"{r['session_id']}/{r['episode']}", {})
             kept = steps.setdefault(r["step"], r)
             if kept is not r:  # the same step from another source: what it chose counts too
@@ -295,8 +305,8 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
     """Relabelled frames around every correction (and the approved decisions); returns the samples
     and, per sample, the index of its correction in the flat list of labels (-1: an approved plan).
     With context_last="done" every sample's context names the subtask completed last at its step (what
-    the model read there); otherwise the subtask in force, as below."""
-    reject_history(context_last)
+    the model read there); otherwise the subtask in force, as below, and with "history" the subtasks
+    done at its step before it."""
     raw, owner = RawSamples(), []
     n_labels = 0
     for item in coached:
@@ -328,12 +338,15 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
             continue
         frames = {c: ep.frames(c) for c in cameras}
         done, in_force, said_then = ep.column("last_done"), ep.column("last_in_force"), ep.column("said")
+        done_lists = ep.column("done") if context_last == "history" else None
         for i in sorted(chosen):
             subtask, index, last = chosen[i]
             if context_last == "done":
                 last = done[i]
-            elif last is _IN_FORCE:
-                last = in_force[i]
+            else:
+                last = in_force[i] if last is _IN_FORCE else last
+                if done_lists is not None:
+                    last = history_context(done_lists[i], last)
             said = said_then[i] if _draw(item.key, i, with_corrections) else []
             _append(raw, ep, frames, i, subtask, last, horizon, image_size, item.key, said)
             owner.append(index)
@@ -343,8 +356,9 @@ def correction_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], 
 def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], image_size: int,
                       horizon: int, context_last: str = "in_force") -> tuple[RawSamples, list[CorrectionLabel]]:
     """One sample per correction: the frame when it was said, the replaced plan (or, with
-    context_last="done", the subtask completed last) as context."""
-    reject_history(context_last)
+    context_last="done", the subtask completed last; with "history", the subtasks done then before
+    the replaced plan) as context; for a wrong plan the subtask in force before it, as in
+    correction_samples."""
     raw, labels = RawSamples(), []
     for item in coached:
         if not item.labels:
@@ -352,6 +366,7 @@ def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], i
         ep = item.episode
         frames = {c: ep.frames(c) for c in cameras}
         done = ep.column("last_done")
+        done_lists = ep.column("done") if context_last == "history" else None
         for lab in item.labels:
             at = ep.position_of_step(lab.step)
             if context_last == "done":
@@ -359,6 +374,8 @@ def agreement_samples(coached: list[CoachedEpisode], cameras: tuple[str, ...], i
             else:
                 last = decision_context(lab)
                 last = lab.replaced if last is _IN_FORCE else last
+                if done_lists is not None:
+                    last = history_context(done_lists[at], last)
             _append(raw, ep, frames, at, lab.subtask, last, horizon, image_size, item.key)
             labels.append(lab)
     return raw, labels

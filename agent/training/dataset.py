@@ -5,7 +5,9 @@ One sample per kept control step:
   state, task the base prefix
   context     what the control loop's PlanContext would hold if asked at that step: the subtask in
               force just before it (plan_history[-1]) or, with the config's context_last="done", the
-              subtask completed most recently (completed_subtasks[-1]); and the recent planning corrections
+              subtask completed most recently (completed_subtasks[-1]), or with "history" the phrase
+              PlannerContext.last("history") makes of both ("done: a; b | doing: x"); and the recent
+              planning corrections
   target      the planner's answer at that step: the plan in force, or the next recorded plan when the
               episode's progress (Step.subtask_index) has moved on since the plan in force was made
               (plans are only re-made on a timer, so the one in force can be stale)
@@ -82,39 +84,34 @@ def planner_targets(steps: list, plans: list) -> list[int | None]:
 
 def last_completed(steps: list, plans: list) -> list[str | None]:
     """For each step, the subtask completed most recently when the step's plan was made: what the
-    control loop's PlanContext.completed_subtasks[-1] held. A plan re-made because its predecessor
-    finished (reason "subtask_done") marks that predecessor, the plan in force the step before, done."""
-    plan_of = {p.plan_id: p for p in plans}
-    done_at: dict[int, str] = {}
-    for i, step in enumerate(steps[1:], start=1):
-        made = plan_of.get(step.plan_id)
-        before = plan_of.get(steps[i - 1].plan_id)
-        if made is not None and before is not None and made is not before and made.reason == "subtask_done":
-            done_at[i] = before.plan.subtask
-    out: list[str | None] = []
-    current = None
-    for i in range(len(steps)):
-        current = done_at.get(i, current)
-        out.append(current)
-    return out
+    control loop's PlanContext.completed_subtasks[-1] held (the rule: sessions.export.coaching.subtasks_done)."""
+    from sessions.export.coaching import subtasks_done
+
+    return [done[-1] if done else None for done in subtasks_done(steps, plans)]
+
+
+def history_context(done: list[str] | tuple[str, ...], in_force: str | None) -> str | None:
+    """The "history" phrase of a context_last="history" model ("done: a; b | doing: x"), written by its
+    one owner, PlannerContext.last, from the subtasks done (the most recent last) and the one in force."""
+    from policies.planning import PlannerContext
+
+    return PlannerContext(task="", done=tuple(done), in_force=in_force).last("history")  # the phrase reads no task
 
 
 def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | None]:
-    """The subtask each step's coaching context names (see Pi05Config.context_last)."""
-    reject_history(context_last)
+    """What each step's coaching context names of the episode's progress (see Pi05Config.context_last):
+    the subtask in force before the step, the one completed last ("done"), or ("history") the phrase
+    of the subtasks done when the step's plan was made and the one in force before the step."""
     if context_last == "done":
         return last_completed(steps, plans)
     plan_of = {p.plan_id: p for p in plans}
-    return [None if i == 0 or steps[i - 1].plan_id not in plan_of else plan_of[steps[i - 1].plan_id].plan.subtask
-            for i in range(len(steps))]
-
-
-def reject_history(context_last: str) -> None:
-    """Recorded sessions keep the last subtask done and the one in force at each step, not the history a
-    context_last="history" model reads; one line instead of contexts it was never trained on."""
+    in_force = [None if i == 0 or steps[i - 1].plan_id not in plan_of else plan_of[steps[i - 1].plan_id].plan.subtask
+                for i in range(len(steps))]
     if context_last == "history":
-        raise ValueError("this model reads the episode's history of subtasks (context_last='history'), which "
-                         "recorded sessions do not hold: train it on planner frames (hivla datagen --mode planner)")
+        from sessions.export.coaching import subtasks_done
+
+        return [history_context(done, now) for done, now in zip(subtasks_done(steps, plans), in_force)]
+    return in_force
 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,

@@ -14,7 +14,9 @@ agent/training/corrections.py). One row per step of every exported episode that 
   paused
   thought          how far the task is, in the oracle's words ("2 of 6 steps are done.")
   last_in_force    the subtask in force the step before (what a context_last="in_force" model reads)
-  last_done        the subtask completed most recently (context_last="done")
+  done             the subtasks completed when the step's plan was made, each once, the most recent last
+                   (PlannerContext.done: with last_in_force, what a context_last="history" model reads)
+  last_done        the last of them, the subtask completed most recently (context_last="done")
   said             the planning corrections in the planner's context at this step, after the rules
                    remembered for the session ("rule: ..."), as PlannerContext.read_texts lists them
   approved         the subtask of a plan of the model's made at this step that the coach let stand, else None
@@ -155,21 +157,29 @@ def said_before(ep, step: int) -> list[str]:
                            memory=memory_at(ep, step)).read_texts
 
 
+def subtasks_done(steps: list, plans: list) -> list[list[str]]:
+    """Per step, the subtasks completed when the step's plan was made, each once, the most recent last:
+    what the control loop's PlanContext.completed_subtasks held (agent.runtime.state.record_completion's
+    rule). A plan re-made because its predecessor finished (reason "subtask_done") marks that
+    predecessor, the plan in force the step before, done. `plans`: the episode's PlanEmitted, any order.
+    The one rule the coaching table and the base data (agent.training.dataset) read from sessions."""
+    plan_of = {p.plan_id: p for p in plans}
+    out: list[list[str]] = []
+    done: list[str] = []
+    for i, step in enumerate(steps):
+        made = plan_of.get(step.plan_id)
+        before = plan_of.get(steps[i - 1].plan_id) if i > 0 else None
+        if made is not None and before is not None and made is not before and made.reason == "subtask_done":
+            finished = before.plan.subtask
+            done = [s for s in done if s != finished] + [finished]
+        out.append(list(done))
+    return out
+
+
 def completed_subtasks(ep: EpisodeData) -> list[str | None]:
     """Per step, the subtask completed most recently when the step's plan was made (what the control
-    loop's PlanContext.completed_subtasks[-1] held): a plan re-made because its predecessor finished
-    (reason "subtask_done") marks that predecessor, the plan in force the step before, done. The same
-    rule as agent.training.dataset.last_completed, which the base data reads from sessions."""
-    plan_of = {p.plan_id: p for p in ep.plans}
-    out: list[str | None] = []
-    current = None
-    for i, step in enumerate(ep.steps):
-        made = plan_of.get(step.plan_id)
-        before = plan_of.get(ep.steps[i - 1].plan_id) if i > 0 else None
-        if made is not None and before is not None and made is not before and made.reason == "subtask_done":
-            current = before.plan.subtask
-        out.append(current)
-    return out
+    loop's PlanContext.completed_subtasks[-1] held): the last of `subtasks_done`."""
+    return [done[-1] if done else None for done in subtasks_done(ep.steps, ep.plans)]
 
 
 def episode_teaching(session: Session, ep: EpisodeData, options: ExportOptions) -> tuple[list[CorrectionLabel], list[tuple[int, str]]]:
@@ -192,7 +202,7 @@ def coaching_rows(session: Session, ep: EpisodeData, options: ExportOptions,
         return []
     cameras = sorted(session.header.cameras)
     frames = {c: (frames_of or ep.frames)(c) for c in cameras} if images else {}
-    done = completed_subtasks(ep)
+    done = subtasks_done(ep.steps, ep.plans)
     approved_at = dict(approved)
     labels_at: dict[int, list[dict]] = {}
     for lab in labels:
@@ -205,7 +215,8 @@ def coaching_rows(session: Session, ep: EpisodeData, options: ExportOptions,
             **({"images": [{"bytes": encode_png(frames[c][i], level=1), "path": None} for c in cameras]} if images else {}),
             "state": list(s.state), "action": list(s.action), "subtask": s.subtask, "paused": bool(s.paused),
             "subtask_index": s.subtask_index, "thought": progress_thought(ep, i),
-            "last_in_force": ep.steps[i - 1].subtask if i > 0 else None, "last_done": done[i],
+            "last_in_force": ep.steps[i - 1].subtask if i > 0 else None, "done": done[i],
+            "last_done": done[i][-1] if done[i] else None,
             "said": said_before(ep, s.step), "approved": approved_at.get(s.step), "labels": labels_at.get(s.step, []),
         })
     return rows
@@ -225,7 +236,8 @@ def coaching_schema(images: bool = True, lerobot: bool = False) -> pa.Schema:
         ("family", pa.string()), ("cameras", pa.list_(pa.string())), *frames,
         ("state", pa.list_(pa.float32())), ("action", pa.list_(pa.float32())), ("subtask", pa.string()),
         ("paused", pa.bool_()), ("subtask_index", pa.int64()), ("thought", pa.string()),
-        ("last_in_force", pa.string()), ("last_done", pa.string()), ("said", pa.list_(pa.string())),
+        ("last_in_force", pa.string()), ("done", pa.list_(pa.string())), ("last_done", pa.string()),
+        ("said", pa.list_(pa.string())),
         ("approved", pa.string()), ("labels", pa.list_(label)),
     ]), image_lists=("images",) if images else ())
 
