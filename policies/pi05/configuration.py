@@ -71,8 +71,8 @@ class Pi05Config(ConfigFile):
     # ("last: ..."); "done": the subtask completed most recently ("done: ..."). With "in_force" nearly
     # every training sample answers "the same as last" (plans are re-asked on a timer), so a model learns
     # to copy it and repeats finished subtasks in closed loop; "done" leaves the choice to the images.
-    # "history" (planner frames only): the last few completed subtasks and, mid-subtask, the one in
-    # force, each labelled (policies.planning.PlannerContext.last), so a timer re-plan can keep it.
+    # "history": the last few completed subtasks and, mid-subtask, the one in force, each labelled
+    # (policies.planning.PlannerContext.last), so a timer re-plan can keep it and a swap knows its phase.
     context_last: str = "in_force"
 
     # token budgets (base prefix text = task + state tokens; the coaching context is its own segment)
