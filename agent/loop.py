@@ -11,8 +11,8 @@ from agent.runtime.state import (
     LoopSnapshot,
     PlanChange,
     episode_over_reply,
-    record_completion,
 )
+from policies.planning import record_completion
 
 __all__ = ["CONTROL_HZ", "HOLD_ACTION", "NUDGE_STEPS", "ControlLoop", "EpisodeResult", "LoopSnapshot", "PlanChange",
            "ReplanReason", "episode_over_reply", "plan_data", "record_completion"]

@@ -29,6 +29,15 @@ RULE_MARK = "rule: "  # how a compact context marks a rule remembered for the se
 NEGATION_MARK = "not: "  # how a context reads a negation whose subtask is known
 
 
+def record_completion(completed: list[str], subtask: str) -> None:
+    """Note a finished subtask: each appears once, the most recent completion last (PlannerContext.done;
+    a high level whose context names the subtask done last reads completed[-1]). The loop notes them
+    this way, and every reader rebuilding them from recorded plans uses this same rule."""
+    if subtask in completed:
+        completed.remove(subtask)
+    completed.append(subtask)
+
+
 class PlanParseError(ValueError):
     """Text with no "So: <subtask>" in it: no plan can be read from it."""
 

@@ -24,8 +24,8 @@ from agent.runtime import events as ev
 from agent.runtime.acting import Actor
 from agent.runtime.events import ReplanReason
 from agent.runtime.protocols import Env, HighLevel
-from agent.runtime.state import Episode, expire_facts, record_completion
-from policies.planning import build_planner_context
+from agent.runtime.state import Episode, expire_facts
+from policies.planning import build_planner_context, record_completion
 from policies.types import Observation, Plan, PlanContext
 
 REPLAN_PERIOD_S = 2.0  # seconds of sim time a model's plan stands before the loop asks again (the timer)

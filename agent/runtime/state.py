@@ -12,14 +12,6 @@ from policies.types import Correction, Plan
 CONTROL_HZ = 10.0
 
 
-def record_completion(completed: list[str], subtask: str) -> None:
-    """Note a finished subtask: each appears once, the most recent completion last (a high level whose
-    context names the subtask done last reads completed[-1])."""
-    if subtask in completed:
-        completed.remove(subtask)
-    completed.append(subtask)
-
-
 def expire_facts(facts: list[Correction], subtask: str) -> None:
     """Drop the facts a completed subtask ended: a fact about a block holds until the robot moves that
     block (a subtask naming it, or placing the block it held), one about the drawer until a drawer

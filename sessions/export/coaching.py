@@ -52,7 +52,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from policies.planning import planner_context
+from policies.planning import planner_context, record_completion
 from sessions.export.common import ExportOptions, decision_points, memory_at, safe_join
 from sessions.export.hf_features import IMAGE_TYPE, with_hf_features
 from sessions.export.png import encode_png
@@ -159,8 +159,7 @@ def said_before(ep, step: int) -> list[str]:
 
 def subtasks_done(steps: list, plans: list) -> list[list[str]]:
     """Per step, the subtasks completed when the step's plan was made, each once, the most recent last:
-    what the control loop's PlanContext.completed_subtasks held (agent.runtime.state.record_completion's
-    rule). A plan re-made because its predecessor finished (reason "subtask_done") marks that
+    what the control loop's PlanContext.completed_subtasks held (policies.planning.record_completion). A plan re-made because its predecessor finished (reason "subtask_done") marks that
     predecessor, the plan in force the step before, done. `plans`: the episode's PlanEmitted, any order.
     The one rule the coaching table and the base data (agent.training.dataset) read from sessions."""
     plan_of = {p.plan_id: p for p in plans}
@@ -170,8 +169,7 @@ def subtasks_done(steps: list, plans: list) -> list[list[str]]:
         made = plan_of.get(step.plan_id)
         before = plan_of.get(steps[i - 1].plan_id) if i > 0 else None
         if made is not None and before is not None and made is not before and made.reason == "subtask_done":
-            finished = before.plan.subtask
-            done = [s for s in done if s != finished] + [finished]
+            record_completion(done, before.plan.subtask)
         out.append(list(done))
     return out
 

@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from policies.planning import format_plan
+from policies.planning import format_plan, record_completion
 from policies.planning import planner_context as build_context
 from policies.scene_line import Fact
 from sessions.reader import EpisodeData, Session
@@ -192,14 +192,11 @@ def planner_context(ep: EpisodeData, point: DecisionPoint) -> dict:
         in_force = before[-1].plan.subtask if before else None
     facts = [Fact(**x.fact.model_dump()) for x in said if x.fact is not None]  # said by then (none expire here)
     done: list[str] = []
-    # a plan made because its predecessor finished marks that one done (as agent.loop.record_completion
-    # notes it: each subtask once, the most recent completion last)
+    # a plan made because its predecessor finished marks that one done, as the loop notes it
     made = sorted(before + ([point.plan] if point.plan is not None else []), key=lambda p: p.plan_id)
     for previous, plan in zip(made, made[1:]):
         if plan.reason == "subtask_done":
-            if previous.plan.subtask in done:
-                done.remove(previous.plan.subtask)
-            done.append(previous.plan.subtask)
+            record_completion(done, previous.plan.subtask)
     return build_context(ep.task, done, in_force, said, memory_at(ep, point.step), facts).to_dict()
 
 
