@@ -68,6 +68,21 @@ def test_push_both_ways(env):
     assert run_every_subtask(env, obs, info)["task_success"]
 
 
+def test_a_pushed_block_is_not_held(env):
+    # closed jaws push with both fingertips on the block's face: that is contact, not a grip (read as
+    # held, it made the oracle say "put it down" at every re-plan mid-push)
+    obs, info = env.reset(seed=0, options={"task": "push the red block to the left"})
+    expert, subtask, steps = ScriptedExpert(), info["subtasks"][0], 0
+    start = info["privileged"].block("red block").pos.copy()
+    while steps < 200 and not env.subtask_done(subtask, info):
+        for action in expert.act(env.observation(obs, info), subtask):
+            obs, _, _, _, info = env.step(action)
+            steps += 1
+            assert info["privileged"].held is None, f"step {steps}: the pushed block read as held"
+    moved = np.linalg.norm(info["privileged"].block("red block").pos[:2] - start[:2])
+    assert env.subtask_done(subtask, info) and moved > 0.05
+
+
 def test_put_down_after_pick(env):
     obs, info = env.reset(seed=5, options={"family": "stack_three"})
     expert = ScriptedExpert()

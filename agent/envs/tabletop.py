@@ -41,6 +41,9 @@ MAX_ROTATION = 0.2  # radians per control step
 ACTION_LOW = np.array([-MAX_TRANSLATION] * 3 + [-MAX_ROTATION, -1.0], dtype=np.float32)
 ACTION_HIGH = -ACTION_LOW
 _INTERPOLATION_SEGMENTS = 5  # servo targets move in this many ramps per control step (smooth motion)
+# The jaw gap (both fingers' travel) below which two jaws touching one block are pushing it, not
+# gripping it: half the smallest block's width (a gripped small block holds them 4 cm apart).
+MIN_GRIP_GAP = S.SMALL_HALF
 _SETTLE_STEPS = 60  # physics steps after a reset so blocks come to rest
 
 
@@ -352,7 +355,12 @@ class TabletopEnv(gym.Env):
                     label = self._names[other].name if other in self._names else mujoco.mj_id2name(
                         self.model, mujoco.mjtObj.mjOBJ_GEOM, b) or "world"
                     touching.setdefault(name, set()).add(label)
-        held = next((name for name, jaws in jaw_touch.items() if len(jaws) == 2), None)
+        # held: both jaws touch it *from either side*. Closed jaws pushing a block touch its face with
+        # both fingertips at once; that block is pushed, not held (it was read as held, and the oracle
+        # then said "put it down" at every re-plan mid-push).
+        fl, fr = (d.qpos[a] for a in self._finger_qpos)
+        apart = fl + fr >= MIN_GRIP_GAP
+        held = next((name for name, jaws in jaw_touch.items() if len(jaws) == 2 and apart), None)
         if held is None and self._grip_closed and self._prev_held in jaw_touch:
             # one jaw slipping for a moment inside a closed grip is not a release
             held = self._prev_held
