@@ -102,6 +102,26 @@ def test_train_on_empty_data_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "ckpt").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("flag, message", [
+    ("wher=4", "--question-weight: unknown question type wher; one of where, bowl"),
+    ("where", "--question-weight: 'where' is not TYPE=W (e.g. where=4)"),
+    ("where=lots", "--question-weight: 'where=lots' is not TYPE=W (e.g. where=4)"),
+])
+def test_a_bad_question_weight_is_one_line(tmp_path, capsys, flag, message):
+    code, _, err = _cli(["train", "--data", str(tmp_path), "--out", str(tmp_path / "ckpt"), "--question-weight", flag],
+                        capsys)
+    assert code == 2 and "Traceback" not in err and message in err
+
+
+def test_question_weights_reach_the_planner_recipe():
+    from agent.cli import build_parser
+    from agent.commands.train import recipe
+
+    args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--question-weight", "where=4",
+                                      "--question-weight", "count=0.5"])
+    assert recipe(args)[1].question_weights == {"where": 4.0, "count": 0.5}
+
+
 @pytest.mark.parametrize("model, preset, schedule", [
     # steps, batch_size, lr, dtype, eval_every, save_every_s, threads: each recipe's own, as `hivla train --help` says
     ("pi05", "small", (4000, 32, 5e-4, "bf16", 500, 240.0, 2)),

@@ -12,7 +12,7 @@ from agent.envs import make_env
 from agent.envs.scene_facts import scene_facts
 from agent.training import planner_frames as pf
 from agent.training.dataset import collect_samples
-from agent.training.scene_questions import QUESTION_TYPES, answer, sample_questions
+from agent.training.scene_questions import QUESTION_TYPES, answer, sample_questions, type_probabilities
 from agent.training.trainer import TrainSettings, train
 from policies.pi05.configuration import make_config
 from policies.pi05.modeling import Pi05Model
@@ -118,6 +118,22 @@ def test_samples_share_frames_and_carry_questions(frames):
     questions = [i for i, a in enumerate(raw.answers) if a is not None]
     assert len(plans) == len(questions) == n_frames
     assert all(raw.question_types[i] in QUESTION_TYPES and raw.last_subtasks[i] is None for i in questions)
+
+
+def test_question_weights_tilt_the_mix_and_bad_ones_are_refused(frames):
+    out, _ = frames
+    raw = collect_samples([out], ("front", "wrist"), 32, 4, context_last="done", scene_questions=1.0,
+                          log=lambda m: None, question_weights={"where": 20.0})
+    kinds = [k for k in raw.question_types if k]
+    uniform = collect_samples([out], ("front", "wrist"), 32, 4, context_last="done", scene_questions=1.0,
+                              log=lambda m: None)
+    assert kinds.count("where") > 2 * [k for k in uniform.question_types if k].count("where")
+    assert kinds.count("where") > len(kinds) // 2  # 20 / 28 of the draws, less scenes with no block
+    with pytest.raises(ValueError, match="unknown question type wher"):
+        type_probabilities({"wher": 2.0})
+    with pytest.raises(ValueError, match="not all 0"):
+        type_probabilities({k: 0.0 for k in QUESTION_TYPES})
+    assert type_probabilities(None) is None
 
 
 def test_the_resampler_reads_a_fine_map_into_a_few_tokens():

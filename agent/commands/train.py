@@ -55,6 +55,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
     parser.add_argument("--scene-questions", type=float, default=0.4, metavar="N",
                         help="pi05 on planner frames: scene questions co-trained per frame, on average (0: none)")
+    parser.add_argument("--question-weight", action="append", default=[], metavar="TYPE=W",
+                        help="pi05 on planner frames: ask scene questions of TYPE W times as often as the "
+                             "others (repeatable; e.g. where=4)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (pi05 2, vla 1); use 1 when other jobs share the cores")
     parser.add_argument("--seed", type=int, default=0)
@@ -102,6 +105,10 @@ def check_args(args: argparse.Namespace) -> str | None:
             return f"--init-from {args.init_from}: not {kind} (no {', '.join(missing)})"
     if args.scene_questions < 0:
         return f"--scene-questions must not be negative, got {args.scene_questions}"
+    try:
+        question_weights(args.question_weight)
+    except ValueError as e:
+        return f"--question-weight: {e}"
     from agent.training.planner_frames import is_planner_frames
 
     if args.readout is not None and not (Path(args.readout) / "model.safetensors").is_file():
@@ -114,6 +121,23 @@ def check_args(args: argparse.Namespace) -> str | None:
         return (f"--data {' '.join(args.data)} holds no recorded session; record some with "
                 "`hivla datagen --out DIR` and pass that DIR")
     return None
+
+
+def question_weights(given: list[str]) -> dict[str, float] | None:
+    """`--question-weight TYPE=W` flags as {type: weight}; None when none are given. ValueError names the fix."""
+    from agent.training.scene_questions import type_probabilities
+
+    weights = {}
+    for item in given:
+        kind, sep, value = item.partition("=")
+        try:
+            weights[kind.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"{item!r} is not TYPE=W (e.g. where=4)") from None
+        if not sep:
+            raise ValueError(f"{item!r} is not TYPE=W (e.g. where=4)")
+    type_probabilities(weights)  # checks the types and weights
+    return weights or None
 
 
 def recipe(args: argparse.Namespace) -> tuple[Callable[[PresetSettings], object], PresetSettings]:
@@ -136,7 +160,7 @@ def recipe(args: argparse.Namespace) -> tuple[Callable[[PresetSettings], object]
 
         settings_class = TrainSettings
         own = dict(stride=args.stride, init_from=args.init_from, scene_questions=args.scene_questions,
-                   readout=args.readout)
+                   readout=args.readout, question_weights=question_weights(args.question_weight))
     if args.preset not in settings_class.presets:
         raise SystemExit(f"--preset {args.preset!r} is not a {args.model} preset; "
                          f"choose from {', '.join(settings_class.presets)}")

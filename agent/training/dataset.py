@@ -116,10 +116,11 @@ def context_subtasks(steps: list, plans: list, context_last: str) -> list[str | 
 
 def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
                     stride: int = 1, log=print, context_last: str = "in_force", frames: bool = True,
-                    scene_questions: float = 0.0, thoughts: str = "oracle") -> RawSamples:
+                    scene_questions: float = 0.0, thoughts: str = "oracle",
+                    question_weights: dict[str, float] | None = None) -> RawSamples:
     """Samples from recorded sessions, or from planner-frame shards (`hivla datagen --mode planner`;
-    `scene_questions` is then how many scene questions a frame gets on average, and `thoughts` which
-    thought a plan has: see collect_planner_frames).
+    `scene_questions` is then how many scene questions a frame gets on average, `question_weights` how
+    often each type is asked, and `thoughts` which thought a plan has: see collect_planner_frames).
     `frames=False` reads the events only (no video decoding; `images` stays empty): enough to
     rebuild the text columns of a cache."""
     from agent.training.planner_frames import is_planner_frames
@@ -128,7 +129,7 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
     kinds = {is_planner_frames(p) for p in data_paths}
     if kinds == {True}:
         return collect_planner_frames(data_paths, cameras, image_size, horizon, log, context_last, scene_questions,
-                                      thoughts=thoughts)
+                                      thoughts=thoughts, question_weights=question_weights)
     if len(kinds) > 1:
         raise ValueError("--data mixes planner-frame directories with recorded sessions; train on one kind at a time")
 
@@ -181,10 +182,12 @@ def collect_samples(data_paths: list[str | Path], cameras: tuple[str, ...], imag
 
 def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...], image_size: int, horizon: int,
                            log=print, context_last: str = "done", scene_questions: float = 0.0,
-                           seed: int = 0, thoughts: str = "oracle") -> RawSamples:
+                           seed: int = 0, thoughts: str = "oracle",
+                           question_weights: dict[str, float] | None = None) -> RawSamples:
     """Each kept frame gives one plan sample (the oracle's plan, with the context the loop gave the
     planner) and, on average, `scene_questions` question samples on the same frame (the question in
-    the task's place, no coaching context, the answer as the target). No actions: a planner recipe.
+    the task's place, no coaching context, the answer as the target; `question_weights`: how often each
+    type is asked, relative, 1 for a type not named). No actions: a planner recipe.
     `thoughts`: "oracle", the oracle's own; "scene", the scene line the simulator's facts give
     (policies/scene_line.py), for plans and questions alike ("I see: ... So: <subtask or answer>"), the
     grounded planner's ("scene_bowls": the line with its bowls, for a read-out that reads them); "none", no thought at all (the text-only baseline, which never sees the scene)."""
@@ -193,11 +196,12 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
     grounded = thoughts in ("scene", "scene_bowls")
     bowls = thoughts == "scene_bowls"
     from agent.training.planner_frames import read_shard, shards
-    from agent.training.scene_questions import sample_questions
+    from agent.training.scene_questions import sample_questions, type_probabilities
     from policies.planning import PlannerContext
     from policies.scene_line import format_scene, scene_from_facts
 
     rng = np.random.default_rng(seed)
+    probabilities = type_probabilities(question_weights)
     raw = RawSamples()
     no_chunk, no_mask = np.zeros((horizon, 5), np.float32), np.zeros(horizon, bool)
     stems = [stem for path in data_paths for stem in shards(path)]
@@ -216,7 +220,7 @@ def collect_planner_frames(data_paths: list[str | Path], cameras: tuple[str, ...
             ctx = PlannerContext.from_dict(row["context"])
             key = f"{stem.parent.name}/{row['episode']}"
             n_questions = int(scene_questions) + int(rng.random() < scene_questions - int(scene_questions))
-            asked = sample_questions(row["facts"], rng, n_questions) if n_questions else []
+            asked = sample_questions(row["facts"], rng, n_questions, probabilities) if n_questions else []
             thought = (format_scene(scene_from_facts(row["facts"], ctx.task, bowls)) if grounded
                        else "" if thoughts == "none" else row["thought"])
             samples = [(ctx.task, ctx.last(context_last), ctx.read_texts, thought, row["subtask"], None, None)]

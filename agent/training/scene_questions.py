@@ -61,9 +61,27 @@ def answer(kind: str, facts: dict, obj: str | None = None) -> str:
     raise ValueError(f"unknown question type {kind!r}; one of {QUESTION_TYPES}")
 
 
-def sample_questions(facts: dict, rng: np.random.Generator, n: int = 2) -> list[tuple[str, str, str]]:
+def type_probabilities(weights: dict[str, float] | None) -> np.ndarray | None:
+    """How often each of QUESTION_TYPES is asked: `weights` (type -> relative weight, 1 for a type not
+    named) normalised; None (every type alike) when no weights are given. A bad type or weight is a
+    ValueError that names the fix."""
+    if not weights:
+        return None
+    unknown = sorted(set(weights) - set(QUESTION_TYPES))
+    if unknown:
+        raise ValueError(f"unknown question type {', '.join(unknown)}; one of {', '.join(QUESTION_TYPES)}")
+    if any(w < 0 for w in weights.values()) or not any(weights.get(k, 1.0) > 0 for k in QUESTION_TYPES):
+        raise ValueError("question weights must be >= 0 and not all 0")
+    w = np.array([weights.get(k, 1.0) for k in QUESTION_TYPES], dtype=np.float64)
+    return w / w.sum()
+
+
+def sample_questions(facts: dict, rng: np.random.Generator, n: int = 2,
+                     probabilities: np.ndarray | None = None) -> list[tuple[str, str, str]]:
     """n distinct (type, question, answer) triples about this scene, phrasings drawn at random.
-    "where" questions sometimes name a block the scene does not hold (answer: "the ... is not in the scene")."""
+    "where" questions sometimes name a block the scene does not hold (answer: "the ... is not in the scene").
+    `probabilities`: how often each type is drawn (type_probabilities); None, uniformly (the draws the
+    held-out questions of every recorded evaluation were made with)."""
     phrasings = prompts.load("scene_questions")["questions"]
     blocks = list(facts["blocks"])
     out: list[tuple[str, str, str]] = []
@@ -71,7 +89,8 @@ def sample_questions(facts: dict, rng: np.random.Generator, n: int = 2) -> list[
     for _ in range(8 * n):
         if len(out) >= n:
             break
-        kind = QUESTION_TYPES[rng.integers(len(QUESTION_TYPES))]
+        kind = QUESTION_TYPES[rng.integers(len(QUESTION_TYPES)) if probabilities is None
+                              else rng.choice(len(QUESTION_TYPES), p=probabilities)]
         obj = None
         if kind in ("where", "stacked"):
             if not blocks:

@@ -50,6 +50,7 @@ class TrainSettings(PresetSettings):
     vocab_size: int = 1024
     init_from: str | None = None  # a checkpoint to start from (its tokenizer, norm stats and matching weights)
     scene_questions: float = 0.4  # planner frames: scene questions per frame, on average
+    question_weights: dict[str, float] | None = None  # how often each question type is asked (None: alike)
     readout: str | None = None  # grounded preset: a stage-1 object read-out, loaded and frozen (its features cached)
 
 
@@ -88,7 +89,7 @@ def prepare(s: TrainSettings, log: Logger):
         if cached is None:
             raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
                                   context_last=cfg.context_last, scene_questions=s.scene_questions,
-                                  thoughts=thought_kind(cfg))
+                                  thoughts=thought_kind(cfg), question_weights=s.question_weights)
             cached = encode_samples(raw, processor)
             save_cache(out, *cached)
         elif cached[1].get("context_last", "in_force") != cfg.context_last:
@@ -103,7 +104,7 @@ def prepare(s: TrainSettings, log: Logger):
         t0 = time.perf_counter()
         raw = collect_samples(s.data, cfg.cameras, cfg.image_size, cfg.action_horizon, s.stride, log.echo,
                               context_last=cfg.context_last, scene_questions=s.scene_questions,
-                                  thoughts=thought_kind(cfg))
+                                  thoughts=thought_kind(cfg), question_weights=s.question_weights)
         if s.init_from:  # keep the tokens and state bins the weights were trained with
             tokenizer = load_tokenizer(Path(s.init_from) / "tokenizer.json")
             stats = NormStats.load(Path(s.init_from) / "norm_stats.json")
