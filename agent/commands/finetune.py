@@ -24,6 +24,19 @@ after; OUT is a checkpoint usable as `pi05:OUT` (see agent/training/finetune.py)
 With `--base hf:DIR` the examples are the export's rows rendered through prompts/hf_planner.toml and
 the model's chat template (what `hf:DIR` sees in the loop), the loss on the recorded answer; OUT is a
 peft LoRA adapter (see agent/training/hf_finetune.py). The options marked "pi05" do not apply there.
+
+    hivla export runs/facts/sessions --format sft --kind fact --out exports/facts
+    hivla finetune --base policies/checkpoints/grounded --data exports/facts --readout-facts \
+                   --base-data runs/grounded_frames --out runs/grounded_facts [--fact-share 0.25] \
+                   [--readout-scope heads|readout] [--steps 300] [--resume]
+
+With `--readout-facts` a grounded planner's object read-out learns what people said was true (`fact`
+corrections: the frame it was said at, the named object's place as the label, every other object's
+label left out), mixed with planner frames (`--base-data`, `hivla datagen --mode planner`) under their
+full labels. By default only the read-out's heads learn, so the object tokens, and every decision
+given a scene line, stay the base checkpoint's; OUT is a grounded checkpoint usable as `pi05:OUT`
+(see agent/training/facts_finetune.py). The plan fine-tune's own options (--correction-share, --lora,
+--anchor-weight, ...) are refused there.
 """
 
 from __future__ import annotations
@@ -38,6 +51,13 @@ PI05_ONLY = {"base_data": None, "correction_share": 0.1, "lora": False, "anchor_
              "with_corrections": 0.5, "held_out_fraction": 0.2, "max_base_samples": 20_000, "base_stride": 5}
 # ... and the hf: fine-tune's own.
 HF_ONLY = {"lora_alpha": None, "lora_targets": "all-linear", "merge": False, "eval_samples": 32}
+# --readout-facts's own options, with their defaults: refused without it when changed
+FACTS_ONLY = {"fact_share": 0.25, "readout_scope": "heads"}
+# the pi05 plan fine-tune's options that --readout-facts does not read (it trains no plan)
+PLANS_ONLY = {"correction_share": 0.1, "lora": False, "lora_rank": 16, "anchor_weight": 1.0, "approved_plans": True,
+              "with_corrections": 0.5, "base_stride": 5}
+# the schedule flags default by recipe (None: the recipe's own): the plan fine-tunes', and --readout-facts'
+PLAN_SCHEDULE = {"steps": 1000, "batch_size": 32, "lr": 3e-4, "warmup_steps": 20}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,10 +71,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="the base training data: `hivla datagen` sessions, or a directory holding a cached "
                              "dataset (default: the base checkpoint's data cache or the data it records)")
     parser.add_argument("--correction-share", type=float, default=0.1, help="share of every batch from corrections")
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per optimizer step, over all processes")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
-    parser.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up before the cosine decay (default 20)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1000; --readout-facts 300)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per optimizer step, over all processes (default 32; --readout-facts 64)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="peak learning rate (default 3e-4; --readout-facts 1e-3)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="linear warm-up before the cosine decay (default 20)")
     parser.add_argument("--lora", action="store_true", help="pi05: train LoRA adapters (peft) instead of the backbone "
                                                              "(hf: always LoRA)")
     parser.add_argument("--lora-rank", type=int, default=16)
@@ -73,9 +96,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--with-corrections", type=float, default=0.5,
                         help="share of coaching samples whose context holds the corrections said so far (the rest: "
                              "none, as in an uncoached run)")
-    parser.add_argument("--held-out-fraction", type=float, default=0.2, help="correction episodes kept for evaluation")
-    parser.add_argument("--max-base-samples", type=int, default=20_000, help="base samples kept in memory")
+    parser.add_argument("--held-out-fraction", type=float, default=0.2,
+                        help="correction (or fact) episodes kept for evaluation")
+    parser.add_argument("--max-base-samples", type=int, default=20_000,
+                        help="base samples (--readout-facts: planner frames) kept in memory")
     parser.add_argument("--base-stride", type=int, default=5, help="keep every Nth step of the base sessions")
+    facts = parser.add_argument_group("the read-out on facts (pi05 grounded checkpoints)")
+    facts.add_argument("--readout-facts", action="store_true",
+                       help="train the grounded planner's object read-out on the fact corrections in --data (the "
+                            "frame each was said at, the named object's place), mixed with the planner frames of "
+                            "--base-data; no plan is trained")
+    facts.add_argument("--fact-share", type=float, default=0.25,
+                       help="--readout-facts: share of every batch from facts (the rest: planner frames)")
+    facts.add_argument("--readout-scope", choices=["heads", "readout"], default="heads",
+                       help="--readout-facts: heads (default) trains only the read-out's heads, so the object "
+                            "tokens and every decision given a scene line stay the base's; readout trains the "
+                            "features too")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out")
     add_device_arguments(parser, dtype="bf16", dtype_help="bf16 (default): autocast for pi05, bf16 base weights "
                                                            "for hf: (the LoRA adapters stay fp32)")
@@ -91,11 +127,23 @@ def main(args: argparse.Namespace) -> int:
     problem = device_problem(args.device)
     if problem:
         raise UserError(problem)
+    if args.readout_facts and args.base.startswith("hf:"):
+        raise UserError(f"--readout-facts trains a grounded pi05 planner's object read-out; --base {args.base} is a "
+                        f"transformers model (pass a grounded checkpoint, e.g. policies/checkpoints/grounded)")
+    changed = sorted(f"--{k.replace('_', '-')}" for k, default in FACTS_ONLY.items() if getattr(args, k) != default)
+    if changed and not args.readout_facts:
+        raise UserError(f"{', '.join(changed)} apply to --readout-facts only; add --readout-facts to train the "
+                        f"read-out on facts")
     if args.base.startswith("hf:"):
         return main_hf(args)
     changed = sorted(f"--{k.replace('_', '-')}" for k, default in HF_ONLY.items() if getattr(args, k) != default)
     if changed:
         raise UserError(f"{', '.join(changed)} apply to --base hf:DIR only; {args.base} is a pi05 checkpoint")
+    if args.readout_facts:
+        return main_facts(args)
+    for k, default in PLAN_SCHEDULE.items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
     from agent.training.corrections import CorrectionDataError
     from agent.training.finetune import FinetuneSettings, finetune
     from policies.pi05.policy import CheckpointError
@@ -117,9 +165,41 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def main_facts(args: argparse.Namespace) -> int:
+    """The read-out of a grounded checkpoint on people's facts (agent/training/facts_finetune.py)."""
+    from agent.errors import UserError
+
+    changed = sorted(f"--{k.replace('_', '-')}".replace("--approved-plans", "--no-approved-plans")
+                     for k, default in PLANS_ONLY.items() if getattr(args, k) != default)
+    if changed:
+        raise UserError(f"{', '.join(changed)} apply to the plan fine-tune only; --readout-facts trains the read-out "
+                        f"on facts and no plan")
+    from agent.training.corrections import CorrectionDataError
+    from agent.training.facts_finetune import FactsFinetuneSettings, finetune_readout_on_facts
+    from policies.pi05.policy import CheckpointError
+
+    schedule = {k: getattr(args, k) for k in PLAN_SCHEDULE if getattr(args, k) is not None}
+    settings = FactsFinetuneSettings(
+        base=args.base, data=args.data, out=args.out, base_data=args.base_data, fact_share=args.fact_share,
+        scope=args.readout_scope, held_out_fraction=args.held_out_fraction, max_base_frames=args.max_base_samples,
+        resume=args.resume, device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed,
+        save_every_s=args.save_every, **schedule,
+    )
+    try:
+        finetune_readout_on_facts(settings)
+    except (CorrectionDataError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main_hf(args: argparse.Namespace) -> int:
     """LoRA on a local transformers model (agent/training/hf_finetune.py)."""
     from agent.errors import UserError
+
+    for k, default in PLAN_SCHEDULE.items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
 
     path = args.base[len("hf:"):]
     if not path:

@@ -1,0 +1,323 @@
+"""One round of learning from facts (issue 33): does reading improve where people corrected it, and do
+decisions hold?
+
+  a. coached episodes: the grounded planner with the shipped VLA as the low level, on the base suite,
+     the scripted coach stating only facts (what the planner's scene line gets wrong), recorded
+        hivla run --high-level pi05:BASE --suite base --episodes N --seed S --coach facts --out W/sessions ...
+  b. their facts exported
+        hivla export W/sessions --format sft --kind fact --out W/export
+  c. the read-out fine-tuned on them, planner frames mixed in (heads only: decisions given a line
+     cannot change)
+        hivla finetune --base BASE --data W/export --readout-facts --base-data ... --out W/facts_ckpt
+  d. BEFORE and AFTER, on held-out planner frames of seeds neither model saw (--heldout): reading
+     (agent.training.facts_finetune.reading_by_kind: objects right and whole scene lines right, by the
+     kind of place a fact can correct, and over the frames of the kinds the facts corrected) and
+     base decisions (benchmarks/offline_eval.py --frames F --questions 0: the plan decoded after the
+     planner's own line, and after the true line)
+
+    python benchmarks/facts_round.py                     # the full round: 100 coached episodes (12 a family)
+    python benchmarks/facts_round.py --preset tiny       # a self-contained miniature (a tiny grounded
+                                                         # planner trained here, the expert as low level)
+
+Every stage is the documented command, run as a subprocess and logged to W/facts_round.log; a stage
+whose output is in --workdir already is skipped, so an interrupted round continues where it stopped
+(the fine-tune itself resumes). The must-show of issue 33: scene lines right on the frames of the
+corrected kinds up, base decisions (own line) down at most 1 point. Prints one table and writes
+benchmarks/results/facts_round.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results" / "facts_round.json"
+N_FAMILIES = 9  # the base suite's
+# the tiny grounded planner of --preset tiny (as tests/test_grounded.py's TINY)
+TINY = {"image_size": 32, "width": 32, "depth": 1, "mlp_dim": 64, "head_dim": 16, "vision_width": 32,
+        "vision_depth": 1, "vision_heads": 2, "vision_mlp_dim": 32}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="full", choices=["full", "tiny"], help="tiny: a miniature round (minutes)")
+    p.add_argument("--checkpoint", default=None, help="the grounded planner (default: the shipped one)")
+    p.add_argument("--low-level", default=None, help="low-level spec of the coached run (default: the shipped VLA; "
+                                                     "tiny: expert)")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="coached episodes in all, rounded up to whole episodes a family (default 100: 12 a family)")
+    p.add_argument("--seed", type=int, default=500_000, help="seeds of the coached episodes (none trained or held out)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--base-data", nargs="+", default=None,
+                   help="planner frames mixed into the fine-tune (default: runs/grounded_frames "
+                        "runs/grounded_frames_vla, the frames the shipped read-out learned from)")
+    p.add_argument("--heldout", default=None,
+                   help="planner frames of seeds never trained on (default: runs/grounded_frames_heldout_v2)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="(default 300; tiny 40)")
+    p.add_argument("--fact-share", type=float, default=0.25)
+    p.add_argument("--lr", type=float, default=None, help="fine-tune peak learning rate (default 1e-3; tiny 1e-2)")
+    p.add_argument("--scope", default="heads", choices=["heads", "readout"], help="what the fine-tune trains")
+    p.add_argument("--frames", type=int, default=None, help="offline_eval plan frames (default 1000; tiny 40)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the fine-tune and the evaluations")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="sessions, export, checkpoints (default runs/facts_round[_tiny])")
+    p.add_argument("--json", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    tiny = args.preset == "tiny"
+    args.episodes = args.episodes or (N_FAMILIES if tiny else 100)
+    args.finetune_steps = args.finetune_steps or (40 if tiny else 300)
+    args.frames = args.frames or (40 if tiny else 1000)
+    args.lr = args.lr or (1e-2 if tiny else 1e-3)
+    args.workdir = (args.workdir or ROOT / "runs" / ("facts_round_tiny" if tiny else "facts_round")).resolve()
+    if tiny and args.low_level is None:
+        args.low_level = "expert"
+    for name in ("episodes", "workers", "finetune_steps", "frames", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+# --- running the CLI -----------------------------------------------------------------------------------
+class Stages:
+    """Runs hivla commands and benchmark scripts as subprocesses, logging each and its output to a file."""
+
+    def __init__(self, workdir: Path, console):
+        self.log = workdir / "facts_round.log"
+        self.console = console
+        self.walls = workdir / "wall_times.json"  # kept across runs: a resumed round reports every stage
+        self.wall: dict[str, float] = json.loads(self.walls.read_text()) if self.walls.is_file() else {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.wall[stage] = self.wall.get(stage, 0.0) + seconds
+        self.walls.write_text(json.dumps(self.wall, indent=1) + "\n")
+
+    def hivla(self, stage: str, *argv) -> None:
+        self._run(stage, ["-m", "agent.cli", *map(str, argv)], f"hivla {' '.join(map(str, argv))}")
+
+    def script(self, stage: str, path: str, *argv) -> None:
+        self._run(stage, [str(ROOT / path), *map(str, argv)], f"python {path} {' '.join(map(str, argv))}")
+
+    def _run(self, stage: str, argv: list[str], shown: str) -> None:
+        started = time.perf_counter()
+        self.console.print(f"[dim]$ {shown}[/dim]", soft_wrap=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with self.log.open("a") as f:
+            f.write(f"\n$ {shown}\n")
+            f.flush()
+            done = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
+            f.write(f"[exit {done.returncode} after {time.perf_counter() - started:.0f}s]\n")
+        self.add(stage, time.perf_counter() - started)
+        if done.returncode != 0:
+            raise SystemExit(f"{shown.split()[0]} {shown.split()[1]} failed (exit {done.returncode}); see {self.log}")
+
+
+def tiny_setup(stages: Stages, args) -> tuple[Path, list[str], str]:
+    """--preset tiny: planner frames (training and held out) and a tiny grounded planner trained on them."""
+    w = args.workdir
+    frames, heldout, readout, ckpt = w / "frames", w / "heldout", w / "readout", w / "base_ckpt"
+    common = ["--mode", "planner", "--suite", "base", "--image-size", 32, "--render-size", 32, "--max-steps", 200]
+    if not any(frames.glob("shard_*.safetensors")):
+        stages.hivla("setup", "datagen", *common, "--episodes", 2 * N_FAMILIES, "--seed", 0, "--out", frames)
+    if not any(heldout.glob("shard_*.safetensors")):
+        stages.hivla("setup", "datagen", *common, "--episodes", N_FAMILIES, "--seed", 900_000, "--out", heldout)
+    tiny = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
+    if not (readout / "model.safetensors").is_file():
+        stages.hivla("setup", "train", "--model", "readout", "--preset", "grounded", "--data", frames, "--out", readout,
+                     "--steps", 60, "--batch-size", 16, "--lr", 3e-3, "--eval-every", 60, "--threads", args.threads,
+                     *tiny)
+    if not (ckpt / "model.safetensors").is_file():
+        stages.hivla("setup", "train", "--preset", "grounded", "--readout", readout, "--data", frames, "--out", ckpt,
+                     "--steps", 20, "--batch-size", 8, "--eval-every", 20, "--threads", args.threads, *tiny)
+    return ckpt, [str(frames)], str(heldout)
+
+
+# --- the round -----------------------------------------------------------------------------------------
+def coached_run(stages: Stages, args, base: Path) -> dict:
+    w = args.workdir
+    path = w / "coached.json"
+    if not path.is_file():
+        shutil.rmtree(w / "sessions", ignore_errors=True)  # a partial run's sessions would be counted twice
+        per_family = math.ceil(args.episodes / N_FAMILIES)
+        low = ["--low-level", args.low_level] if args.low_level else []
+        tiny = ["--image-size", 32, "--max-steps", 80] if args.preset == "tiny" else []
+        stages.hivla("a_coached_run", "run", "--high-level", f"pi05:{base}", *low, "--suite", "base",
+                     "--episodes", per_family, "--seed", args.seed, "--coach", "facts", "--out", w / "sessions",
+                     "--workers", args.workers, "--quiet", "--json", path, *tiny)
+    return json.loads(path.read_text())
+
+
+def export(stages: Stages, args) -> Path:
+    out = args.workdir / "export"
+    if not (out / "manifest.json").is_file():
+        stages.hivla("b_export", "export", args.workdir / "sessions", "--format", "sft", "--kind", "fact",
+                     "--out", out, "--force")
+    return out
+
+
+def finetune(stages: Stages, args, base: Path, data: Path, base_data: list[str]) -> tuple[Path, dict]:
+    out = args.workdir / "facts_ckpt"
+    summary = out / "finetune_summary.json"
+    if not summary.is_file():
+        stages.hivla("c_finetune", "finetune", "--base", base, "--data", data, "--readout-facts", "--base-data",
+                     *base_data, "--out", out, "--steps", args.finetune_steps, "--fact-share", args.fact_share,
+                     "--lr", args.lr, "--readout-scope", args.scope, "--threads", args.threads, "--resume")
+    return out, json.loads(summary.read_text())
+
+
+def reading(args, checkpoint: Path, heldout: str, corrected: tuple[str, ...], path: Path) -> dict:
+    """The read-out's reading of every held-out frame, by kind (in this process: the read-out alone)."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    import torch
+
+    from agent.training.facts_finetune import reading_by_kind
+    from agent.training.readout_trainer import load_frames
+    from policies.pi05.policy import load_checkpoint
+
+    torch.set_num_threads(args.threads)
+    model, _ = load_checkpoint(checkpoint)
+    frames = load_frames([heldout], model.cfg.image_size, log=lambda *_: None)
+    result = reading_by_kind(model.vision, frames, torch.arange(len(frames.tasks)), "bf16", torch.device("cpu"),
+                             corrected=corrected)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def decisions(stages: Stages, args, checkpoint: Path, heldout: str, path: Path) -> dict:
+    if not path.is_file():
+        stages.script("d_offline_eval", "benchmarks/offline_eval.py", "--checkpoint", checkpoint, "--data", heldout,
+                      "--frames", args.frames, "--questions", 0, "--threads", args.threads, "--json", path)
+    return json.loads(path.read_text())["decisions"]
+
+
+# --- the table -----------------------------------------------------------------------------------------
+def table(result: dict):
+    from rich.table import Table
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    before, after = result["before"], result["after"]
+    corrected = set(result["corrected_kinds"])
+    t = Table(title=f"facts round: {result['facts']['total']} facts from {result['coached']['episodes']} coached "
+                    f"episodes; held-out frames {before['reading']['frames']}")
+    for col in ("held-out frames", "facts", "objects\nbefore", "objects\nafter", "lines\nbefore", "lines\nafter"):
+        t.add_column(col, justify="left" if col.startswith("held") else "right")
+    by_kind = result["facts"]["train_by_kind"]
+    for kind, b in before["reading"]["kinds"].items():
+        a = after["reading"]["kinds"][kind]
+        t.add_row(f"{kind}{' *' if kind in corrected else ''} (n={b['frames']})", str(by_kind.get(kind, 0)),
+                  pct(b["objects_right"]), pct(a["objects_right"]), pct(b["lines_right"]), pct(a["lines_right"]))
+    b, a = before["reading"]["corrected_kinds"], after["reading"]["corrected_kinds"]
+    t.add_row(f"corrected kinds * (n={b.get('frames', 0)})", str(result["facts"]["train"]), pct(b.get("objects_right")),
+              pct(a.get("objects_right")), pct(b.get("lines_right")), pct(a.get("lines_right")))
+    t.add_row(f"all frames (n={before['reading']['frames']})", "", pct(before["reading"]["objects_right"]),
+              pct(after["reading"]["objects_right"]), pct(before["reading"]["scene_lines_right"]),
+              pct(after["reading"]["scene_lines_right"]))
+    facts = result["facts_read_as_stated"]
+    t.add_row(f"held-out facts read as stated (n={facts['held_out_n']})", "", pct(facts["held_out_before"]),
+              pct(facts["held_out_after"]), "", "")
+    for group in ("all", "decision due"):
+        for given in ("", " (true line given)"):
+            key = group + given
+            if key in before["decisions"]:
+                t.add_row(f"decisions: {key} (n={before['decisions'][key]['frames']})", "",
+                          pct(before["decisions"][key]["accuracy"]), pct(after["decisions"][key]["accuracy"]), "", "")
+    return t
+
+
+def main(argv=None) -> int:
+    from agent.commands.output import table_console
+
+    args = parse_args(argv)
+    console = table_console()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    stages = Stages(args.workdir, console)
+    started = time.perf_counter()
+    if args.preset == "tiny" and args.checkpoint is None:
+        base, base_data, heldout = tiny_setup(stages, args)
+    else:
+        from agent.specs import SHIPPED_CHECKPOINT
+
+        base = Path(args.checkpoint or SHIPPED_CHECKPOINT)
+        base_data = args.base_data or [str(ROOT / "runs" / name) for name in ("grounded_frames", "grounded_frames_vla")]
+        heldout = args.heldout or str(ROOT / "runs" / "grounded_frames_heldout_v2")
+    base = base.resolve()
+    if not (base / "model.safetensors").is_file():
+        raise SystemExit(f"no checkpoint at {base}; pass --checkpoint (or --preset tiny for a miniature round)")
+    for path in [*base_data, heldout]:
+        if not (Path(path) / "planner_frames.json").is_file():
+            raise SystemExit(f"{path}: no planner frames; record them with `hivla datagen --mode planner` "
+                             f"(see policies/checkpoints/grounded/MODEL_CARD.md)")
+
+    coached = coached_run(stages, args, base)
+    data = export(stages, args)
+    tuned, summary = finetune(stages, args, base, data, base_data)
+    corrected = tuple(summary["facts"]["train_by_kind"])
+    w = args.workdir
+    result_reading = {}
+    for when, ckpt in (("before", base), ("after", tuned)):
+        t0 = time.perf_counter()
+        fresh = not (w / f"reading_{when}.json").is_file()
+        result_reading[when] = reading(args, ckpt, heldout, corrected, w / f"reading_{when}.json")
+        if fresh:
+            stages.add("d_reading", time.perf_counter() - t0)
+    result_decisions = {when: decisions(stages, args, ckpt, heldout, w / f"offline_{when}.json")
+                        for when, ckpt in (("before", base), ("after", tuned))}
+
+    def acc(when: str, key: str):
+        row = result_decisions[when].get(key)
+        return row["accuracy"] if row else None
+
+    lines_b = result_reading["before"]["corrected_kinds"].get("lines_right")
+    lines_a = result_reading["after"]["corrected_kinds"].get("lines_right")
+    drop = None if acc("before", "all") is None else 100 * (acc("before", "all") - acc("after", "all"))
+    result = {
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        | {"checkpoint": str(base), "base_data": base_data, "heldout": heldout,
+           "episodes_per_family": math.ceil(args.episodes / N_FAMILIES)},
+        "coached": {k: coached.get(k)
+                    for k in ("episodes", "success_rate", "interventions_per_episode", "wall_time_s")},
+        "facts": summary["facts"],
+        "corrected_kinds": list(corrected),
+        "facts_read_as_stated": {
+            "train_n": summary["before"]["facts_train"]["n"],
+            "train_before": summary["before"]["facts_train"]["as_stated"],
+            "train_after": summary["after"]["facts_train"]["as_stated"],
+            "held_out_n": summary["before"]["facts_held_out"]["n"],
+            "held_out_before": summary["before"]["facts_held_out"]["as_stated"],
+            "held_out_after": summary["after"]["facts_held_out"]["as_stated"]},
+        "finetune": {"scope": summary["scope"], "steps": summary["step"], "train_time_s": summary["elapsed_s"],
+                     "trainable_parameters": summary["trainable_parameters"]},
+        "before": {"reading": result_reading["before"], "decisions": result_decisions["before"]},
+        "after": {"reading": result_reading["after"], "decisions": result_decisions["after"]},
+        "must_show": {
+            "corrected_kinds_lines_right": [lines_b, lines_a],
+            "corrected_kinds_lines_up": None if lines_b is None or lines_a is None else lines_a > lines_b,
+            "decisions_drop_points": drop,
+            "decisions_down_at_most_1_point": None if drop is None else drop <= 1.0},
+        "wall_time_s": {**stages.wall, "this_run": time.perf_counter() - started},
+    }
+    console.print(table(result))
+    console.print(f"scene lines right on the corrected kinds' frames: "
+                  f"{'-' if lines_b is None else f'{100 * lines_b:.1f}%'} -> "
+                  f"{'-' if lines_a is None else f'{100 * lines_a:.1f}%'}; base decisions (own line) "
+                  f"{'-' if drop is None else f'{-drop:+.1f}'} points")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""`hivla finetune --readout-facts` (issue 33): a grounded planner's object read-out learns what people
+said was true. A fact said in a recorded run (the facts coach, answering a tiny random grounded planner
+that misreads everything) survives the recorder, the SFT / LeRobot exports and the sessions' own
+reader into read-out rows; the fine-tune writes a grounded checkpoint `hivla run` loads; its reading of
+the stated object moves toward the stated place; heads-only leaves the object tokens (and so every
+decision given a line) as they were; wrong inputs are refused in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from agent.cli import main
+from agent.envs import make_env
+from agent.training import planner_frames as pf
+from agent.training.facts_finetune import (
+    HEADS, FactsFinetuneSettings, finetune_readout_on_facts, labels_from_fact, load_fact_rows, readout_loss,
+)
+from policies.pi05.configuration import make_config
+from policies.pi05.modeling import Pi05Model
+from policies.pi05.objects import BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, ObjectReadout
+from policies.pi05.policy import load_checkpoint, save_checkpoint
+from policies.scene_line import NAMED, PLACES, SIDES, Fact
+from policies.types import CorrectionKind
+from sessions.reader import read_session
+from test_fact_replan import tiny_grounded_planner
+
+torch.set_num_threads(1)
+FAMILY = "put_color_in_bowl"
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Two tiny planner-frame shards (oracle + expert episodes), the base data mixed in."""
+    out = tmp_path_factory.mktemp("frames")
+    pf.write_manifest(out, 32, 8)
+    pf.record_shard(str(out), [0], "base", 0.0, 32, 150, [FAMILY])
+    pf.record_shard(str(out), [1], "base", 0.0, 32, 150, ["stack_three"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def grounded(tmp_path_factory):
+    """A tiny grounded checkpoint with random weights: its line names blocks the scene does not hold."""
+    obs, _ = make_env(family=FAMILY, image_size=32).reset(seed=0)
+    policy = tiny_grounded_planner(len(obs["state"]), seed=0)
+    return save_checkpoint(tmp_path_factory.mktemp("grounded") / "ckpt", policy.model, policy.processor.tok,
+                           policy.processor.stats, extra={"preset": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def coached(grounded, tmp_path_factory):
+    """`hivla run --coach facts` recorded, and its SFT export."""
+    root = tmp_path_factory.mktemp("coached")
+    code = main(["run", "--high-level", f"pi05:{grounded}", "--low-level", "expert", "--family", FAMILY,
+                 "--episodes", "2", "--image-size", "32", "--coach", "facts", "--max-steps", "40",
+                 "--out", str(root / "sessions"), "--quiet"])
+    assert code == 0
+    assert main(["export", str(root / "sessions"), "--format", "sft", "--out", str(root / "sft")]) == 0
+    [session] = list((root / "sessions").iterdir())
+    said = [c for ep in read_session(session).episodes for c in ep.active_corrections]
+    assert said and all(c.kind is CorrectionKind.FACT for c in said)
+    return {"root": root, "sessions": root / "sessions", "sft": root / "sft", "said": said}
+
+
+def finetune(grounded, data, frames, out, *extra: str) -> int:
+    return main(["finetune", "--base", str(grounded), "--data", str(data), "--base-data", str(frames),
+                 "--out", str(out), "--readout-facts", "--threads", "1", "--dtype", "fp32", *extra])
+
+
+def tensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_a_fact_survives_the_recorder_the_export_and_the_finetune(grounded, coached, frames, tmp_path, capsys):
+    out = tmp_path / "facts_ckpt"
+    assert finetune(grounded, coached["sft"], frames, out, "--steps", "3", "--batch-size", "8") == 0
+    info = json.loads((out / "checkpoint_info.json").read_text())["readout_facts"]
+    # every fact said in the run is a training row (a few episodes: the held-out split may take some)
+    assert info["facts"]["total"] == len(coached["said"]) and info["facts"]["train"] >= 1
+    assert info["scope"] == "heads" and info["decisions_given_a_line_unchanged"] and info["step"] == 3
+    assert set(info["facts"]["by_kind"]) <= {*PLACES, "drawer_state", "bowls"}
+    assert sum(info["facts"]["by_kind"].values()) == len(coached["said"])
+    assert info["before"]["facts_train"]["n"] == info["facts"]["train"] and info["after"]["base_reading"]["frames"] > 0
+    assert "facts read as stated" in capsys.readouterr().out
+    assert (out / "finetune.log").read_text().count("step 3 ") == 1  # the loop's log line
+    # heads only: every tensor but the read-out's heads is the base checkpoint's, bit for bit
+    base, tuned = tensors(grounded), tensors(out)
+    assert base.keys() == tuned.keys()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.split(".")[1] in HEADS for k in changed), changed
+    # OUT is a grounded checkpoint `hivla run` loads by its spec, and it plans
+    from agent.specs import make_high_level
+
+    obs, _ = make_env(family=FAMILY, image_size=32).reset(seed=0)
+    high = make_high_level(f"pi05:{out}")
+    from policies.types import Observation, PlanContext
+
+    plan = high.plan(Observation(images=obs["images"], state=obs["state"], task=obs["task"], time=0.0),
+                     PlanContext(task=obs["task"]))
+    assert (plan.thought or plan.subtask).startswith("I see:")
+
+
+def test_the_exports_and_the_sessions_give_the_same_fact_rows(grounded, coached, tmp_path):
+    cfg = load_checkpoint(grounded)[0].cfg
+    lerobot = tmp_path / "lerobot"
+    assert main(["export", str(coached["sessions"]), "--format", "lerobot", "--video-codec", "lossless",
+                 "--out", str(lerobot)]) == 0
+    rows = {name: load_fact_rows([path], cfg.cameras, cfg.image_size, log=lambda *_: None)
+            for name, path in (("sft", coached["sft"]), ("sessions", coached["sessions"]), ("lerobot", lerobot))}
+    said = [Fact.from_dict(c.fact.model_dump()) for c in coached["said"]]
+    for name, r in rows.items():
+        assert sorted(map(str, r.facts)) == sorted(map(str, said)), name
+        for k in ("place", "where", "side", "drawer"):
+            assert torch.equal(r.labels[k], rows["sft"].labels[k]), (name, k)
+    # the frame is the one the fact was said at: exact through PNG, and through a lossless video
+    assert torch.equal(rows["sft"].images, rows["sessions"].images)
+    assert (rows["lerobot"].images.int() - rows["sft"].images.int()).abs().float().mean() < 2.0
+    # a source given twice (an export and its sessions) counts each fact once
+    for pair in ((coached["sft"], coached["sessions"]), (lerobot, coached["sessions"])):
+        both = load_fact_rows(list(pair), cfg.cameras, cfg.image_size, log=lambda *_: None)
+        assert len(both) == len(said) and sorted(both.episodes) == sorted(rows["sessions"].episodes)
+
+
+def stated_place_probability(ckpt, rows) -> torch.Tensor:
+    model, _ = load_checkpoint(ckpt)
+    with torch.no_grad():
+        out = model.vision.heads(model.vision.features(rows.images))
+    p = out["place"].float().softmax(-1)  # [N, blocks, places]
+    stated = rows.labels["place"]
+    n, b = torch.nonzero(stated != IGNORE, as_tuple=True)
+    return p[n, b, stated[n, b]]
+
+
+def test_the_reading_of_the_stated_object_moves_toward_the_stated_place(grounded, coached, frames, tmp_path):
+    cfg = load_checkpoint(grounded)[0].cfg
+    rows = load_fact_rows([coached["sft"]], cfg.cameras, cfg.image_size, log=lambda *_: None)
+    out = tmp_path / "learned"
+    summary = finetune_readout_on_facts(FactsFinetuneSettings(
+        base=str(grounded), data=[str(coached["sft"])], base_data=[str(frames)], out=str(out), steps=25,
+        batch_size=16, lr=1e-2, warmup_steps=1, fact_share=0.5, held_out_fraction=0.0, dtype="fp32", threads=1,
+        progress=False))
+    before, after = stated_place_probability(grounded, rows), stated_place_probability(out, rows)
+    assert after.mean() > before.mean() + 0.05 and (after > before).float().mean() >= 0.75, (before, after)
+    assert summary["after"]["facts_train"]["as_stated"] >= summary["before"]["facts_train"]["as_stated"]
+    # the object tokens the backbone reads are the base's: decisions given a line cannot move
+    base_model, tuned_model = load_checkpoint(grounded)[0], load_checkpoint(out)[0]
+    with torch.no_grad():
+        assert torch.equal(base_model.vision(rows.images), tuned_model.vision(rows.images))
+
+
+def test_the_readout_scope_moves_the_features_and_never_the_backbone(grounded, coached, frames, tmp_path):
+    out = tmp_path / "readout_scope"
+    assert finetune(grounded, coached["sft"], frames, out, "--steps", "2", "--batch-size", "8",
+                    "--readout-scope", "readout") == 0
+    base, tuned = tensors(grounded), tensors(out)
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert any(k.startswith("vision.trunk") for k in changed)
+    assert all(k.startswith("vision.") and not k.startswith("vision.proj") for k in changed), changed
+    info = json.loads((out / "checkpoint_info.json").read_text())["readout_facts"]
+    assert info["scope"] == "readout" and not info["decisions_given_a_line_unchanged"]
+
+
+def test_a_fact_labels_only_its_object():
+    red = BLOCK_NAMES.index("red block")
+    labels = labels_from_fact(Fact("red block", "bowl", "blue bowl"))
+    assert labels["place"][red] == PLACES.index("bowl") and labels["where"][red] == WHERE_NAMES.index("blue bowl")
+    assert sum(p != IGNORE for p in labels["place"]) == 1 and labels["drawer"] == IGNORE
+    assert labels["bowls"] == [1 if b == "blue bowl" else IGNORE for b in BOWL_NAMES]  # the bowl is there
+    table = labels_from_fact(Fact("red block", "table", side="left"))
+    assert table["side"][red] == SIDES.index("left") and table["where"][red] == IGNORE
+    assert labels_from_fact(Fact("red block", "table"))["side"][red] == IGNORE  # no side said: none learned
+    assert labels_from_fact(Fact("red block", "absent"))["place"][red] == PLACES.index("absent")
+    assert labels_from_fact(Fact("drawer", "open"))["drawer"] == 1
+    named = labels_from_fact(Fact("green bowl", NAMED, "blue bowl"))
+    assert named["bowls"][BOWL_NAMES.index("green bowl")] == 1 and set(named["place"]) == {IGNORE}
+    # the loss over partial labels is finite, and zero gradient reaches a head no label concerns
+    readout = ObjectReadout(make_config("tiny", vision_stem="objects", scene_bowls=True))
+    out = readout.heads(readout.features(torch.randint(0, 255, (2, 2, 32, 32, 3), dtype=torch.uint8)))
+    batch = {k: torch.tensor([labels_from_fact(Fact("drawer", "open"))[k]] * 2,
+                             dtype=torch.float32 if k == "x" else torch.long) for k in labels}
+    loss = readout_loss({k: v.float() for k, v in out.items()}, batch)
+    loss.backward()
+    assert torch.isfinite(loss) and readout.place_head.weight.grad.abs().sum() == 0
+    assert readout.drawer_head.weight.grad.abs().sum() > 0
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_wrong_inputs_are_refused_in_one_line(grounded, coached, frames, tmp_path, capsys):
+    # a planner without a read-out
+    plain = tmp_path / "plain"
+    policy = tiny_grounded_planner(8, seed=0)
+    save_checkpoint(plain, Pi05Model(make_config("tiny", vocab_size=policy.processor.cfg.vocab_size)),
+                    policy.processor.tok, policy.processor.stats)
+    assert finetune(plain, coached["sft"], frames, tmp_path / "o1") == 2
+    assert "grounded" in one_line_error(capsys) and not (tmp_path / "o1").exists()
+    # flags of the other recipes, and --readout-facts's own flags without it
+    assert finetune(grounded, coached["sft"], frames, tmp_path / "o2", "--lora") == 2
+    assert "--lora" in one_line_error(capsys)
+    assert main(["finetune", "--base", "hf:models/x", "--data", str(coached["sft"]), "--out", str(tmp_path / "o3"),
+                 "--readout-facts"]) == 2
+    assert "grounded" in one_line_error(capsys)
+    assert main(["finetune", "--base", str(grounded), "--data", str(coached["sft"]), "--out", str(tmp_path / "o4"),
+                 "--fact-share", "0.5"]) == 2
+    assert "--readout-facts" in one_line_error(capsys)
+    # base data that is not planner frames
+    assert finetune(grounded, coached["sft"], coached["sessions"], tmp_path / "o5") == 2
+    assert "datagen --mode planner" in one_line_error(capsys)
+    # a truncated checkpoint
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in grounded.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert finetune(broken, coached["sft"], frames, tmp_path / "o6") == 2
+    assert "truncated" in one_line_error(capsys)
+    # a truncated export
+    export = tmp_path / "export"
+    export.mkdir()
+    for f in coached["sft"].iterdir():
+        (export / f.name).write_bytes(f.read_bytes())
+    data = (export / "train.parquet").read_bytes()
+    (export / "train.parquet").write_bytes(data[: len(data) // 2])
+    assert finetune(grounded, export, frames, tmp_path / "o7") == 2
+    assert "hivla export" in one_line_error(capsys)
+    # no fact in the data
+    empty = tmp_path / "no_facts"
+    assert main(["run", "--high-level", "oracle", "--low-level", "expert", "--family", FAMILY, "--episodes", "1",
+                 "--image-size", "32", "--max-steps", "10", "--out", str(empty), "--quiet"]) == 0
+    capsys.readouterr()
+    assert finetune(grounded, empty, frames, tmp_path / "o8") == 2
+    assert "--coach facts" in one_line_error(capsys)
+
+
+@pytest.mark.slow
+def test_the_facts_round_runs_in_miniature(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "facts_round.py"
+    result = tmp_path / "facts_round.json"
+    argv = [sys.executable, str(script), "--preset", "tiny", "--workdir", str(tmp_path / "work"), "--json", str(result),
+            "--threads", "1", "--workers", "1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(result.read_text())
+    assert data["facts"]["total"] > 0
+    for when in ("before", "after"):
+        assert 0.0 <= data[when]["reading"]["scene_lines_right"] <= 1.0
+        assert data[when]["decisions"]["all"]["frames"] > 0
+    # heads only: given the true line, every decision is the same before and after
+    assert data["before"]["decisions"]["all (true line given)"] == data["after"]["decisions"]["all (true line given)"]
+    # run again: every stage's output is there, nothing runs
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "$ " not in again.stdout, again.stdout
