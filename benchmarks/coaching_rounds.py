@@ -11,18 +11,29 @@ round r = 1..R then
 After the last round, M more coached episodes with the final checkpoint measure how often the
 coach still has to step in. Every stage is the documented CLI command, run as a subprocess.
 
-    python benchmarks/coaching_rounds.py --checkpoint policies/checkpoints/small --base-data runs/ckpt_small \\
-        --low-level expert --episodes 10 --base-episodes 4 --coached 10 --rounds 2 --workers 2 \\
-        --finetune-steps 1000 --correction-share 0.3      # the full run in the README (~30 min on 2 cores)
+    # the shipped grounded planner (its scene line read by a frozen read-out, the history context) and
+    # the shipped VLA as the low level; base data: the planner frames it was trained on (~30 min on 2 cores)
+    python benchmarks/coaching_rounds.py --preset grounded --base-data runs/grounded_frames \\
+        runs/grounded_frames_vla runs/grounded_frames_swap runs/grounded_frames_coached \\
+        --episodes 10 --base-episodes 4 --coached 10 --rounds 2 --workers 2 \\
+        --finetune-steps 1000 --correction-share 0.3 --workdir runs/coaching_rounds_grounded
+    python benchmarks/coaching_rounds.py --checkpoint policies/checkpoints/small --preset small \\
+        --base-data runs/ckpt_small --low-level expert --episodes 10 --base-episodes 4 --coached 10 --rounds 2 \\
+        --workers 2 --finetune-steps 1000 --correction-share 0.3      # the run in the README (~30 min on 2 cores)
     python benchmarks/coaching_rounds.py --preset tiny                  # a self-contained miniature
 
 Stages whose results are already in --workdir (eval JSON, coached.json, a finished fine-tune) are
 not run again, so an interrupted run continues where it stopped.
 
 With `--preset tiny` and no checkpoint, a tiny base checkpoint is first trained on a few
-`hivla datagen` episodes. The low level of every run is the base checkpoint's (`--low-level base`,
-the literal "low level frozen"); `finetuned` uses each round's checkpoint for both levels and
-`expert` the scripted expert. Prints one table (round, autonomous success per suite,
+`hivla datagen` episodes; with `grounded` (the default) or `small` and no checkpoint, the shipped one of
+that name is the base. The low level (`--low-level`): `vla`, the shipped VLA (what `hivla run` executes
+with when no --low-level is given; the default for a planner-only checkpoint such as `grounded`);
+`base`, the base checkpoint's own action expert (the literal "low level frozen"; the default
+otherwise); `finetuned`, each round's checkpoint for both levels; `expert`, the scripted expert. Without
+--base-data the fine-tune reads the data the base checkpoint records (its checkpoint_info.json); from
+round 2 on, the base samples round 1's fine-tune cached (base_cache.safetensors: the same draw, read
+without decoding the base data again). Prints one table (round, autonomous success per suite,
 interventions per coached episode, corrections collected, correction data as a share of the base
 data, wall time) and writes benchmarks/results/coaching_rounds.json (or --json).
 """
@@ -41,25 +52,36 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+BASE_CACHE_FILE = "base_cache.safetensors"  # agent/training/finetune_data.py (not imported: no torch here)
 RESULTS = ROOT / "benchmarks" / "results" / "coaching_rounds.json"
+LOW_LEVELS = ("vla", "base", "finetuned", "expert")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", default=None, help="base checkpoint (default: the shipped small one; "
+    p.add_argument("--checkpoint", default=None, help="base checkpoint (default: the shipped one the preset names; "
                                                       "with --preset tiny, one trained here)")
-    p.add_argument("--preset", default="small", choices=["tiny", "small"], help="model size (tiny: a miniature run)")
+    p.add_argument("--preset", default="grounded", choices=["tiny", "small", "grounded"],
+                   help="which model: the shipped grounded planner (default), the shipped small checkpoint, or tiny "
+                        "(a miniature run)")
     p.add_argument("--base-data", nargs="+", default=None,
-                   help="the base checkpoint's training data (datagen sessions or a dir with its data cache)")
+                   help="the base checkpoint's training data (datagen sessions, planner-frame directories, or a dir "
+                        "with its data cache; default: what its checkpoint_info.json records)")
     p.add_argument("--episodes", type=int, default=20, help="autonomous evaluation episodes per coaching family")
     p.add_argument("--base-episodes", type=int, default=6, help="autonomous evaluation episodes per base family")
     p.add_argument("--coached", type=int, default=10, help="M: coached episodes per coaching family and round")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--low-level", default="base", choices=["base", "finetuned", "expert"])
-    p.add_argument("--finetune-steps", type=int, default=None, help="(default: 1500 small, 120 tiny)")
+    p.add_argument("--low-level", default=None, choices=LOW_LEVELS,
+                   help="vla: the shipped VLA; base: the base checkpoint's action expert; finetuned: each round's "
+                        "checkpoint; expert: the scripted expert (default: vla for a planner-only checkpoint, "
+                        "else base)")
+    p.add_argument("--max-base-samples", type=int, default=None,
+                   help="base samples each fine-tune keeps in memory (default: hivla finetune's)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="(default: 1500; tiny 120)")
     p.add_argument("--correction-share", type=float, default=0.1)
-    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: 3e-4 small, 3e-3 tiny)")
-    p.add_argument("--image-size", type=int, default=None, help="camera resolution (default: the model's)")
+    p.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: 3e-4; tiny 3e-3)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="camera resolution (default: hivla run's, 128; tiny 32)")
     p.add_argument("--max-steps", type=int, default=None, help="per-episode step cap (default: the family budget)")
     p.add_argument("--workers", type=int, default=1, help="parallel episode workers in each run")
     p.add_argument("--seed", type=int, default=1000, help="evaluation seeds (coached episodes use others)")
@@ -76,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("episodes", "base_episodes", "coached", "rounds", "workers"):
         if getattr(args, name) < (0 if name in ("base_episodes",) else 1):
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.max_base_samples is not None and args.max_base_samples < 1:
+        p.error("--max-base-samples must be at least 1")
     return args
 
 
@@ -101,14 +125,26 @@ class Stages:
             raise SystemExit(f"hivla {argv[0]} failed (exit {done.returncode}); see {self.log}")
 
 
-def policy_specs(args, checkpoint: Path, base: Path) -> tuple[str, str]:
-    low = {"base": f"pi05:{base}", "finetuned": f"pi05:{checkpoint}", "expert": "expert"}[args.low_level]
+def planner_only(checkpoint: Path) -> bool:
+    """A checkpoint whose action expert was never trained (flow_loss_weight 0): it cannot be a low level."""
+    config = Path(checkpoint) / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("flow_loss_weight", 1.0) == 0
+
+
+def policy_specs(args, checkpoint: Path, base: Path) -> tuple[str, str | None]:
+    """The --high-level and --low-level specs of a run (None: no --low-level, so `hivla run` executes
+    with its shipped VLA)."""
+    low = {"vla": None, "base": f"pi05:{base}", "finetuned": f"pi05:{checkpoint}", "expert": "expert"}[args.low_level]
     return f"pi05:{checkpoint}", low
+
+
+def level_flags(args, checkpoint: Path, base: Path) -> list:
+    high, low = policy_specs(args, checkpoint, base)
+    return ["--high-level", high] + (["--low-level", low] if low else [])
 
 
 def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> dict:
     """Autonomous success on both suites."""
-    high, low = policy_specs(args, checkpoint, base)
     results = {}
     for suite, n in (("coaching", args.episodes), ("base", args.base_episodes)):
         if n == 0:
@@ -117,18 +153,17 @@ def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> d
         if path.is_file():  # done by an earlier, interrupted run of this benchmark
             results[suite] = json.loads(path.read_text())
             continue
-        stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", suite, "--episodes", n,
+        stages.hivla("run", *level_flags(args, checkpoint, base), "--suite", suite, "--episodes", n,
                      "--seed", args.seed, "--workers", args.workers, "--quiet", "--json", path, *common_run_flags(args))
         results[suite] = json.loads(path.read_text())
     return results
 
 
 def coached_run(stages: Stages, args, checkpoint: Path, base: Path, out: Path, seed: int) -> dict:
-    high, low = policy_specs(args, checkpoint, base)
     path = out / "coached.json"
     if not path.is_file():
         shutil.rmtree(out / "sessions", ignore_errors=True)  # a partial run's sessions would be counted twice
-        stages.hivla("run", "--high-level", high, "--low-level", low, "--suite", "coaching", "--episodes", args.coached,
+        stages.hivla("run", *level_flags(args, checkpoint, base), "--suite", "coaching", "--episodes", args.coached,
                      "--seed", seed, "--workers", args.workers, "--coach", "scripted", "--out", out / "sessions",
                      "--quiet", "--json", path, *common_run_flags(args))
     summary = json.loads(path.read_text())
@@ -170,6 +205,18 @@ def tiny_base_checkpoint(stages: Stages, args) -> tuple[Path, list[str]]:
         stages.hivla("train", "--data", data, "--preset", "tiny", "--out", ckpt, "--steps", 400, "--lr", 3e-3,
                      "--batch-size", 16, "--set", "image_size=32", "--eval-every", 400, "--threads", 2)
     return ckpt, [str(data)]
+
+
+def base_checkpoint(stages: Stages, args) -> tuple[Path, list[str] | None]:
+    """The base checkpoint and its base data (None: the fine-tune reads what the checkpoint records)."""
+    if args.checkpoint:
+        return Path(args.checkpoint).resolve(), args.base_data
+    if args.preset == "tiny":
+        base, base_data = tiny_base_checkpoint(stages, args)
+        return base.resolve(), args.base_data or base_data
+    from agent.specs import CHECKPOINTS
+
+    return CHECKPOINTS / args.preset, args.base_data
 
 
 # --- the rounds ---------------------------------------------------------------------------------------
@@ -225,18 +272,14 @@ def main(argv=None) -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     stages = Stages(args.workdir, console)
     started = time.perf_counter()
-    if args.checkpoint:
-        base = Path(args.checkpoint).resolve()
-        base_data = args.base_data
-    elif args.preset == "tiny":
-        base, base_data = tiny_base_checkpoint(stages, args)
-        base = base.resolve()
-    else:
-        from agent.specs import SHIPPED_CHECKPOINT
-
-        base, base_data = SHIPPED_CHECKPOINT, args.base_data
+    base, base_data = base_checkpoint(stages, args)
     if not (base / "model.safetensors").is_file():
         raise SystemExit(f"no checkpoint at {base}; pass --checkpoint (or --preset tiny for a miniature run)")
+    if args.low_level is None:
+        args.low_level = "vla" if planner_only(base) else "base"
+    if planner_only(base) and args.low_level in ("base", "finetuned"):
+        raise SystemExit(f"{base} is a planner only (flow_loss_weight 0): its action expert is untrained; "
+                         f"use --low-level vla or expert")
 
     rows: list[dict] = []
     t0 = time.perf_counter()
@@ -254,8 +297,13 @@ def main(argv=None) -> int:
             stages.hivla("export", *sessions, "--format", "sft", "--out", out / "export", "--force")
         flags = ["--base", base, "--data", out / "export", "--out", new_ckpt, "--steps", args.finetune_steps,
                  "--correction-share", args.correction_share, "--lr", args.lr]
-        if base_data:
+        first_cache = args.workdir / "round1" / "ckpt"
+        if r > 1 and (first_cache / BASE_CACHE_FILE).is_file():
+            flags += ["--base-data", first_cache]  # round 1's draw of the base data, not decoded again
+        elif base_data:
             flags += ["--base-data", *base_data]
+        if args.max_base_samples:
+            flags += ["--max-base-samples", args.max_base_samples]
         if args.preset == "tiny":
             flags += ["--batch-size", 16]
         if not (new_ckpt / "finetune_summary.json").is_file():

@@ -9,7 +9,15 @@ backbone's keys/values of [images | task | state | subtask], a drifting backbone
 low level too; `anchor_weight` keeps those keys/values where the base checkpoint had them (a
 relative MSE against a frozen copy), so the fine-tuned checkpoint stays a usable low level.
 With `lora=True` only LoRA adapters (peft) on the backbone's projections are trained and merged
-into the saved weights.
+into the saved weights. A planner-only checkpoint (flow_loss_weight 0, e.g. the grounded planner,
+whose low level is another model) has no low level to keep usable: it runs without the anchor.
+
+A grounded planner (vision_stem "objects") keeps its object read-out frozen but for its projection
+into the backbone, as its recipe trained it, and the read-out's features are computed once per frame;
+what it learns is "<scene line> So: <subtask>", its base samples planner frames whose line is the
+simulator's (as `hivla train` builds them), its coaching samples the line its read-out writes at that
+frame with the facts said in force (finetune_data.py). Its evaluation decodes as it plans: the
+sample's line forced, then the subtask under the plan grammar.
 
 Batches: a fixed share (`correction_share`, default 0.1) of every batch comes from the coaching
 data (agent/training/finetune_data.py, over corrections.py: the frames around each correction,
@@ -39,10 +47,18 @@ from typing import Iterator
 
 import torch
 
-from agent.training.finetune_data import CorrectionData, base_dataset, correction_dataset
+from agent.training.finetune_data import (
+    CorrectionData,
+    base_dataset,
+    correction_dataset,
+    frame_index,
+    is_grounded,
+    plan_samples,
+    take_samples,
+)
 from agent.training.finetune_settings import FinetuneSettings
 from agent.training.loop import Recipe, TrainingLoop
-from agent.training.trainer import BATCH_KEYS
+from agent.training.trainer import BATCH_KEYS, TEXT_SEGMENTS, object_features
 from policies.grammar import normalize
 from policies.pi05.modeling import Pi05Model
 from policies.pi05.policy import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
@@ -63,6 +79,19 @@ LORA_TARGETS = r"backbone\.\d+\.(q|k|v|o|mlp\.gate|mlp\.up|mlp\.down)"
 def freeze_low_level(model: Pi05Model) -> None:
     for name, p in model.named_parameters():
         p.requires_grad_(not name.startswith(EXPERT_PREFIXES))
+
+
+def freeze_readout(model: Pi05Model) -> None:
+    """A grounded planner's object read-out stays as its recipe left it (frozen but for its projection
+    into the backbone, as `hivla train --readout` trains it): its reading writes the scene line."""
+    for name, p in model.vision.named_parameters():
+        p.requires_grad_(name.startswith("proj."))
+
+
+def has_low_level(model: Pi05Model) -> bool:
+    """Whether the checkpoint's action expert was trained (a planner-only one, flow_loss_weight 0, is
+    never a low level: policies.pi05.policy.Pi05LowLevel refuses it)."""
+    return model.cfg.flow_loss_weight > 0
 
 
 def add_lora(model: Pi05Model, rank: int) -> torch.nn.Module:
@@ -158,17 +187,46 @@ def reference_keys_values(reference: Pi05Model, batch: dict) -> list:
 @torch.no_grad()
 def decoded_subtasks(model: torch.nn.Module, processor: Pi05Processor, tensors: dict, dtype: str,
                      device: torch.device, batch_size: int = 32) -> list[str]:
+    """The subtask greedy decoding gives each sample. A grounded planner decodes as it plans: its scene
+    line forced (the sample's own: for a coaching sample the line its read-out writes at that frame, for
+    a base frame the simulator's), then "So: <subtask>" under the plan grammar."""
     model.eval()
     out: list[str] = []
     n = len(tensors["prefix_ids"]) if tensors else 0
     for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(n, start + batch_size))
-        b = {k: tensors[k][idx].to(device) for k in ("images", "prefix_ids", "prefix_mask", "context_ids", "context_mask")}
+        b = _to_device(_gather(tensors, torch.arange(start, min(n, start + batch_size))), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            ids = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"], b["context_mask"])
-        out.extend(processor.parse_plan(processor.decode(row))[1] for row in ids.tolist())
+            if is_grounded(model.cfg):
+                texts = _decode_grounded(model, processor, b)
+            else:
+                ids = model.generate(b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"],
+                                     b["context_mask"])
+                texts = [processor.decode(row) for row in ids.tolist()]
+        out.extend(processor.parse_plan(text)[1] for text in texts)
     model.train()
     return out
+
+
+def _decode_grounded(model, processor: Pi05Processor, b: dict) -> list[str]:
+    """Plans decoded after each sample's own scene line (its target's thought); a line cut short in the
+    target (max_target_tokens) is the read-out's reading instead."""
+    from policies.pi05.objects import read_scenes
+    from policies.pi05.policy import decode_grounded
+    from policies.scene_line import SceneParseError, format_scene, parse_scene, split_scene
+
+    lines = []
+    for row in b["target_ids"].tolist():
+        line = split_scene(processor.parse_plan(processor.decode(row))[0])[0]
+        try:
+            lines.append(format_scene(parse_scene(line)) if line else None)
+        except SceneParseError:
+            lines.append(None)
+    if any(line is None for line in lines):
+        read = read_scenes(model.vision.heads(model.vision.features(b["images"])), [""] * len(lines))
+        lines = [line if line is not None else format_scene(scene) for line, scene in zip(lines, read)]
+    texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"], b["context_ids"],
+                               b["context_mask"], [""] * len(lines), lines=lines)
+    return texts
 
 
 def agreement(model, processor, tensors: dict, labels: list, dtype: str, device) -> dict:
@@ -210,12 +268,30 @@ def _draw(n_pool: int, k: int, g: torch.Generator) -> torch.Tensor:
     return torch.randint(0, n_pool, (k,), generator=g)
 
 
-def _batch(tensors: dict, idx: torch.Tensor, device) -> dict:
-    return {k: tensors[k][idx].to(device) for k in BATCH_KEYS}
+def _gather(tensors: dict, idx: torch.Tensor) -> dict:
+    """The samples `idx` as model inputs, on the CPU (frames through `frame`, a frozen read-out's cached
+    features with them)."""
+    batch = {k: tensors[k][idx] for k in BATCH_KEYS if k != "images"}
+    frames = frame_index(tensors)[idx]
+    batch["images"] = tensors["images"][frames]
+    if "object_features" in tensors:
+        batch["object_features"] = tensors["object_features"][frames]
+    return batch
 
 
 def _cat(a: dict, b: dict) -> dict:
     return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
+def _to_device(batch: dict, device) -> dict:
+    """Each text segment cut to the longest in the batch (padding is at the end and masked, as
+    trainer.get_batch does), then moved."""
+    batch = dict(batch)
+    for name in TEXT_SEGMENTS:
+        mask = batch[f"{name}_mask"]
+        keep = max(1, int(mask.sum(1).max()))
+        batch[f"{name}_ids"], batch[f"{name}_mask"] = batch[f"{name}_ids"][:, :keep], mask[:, :keep]
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def finetune(s: FinetuneSettings) -> dict:
@@ -225,8 +301,9 @@ def finetune(s: FinetuneSettings) -> dict:
     world, main, device, out, say = loop.world, loop.main, loop.device, loop.out, loop.log.echo
     torch.manual_seed(s.seed)
 
-    # -- model: the base checkpoint (or, resuming, OUT's), expert frozen
+    # -- model: the base checkpoint (or, resuming, OUT's), expert frozen (and a grounded planner's read-out)
     base_model, processor = load_checkpoint(s.base)
+    grounded = is_grounded(base_model.cfg)
     state = loop.state
     if loop.resuming and (out / STATE_FILE).is_file():
         try:
@@ -242,19 +319,36 @@ def finetune(s: FinetuneSettings) -> dict:
     else:
         model = copy.deepcopy(base_model)
         freeze_low_level(model)
+        if grounded:
+            freeze_readout(model)
         if loop.resuming:
             load_state_dict_checked(model, out / "model.safetensors")
-    reference = base_model.to(device).eval() if s.anchor_weight > 0 else None
+    # The anchor keeps the keys/values the action expert reads; a planner-only checkpoint has no low level
+    # to keep usable (the low level is another model, e.g. the VLA), so it runs without one.
+    anchor_weight = s.anchor_weight if has_low_level(base_model) else 0.0
+    if anchor_weight != s.anchor_weight:
+        say(f"{s.base} is a planner only (flow_loss_weight 0): no low level reads its keys/values, so no anchor")
+    reference = base_model.to(device).eval() if anchor_weight > 0 else None
     if reference is not None:
         for p in reference.parameters():
             p.requires_grad_(False)
+    del base_model  # the reference, when there is one, holds it
+    model = model.to(device)
 
     # -- data (every process builds the same tensors; each draws its own batches)
-    data = correction_dataset(s, processor, say)
+    readout = model.vision if grounded else None  # frozen: the reading that writes the scene lines
+    data = correction_dataset(s, processor, say, readout=readout)
     base, base_total = base_dataset(s, processor, say)
+    if grounded:  # the frozen read-out's features, computed once: a training step runs no convolution
+        for tensors in (data.train, data.agree_train, data.agree_held, base):
+            if tensors:
+                tensors["object_features"] = object_features(model, tensors["images"], s.dtype, device)
+        say(f"object read-out frozen; its features cached for {len(base['images'])} base and "
+            f"{len(data.train['images'])} coaching frames")
     g_eval = torch.Generator().manual_seed(4321)
-    eval_idx = torch.randperm(len(base["prefix_ids"]), generator=g_eval)[: s.eval_base_samples]
-    base_eval = {k: v[eval_idx] for k, v in base.items()}
+    plans = plan_samples(base)  # the forgetting check decodes plans (not scene questions)
+    eval_idx = plans[torch.randperm(len(plans), generator=g_eval)[: s.eval_base_samples]]
+    base_eval = take_samples(base, eval_idx)
     per_proc = max(1, s.batch_size // world)
     n_corr = max(1, round(s.correction_share * per_proc))
     n_base = per_proc - n_corr
@@ -262,21 +356,21 @@ def finetune(s: FinetuneSettings) -> dict:
     say(f"batch {s.batch_size} = {world} x ({n_corr} correction + {n_base} base samples); "
         f"correction data {data.stats['correction_samples']} samples = {100 * share_of_base:.2f}% of the "
         f"{base_total} base samples")
-    objective = HighLevelObjective(model.to(device), s.anchor_weight, reference)
+    objective = HighLevelObjective(model, anchor_weight, reference)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if not loop.resuming and main:
         state["before"] = evaluate(model, processor, data, base_eval, s, device)
         say("before: " + _fmt_eval(state["before"]))
     loop.accelerator.wait_for_everyone()
     state.update(corrections=data.stats, base_samples_total=base_total, correction_share_of_base=share_of_base,
-                 trainable_parameters=n_trainable, processes=world)
+                 trainable_parameters=n_trainable, processes=world, anchor_weight=anchor_weight)
 
     def batches(step: int) -> Iterator[dict]:
         g = torch.Generator().manual_seed(s.seed * 1000 + loop.rank * 7919 + step)
         while True:
-            corrections = _batch(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g), device)
-            yield _cat(corrections, _batch(base, _draw(len(base["prefix_ids"]), n_base, g), device)) if n_base \
-                else corrections
+            corrections = _gather(data.train, _draw(len(data.train["prefix_ids"]), n_corr, g))
+            yield _to_device(_cat(corrections, _gather(base, _draw(len(base["prefix_ids"]), n_base, g))) if n_base
+                             else corrections, device)
 
     def after(step: int, final: bool) -> dict:
         if final:
@@ -287,7 +381,8 @@ def finetune(s: FinetuneSettings) -> dict:
     loop.run(Recipe(model=objective, batches=batches, evaluate=after,
                     save=lambda state: _save(out, model, processor, state, s)))
     summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "corrections", "base_samples_total",
-                                           "correction_share_of_base", "trainable_parameters", "processes")}
+                                           "correction_share_of_base", "trainable_parameters", "processes",
+                                           "anchor_weight")}
     if main:
         (out / "finetune_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     loop.accelerator.wait_for_everyone()
@@ -305,7 +400,8 @@ def _fmt_eval(m: dict) -> str:
 def _save(out: Path, model: torch.nn.Module, processor: Pi05Processor, state: dict, s: FinetuneSettings) -> None:
     plain = merged_copy(model, processor.cfg) if s.lora else model
     info = {"finetuned_from": str(Path(s.base).resolve()), "step": state["step"], "data": s.data,
-            "correction_share": s.correction_share, "lora": s.lora, "anchor_weight": s.anchor_weight,
+            "correction_share": s.correction_share, "lora": s.lora,
+            "anchor_weight": state.get("anchor_weight", s.anchor_weight),
             "before": state.get("before"), "after": state.get("after"), **s.extra}
     save_checkpoint(out, plain, processor.tok, processor.stats, extra=info)
     if s.lora:

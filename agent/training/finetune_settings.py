@@ -32,8 +32,11 @@ class FinetuneSettings(RecipeSettings):
     with_corrections: float = 0.5  # share of coaching samples whose context holds the corrections said so far
     window_before: int = 10
     window_after: int = 30
-    max_base_samples: int = 20_000
-    base_stride: int = 5
+    max_base_samples: int = 20_000  # base samples kept in memory (planner frames: each directory its share)
+    base_stride: int = 5  # keep every Nth step of base sessions (planner frames are decisions already: all read)
+    # planner-frame base data: scene questions a frame, on average (None: hivla train's default for a model
+    # co-trained on them, none for one that is not)
+    base_scene_questions: float | None = None
     eval_base_samples: int = 64
     progress: bool = True
     extra: dict = field(default_factory=dict)  # recorded in checkpoint_info.json
@@ -49,6 +52,10 @@ class FinetuneSettings(RecipeSettings):
             raise ValueError(f"held_out_fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
+        if self.base_scene_questions is not None and self.base_scene_questions < 0:
+            raise ValueError(f"base_scene_questions must be >= 0, got {self.base_scene_questions}")
+        if self.max_base_samples < 1:
+            raise ValueError(f"--max-base-samples must be at least 1, got {self.max_base_samples}")
         if self.anchor_weight < 0:
             raise ValueError("anchor_weight must be >= 0")
         if not Path(self.base).is_dir():
