@@ -272,6 +272,14 @@ def start_loading(on_ready: Callable[[str], None] | None = None) -> None:
         _loader.start()
 
 
+def finish_loading(timeout: float = 30.0) -> None:
+    """Wait for start_loading's thread before the process exits: a daemon thread still importing or
+    running torch when the interpreter shuts down can abort it ("terminate called without an active
+    exception", exit 134; seen once, after a session was saved)."""
+    if _loader is not None:
+        _loader.join(timeout)
+
+
 def _load(on_ready: Callable[[str], None] | None) -> None:
     try:
         from policies.intent import shipped_intent_model  # torch and transformers: imported here, off the UI thread

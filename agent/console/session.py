@@ -232,7 +232,12 @@ class CoachSession:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.close()
+        from agent.coaching.understand import finish_loading
+
+        try:
+            self.close()
+        finally:
+            finish_loading()  # after the session is saved: torch must not be mid-load when the process exits
 
 
 def _quit_on_signals(app: Any) -> dict:
