@@ -52,6 +52,8 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.stages import CommandLog  # noqa: E402
 BASE_CACHE_FILE = "base_cache.safetensors"  # agent/training/finetune_data.py (not imported: no torch here)
 RESULTS = ROOT / "benchmarks" / "results" / "coaching_rounds.json"
 LOW_LEVELS = ("vla", "base", "finetuned", "expert")
@@ -104,27 +106,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --- running the CLI -----------------------------------------------------------------------------------
-class Stages:
-    """Runs hivla commands as subprocesses, logging each command and its output to a file."""
-
-    def __init__(self, workdir: Path, console):
-        self.log = workdir / "coaching_rounds.log"
-        self.console = console
-
-    def hivla(self, *argv: str) -> None:
-        cmd = [sys.executable, "-m", "agent.cli", *map(str, argv)]
-        started = time.perf_counter()
-        self.console.print(f"[dim]$ hivla {' '.join(map(str, argv))}[/dim]", soft_wrap=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with self.log.open("a") as f:
-            f.write(f"\n$ hivla {' '.join(map(str, argv))}\n")
-            f.flush()
-            done = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-            f.write(f"[exit {done.returncode} after {time.perf_counter() - started:.0f}s]\n")
-        if done.returncode != 0:
-            raise SystemExit(f"hivla {argv[0]} failed (exit {done.returncode}); see {self.log}")
-
-
 def planner_only(checkpoint: Path) -> bool:
     """A checkpoint whose action expert was never trained (flow_loss_weight 0): it cannot be a low level."""
     config = Path(checkpoint) / "config.json"
@@ -143,7 +124,7 @@ def level_flags(args, checkpoint: Path, base: Path) -> list:
     return ["--high-level", high] + (["--low-level", low] if low else [])
 
 
-def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> dict:
+def evaluate(stages: CommandLog, args, checkpoint: Path, base: Path, out: Path) -> dict:
     """Autonomous success on both suites."""
     results = {}
     for suite, n in (("coaching", args.episodes), ("base", args.base_episodes)):
@@ -159,7 +140,7 @@ def evaluate(stages: Stages, args, checkpoint: Path, base: Path, out: Path) -> d
     return results
 
 
-def coached_run(stages: Stages, args, checkpoint: Path, base: Path, out: Path, seed: int) -> dict:
+def coached_run(stages: CommandLog, args, checkpoint: Path, base: Path, out: Path, seed: int) -> dict:
     path = out / "coached.json"
     if not path.is_file():
         shutil.rmtree(out / "sessions", ignore_errors=True)  # a partial run's sessions would be counted twice
@@ -196,7 +177,7 @@ def count_corrections(sessions: Path) -> dict:
     return {"total": sum(kinds.values()), "by_kind": kinds, "by_mistake": mistakes}
 
 
-def tiny_base_checkpoint(stages: Stages, args) -> tuple[Path, list[str]]:
+def tiny_base_checkpoint(stages: CommandLog, args) -> tuple[Path, list[str]]:
     """A tiny checkpoint trained here on a few oracle/expert episodes of the base suite."""
     data, ckpt = args.workdir / "base_data", args.workdir / "base_ckpt"
     if not (ckpt / "model.safetensors").is_file():
@@ -207,7 +188,7 @@ def tiny_base_checkpoint(stages: Stages, args) -> tuple[Path, list[str]]:
     return ckpt, [str(data)]
 
 
-def base_checkpoint(stages: Stages, args) -> tuple[Path, list[str] | None]:
+def base_checkpoint(stages: CommandLog, args) -> tuple[Path, list[str] | None]:
     """The base checkpoint and its base data (None: the fine-tune reads what the checkpoint records)."""
     if args.checkpoint:
         return Path(args.checkpoint).resolve(), args.base_data
@@ -270,7 +251,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     console = table_console()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    stages = Stages(args.workdir, console)
+    stages = CommandLog(args.workdir / "coaching_rounds.log", console)
     started = time.perf_counter()
     base, base_data = base_checkpoint(stages, args)
     if not (base / "model.safetensors").is_file():

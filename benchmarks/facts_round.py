@@ -33,7 +33,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,8 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.stages import CommandLog  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "facts_round.json"
 N_FAMILIES = 9  # the base suite's
 # the tiny grounded planner of --preset tiny (as tests/test_grounded.py's TINY)
@@ -88,12 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --- running the CLI -----------------------------------------------------------------------------------
-class Stages:
-    """Runs hivla commands and benchmark scripts as subprocesses, logging each and its output to a file."""
+class Stages(CommandLog):
+    """The round's commands (benchmarks/stages.py), each under a stage name whose wall time is kept."""
 
     def __init__(self, workdir: Path, console):
-        self.log = workdir / "facts_round.log"
-        self.console = console
+        super().__init__(workdir / "facts_round.log", console)
         self.walls = workdir / "wall_times.json"  # kept across runs: a resumed round reports every stage
         self.wall: dict[str, float] = json.loads(self.walls.read_text()) if self.walls.is_file() else {}
 
@@ -102,23 +102,10 @@ class Stages:
         self.walls.write_text(json.dumps(self.wall, indent=1) + "\n")
 
     def hivla(self, stage: str, *argv) -> None:
-        self._run(stage, ["-m", "agent.cli", *map(str, argv)], f"hivla {' '.join(map(str, argv))}")
+        self.add(stage, super().hivla(*argv))
 
     def script(self, stage: str, path: str, *argv) -> None:
-        self._run(stage, [str(ROOT / path), *map(str, argv)], f"python {path} {' '.join(map(str, argv))}")
-
-    def _run(self, stage: str, argv: list[str], shown: str) -> None:
-        started = time.perf_counter()
-        self.console.print(f"[dim]$ {shown}[/dim]", soft_wrap=True)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        with self.log.open("a") as f:
-            f.write(f"\n$ {shown}\n")
-            f.flush()
-            done = subprocess.run([sys.executable, *argv], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-            f.write(f"[exit {done.returncode} after {time.perf_counter() - started:.0f}s]\n")
-        self.add(stage, time.perf_counter() - started)
-        if done.returncode != 0:
-            raise SystemExit(f"{shown.split()[0]} {shown.split()[1]} failed (exit {done.returncode}); see {self.log}")
+        self.add(stage, super().script(path, *argv))
 
 
 def tiny_setup(stages: Stages, args) -> tuple[Path, list[str], str]:

@@ -60,6 +60,32 @@ PLANS_ONLY = {"correction_share": 0.1, "lora": False, "lora_rank": 16, "anchor_w
 PLAN_SCHEDULE = {"steps": 1000, "batch_size": 32, "lr": 3e-4, "warmup_steps": 20}
 
 
+def changed_flags(args: argparse.Namespace, defaults: dict) -> list[str]:
+    """The flags among `defaults` that were given other values, as the user typed them."""
+    return sorted(f"--{k.replace('_', '-')}".replace("--approved-plans", "--no-approved-plans")
+                  for k, default in defaults.items() if getattr(args, k) != default)
+
+
+def default_schedule(args: argparse.Namespace) -> None:
+    """The plan fine-tunes' schedule for the schedule flags left unset."""
+    for k, default in PLAN_SCHEDULE.items():
+        if getattr(args, k) is None:
+            setattr(args, k, default)
+
+
+def run_pi05(run, settings) -> int:
+    """A pi05 fine-tune (plans or read-out): its data and checkpoint mistakes end in one line, exit 2."""
+    from agent.training.corrections import CorrectionDataError
+    from policies.pi05.policy import CheckpointError
+
+    try:
+        run(settings)
+    except (CorrectionDataError, CheckpointError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", required=True,
                         help="the base checkpoint directory (pi05), or hf:DIR, a local transformers VLM or LM")
@@ -130,23 +156,19 @@ def main(args: argparse.Namespace) -> int:
     if args.readout_facts and args.base.startswith("hf:"):
         raise UserError(f"--readout-facts trains a grounded pi05 planner's object read-out; --base {args.base} is a "
                         f"transformers model (pass a grounded checkpoint, e.g. policies/checkpoints/grounded)")
-    changed = sorted(f"--{k.replace('_', '-')}" for k, default in FACTS_ONLY.items() if getattr(args, k) != default)
+    changed = changed_flags(args, FACTS_ONLY)
     if changed and not args.readout_facts:
         raise UserError(f"{', '.join(changed)} apply to --readout-facts only; add --readout-facts to train the "
                         f"read-out on facts")
     if args.base.startswith("hf:"):
         return main_hf(args)
-    changed = sorted(f"--{k.replace('_', '-')}" for k, default in HF_ONLY.items() if getattr(args, k) != default)
+    changed = changed_flags(args, HF_ONLY)
     if changed:
         raise UserError(f"{', '.join(changed)} apply to --base hf:DIR only; {args.base} is a pi05 checkpoint")
     if args.readout_facts:
         return main_facts(args)
-    for k, default in PLAN_SCHEDULE.items():
-        if getattr(args, k) is None:
-            setattr(args, k, default)
-    from agent.training.corrections import CorrectionDataError
+    default_schedule(args)
     from agent.training.finetune import FinetuneSettings, finetune
-    from policies.pi05.policy import CheckpointError
 
     settings = FinetuneSettings(
         base=args.base, data=args.data, out=args.out, base_data=args.base_data, correction_share=args.correction_share,
@@ -157,26 +179,18 @@ def main(args: argparse.Namespace) -> int:
         max_base_samples=args.max_base_samples, base_stride=args.base_stride, resume=args.resume,
         device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed, save_every_s=args.save_every,
     )
-    try:
-        finetune(settings)
-    except (CorrectionDataError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_pi05(finetune, settings)
 
 
 def main_facts(args: argparse.Namespace) -> int:
     """The read-out of a grounded checkpoint on people's facts (agent/training/facts_finetune.py)."""
     from agent.errors import UserError
 
-    changed = sorted(f"--{k.replace('_', '-')}".replace("--approved-plans", "--no-approved-plans")
-                     for k, default in PLANS_ONLY.items() if getattr(args, k) != default)
+    changed = changed_flags(args, PLANS_ONLY)
     if changed:
         raise UserError(f"{', '.join(changed)} apply to the plan fine-tune only; --readout-facts trains the read-out "
                         f"on facts and no plan")
-    from agent.training.corrections import CorrectionDataError
     from agent.training.facts_finetune import FactsFinetuneSettings, finetune_readout_on_facts
-    from policies.pi05.policy import CheckpointError
 
     schedule = {k: getattr(args, k) for k in PLAN_SCHEDULE if getattr(args, k) is not None}
     settings = FactsFinetuneSettings(
@@ -185,27 +199,18 @@ def main_facts(args: argparse.Namespace) -> int:
         resume=args.resume, device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed,
         save_every_s=args.save_every, **schedule,
     )
-    try:
-        finetune_readout_on_facts(settings)
-    except (CorrectionDataError, CheckpointError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_pi05(finetune_readout_on_facts, settings)
 
 
 def main_hf(args: argparse.Namespace) -> int:
     """LoRA on a local transformers model (agent/training/hf_finetune.py)."""
     from agent.errors import UserError
 
-    for k, default in PLAN_SCHEDULE.items():
-        if getattr(args, k) is None:
-            setattr(args, k, default)
-
+    default_schedule(args)
     path = args.base[len("hf:"):]
     if not path:
         raise UserError("--base hf: names no model directory; write --base hf:DIR (a local transformers VLM or LM)")
-    changed = sorted(f"--{k.replace('_', '-')}".replace("--approved-plans", "--no-approved-plans")
-                     for k, default in PI05_ONLY.items() if getattr(args, k) != default)
+    changed = changed_flags(args, PI05_ONLY)
     if changed:
         raise UserError(f"{', '.join(changed)} apply to pi05 checkpoints only; --base hf: trains LoRA adapters on "
                         f"the SFT export alone")

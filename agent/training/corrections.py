@@ -223,6 +223,16 @@ def _session_rows(path: Path, log) -> list[dict]:
     return rows
 
 
+def coaching_data_kind(path: Path) -> str:
+    """What a `--data` path of coached data holds: "export" (an sft or pairs export: manifest.json),
+    "lerobot" (a LeRobot v3 export: meta/hivla_manifest.json) or "sessions" (session directories)."""
+    if (path / "manifest.json").is_file():
+        return "export"
+    if (path / "meta" / "hivla_manifest.json").is_file():
+        return "lerobot"
+    return "sessions"
+
+
 def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[CoachedEpisode]:
     """Every coached episode with at least one usable correction or approved plan. An episode found
     in several sources is read once, with the corrections and approved plans each of them chose."""
@@ -230,12 +240,8 @@ def load_coached_episodes(paths: Iterable[str | Path], log=print) -> list[Coache
     for p in map(Path, paths):
         if not p.exists():
             raise CorrectionDataError(f"{p}: no such file or directory")
-        if (p / "manifest.json").is_file():
-            rows = _export_rows(p)
-        elif (p / "meta" / "hivla_manifest.json").is_file():
-            rows = _lerobot_rows(p)
-        else:
-            rows = _session_rows(p, log)
+        kind = coaching_data_kind(p)
+        rows = _export_rows(p) if kind == "export" else _lerobot_rows(p) if kind == "lerobot" else _session_rows(p, log)
         for r in rows:
             r["_source"] = str(p)  # for an error that names it
             steps = by_episode.setdefault(f"{r['session_id']}/{r['episode']}", {})

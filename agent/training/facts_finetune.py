@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agent.training.corrections import CorrectionDataError, is_held_out
+from agent.training.corrections import CorrectionDataError, coaching_data_kind, is_held_out
 from agent.training.loop import Recipe, RecipeSettings, TrainingLoop
 from agent.training.readout_trainer import LABELS, FrameSet, evaluate_readout
 from policies.checkpoint import CheckpointError
@@ -301,12 +301,9 @@ def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int,
     for path in map(Path, paths):
         if not path.exists():
             raise CorrectionDataError(f"--data {path}: no such file or directory")
-        if (path / "manifest.json").is_file():
-            found = _sft_facts(path)
-        elif (path / "meta" / "hivla_manifest.json").is_file():
-            found = _lerobot_facts(path)
-        else:
-            found = _session_facts(path, log)
+        kind = coaching_data_kind(path)
+        found = (_sft_facts(path) if kind == "export" else _lerobot_facts(path) if kind == "lerobot"
+                 else _session_facts(path, log))
         for episode, step, source, data, frames in found:
             try:
                 fact = Fact.from_dict(data)

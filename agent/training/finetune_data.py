@@ -35,6 +35,7 @@ import torch
 from agent.training.corrections import (
     CorrectionDataError,
     agreement_samples,
+    coaching_data_kind,
     correction_samples,
     is_held_out,
     load_coached_episodes,
@@ -384,11 +385,11 @@ def recorded_facts(paths: list[str], log) -> dict[str, list[tuple[int, tuple]]]:
 
     out: dict[str, list[tuple[int, tuple]]] = {}
     for path in map(Path, paths):
-        manifest = path / "manifest.json"
-        if manifest.is_file():
+        kind = coaching_data_kind(path)
+        if kind == "export":
             import pyarrow.parquet as pq
 
-            meta = json.loads(manifest.read_text(encoding="utf-8"))
+            meta = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
             if meta.get("format") != "sft":
                 log(f"{path}: a {meta.get('format')} export records no facts said; its scene lines are the "
                     f"read-out's alone")
@@ -399,7 +400,7 @@ def recorded_facts(paths: list[str], log) -> dict[str, list[tuple[int, tuple]]]:
                 for r in pq.read_table(path / name, columns=["session_id", "episode", "step", "context"]).to_pylist():
                     facts = tuple(Fact.from_dict(f) for f in (r["context"] or {}).get("facts") or ())
                     out.setdefault(f"{r['session_id']}/{r['episode']}", []).append((r["step"], facts))
-        elif (path / "meta" / "hivla_manifest.json").is_file():
+        elif kind == "lerobot":
             log(f"{path}: a lerobot export records no facts said; its scene lines are the read-out's alone")
         else:
             from sessions.reader import iter_sessions
