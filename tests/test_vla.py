@@ -4,6 +4,7 @@ checkpoints, specs, and the per-primitive evaluation with a learned policy."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -149,6 +150,30 @@ def test_sigterm_mid_run_saves_and_the_run_resumes_from_there(data, tmp_path, si
     assert "interrupted at step 4" in (out / "train.log").read_text()
     assert train_vla(_settings(data, out, 8, resume=True))["steps"] == 8
     assert "resumed at step 4" in (out / "train.log").read_text()
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_keeps_its_units(overfit, data, tmp_path):
+    """`hivla train --model vla --init-from CKPT`: the DAgger rounds fine-tune the shipped policy."""
+    from safetensors.torch import load_file
+
+    from agent.cli import main as hivla
+
+    out = tmp_path / "tuned"
+    settings = replace(_settings(data, out, 1, init_from=str(overfit)), lr=1e-9, overrides={"n_action_steps": 3})
+    assert train_vla(settings)["steps"] == 1
+    for name in ("tokenizer.json", "norm_stats.json"):  # the same units, not a new tokenizer or new stats
+        assert (out / name).read_text() == (overfit / name).read_text()
+    assert load_vla(out).cfg.n_action_steps == 3
+    before, after = load_file(str(overfit / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    assert max(float((before[k] - after[k]).abs().max()) for k in before) < 1e-4  # one step at lr 1e-9
+    env, obs, info, subtask = _first_situation(SEEDS[0])
+    ok, _, _, _ = run_subtask(env, VlaLowLevel(load_vla(out)), subtask, 60, obs, info)
+    assert ok  # it still opens the drawer: the weights came with it
+    with pytest.raises(ValueError, match="cannot change"):  # shapes come from the checkpoint
+        train_vla(replace(_settings(data, tmp_path / "x", 1, init_from=str(overfit)), overrides={"keypoints": 4}))
+    assert hivla(["train", "--model", "vla", "--data", str(data), "--out", str(tmp_path / "y"),
+                  "--init-from", str(tmp_path)]) != 0  # not a checkpoint: one line naming the missing files
 
 
 @pytest.mark.slow

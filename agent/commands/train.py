@@ -48,7 +48,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-every", type=float, default=None, help="seconds between resumable checkpoints")
     parser.add_argument("--init-from", default=None, metavar="CKPT",
                         help="pi05: start from this checkpoint's weights, tokenizer and norm stats; readout: from an "
-                             "earlier read-out's weights (tensors the new config adds or reshapes start fresh)")
+                             "earlier read-out's weights (tensors the new config adds or reshapes start fresh); vla: fine-tune "
+                             "this checkpoint (its config, tokenizer, norm stats and weights; --set may change only "
+                             "its inference-time fields)")
     parser.add_argument("--readout", default=None, metavar="RUN",
                         help="pi05 --preset grounded: the object read-out trained by `--model readout` (stage 1), "
                              "loaded and frozen while the backbone learns the grounded thought")
@@ -95,13 +97,15 @@ def check_args(args: argparse.Namespace) -> str | None:
         if not path.exists():
             return f"--data {path}: no such file or directory"
     if args.init_from is not None:
-        if args.model not in ("pi05", "readout"):
-            return "--init-from is for --model pi05 or readout"
+        if args.data_cache is not None:
+            return "--init-from reads the data with the checkpoint's tokenizer and norm stats: drop --data-cache"
         needs = ("model.safetensors",) if args.model == "readout" else ("model.safetensors", "tokenizer.json", "norm_stats.json")
+        needs += ("config.json",) if args.model == "vla" else ()
         missing = [f for f in needs
                    if not (Path(args.init_from) / f).is_file()]
         if missing:
-            kind = "an object read-out (`hivla train --model readout` OUT)" if args.model == "readout" else "a pi05 checkpoint directory"
+            kind = ("an object read-out (`hivla train --model readout` OUT)" if args.model == "readout"
+                    else f"a {args.model} checkpoint directory")
             return f"--init-from {args.init_from}: not {kind} (no {', '.join(missing)})"
     if args.scene_questions < 0:
         return f"--scene-questions must not be negative, got {args.scene_questions}"
@@ -154,7 +158,7 @@ def recipe(args: argparse.Namespace) -> tuple[Callable[[PresetSettings], object]
 
         train, settings_class = train_vla, VlaTrainSettings
         own = dict(stride=args.stride, closed_loop_every=args.closed_loop_every,
-                   closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache)
+                   closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache, init_from=args.init_from)
     else:
         from agent.training.trainer import TrainSettings, train
 

@@ -60,6 +60,7 @@ class VlaTrainSettings(PresetSettings):
     stride: int = 1
     vocab_size: int = 1024  # byte-level BPE: 518 ids are bytes and special tokens, the rest whole words
     data_cache: str | None = None  # an earlier run's directory on the same data: reuse its tensors and tokenizer
+    init_from: str | None = None  # a VLA checkpoint to fine-tune: its config, tokenizer, norm stats and weights
 
 
 def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, dict, dict]:
@@ -76,6 +77,8 @@ def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, 
             cached = encode_vla_samples(collect_vla_samples(s.data, cfg, s.stride, log.echo), processor)
             save_cache(out, *cached)
         return cfg, processor, *cached
+    if s.init_from:
+        return _fine_tune_data(s, out, log)
     cfg = make_config(s.preset, **s.overrides)
     if s.data_cache:
         return (cfg, *_reuse_cache(Path(s.data_cache), cfg, log))
@@ -86,6 +89,20 @@ def prepare(s: VlaTrainSettings, log: Logger) -> tuple[VlaConfig, VlaProcessor, 
     save_cache(out, tensors, meta)
     log.echo(f"data: {len(raw)} samples from {len(meta['episodes'])} episodes, {len(set(raw.subtasks))} distinct "
              f"subtasks, vocab {cfg.vocab_size}, by first word {meta['first_words']} ({time.perf_counter() - t0:.0f}s)")
+    return cfg, processor, tensors, meta
+
+
+def _fine_tune_data(s: VlaTrainSettings, out: Path, log: Logger) -> tuple[VlaConfig, VlaProcessor, dict, dict]:
+    """--init-from: the checkpoint's config (only its inference-time fields may change by --set), tokenizer
+    and norm stats, so the weights read the new data in the units they were trained in."""
+    source = Path(s.init_from)
+    cfg = VlaConfig.load(source / "config.json")
+    changed = resume_overrides(cfg, s.overrides, RESUMABLE_FIELDS)
+    processor = VlaProcessor.from_dir(source, cfg)
+    tensors, meta = encode_vla_samples(collect_vla_samples(s.data, cfg, s.stride, log.echo), processor)
+    save_cache(out, tensors, meta)
+    log.echo(f"fine-tuning {source}{f' with {changed}' if changed else ''}: {meta['samples']} samples from "
+             f"{len(meta['episodes'])} episodes, by first word {meta['first_words']}")
     return cfg, processor, tensors, meta
 
 
@@ -173,6 +190,9 @@ def train_vla(s: VlaTrainSettings) -> dict:
             load_state_dict_checked(ema, out / "model.safetensors")
         except (CheckpointError, OSError, ValueError) as err:
             raise CheckpointError(f"cannot resume from {out}: {err}") from err
+    elif s.init_from:  # the EMA weights a checkpoint holds start both the trained and the averaged copy
+        load_state_dict_checked(model, Path(s.init_from) / "model.safetensors")
+        ema.load_state_dict(model.state_dict())
     log.echo(f"model {cfg.preset} ({cfg.head} head): {count_parameters(model) / 1e6:.3f}M parameters; "
              f"{len(train_idx)} train / {len(held_idx)} held-out samples; {s.dtype} on {device}, {loop.threads} thread(s)")
     ema_params, params = list(ema.parameters()), list(model.parameters())
