@@ -287,3 +287,14 @@ def test_taking_finished_work_apart_is_stopped_before_the_pick_completes(env):
     undo = [c for c in rec.corrections() if c.replaced_plan and c.replaced_plan.subtask.startswith("pick up")
             and c.mistake == "wrong_object"]
     assert undo, [(c.step, c.kind.value, c.mistake, c.replaced_plan) for c in rec.corrections()]
+
+
+@pytest.mark.parametrize("family", ["tidy_up", "stack_the_blocks"])
+def test_the_scripted_coach_alone_brings_the_oracle_to_the_intended_behaviour(env, family):
+    # Seed 5000 timed out before (tidy_up: 1 of 6 steps, 13 interventions; stack_the_blocks: 2 of 4):
+    # the literal oracle redid each corrected mistake within the coach's reaction time (a block put
+    # straight back on the wrong block) and the coach, silent about a mistake for 40 steps once named,
+    # went round naming the earlier step again. It now names a mistake it has seen the moment it is back.
+    result, rec = run(env, family, seed=5000, coach=make_coach(seed=5000), max_steps=None)
+    assert result.success, (result, [(c.step, c.kind.value, c.text, c.mistake) for c in rec.corrections()])
+    assert result.interventions <= 8

@@ -21,7 +21,12 @@ behaviours, plus
   quick to stop undoing: a plan that picks up a block whose part of the task is finished (a tidied
       block taken back out of the drawer) is answered `undo_reaction_steps` (default 0) after it is
       seen: the gripper that just let go of the block is still around it and takes it back within
-      two steps, which at the usual reaction time would go unremarked again and again.
+      two steps, which at the usual reaction time would go unremarked again and again;
+  watching for a mistake seen before: a literal planner redoes a corrected mistake at once (the
+      block taken off the wrong block stacked straight back on it), so a plan mistake seen before
+      in the episode is named the moment it is back (even while a block just put down settles), and
+      one already named, or whose "no" went unheeded for a reaction time, is answered with what to
+      do instead, not after `repeat_after` steps of silence.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from agent.coaching import vocab
 from agent.coaching.scripted import ReferenceBehaviour, ScriptedCoach, _Finding
 from agent.envs.tasks import TaskInstance
 from policies.rules import Rule
+from policies.types import CorrectionKind as K
 
 
 class GoalBehaviour:
@@ -75,21 +81,84 @@ class CoachingSuiteCoach(ScriptedCoach):
         self.drop_patience_steps = drop_patience_steps
         self.undo_reaction_steps = undo_reaction_steps
         self._plan_at_drop: tuple[tuple[int, str], str | None] | None = None
-        self._undo_seen: dict = {}  # finding key -> step an undoing plan was first seen
+        self._undo_seen: dict = {}  # finding key -> step a plan answered before its reaction time was seen
+        self._answered: dict = {}  # plan finding key -> (kind said, step) this episode
+        self._seen: set = set()  # plan finding keys seen this episode
 
     def reset(self) -> None:
         super().reset()
         self._plan_at_drop = None
         self._undo_seen = {}
+        self._answered = {}
+        self._seen = set()
 
-    def _correct(self, f, first_seen, *args, **kwargs):
-        return super()._correct(f, self._undo_seen.pop(f.key, first_seen), *args, **kwargs)
+    def _correct(self, f, first_seen, world, info, plan_sub, allowed, rules, ctx, step, *, allow_interrupt):
+        said = super()._correct(f, self._undo_seen.pop(f.key, first_seen), world, info, plan_sub, allowed, rules,
+                                ctx, step, allow_interrupt=allow_interrupt)
+        if said is not None and f.kind_hint == "plan":
+            self._answered[f.key] = (said.intended_kind, step)
+        return said
+
+    def _insists(self, f) -> bool:
+        return f.kind_hint == "plan" and f.key in self._answered
 
     def _findings(self, world, plan_sub, allowed, rules, pending, done_subtasks, step):
         findings = super()._findings(world, plan_sub, allowed, rules, pending, done_subtasks, step)
         findings = self._idle_is_wrong(findings, world, plan_sub, allowed)
         findings = self._undoing_is_wrong(findings, world, plan_sub, allowed, step)
+        findings = self._known_mistake_while_settling(findings, plan_sub, allowed, rules, pending, done_subtasks)
+        findings = self._mistake_again(findings, step)
         return self._patience_after_drop(findings, plan_sub, step)
+
+    def _known_mistake_while_settling(self, findings, plan_sub, allowed, rules, pending, done_subtasks):
+        """The plain coach judges no plan while a block just let go of settles (a fall would explain a
+        mismatch better). A mistake it has seen this episode is not explained so: the robot put the
+        block down as told and reaches for it again at once (a pick before the drawer is open),
+        within those steps, and would have it back in the jaws before a word about it came."""
+        mem = self._mem
+        key = ("plan", plan_sub)
+        if (not plan_sub or mem.release is None or mem.drop is not None or key not in self._seen or not allowed
+                or plan_sub in allowed or plan_sub in done_subtasks or _has_plan_finding(findings)):
+            return findings
+        broken = next((r for r in rules if r.forbids(plan_sub)), None)
+        if broken is not None:
+            return findings + [_Finding("broken_constraint", key, "plan", plan_sub, rule=broken)]
+        return findings + [_Finding("wrong_order" if plan_sub in pending else "wrong_object", key, "plan", plan_sub)]
+
+    def _mistake_again(self, findings, step):
+        """A plan mistake seen before this episode is named the moment it shows again, and one already
+        answered is answered with what to do instead (`_insists`), also when a "no" to it goes unheeded
+        for a reaction time, rather than after `repeat_after` steps of silence.
+
+        Why: the oracle, like a planner trained on `base`, reads the task literally. A "no" to the
+        literal step leaves it nothing else to do, so it plans that step again; after an override it
+        goes back to the literal plan at once, putting the block just taken off the wrong block (or
+        out of the bowl) straight back, or down, within two or three steps: inside the usual reaction
+        time, so the redone mistake went unremarked, and the plain coach keeps quiet about a mistake
+        for `repeat_after` (40) steps once it has named it. It then named the earlier step again and
+        the two went round in a loop until the episode timed out (tidy_up and stack_the_blocks: 40%
+        each, seeds 5000+). A person who has seen a mistake watches for it, and one whose "no" went
+        unheeded says what to do instead."""
+        mem = self._mem
+        reaction = max(self.delay_steps, 2)
+        for f in findings:
+            if f.kind_hint != "plan":
+                continue
+            # a new sighting: absent a step ago (an undo is first seen by _undoing_is_wrong, this step)
+            sighted = f.key not in mem.first_seen or self._undo_seen.get(f.key) == step
+            answered = self._answered.get(f.key)
+            back = sighted and f.key in self._seen
+            unheeded = (not sighted and answered is not None and answered[0] is not K.OVERRIDE
+                        and step - answered[1] >= reaction and f.key in mem.handled)
+            self._seen.add(f.key)
+            if not (back or unheeded):
+                continue
+            if f.key not in mem.first_seen:  # ripe now; its frames start here, not at a backdated sighting
+                mem.first_seen[f.key] = step - reaction
+                self._undo_seen[f.key] = step
+            mem.handled.pop(f.key, None)
+            mem.quiet_until = min(mem.quiet_until, step)
+        return findings
 
     def _idle_is_wrong(self, findings, world, plan_sub, allowed):
         """An empty or unparseable plan leaves the robot idle: say what comes next."""

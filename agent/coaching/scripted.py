@@ -356,7 +356,8 @@ class ScriptedCoach:
         if f.mistake == "wrong_belief" and f.fact is not None:
             return self.voice.say_fact(f.fact, ctx, step, suspect=suspect)
 
-        if f.kind_hint == "plan" and allow_interrupt and self.rng.random() < self.interrupt_rate:
+        insist = self._insists(f)  # a mistake named before: say what to do instead, with no pause first
+        if f.kind_hint == "plan" and allow_interrupt and not insist and self.rng.random() < self.interrupt_rate:
             kind = K.STOP if self.rng.random() < 0.5 else K.PAUSE
             mem.followup = _FollowUp(step + max(2, self.delay_steps // 2), f, first_seen)
             return self.voice.say_simple(kind, ctx, step, mistake=f.mistake, suspect=suspect)
@@ -370,7 +371,7 @@ class ScriptedCoach:
             return self.voice.render_subtask(K.NEGATION, f.plan_subtask, ctx, step, mistake=f.mistake, suspect=suspect)
 
         if f.mistake in ("wrong_object", "wrong_order"):
-            if self.rng.random() < self.override_share or not f.plan_subtask:
+            if insist or self.rng.random() < self.override_share or not f.plan_subtask:
                 return self.voice.render_subtask(K.OVERRIDE, allowed[0], ctx, step, mistake=f.mistake, suspect=suspect)
             return self.voice.render_subtask(K.NEGATION, f.plan_subtask, ctx, step, mistake=f.mistake, suspect=suspect)
 
@@ -390,6 +391,11 @@ class ScriptedCoach:
             if target:
                 return self.voice.render_subtask(K.OVERRIDE, target, ctx, step, mistake="stuck", suspect=suspect)
         return None
+
+    def _insists(self, f: _Finding) -> bool:
+        """Whether a plan mistake is answered with the subtask to do instead (an override) rather than
+        a drawn kind; this coach never insists (agent/coaching/intended.py's does)."""
+        return False
 
     def _wrong_thing(self, world: Any, allowed: list[str], plan_sub: str | None, ctx: ReferenceContext, step: int,
                      mistake: str, suspect: int) -> CoachUtterance | None:
