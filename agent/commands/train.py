@@ -3,6 +3,8 @@
     hivla train --data runs/datagen --preset small --out runs/ckpt_small --steps 4000 --dtype bf16
     hivla train --model vla --data runs/vla_data --out runs/vla_small --steps 30000   # the low-level VLA
     hivla train ... --out runs/ckpt_small --resume     # continue after a stop
+    hivla train --model vla --init-from policies/checkpoints/vla --data runs/expert \
+                --nudge-data runs/coached/sessions --out runs/vla_nudged --steps 1000   # learn from nudges
 
 Defaults depend on --model (pi05: the high level's recipe; vla: the low level's, see its model card).
 """
@@ -54,6 +56,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--readout", default=None, metavar="RUN",
                         help="pi05 --preset grounded: the object read-out trained by `--model readout` (stage 1), "
                              "loaded and frozen while the backbone learns the grounded thought")
+    parser.add_argument("--nudge-data", nargs="+", default=[], metavar="DIR",
+                        help="vla: coached sessions read for their nudge samples only, beside --data: each step a "
+                             "nudge moved the arm, with what ran from there as its chunk, where the subtask was then "
+                             "completed (agent/training/vla_data.py; all kept whatever --stride says)")
+    parser.add_argument("--all-nudges", action="store_true",
+                        help="vla --nudge-data: keep every nudge, also those after which the subtask was not completed")
     parser.add_argument("--stride", type=int, default=1, help="keep every Nth control step as a sample")
     parser.add_argument("--scene-questions", type=float, default=0.4, metavar="N",
                         help="pi05 on planner frames: scene questions co-trained per frame, on average (0: none)")
@@ -96,6 +104,13 @@ def check_args(args: argparse.Namespace) -> str | None:
     for path in map(Path, args.data):
         if not path.exists():
             return f"--data {path}: no such file or directory"
+    if (args.nudge_data or args.all_nudges) and args.model != "vla":
+        return "--nudge-data and --all-nudges are for --model vla (nudges teach the low level)"
+    if args.all_nudges and not args.nudge_data:
+        return "--all-nudges keeps every nudge of --nudge-data DIR: give the coached sessions with --nudge-data"
+    for path in map(Path, args.nudge_data):
+        if not path.exists():
+            return f"--nudge-data {path}: no such file or directory"
     if args.init_from is not None:
         if args.data_cache is not None:
             return "--init-from reads the data with the checkpoint's tokenizer and norm stats: drop --data-cache"
@@ -154,9 +169,12 @@ def recipe(args: argparse.Namespace) -> tuple[Callable[[PresetSettings], object]
         if args.preset == "small":  # the flag's default is the high level's
             args.preset = "grounded"
     elif args.model == "vla":
+        from agent.training.vla_data import ALL_NUDGES, NUDGES
         from agent.training.vla_trainer import VlaTrainSettings, train_vla
 
         train, settings_class = train_vla, VlaTrainSettings
+        # the data reader takes the nudge sessions as --data entries that say what to read of them
+        args.data = [*args.data, *(f"{ALL_NUDGES if args.all_nudges else NUDGES}{d}" for d in args.nudge_data)]
         own = dict(stride=args.stride, closed_loop_every=args.closed_loop_every,
                    closed_loop_trials=args.closed_loop_trials, data_cache=args.data_cache, init_from=args.init_from)
     else:

@@ -13,6 +13,9 @@ Layout written (one chunk, one file each -- datasets this size never need more):
     meta/hivla_coaching.parquet         what each exported frame teaches a pi05 fine-tune (labels,
                                         contexts; sessions/export/coaching.py), by dataset index
 
+`complementary_info.is_intervention` (bool, per frame) marks the frames whose action a person caused:
+the steps a nudge's burst moved the arm (agent/coaching/nudge_bursts.py, the reader the VLA's nudge
+samples come from too), so tools outside hivla see which actions were a person's and which the policy's.
 Language columns, as lerobot.datasets.language defines them: sessions/export/lerobot_language.py.
 Which steps become which dataset episode: lerobot_segments.py; the parquet and meta files: lerobot_files.py.
 """
@@ -24,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from agent.coaching.nudge_bursts import intervention_positions  # the loop's rule for what a nudge moved
 from sessions.export.coaching import coaching_rows, coaching_schema
 from sessions.export.common import (
     EXPORT_FORMAT_VERSION,
@@ -35,6 +39,7 @@ from sessions.export.common import (
 )
 from sessions.export.lerobot_files import (
     DATA_PATH,
+    INTERVENTION,
     VIDEO_PATH,
     corrections_table,
     dataset_features,
@@ -67,12 +72,14 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
         for cam, key in video_keys.items()
     }
     tasks: dict[str, int] = {}
-    columns: dict[str, list] = {k: [] for k in ("observation.state", "action", *INDEX_FEATURES, "language_persistent", "language_events")}
+    columns: dict[str, list] = {k: [] for k in ("observation.state", "action", INTERVENTION, *INDEX_FEATURES,
+                                                "language_persistent", "language_events")}
     episode_rows: list[dict] = []
     provenance: list[dict] = []
     correction_rows: list[dict] = []
     all_pixels: dict[str, list[np.ndarray]] = {cam: [] for cam in schema.cameras}
     teaching = _Teaching(options)
+    interventions = _Interventions()
     global_index = 0
     try:
         for episode_index, seg in enumerate(segments):
@@ -83,11 +90,14 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
             persistent, events, exported = language_rows(seg, fps, options)
             state = np.asarray([s.state for s in steps], dtype=np.float32).reshape(length, len(schema.state_names))
             action = np.asarray([s.action for s in steps], dtype=np.float32).reshape(length, len(schema.action_names))
+            caused = interventions.of(ep)
+            intervention = np.asarray([p in caused for p in range(seg.start, seg.end)], dtype=bool)
             frame_index = np.arange(length, dtype=np.int64)
             timestamp = (frame_index / fps).astype(np.float32)
             index = np.arange(global_index, global_index + length, dtype=np.int64)
             columns["observation.state"].append(state)
             columns["action"].append(action)
+            columns[INTERVENTION].append(intervention)
             columns["timestamp"].append(timestamp)
             columns["frame_index"].append(frame_index)
             columns["episode_index"].append(np.full(length, episode_index, dtype=np.int64))
@@ -99,6 +109,7 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
             stats = {
                 "observation.state": vector_stats(state),
                 "action": vector_stats(action),
+                INTERVENTION: vector_stats(intervention),
                 "timestamp": vector_stats(timestamp),
                 "frame_index": vector_stats(frame_index),
                 "episode_index": vector_stats(np.full(length, episode_index)),
@@ -173,6 +184,7 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
     global_stats = {
         "observation.state": vector_stats(np.concatenate(columns["observation.state"])),
         "action": vector_stats(np.concatenate(columns["action"])),
+        INTERVENTION: vector_stats(np.concatenate(columns[INTERVENTION])),
     }
     for name in INDEX_FEATURES:
         global_stats[name] = vector_stats(np.concatenate(columns[name]))
@@ -226,3 +238,15 @@ class _Teaching:
             frame = position - seg.start
             self.rows.append({**rows[position], "episode_index": episode_index, "frame_index": frame,
                               "index": first_index + frame})
+
+
+class _Interventions:
+    """The step positions a nudge moved, of the episode being exported (its windows come in a row)."""
+
+    def __init__(self) -> None:
+        self._episode: tuple[int, set[int]] | None = None
+
+    def of(self, ep) -> set[int]:
+        if self._episode is None or self._episode[0] != id(ep):
+            self._episode = (id(ep), intervention_positions(ep))
+        return self._episode[1]

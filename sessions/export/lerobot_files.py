@@ -18,6 +18,9 @@ from sessions.video import CODEC_NAMES, CODECS
 # where the frames' rows and each camera's video go (info.json names both)
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+# True on the frames whose action a person caused (a nudge's burst), False elsewhere: the name LeRobot's
+# human-in-the-loop recordings give the flag, a bool of shape [1] as LeRobot declares its `next.done`
+INTERVENTION = "complementary_info.is_intervention"
 
 
 def dataset_features(schema: Schema, video_keys: dict[str, str], root: Path, options: ExportOptions) -> dict:
@@ -32,6 +35,7 @@ def dataset_features(schema: Schema, video_keys: dict[str, str], root: Path, opt
         }
     features["observation.state"] = {"dtype": "float32", "shape": [len(schema.state_names)], "names": schema.state_names}
     features["action"] = {"dtype": "float32", "shape": [len(schema.action_names)], "names": schema.action_names}
+    features[INTERVENTION] = {"dtype": "bool", "shape": [1], "names": None}
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for name in ("frame_index", "episode_index", "index", "task_index"):
         features[name] = {"dtype": "int64", "shape": [1], "names": None}
@@ -66,6 +70,7 @@ def write_data(root: Path, columns: dict[str, list], schema: Schema) -> None:
     arrays = {
         "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(state.reshape(-1)), d_state),
         "action": pa.FixedSizeListArray.from_arrays(pa.array(action.reshape(-1)), d_action),
+        INTERVENTION: pa.array(np.concatenate(columns[INTERVENTION]), pa.bool_()),
         "timestamp": pa.array(np.concatenate(columns["timestamp"]), pa.float32()),
     }
     for name in ("frame_index", "episode_index", "index", "task_index"):
