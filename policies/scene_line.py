@@ -200,6 +200,19 @@ class Fact:
     def from_dict(cls, data: dict) -> "Fact":
         return cls(data["subject"], data["place"], data.get("where"), data.get("side"))
 
+    def holds_in(self, scene: Scene) -> bool:
+        """Whether a scene says what this fact says (what it leaves open, e.g. a side not said, is not
+        checked). A bowl fact (NAMED) names no place a scene line holds: never."""
+        if self.subject == DRAWER:
+            return scene.drawer_open is None or scene.drawer_open == (self.place == "open")
+        if self.place == NAMED:
+            return False
+        block = scene.block(self.subject)
+        if self.place == "absent" or block is None:
+            return self.place == "absent" and block is None
+        return (block.place == self.place and self.where in (None, block.where)
+                and self.side in (None, block.side))
+
     @property
     def moved_by(self) -> str | None:
         """The block whose moving ends this fact (None: the drawer or a bowl, ended by the episode or
@@ -269,14 +282,15 @@ def apply_facts_to_line(line: str, facts, task: str = "") -> str:
 
 def contradictions(believed: Scene, true: Scene) -> list[Fact]:
     """What the true scene says against a believed one, as facts (the scripted coach states these):
-    a block believed somewhere else, a block believed there that is not, a block not listed, and
-    the drawer's state where both say it."""
+    a block believed somewhere else (another place, bowl or block beneath, or on the table at another
+    side), a block believed there that is not, a block not listed, and the drawer's state where both
+    say it. A block moving in the true scene is not stated (no fact says "moving")."""
     out = []
     for block in believed.blocks:
         real = true.block(block.name)
         if real is None:
             out.append(Fact(block.name, "absent"))
-        elif (real.place, real.where) != (block.place, block.where) and real.place != "moving":
+        elif (real.place, real.where, real.side) != (block.place, block.where, block.side) and real.place != "moving":
             out.append(Fact(real.name, real.place, real.where, real.side))
     for real in true.blocks:
         if believed.block(real.name) is None and real.place != "moving":

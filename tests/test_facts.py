@@ -325,3 +325,68 @@ def test_the_coach_states_what_is_true_when_the_scene_line_is_wrong():
     assert said and all(u.kind is K.FACT and u.agrees and u.subtask is None for u in said)
     assert all(u.fact.subject == true.blocks[0].name and u.fact.place == true.blocks[0].place for u in said)
     assert len({u.text for u in said}) > 1  # varied words
+
+
+def test_contradictions_name_the_side_a_table_block_is_at():
+    believed = Scene((SeenBlock("red block", "table", side="right"),))
+    true = Scene((SeenBlock("red block", "table", side="left"),))
+    assert contradictions(believed, true) == [Fact("red block", "table", side="left")]
+    assert Fact("red block", "table", side="left").holds_in(true) and Fact("red block", "table").holds_in(true)
+    assert not Fact("red block", "table", side="left").holds_in(believed)
+    assert Fact("blue block", "absent").holds_in(true) and not Fact("red block", "absent").holds_in(true)
+
+
+def _scene_facts(red: tuple) -> dict:
+    """Simulator facts of a two-block scene, the red block at `red` = (place, where, x)."""
+    place, where, x = red
+    return {"blocks": {"red block": {"place": place, "where": where, "x": x},
+                       "blue block": {"place": "table", "where": None, "x": 0.2}},
+            "drawer_open": False, "bowls": ["blue bowl"]}
+
+
+def _coach_says(monkeypatch, worlds: list[dict], line: str, seed: int = 0, delay: int = 2):
+    """What the facts coach says over len(worlds) steps (step 1 on), the simulator's scene at step k being
+    worlds[k - 1], with one plan in force from step 2 whose scene line is `line` (read from step 1's
+    frame; step 1's plan has step 1's true line): (step, utterance) of the first thing said."""
+    import agent.coaching.scripted as scripted
+
+    env = make_env(family="put_color_in_bowl", image_size=32)
+    obs, info = env.reset(seed=0)
+    now = {}
+    monkeypatch.setattr(scripted, "scene_facts", lambda world: now["facts"])
+    coach = scripted.ScriptedCoach(seed=seed, delay_steps=delay, facts_only=True)
+    for step, facts in enumerate(worlds, start=1):
+        now["facts"] = facts
+        first = format_scene(scene_from_facts(worlds[0], obs["task"]))
+        plan = Plan(thought=(line if step >= 2 else first) + " I pick it up.", subtask="pick up the red block")
+        said = coach.observe(obs, info, plan, step)
+        if said is not None:
+            return step, said
+    return None, None
+
+
+def test_the_coach_judges_a_line_on_the_frame_it_was_read_from_and_says_only_what_still_holds(monkeypatch):
+    on_table, moving, held = ("table", None, -0.2), ("moving", None, -0.2), ("held", None, -0.2)
+    line = "I see: red block in the gripper, blue block on the table at the right; bowls: blue."
+    # the plan was read at step 1 (red on the table); the coach first sees it at step 2, the block being
+    # bumped (moving), then still on the table: it says so (before: judged at step 2, moving, said nothing)
+    step, said = _coach_says(monkeypatch, [_scene_facts(s) for s in (on_table, moving, on_table, on_table,
+                                                                      on_table, on_table)], line)
+    assert said is not None and said.kind is K.FACT and said.intended_fact == Fact("red block", "table", side="left")
+    # the line's block was on the table at the frame it was read from, but the robot has picked it up
+    # since: nothing said (before: "the red block is on the table", false when said)
+    step, said = _coach_says(monkeypatch, [_scene_facts(s) for s in (on_table, on_table, held, held, held, held)],
+                             line)
+    assert said is None
+
+
+def test_the_coach_names_what_the_line_got_wrong(monkeypatch):
+    on_left = _scene_facts(("table", None, -0.2))
+    wrong_side = "I see: blue block on the table at the right, red block on the table at the right; bowls: blue."
+    missing = "I see: blue block on the table at the right; bowls: blue."
+    for line in (wrong_side, missing):
+        for seed in range(6):
+            step, said = _coach_says(monkeypatch, [on_left] * 6, line, seed=seed)
+            assert said is not None and said.agrees, (line, seed)
+            # the words say the side, so the corrected line and the fact's label have it
+            assert said.fact == Fact("red block", "table", side="left"), (line, seed, said.text)

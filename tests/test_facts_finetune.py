@@ -117,9 +117,26 @@ def test_the_exports_and_the_sessions_give_the_same_fact_rows(grounded, coached,
         assert sorted(map(str, r.facts)) == sorted(map(str, said)), name
         for k in ("place", "where", "side", "drawer"):
             assert torch.equal(r.labels[k], rows["sft"].labels[k]), (name, k)
-    # the frame is the one the fact was said at: exact through PNG, and through a lossless video
+    # the frames are the ones the fact refers to, the contradicted plan's (the coach spoke its reaction
+    # time later): exact through PNG, and through a lossless video
     assert torch.equal(rows["sft"].images, rows["sessions"].images)
     assert (rows["lerobot"].images.int() - rows["sft"].images.int()).abs().float().mean() < 2.0
+    for name, r in rows.items():
+        assert r.lags == rows["sessions"].lags and all(lag > 0 for lag in r.lags), (name, r.lags)
+    from policies.pi05.processor import stack_cameras
+    from sessions.export.common import fact_frame_step
+
+    at = {}
+    for ep in read_session(next(coached["sessions"].iterdir())).episodes:
+        for c in ep.active_corrections:
+            plan = next(p for p in ep.plans if p.plan_id == ep.steps[ep.position_of_step(c.step - 1)].plan_id)
+            assert fact_frame_step(ep, c) == plan.asked_step < c.step and plan.plan == c.replaced_plan
+            frames = {cam: ep.frame(cam, ep.position_of_step(plan.asked_step)) for cam in ep.cameras}
+            at[(ep.episode, c.step, c.fact.subject)] = torch.from_numpy(stack_cameras(frames, cfg.cameras,
+                                                                                      cfg.image_size))
+    for key, image in zip(rows["sessions"].keys, rows["sessions"].images):
+        _, episode, step, subject = key.split("/")
+        assert torch.equal(image, at[(int(episode), int(step), subject)])
     # a source given twice (an export and its sessions) counts each fact once
     for pair in ((coached["sft"], coached["sessions"]), (lerobot, coached["sessions"])):
         both = load_fact_rows(list(pair), cfg.cameras, cfg.image_size, log=lambda *_: None)
@@ -163,6 +180,29 @@ def test_the_readout_scope_moves_the_features_and_never_the_backbone(grounded, c
     assert all(k.startswith("vision.") and not k.startswith("vision.proj") for k in changed), changed
     info = json.loads((out / "checkpoint_info.json").read_text())["readout_facts"]
     assert info["scope"] == "readout" and not info["decisions_given_a_line_unchanged"]
+
+
+def test_facts_the_base_already_reads_as_stated_are_left_out():
+    from agent.training.facts_finetune import FactRows, _label_tensors, drop_read_as_stated
+
+    torch.manual_seed(0)
+    readout = ObjectReadout(make_config("tiny", vision_stem="objects", scene_bowls=True)).eval()
+    images = torch.randint(0, 255, (4, 2, 32, 32, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        read = readout.heads(readout.features(images))["place"].argmax(-1)  # [4, blocks]
+    red = BLOCK_NAMES.index("red block")
+    # rows 0 and 1 state the place the read-out reads; rows 2 and 3 another
+    facts = [Fact("red block", PLACES[int(read[i, red]) if i < 2 else (int(read[i, red]) + 1) % len(PLACES)])
+             for i in range(4)]
+    facts = [Fact(f.subject, f.place, "blue bowl" if f.place == "bowl" else "green block" if f.place == "block"
+                  else None) for f in facts]
+    labels = [labels_from_fact(f) for f in facts]
+    for row in labels[:2]:  # what the read-out reads, and nothing it might not (its bowl, its block beneath)
+        row["where"], row["bowls"] = [IGNORE] * len(row["where"]), [IGNORE] * len(row["bowls"])
+    rows = FactRows(images, _label_tensors(labels), facts, ["s/0", "s/0", "s/1", "s/1"],
+                    [f"s/{i}/4/red block" for i in range(4)], ["scripted"] * 4, {}, [6] * 4)
+    kept, n_read = drop_read_as_stated(readout, rows, "fp32", torch.device("cpu"))
+    assert n_read == 2 and kept.keys == rows.keys[2:] and kept.lags == [6, 6]
 
 
 def test_a_fact_labels_only_its_object():

@@ -15,9 +15,15 @@ What it watches for (MISTAKES):
   stuck              no task progress for `stuck_steps`, or a finished subtask still in force
                      after `stale_steps` (nobody re-planned)
   wrong_belief       the plan's scene line (a grounded planner's "I see: ...") contradicts the
-                     simulator's scene at the step the plan came: the coach states what is true,
-                     a `fact` ("the red block is already in the blue bowl"), never an order;
-                     `state_facts=False` never does, `facts_only=True` says nothing else
+                     simulator's scene at the frame the plan was read from (the step before the
+                     coach first sees the plan: the loop plans, acts, then lets the coach look), and
+                     what is true there still holds when the coach speaks (a person says what is
+                     true now): the coach states it, a `fact` ("the red block is already in the
+                     blue bowl"), never an order, in words naming what the line got wrong (the side
+                     of a block on the table, the bowl or block it is in or on) where the line had
+                     the block elsewhere or not at all; `state_facts=False` never does,
+                     `facts_only=True` says nothing else. The fact's frames, for a read-out
+                     fine-tune, are the plan's (sessions/export/common.py fact_frame_step)
 and it confirms a correctly finished subtask now and then (`confirm_rate`).
 
 What it says comes from prompts/coach.toml (several hundred surface forms), by kind: override,
@@ -77,6 +83,14 @@ RULE_SCOPES = ("any", "lasting", "episode")
 # ====================================================================== the coach
 
 
+def _differs(fact: Fact, believed: Scene) -> tuple[str, ...]:
+    """The fields of a fact the believed line does not already say (its bowl or block beneath, its side on
+    the table): the words must name them, or the corrected line would keep the line's (or a default)."""
+    block = believed.block(fact.subject)
+    return tuple(name for name in ("where", "side")
+                 if getattr(fact, name) is not None and (block is None or getattr(block, name) != getattr(fact, name)))
+
+
 @dataclass
 class _Finding:
     mistake: str
@@ -86,6 +100,7 @@ class _Finding:
     rule: Rule | None = None
     block: str | None = None
     fact: Fact | None = None
+    must_name: tuple[str, ...] = ()  # a fact's fields the words must say ("where", "side"): what the line got wrong
 
 
 @dataclass
@@ -111,7 +126,8 @@ class _EpisodeMemory:
     spoken_rules: list[Rule] = field(default_factory=list)
     announced: bool = False
     belief_thought: str | None = None  # the plan thought whose scene line was last checked
-    true_at_plan: Scene | None = None  # the simulator's scene when that plan came
+    true_at_plan: Scene | None = None  # the simulator's scene at the frame that plan was read from
+    last_scene: tuple[int, Scene] | None = None  # (step, the simulator's scene then): the coach's last look
 
 
 class ScriptedCoach:
@@ -220,7 +236,7 @@ class ScriptedCoach:
         if self.facts_only:
             findings = []
         if self.state_facts:
-            findings = self._belief_findings(world, plan) + findings  # a wrong belief is the root of a wrong plan
+            findings = self._belief_findings(world, plan, step) + findings  # a wrong belief is the root of a wrong plan
 
         # transient findings only ripen if they persist for the reaction time
         present = {f.key for f in findings}
@@ -296,21 +312,27 @@ class ScriptedCoach:
         if mem.drop is not None and getattr(world, "held", None) == mem.drop[1]:
             mem.drop = None  # picked up again
 
-    def _belief_findings(self, world: Any, plan: Plan | None) -> list[_Finding]:
-        """What the plan's scene line says against the simulator's scene at the step the plan came."""
+    def _belief_findings(self, world: Any, plan: Plan | None, step: int) -> list[_Finding]:
+        """What the plan's scene line says against the simulator's scene at the frame the plan was read
+        from, and still holds now."""
         mem = self._mem
         line = split_scene(plan.thought)[0] if plan is not None and plan.source != "human" else None
+        if line is None and mem.belief_thought is None:
+            return []  # no scene line yet this episode: nothing to look at (an oracle's plans have none)
+        now = scene_from_facts(scene_facts(world), self._task)
+        last, mem.last_scene = mem.last_scene, (step, now)
         if line is None:
             return []
-        if plan.thought != mem.belief_thought:  # a new plan: the world it was read from is the one now
+        if plan.thought != mem.belief_thought:  # a new plan, read from the frame of the coach's last look
             mem.belief_thought = plan.thought
-            mem.true_at_plan = scene_from_facts(scene_facts(world), self._task)
+            mem.true_at_plan = last[1] if last is not None and last[0] == step - 1 else now
         try:
             believed = parse_scene(line)
         except SceneParseError:
             return []
-        return [_Finding("wrong_belief", ("fact", fact.subject, fact.place, fact.where), "fact", plan.subtask, fact=fact)
-                for fact in contradictions(believed, mem.true_at_plan)]
+        return [_Finding("wrong_belief", ("fact", fact.subject, fact.place, fact.where, fact.side), "fact",
+                         plan.subtask, fact=fact, must_name=_differs(fact, believed))
+                for fact in contradictions(believed, mem.true_at_plan) if fact.holds_in(now)]
 
     def _findings(self, world: Any, plan_sub: str | None, allowed: list[str], rules: list[Rule],
                   pending: Sequence[str], done_subtasks: Sequence[str], step: int) -> list[_Finding]:
@@ -354,7 +376,7 @@ class ScriptedCoach:
             return self._wrong_thing(world, allowed, plan_sub, ctx, step, f.mistake, suspect)
 
         if f.mistake == "wrong_belief" and f.fact is not None:
-            return self.voice.say_fact(f.fact, ctx, step, suspect=suspect)
+            return self.voice.say_fact(f.fact, ctx, step, suspect=suspect, must_name=f.must_name)
 
         insist = self._insists(f)  # a mistake named before: say what to do instead, with no pause first
         if f.kind_hint == "plan" and allow_interrupt and not insist and self.rng.random() < self.interrupt_rate:

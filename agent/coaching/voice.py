@@ -65,11 +65,22 @@ class CoachVoice:
                            suspect=suspect, erroneous=erroneous, generic_ok=kind is K.NEGATION)
 
     def say_fact(self, fact: Fact, ctx: ReferenceContext, step: int, *, mistake: str | None = "wrong_belief",
-                 suspect: int | None = None) -> CoachUtterance | None:
-        """State what is true (prompts/coach.toml [fact]), in words the reader reads back as this fact."""
-        said = self.render("fact", fact_key(fact), fact_fills(fact), K.FACT, None, ctx, step, mistake=mistake,
-                           suspect=suspect, intended_fact=fact)
-        return said
+                 suspect: int | None = None, must_name: tuple[str, ...] = ()) -> CoachUtterance | None:
+        """State what is true (prompts/coach.toml [fact]), in words the reader reads back as this fact.
+        `must_name` ("where", "side"): fields the words must say and the reader read ("the red block is at
+        the left", not "the red block is on the table") where the wording can; else any wording."""
+        key, fills = fact_key(fact), fact_fills(fact)
+        if must_name:
+            naming = [t for t in self.grammar.get("fact", {}).get(key, [])
+                      if all(any(slot in t for slot in FACT_SLOTS[name]) for name in must_name)]
+            said = self.render("fact", key, fills, K.FACT, None, ctx, step, mistake=mistake, suspect=suspect,
+                               intended_fact=fact, templates=naming,
+                               accept=lambda u: u.fact is not None and all(getattr(u.fact, n) is not None
+                                                                           for n in must_name))
+            if said is not None:
+                return said
+        return self.render("fact", key, fills, K.FACT, None, ctx, step, mistake=mistake, suspect=suspect,
+                           intended_fact=fact)
 
     def say_simple(self, kind: CorrectionKind, ctx: ReferenceContext, step: int, *, mistake: str | None = None,
                    suspect: int | None = None) -> CoachUtterance | None:
@@ -77,8 +88,12 @@ class CoachVoice:
 
     def render(self, section: str, key: str, fills: dict, kind: CorrectionKind, subtask: str | None,
                ctx: ReferenceContext, step: int, *, mistake: str | None = None, suspect: int | None = None,
-               erroneous: bool = False, generic_ok: bool = False, intended_fact: Fact | None = None) -> CoachUtterance | None:
-        templates = list(self.grammar.get(section, {}).get(key, []))
+               erroneous: bool = False, generic_ok: bool = False, intended_fact: Fact | None = None,
+               templates: list[str] | None = None, accept=None) -> CoachUtterance | None:
+        """The first of up to 12 templates (drawn at random) whose sentence the classifier reads as meant;
+        else one it reads otherwise (counted as disagreed). `templates`: these instead of the grammar's;
+        `accept`: a further test the sentence must pass, and with it no fallback (None)."""
+        templates = list(self.grammar.get(section, {}).get(key, []) if templates is None else templates)
         if generic_ok:
             templates += list(self.grammar.get(section, {}).get("generic", []))
         if not templates:
@@ -96,9 +111,10 @@ class CoachVoice:
             said = self._utterance(text, template, kind, subtask, ctx, step, mistake, suspect, erroneous, intended_fact)
             if said is None:
                 continue
-            if said.agrees and self._in_scope(said):
+            if said.agrees and self._in_scope(said) and (accept is None or accept(said)):
                 return said
-            fallback = fallback or said
+            if accept is None:
+                fallback = fallback or said
         if fallback is not None:
             self.stats["disagreed"] += 1
         return fallback
@@ -146,6 +162,10 @@ def fact_key(fact: Fact) -> str:
     if fact.subject == DRAWER:
         return f"drawer_{fact.place}"
     return "named" if fact.place == NAMED else fact.place
+
+
+# the slots of prompts/coach.toml [fact] that say a fact's field
+FACT_SLOTS = {"where": ("{bowl}", "{target}"), "side": ("{side}",)}
 
 
 def fact_fills(fact: Fact) -> dict[str, str]:

@@ -7,14 +7,24 @@
     hivla run --high-level pi05:runs/grounded_facts ...
 
 A fact ("the red block is on the table", typed at the console or said by `--coach facts`) is recorded
-with the step it was said at (sessions/schema.py CorrectionRecord.fact); that step's camera frames and
-the fact make one training row with a partial label: the named object's place, and its bowl or block
-(where) and its side when the fact says them; a fact about the drawer labels the drawer's state, one
-naming a bowl ("that's the green bowl") says that bowl is there. Every other label of the frame is
-IGNORE (policies/pi05/objects.py): the person said nothing about the other objects. Facts are read
-from SFT exports (the `fact` column and the step's images), LeRobot exports (`fact` rows of
-language_events, their set_belief call; the frames from the videos, lossy unless exported with
+with the step it was said at (sessions/schema.py CorrectionRecord.fact). It is learned on the frames it
+refers to (sessions/export/common.py fact_frame_step): for the scripted coach's (it speaks when the
+plan's scene line contradicts the simulator), the frames the contradicted plan was read from, where
+the read-out misread it; a person's, the frames of the step they said it at. (Learned at the step
+said, the coach's reaction time later, the first facts round found the read-out already reading 32 of
+68 facts as stated: those rows taught nothing. At the plan's frames it read 1 of the 68.) Those frames
+and the fact make one training row with a partial label: the named object's place, and its bowl or
+block (where) and its side when the fact says them; a fact about the drawer labels the drawer's
+state, one naming a bowl ("that's the green bowl") says that bowl is there. Every other label of the
+frame is IGNORE (policies/pi05/objects.py): the person said nothing about the other objects. Facts are
+read from SFT exports (the `fact` column, the frames in `fact_images`; an export made before it had
+them: the row's own images, the step said), LeRobot exports (`fact` rows of language_events, their
+set_belief call and its frame_index; the frames from the videos, lossy unless exported with
 --video-codec lossless) or the session directories themselves.
+
+A training fact the base read-out already reads as stated on its frames teaches nothing but drift: it
+is left out (`skip_read_as_stated`) and counted in the summary's facts.skipped ("already read as
+stated"). Held-out facts are all kept: their share read as stated before and after is the measure.
 
 Every batch mixes `fact_share` of fact rows with planner frames (`--base-data`, `hivla datagen --mode
 planner`) under their full simulator labels, so reading the rest does not regress. The loss is the
@@ -93,6 +103,7 @@ class FactsFinetuneSettings(RecipeSettings):
     held_out_fraction: float = 0.2  # fact episodes kept for evaluation
     max_base_frames: int = 20_000
     base_held_out_fraction: float = 0.1  # planner-frame episodes kept for the forgetting check
+    skip_read_as_stated: bool = True  # leave out training facts the base read-out already reads as stated
     eval_base_frames: int = 1000
     progress: bool = True
 
@@ -165,9 +176,10 @@ class FactRows:
     labels: dict[str, Tensor]
     facts: list[Fact]
     episodes: list[str]  # "session_id/episode": the held-out split is by episode
-    keys: list[str]  # episode/step/subject, for messages
+    keys: list[str]  # episode/step said/subject, for messages
     sources: list[str]  # who said it: human | scripted
     skipped: dict[str, int] = field(default_factory=dict)
+    lags: list[int] = field(default_factory=list)  # per row: steps from its frames to when it was said
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -175,7 +187,8 @@ class FactRows:
     def subset(self, idx: list[int]) -> "FactRows":
         t = torch.tensor(idx, dtype=torch.long)
         return FactRows(self.images[t], {k: v[t] for k, v in self.labels.items()}, [self.facts[i] for i in idx],
-                        [self.episodes[i] for i in idx], [self.keys[i] for i in idx], [self.sources[i] for i in idx])
+                        [self.episodes[i] for i in idx], [self.keys[i] for i in idx], [self.sources[i] for i in idx],
+                        dict(self.skipped), [self.lags[i] for i in idx] if self.lags else [])
 
     def kinds(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -198,8 +211,10 @@ def _decode(png: bytes, where: str) -> np.ndarray:
         raise CorrectionDataError(f"{where}: a frame is not a readable PNG ({err}); {EXPORT_AGAIN}") from err
 
 
-def _sft_facts(path: Path) -> Iterator[tuple]:
-    """(episode key, step, source, fact dict, {camera: frame}) of every fact row of an SFT export."""
+def _sft_facts(path: Path, log=print) -> Iterator[tuple]:
+    """(episode key, step said, step of its frames, source, fact dict, {camera: frame}) of every fact row
+    of an SFT export: the frames the fact refers to (`fact_images`), or in an export made before they
+    were written, the row's own (the step said)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -215,24 +230,32 @@ def _sft_facts(path: Path) -> Iterator[tuple]:
         if Path(name).name != name or not file.is_file():
             raise CorrectionDataError(f"--data {path}: its manifest names {name}, which is not there; {EXPORT_AGAIN}")
         try:
-            if "fact" not in pq.read_schema(file).names:
+            names = pq.read_schema(file).names
+            if "fact" not in names:
                 raise CorrectionDataError(f"--data {path} was exported before exports carried facts (no `fact` "
                                           f"column); {EXPORT_AGAIN}")
+            seen = [c for c in ("fact_step", "fact_images") if c in names]
+            if not seen:
+                log(f"{file}: exported before exports carried the frames a fact refers to; its facts are learned on "
+                    f"the frames of the step said; {EXPORT_AGAIN}")
             table = pq.read_table(file, columns=["fact", "kind", "images", "cameras", "session_id", "episode", "step",
-                                                 "source"], filters=[("kind", "=", "fact")])
+                                                 "source", *seen], filters=[("kind", "=", "fact")])
         except (OSError, pa.ArrowException) as err:
             raise CorrectionDataError(f"--data {file} is unreadable ({err}); {EXPORT_AGAIN}") from err
         for row in table.to_pylist():
             if not row["fact"]:
                 continue
             cameras = row["cameras"] or []
-            current = row["images"][len(row["images"]) - len(cameras):]
-            frames = {cam: _decode(image["bytes"], str(file)) for cam, image in zip(cameras, current)}
-            yield f"{row['session_id']}/{row['episode']}", row["step"], row["source"], row["fact"], frames
+            images, at = row["images"][len(row["images"]) - len(cameras):], row["step"]
+            if row.get("fact_images") and row.get("fact_step") is not None:
+                images, at = row["fact_images"], row["fact_step"]
+            frames = {cam: _decode(image["bytes"], str(file)) for cam, image in zip(cameras, images)}
+            yield f"{row['session_id']}/{row['episode']}", row["step"], at, row["source"], row["fact"], frames
 
 
 def _lerobot_facts(root: Path) -> Iterator[tuple]:
-    """The same from a LeRobot v3 export: its `fact` language events, the frames from its videos."""
+    """The same from a LeRobot v3 export: its `fact` language events (set_belief's frame_index: the frames
+    the fact refers to), the frames from its videos."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -265,13 +288,17 @@ def _lerobot_facts(root: Path) -> Iterator[tuple]:
             fact = (call.get("function") or {}).get("arguments")
             if isinstance(fact, str):
                 fact = json.loads(fact)
-            frames = {cam: videos.frame(cam, row["index"]) for cam in cameras}
+            # the frame whose reading it corrects (exports before it was written: this one)
+            seen = fact.pop("frame_index", None) if isinstance(fact, dict) else None
+            seen = row["frame_index"] if not isinstance(seen, int) or not 0 <= seen <= row["frame_index"] else seen
+            frames = {cam: videos.frame(cam, row["index"] - row["frame_index"] + seen) for cam in cameras}
             episode, first = episodes.get(row["episode_index"], (f"{root.name}/{row['episode_index']}", 0))
-            yield episode, first + row["frame_index"], "export", fact, frames
+            yield episode, first + row["frame_index"], first + seen, "export", fact, frames
 
 
 def _session_facts(path: Path, log) -> Iterator[tuple]:
-    """The same from session directories: every fact correction not taken back, its step's frames."""
+    """The same from session directories: every fact correction not taken back, the frames it refers to."""
+    from sessions.export.common import fact_frame_step
     from sessions.reader import SessionError, find_sessions, read_session
     from policies.types import CorrectionKind
 
@@ -285,9 +312,10 @@ def _session_facts(path: Path, log) -> Iterator[tuple]:
             for c in ep.active_corrections:
                 if c.kind is not CorrectionKind.FACT or c.fact is None or not ep.steps:
                     continue
-                position = ep.position_of_step(c.step)
+                at = fact_frame_step(ep, c)
+                position = ep.position_of_step(at)
                 frames = {cam: ep.frame(cam, position) for cam in ep.cameras}
-                yield f"{session.header.session_id}/{ep.episode}", c.step, c.speaker, c.fact.model_dump(), frames
+                yield f"{session.header.session_id}/{ep.episode}", c.step, at, c.speaker, c.fact.model_dump(), frames
 
 
 def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int, log=print) -> FactRows:
@@ -295,16 +323,16 @@ def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int,
     two sources, e.g. an export and its sessions, once)."""
     from policies.pi05.processor import stack_cameras
 
-    images, label_rows, facts, episodes, keys, sources = [], [], [], [], [], []
+    images, label_rows, facts, episodes, keys, sources, lags = [], [], [], [], [], [], []
     seen: set[str] = set()
     skipped: dict[str, int] = {}
     for path in map(Path, paths):
         if not path.exists():
             raise CorrectionDataError(f"--data {path}: no such file or directory")
         kind = coaching_data_kind(path)
-        found = (_sft_facts(path) if kind == "export" else _lerobot_facts(path) if kind == "lerobot"
+        found = (_sft_facts(path, log) if kind == "export" else _lerobot_facts(path) if kind == "lerobot"
                  else _session_facts(path, log))
-        for episode, step, source, data, frames in found:
+        for episode, step, at, source, data, frames in found:
             try:
                 fact = Fact.from_dict(data)
             except (KeyError, TypeError, ValueError):
@@ -324,12 +352,14 @@ def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int,
                 raise CorrectionDataError(f"--data {path}: {err}; the model reads {list(cameras)}") from err
             seen.add(key)
             images.append(stacked), label_rows.append(labels), facts.append(fact)
-            episodes.append(episode), keys.append(key), sources.append(source or "?")
+            episodes.append(episode), keys.append(key), sources.append(source or "?"), lags.append(step - at)
     if not facts:
         raise CorrectionDataError(f"--data {' '.join(map(str, paths))}: no fact correction there; {MAKE_FACTS}")
     rows = FactRows(torch.from_numpy(np.stack(images)), _label_tensors(label_rows), facts, episodes, keys, sources,
-                    skipped)
-    log(f"facts: {len(rows)} from {len(set(episodes))} episodes; by kind {rows.kinds()}"
+                    skipped, lags)
+    before = sum(lag > 0 for lag in lags)
+    log(f"facts: {len(rows)} from {len(set(episodes))} episodes; by kind {rows.kinds()}; {before} on the frames "
+        f"of a plan they correct (before they were said), {len(rows) - before} on the frames of the step said"
         + (f"; skipped {skipped}" if skipped else ""))
     return rows
 
@@ -467,11 +497,9 @@ def features_of(readout: ObjectReadout, images: Tensor, device: torch.device, ba
 
 
 @torch.no_grad()
-def facts_read(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch.device,
-               batch_size: int = 128) -> dict:
-    """On fact rows: the share the read-out reads as stated, overall and by kind (None when no rows)."""
-    if not len(rows):
-        return {"n": 0, "as_stated": None, "by_kind": {}}
+def stated_rows(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch.device,
+                batch_size: int = 128) -> list[bool]:
+    """Per fact row: whether the read-out reads it as stated on its frames."""
     was = readout.training
     readout.eval()
     hits = []
@@ -480,6 +508,26 @@ def facts_read(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch
             out = {k: v.float() for k, v in readout.heads(readout.features(rows.images[idx].to(device))).items()}
         hits += read_as_stated(out, {k: rows.labels[k][idx].to(device) for k in LABELS}).tolist()
     readout.train(was)
+    return hits
+
+
+def drop_read_as_stated(readout: ObjectReadout, rows: FactRows, dtype: str,
+                        device: torch.device) -> tuple[FactRows, int]:
+    """The rows the read-out does not yet read as stated (what is left to teach), and how many it does."""
+    if not len(rows):
+        return rows, 0
+    hits = stated_rows(readout, rows, dtype, device)
+    keep = [i for i, hit in enumerate(hits) if not hit]
+    return rows.subset(keep), len(rows) - len(keep)
+
+
+@torch.no_grad()
+def facts_read(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch.device,
+               batch_size: int = 128) -> dict:
+    """On fact rows: the share the read-out reads as stated, overall and by kind (None when no rows)."""
+    if not len(rows):
+        return {"n": 0, "as_stated": None, "by_kind": {}}
+    hits = stated_rows(readout, rows, dtype, device, batch_size)
     by_kind: dict[str, list[bool]] = {}
     for fact, hit in zip(rows.facts, hits):
         by_kind.setdefault(fact_kind(fact), []).append(hit)
@@ -578,8 +626,6 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                               f"train it again (`hivla train --preset grounded`)") from err
     cfg = model.cfg
     _check_grounded(cfg, s.base)
-    if loop.resuming:
-        load_state_dict_checked(model, out / "model.safetensors")
     model.to(device)
     readout: ObjectReadout = model.vision
 
@@ -590,6 +636,17 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     if not train:  # every fact fell in the held-out split: hold none out
         train, held = list(range(len(facts))), []
     fact_train, fact_held = facts.subset(train), facts.subset(held)
+    if s.skip_read_as_stated:  # a fact the base already reads as stated on its frames teaches nothing
+        fact_train, n_read = drop_read_as_stated(readout, fact_train, s.dtype, device)
+        if n_read:
+            facts.skipped["already read as stated"] = n_read
+            say(f"facts: {n_read} of {n_read + len(fact_train)} training facts already read as stated by the base "
+                f"read-out on their frames, left out")
+        if not len(fact_train):
+            raise CorrectionDataError(f"--data {' '.join(map(str, s.data))}: the base read-out already reads every "
+                                      f"training fact as stated ({n_read}); nothing to teach")
+    if loop.resuming:  # after the facts are chosen: the base read-out chose them, on a resume too
+        load_state_dict_checked(model, out / "model.safetensors")
     base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
     from agent.training.dataset import split_episodes
 
@@ -625,7 +682,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
         say("before: " + _fmt(state["before"]))
     state.update(facts={"total": len(facts), "train": len(fact_train), "held_out": len(fact_held),
                         "episodes": len(set(facts.episodes)), "by_kind": facts.kinds(),
-                        "train_by_kind": fact_train.kinds(), "skipped": facts.skipped},
+                        "train_by_kind": fact_train.kinds(), "skipped": facts.skipped,
+                        "on_frames_before_said": sum(lag > 0 for lag in facts.lags)},
                  base_frames={"train": len(base_train), "held_out_evaluated": len(base_eval)},
                  trainable_parameters=n_trainable, trained=trained)
 

@@ -78,6 +78,25 @@ class DecisionPoint:
     corrected: bool = False  # a plan that a later correction replaced
 
 
+def fact_frame_step(ep: EpisodeData, c: CorrectionRecord) -> int:
+    """The step whose frames a fact refers to: the reading it corrects, what a read-out fine-tune learns
+    it on (agent/training/facts_finetune.py). A fact the scripted coach said because the plan's scene
+    line was wrong (mistake "wrong_belief") corrects the line of the plan in force when it was said
+    (`replaced_plan`), read from the frames of the step that plan was asked at; by the time the coach
+    speaks (its reaction time later) the robot has moved on, and the read-out may already read that
+    object right. Any other fact (a person's): the step it was said at, the frames they saw."""
+    if c.fact is None or c.speaker != "scripted" or c.mistake != "wrong_belief" or not ep.steps:
+        return c.step
+    before = ep.steps[ep.position_of_step(c.step - 1)]
+    plan = next((p for p in ep.plans if p.plan_id == before.plan_id), None) if before.step < c.step else None
+    if plan is None or (c.replaced_plan is not None and plan.plan.thought != c.replaced_plan.thought):
+        return c.step
+    asked = plan.asked_step if plan.asked_step is not None else plan.step
+    if asked > c.step or ep.steps[ep.position_of_step(asked)].step != asked:  # its frame was not kept
+        return c.step
+    return asked
+
+
 def split_of(session_id: str, episode: int, val_fraction: float, seed: int) -> str:
     """train/validation by episode, stable whatever else is exported alongside."""
     if val_fraction <= 0:

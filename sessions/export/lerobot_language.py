@@ -7,9 +7,11 @@
                        recipes read it): the rules remembered for the session, joined by "; ", as the
                        planner read them, one row each time they change
   language_events      each correction as an `interjection` row (role "user") on the frame it came,
-                       but a fact (a statement about the scene) as a `fact` row: a perception label for
-                       this frame, its reading as data in `tool_calls` (one JSON call, set_belief with
-                       subject / place / where / side) for a read-out fine-tune;
+                       but a fact (a statement about the scene) as a `fact` row: a perception label,
+                       its reading as data in `tool_calls` (one JSON call, set_belief with subject /
+                       place / where / side, and `frame_index`: the frame whose reading it corrects,
+                       the frames the scripted coach's contradicted plan was read from, else this one;
+                       common.fact_frame_step) for a read-out fine-tune;
                        each `/ask` as two `vqa` rows (the user's question, the assistant's answer)
                        naming the camera the answer is grounded in
 """
@@ -21,7 +23,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from sessions.export.common import ExportOptions, assistant_text, selected_corrections
+from sessions.export.common import ExportOptions, assistant_text, fact_frame_step, selected_corrections
 from sessions.export.lerobot_segments import Segment
 from sessions.schema import CorrectionRecord
 
@@ -66,7 +68,9 @@ def language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list[
         if not first_step <= c.step <= last_step + 1:
             continue
         frame = min(seg.end - seg.start - 1, ep.position_of_step(c.step) - seg.start)
-        events.setdefault(frame, []).append(_event_row(c))
+        seen = ep.position_of_step(fact_frame_step(ep, c)) - seg.start
+        seen = seen if 0 <= seen <= frame else frame  # frames before the dataset episode: its own
+        events.setdefault(frame, []).append(_event_row(c, seen))
         exported.append(c)
     for q in ep.questions:  # /ask: the question and the high level's answer, grounded in a camera's view
         if not first_step <= q.step <= last_step + 1:
@@ -79,11 +83,12 @@ def language_rows(seg: Segment, fps: int, options: ExportOptions) -> tuple[list[
     return persistent, events, exported
 
 
-def _event_row(c: CorrectionRecord) -> dict:
+def _event_row(c: CorrectionRecord, seen_at: int) -> dict:
+    """`seen_at`: a fact's frame_index of the frames it refers to."""
     if c.kind.value != "fact":
         return {"role": "user", "content": c.text, "style": "interjection", "camera": None, "tool_calls": None}
     calls = None if c.fact is None else [json.dumps({"type": "function", "function": {
-        "name": "set_belief", "arguments": c.fact.model_dump()}})]
+        "name": "set_belief", "arguments": {**c.fact.model_dump(), "frame_index": seen_at}}})]
     return {"role": "user", "content": c.text, "style": "fact", "camera": None, "tool_calls": calls}
 
 

@@ -16,6 +16,12 @@ Columns
              ({subject, place, where, side}); the user turn has the facts in force, the assistant turn
              the plan made from the corrected belief (a grounded planner's scene line with the fact in
              place of its reading); null on other rows
+  fact_step, fact_images
+             a fact's row: the step whose frames the fact refers to (the reading it corrects: for the
+             scripted coach's, the frames the contradicted plan was read from; common.fact_frame_step)
+             and those frames, one per entry of `cameras`; what a read-out fine-tune learns the fact
+             on. Null on other rows (and in exports made before they were written: the row's own
+             frames are the step it was said at)
   kind       "plan" or the correction kind;  source: plan source or correction speaker
   session, session_id, episode, step, weight, corrected, task, family, subtask, split
 
@@ -45,6 +51,7 @@ from sessions.export.common import (
     context_text,
     decision_points,
     episode_selected,
+    fact_frame_step,
     planner_context,
     safe_join,
     split_of,
@@ -74,7 +81,8 @@ def sft_schema() -> pa.Schema:
         ("kind", pa.string()), ("source", pa.string()), ("session", pa.string()), ("session_id", pa.string()),
         ("episode", pa.int64()), ("step", pa.int64()), ("weight", pa.float32()), ("corrected", pa.bool_()),
         ("task", pa.string()), ("family", pa.string()), ("subtask", pa.string()), ("split", pa.string()),
-    ]), image_lists=("images",))
+        ("fact_step", pa.int64()), ("fact_images", pa.list_(IMAGE_TYPE)),
+    ]), image_lists=("images", "fact_images"))
 
 
 class _FrameCache:
@@ -105,6 +113,11 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
     for cam in cameras:
         images.append(encode_png(cache.get(ep, cam)[point.position], level=1))
     content = [{"type": "image", "text": None} for _ in images]
+    fact_step, fact_images = None, None
+    if point.correction is not None and point.correction.fact is not None:
+        fact_step = fact_frame_step(ep, point.correction)
+        at = ep.position_of_step(fact_step)
+        fact_images = [{"bytes": encode_png(cache.get(ep, cam)[at], level=1), "path": None} for cam in cameras]
     context = planner_context(ep, point)
     content.append({"type": "text", "text": context_text(context)})
     return {
@@ -128,6 +141,8 @@ def sft_row(point: DecisionPoint, split: str, options: ExportOptions, cache: _Fr
         "family": ep.start.family,
         "subtask": point.target.subtask if point.target else None,
         "split": split,
+        "fact_step": fact_step,
+        "fact_images": fact_images,
     }
 
 
