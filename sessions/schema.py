@@ -14,7 +14,8 @@ the action chunk a privileged expert would execute from that step's state (DAgge
 `hivla datagen --mode dagger`; additive: older sessions read as having none); 6, a correction may carry
 the `subtask` it asks for or forbids, as the reader read it (a negation said "no, not that" names the
 subtask in force; the planner reads it as "not: <subtask>", policies.planning.read_text; additive:
-older sessions read as having none, so their planners read the words).
+older sessions read as having none, so their planners read the words); 7, a step says whether its
+action was a person's (`Step.intervention`: a nudge moved the arm; additive: older sessions read False).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.types import CorrectionKind
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 class _Record(BaseModel):
@@ -82,6 +83,9 @@ class Step(_Record):
     # [H][A]: the chunk the scripted expert would execute from this step's state under `subtask`
     # (schema 5). The low level learns it instead of the actions executed next (DAgger).
     label: list[list[float]] | None = None
+    # the action was a person's, not the policy's: a step a nudge's burst moved the arm (schema 7).
+    # Sessions of earlier versions read False; agent.coaching.nudge_bursts recovers theirs from the records.
+    intervention: bool = False
 
 
 class SaidData(_Record):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,14 @@ def test_each_nudge_and_the_steps_its_burst_moved_the_arm(nudged):
         for p in b.positions:
             np.testing.assert_allclose(ep.steps[p].action, offset, atol=1e-6)
     assert completed_subtasks(ep)[:2] == ["pick up the small yellow block", "place it in the orange bowl"]
+
+
+def test_the_loop_records_which_steps_a_nudge_moved_and_old_sessions_read_the_same(nudged):
+    ep = read_session(nudged).episodes[0]
+    assert [i for i, s in enumerate(ep.steps) if s.intervention] == [p for b in BURSTS for p in b]
+    # a session of schema 6 or older has no flag: the bursts are read back from the records, the same
+    old = replace(ep, steps=[s.model_copy(update={"intervention": False}) for s in ep.steps])
+    assert [b.positions for b in nudge_bursts(old)] == BURSTS
 
 
 def test_nudge_samples_start_with_the_bursts_offsets_then_what_ran_next(nudged):

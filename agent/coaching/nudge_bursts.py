@@ -1,5 +1,7 @@
 """Which recorded steps a nudge moved: each nudge correction of a recorded episode and the steps its
-burst drove the arm, read back from what the session holds (no schema field says it).
+burst drove the arm. Sessions of schema 7 on say which steps a person's action drove
+(`Step.intervention`, set by the loop when it took a nudge's action); the queue below assigns those
+steps to the nudges said. Older sessions do not say it, so it is read back from what they hold:
 
 The loop's rule (agent/runtime/corrections.py, agent/runtime/acting.py), replayed over the records:
 a nudge said at step s is applied at the start of step s; its action offset (agent/coaching/nudge.py,
@@ -51,6 +53,7 @@ def nudge_bursts(ep: EpisodeData) -> list[NudgeBurst]:
     moved: list[list[int]] = []
     queue: deque[int] = deque()  # the nudge each queued step belongs to
     last_grip, k = -1.0, 0  # the loop's Actor starts an episode with the jaws open
+    flagged = any(s.intervention for s in ep.steps)  # schema 7: the loop said which actions were a nudge's
     for pos, step in enumerate(ep.steps):
         while k < len(said) and said[k].step <= step.step:
             c = said[k]
@@ -63,7 +66,7 @@ def nudge_bursts(ep: EpisodeData) -> list[NudgeBurst]:
             moved.append([])
             queue.extend([len(nudges) - 1] * NUDGE_STEPS)
         action = np.asarray(step.action, np.float32)
-        if queue and not step.paused and np.allclose(action, offsets[queue[0]], atol=1e-6):
+        if queue and (step.intervention if flagged else _replayed_nudge(step, action, offsets[queue[0]])):
             moved[queue.popleft()].append(pos)
         if len(action) > 4:
             last_grip = float(action[4])
@@ -75,6 +78,11 @@ def nudge_bursts(ep: EpisodeData) -> list[NudgeBurst]:
         helped = bool(positions) and _completed_after(ep, positions[0], subtask, next_said)
         out.append(NudgeBurst(c, tuple(positions), subtask, helped))
     return out
+
+
+def _replayed_nudge(step, action: np.ndarray, offset: np.ndarray) -> bool:
+    """A session older than schema 7: the step acted and its action is the queued nudge's offset."""
+    return not step.paused and np.allclose(action, offset, atol=1e-6)
 
 
 def intervention_positions(ep: EpisodeData) -> set[int]:

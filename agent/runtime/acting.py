@@ -24,6 +24,7 @@ class Actor:
         # and nudging repeat the last grip command; otherwise a pause or a nudge drops a held block.
         self.last_grip = -1.0
         self.problem: str | None = None  # why the low level held still, when it says so with a new chunk
+        self.nudged = False  # the action just taken was a nudge's, a person's, not the low level's
 
     def reset(self) -> None:
         self.chunk = None
@@ -46,11 +47,13 @@ class Actor:
 
     def next_action(self, obs: Observation, plan: Plan | None, holding: bool) -> np.ndarray:
         self.problem = None
+        self.nudged = False
         if holding or (plan is not None and plan.is_done and not self.nudges):
             action = HOLD_ACTION.copy()  # paused, stopped, or nothing left to do
             action[4] = self.last_grip
             return action
         if self.nudges:
+            self.nudged = True
             return self.nudges.popleft()
         limit = self.execute_steps
         if self.chunk is None or self.chunk_pos >= len(self.chunk) or (limit and self.chunk_pos >= limit):

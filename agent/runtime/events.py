@@ -146,6 +146,7 @@ class StepTaken:
     subtask_index: int | None
     paused: bool  # held still: paused, stopped, or the low level unreachable
     awaiting_plan: bool  # held still for an asked plan (asynchronous planning)
+    intervention: bool  # the action was a person's (a nudge's burst), not the low level's
     acted_at: float  # time.perf_counter() when the action was chosen, before the env stepped
     wall_time: float
 

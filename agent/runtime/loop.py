@@ -233,7 +233,8 @@ class ControlLoop(Corrections, Planning):
         self._emit(ev.StepTaken(
             episode=ep.index, step=ep.step, obs=prev_obs, action=action, plan_id=self._plan_id,
             subtask=self._plan.subtask if self._plan else None, subtask_index=info.get("subtask_index"),
-            paused=holding, awaiting_plan=self._awaiting is not None, acted_at=acted_at, wall_time=time.time()))
+            paused=holding, awaiting_plan=self._awaiting is not None, intervention=actor.nudged, acted_at=acted_at,
+            wall_time=time.time()))
         ep.step += 1
 
         if self.coach is not None:

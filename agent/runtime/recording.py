@@ -56,7 +56,7 @@ def step_record(e: ev.StepTaken) -> schema.Step:
     return schema.Step(
         episode=e.episode, step=e.step, frame=e.step, time=e.obs.time, wall_time=e.wall_time,
         state=[float(x) for x in e.obs.state], action=[float(x) for x in e.action], plan_id=e.plan_id,
-        subtask=e.subtask, subtask_index=e.subtask_index, paused=e.paused)
+        subtask=e.subtask, subtask_index=e.subtask_index, paused=e.paused, intervention=e.intervention)
 
 
 class RecordingObserver:

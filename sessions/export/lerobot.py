@@ -14,8 +14,8 @@ Layout written (one chunk, one file each -- datasets this size never need more):
                                         contexts; sessions/export/coaching.py), by dataset index
 
 `complementary_info.is_intervention` (bool, per frame) marks the frames whose action a person caused:
-the steps a nudge's burst moved the arm (agent/coaching/nudge_bursts.py, the reader the VLA's nudge
-samples come from too), so tools outside hivla see which actions were a person's and which the policy's.
+the steps a nudge's burst moved the arm, as the loop recorded them (`Step.intervention`, schema 7; a
+session recorded before that reads False), so tools outside hivla see which actions were a person's.
 Language columns, as lerobot.datasets.language defines them: sessions/export/lerobot_language.py.
 Which steps become which dataset episode: lerobot_segments.py; the parquet and meta files: lerobot_files.py.
 """
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from agent.coaching.nudge_bursts import intervention_positions  # the loop's rule for what a nudge moved
 from sessions.export.coaching import coaching_rows, coaching_schema
 from sessions.export.common import (
     EXPORT_FORMAT_VERSION,
@@ -79,7 +78,6 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
     correction_rows: list[dict] = []
     all_pixels: dict[str, list[np.ndarray]] = {cam: [] for cam in schema.cameras}
     teaching = _Teaching(options)
-    interventions = _Interventions()
     global_index = 0
     try:
         for episode_index, seg in enumerate(segments):
@@ -90,8 +88,7 @@ def export_lerobot(sessions: list[Session], root: Path, options: ExportOptions, 
             persistent, events, exported = language_rows(seg, fps, options)
             state = np.asarray([s.state for s in steps], dtype=np.float32).reshape(length, len(schema.state_names))
             action = np.asarray([s.action for s in steps], dtype=np.float32).reshape(length, len(schema.action_names))
-            caused = interventions.of(ep)
-            intervention = np.asarray([p in caused for p in range(seg.start, seg.end)], dtype=bool)
+            intervention = np.asarray([s.intervention for s in steps], dtype=bool)
             frame_index = np.arange(length, dtype=np.int64)
             timestamp = (frame_index / fps).astype(np.float32)
             index = np.arange(global_index, global_index + length, dtype=np.int64)
@@ -239,14 +236,3 @@ class _Teaching:
             self.rows.append({**rows[position], "episode_index": episode_index, "frame_index": frame,
                               "index": first_index + frame})
 
-
-class _Interventions:
-    """The step positions a nudge moved, of the episode being exported (its windows come in a row)."""
-
-    def __init__(self) -> None:
-        self._episode: tuple[int, set[int]] | None = None
-
-    def of(self, ep) -> set[int]:
-        if self._episode is None or self._episode[0] != id(ep):
-            self._episode = (id(ep), intervention_positions(ep))
-        return self._episode[1]
