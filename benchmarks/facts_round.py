@@ -42,7 +42,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.stages import CommandLog  # noqa: E402
+from benchmarks.stages import TimedStages  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "facts_round.json"
 # planner frames mixed into the full round's fine-tune: the four sets policies/checkpoints/grounded/MODEL_CARD.md
 # records after the push fix (step 6d), labelled as the held-out frames are (runs/grounded_frames_heldout_v2,
@@ -96,26 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --- running the CLI -----------------------------------------------------------------------------------
-class Stages(CommandLog):
-    """The round's commands (benchmarks/stages.py), each under a stage name whose wall time is kept."""
-
-    def __init__(self, workdir: Path, console):
-        super().__init__(workdir / "facts_round.log", console)
-        self.walls = workdir / "wall_times.json"  # kept across runs: a resumed round reports every stage
-        self.wall: dict[str, float] = json.loads(self.walls.read_text()) if self.walls.is_file() else {}
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.wall[stage] = self.wall.get(stage, 0.0) + seconds
-        self.walls.write_text(json.dumps(self.wall, indent=1) + "\n")
-
-    def hivla(self, stage: str, *argv) -> None:
-        self.add(stage, super().hivla(*argv))
-
-    def script(self, stage: str, path: str, *argv) -> None:
-        self.add(stage, super().script(path, *argv))
-
-
-def tiny_setup(stages: Stages, args) -> tuple[Path, list[str], str]:
+def tiny_setup(stages: TimedStages, args) -> tuple[Path, list[str], str]:
     """--preset tiny: planner frames (training and held out) and a tiny grounded planner trained on them."""
     w = args.workdir
     frames, heldout, readout, ckpt = w / "frames", w / "heldout", w / "readout", w / "base_ckpt"
@@ -136,7 +117,7 @@ def tiny_setup(stages: Stages, args) -> tuple[Path, list[str], str]:
 
 
 # --- the round -----------------------------------------------------------------------------------------
-def coached_run(stages: Stages, args, base: Path) -> dict:
+def coached_run(stages: TimedStages, args, base: Path) -> dict:
     w = args.workdir
     path = w / "coached.json"
     if not path.is_file():
@@ -150,7 +131,7 @@ def coached_run(stages: Stages, args, base: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def export(stages: Stages, args) -> Path:
+def export(stages: TimedStages, args) -> Path:
     out = args.workdir / "export"
     if not (out / "manifest.json").is_file():
         stages.hivla("b_export", "export", args.workdir / "sessions", "--format", "sft", "--kind", "fact",
@@ -158,7 +139,7 @@ def export(stages: Stages, args) -> Path:
     return out
 
 
-def finetune(stages: Stages, args, base: Path, data: Path, base_data: list[str]) -> tuple[Path, dict]:
+def finetune(stages: TimedStages, args, base: Path, data: Path, base_data: list[str]) -> tuple[Path, dict]:
     out = args.workdir / "facts_ckpt"
     summary = out / "finetune_summary.json"
     if not summary.is_file():
@@ -187,7 +168,7 @@ def reading(args, checkpoint: Path, heldout: str, corrected: tuple[str, ...], pa
     return result
 
 
-def decisions(stages: Stages, args, checkpoint: Path, heldout: str, path: Path) -> dict:
+def decisions(stages: TimedStages, args, checkpoint: Path, heldout: str, path: Path) -> dict:
     if not path.is_file():
         stages.script("d_offline_eval", "benchmarks/offline_eval.py", "--checkpoint", checkpoint, "--data", heldout,
                       "--frames", args.frames, "--questions", 0, "--threads", args.threads, "--json", path)
@@ -238,7 +219,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     console = table_console()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    stages = Stages(args.workdir, console)
+    stages = TimedStages(args.workdir, "facts_round.log", console)
     started = time.perf_counter()
     if args.preset == "tiny" and args.checkpoint is None:
         base, base_data, heldout = tiny_setup(stages, args)

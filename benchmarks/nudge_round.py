@@ -58,7 +58,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.stages import CommandLog  # noqa: E402
+from benchmarks.stages import TimedStages  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "nudge_round.json"
 SHIPPED_VLA = ROOT / "policies" / "checkpoints" / "vla"
@@ -111,19 +111,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # --- running the CLI -----------------------------------------------------------------------------------
-class Stages(CommandLog):
-    """The round's commands (benchmarks/stages.py), each under a stage name whose wall time is kept."""
-
-    def __init__(self, workdir: Path, console):
-        super().__init__(workdir / "nudge_round.log", console)
-        self.walls = workdir / "wall_times.json"  # kept across runs: a resumed round reports every stage
-        self.wall: dict[str, float] = json.loads(self.walls.read_text()) if self.walls.is_file() else {}
-
-    def hivla(self, stage: str, *argv) -> None:
-        self.wall[stage] = self.wall.get(stage, 0.0) + super().hivla(*argv)
-        self.walls.write_text(json.dumps(self.wall, indent=1) + "\n")
-
-
 def run_flags(args) -> list:
     """What every `hivla run` of the round shares: the planner, the suite, the size of a tiny round."""
     flags = ["--high-level", "oracle", "--suite", "base", "--workers", args.workers, "--quiet"]
@@ -141,7 +128,7 @@ def trained(out: Path, steps: int) -> bool:
     return state.is_file() and json.loads(state.read_text()).get("step", 0) >= steps
 
 
-def tiny_checkpoint(stages: Stages, args) -> Path:
+def tiny_checkpoint(stages: TimedStages, args) -> Path:
     """--preset tiny: a tiny VLA trained here on a few scripted-expert episodes (it gets stuck: the coach nudges)."""
     data, ckpt = args.workdir / "base_data", args.workdir / "base_vla"
     if not trained(ckpt, 150):
@@ -156,7 +143,7 @@ def tiny_checkpoint(stages: Stages, args) -> Path:
 
 
 # --- the round -----------------------------------------------------------------------------------------
-def coached_run(stages: Stages, args, checkpoint: Path) -> dict:
+def coached_run(stages: TimedStages, args, checkpoint: Path) -> dict:
     out = args.workdir / "coached"
     path = out / "run.json"
     if not path.is_file():
@@ -177,7 +164,7 @@ def nudges(args) -> dict:
     return json.loads(path.read_text())
 
 
-def export(stages: Stages, args) -> dict:
+def export(stages: TimedStages, args) -> dict:
     """The nudged episodes as a LeRobot dataset; how many frames its intervention column marks."""
     import pyarrow.parquet as pq
 
@@ -191,7 +178,7 @@ def export(stages: Stages, args) -> dict:
     return {"frames": len(flags), "intervention_frames": int(sum(flags.to_pylist()))}
 
 
-def expert_data(stages: Stages, args) -> dict:
+def expert_data(stages: TimedStages, args) -> dict:
     out, counts = args.workdir / "expert", args.workdir / "expert.json"
     if not counts.is_file():
         shutil.rmtree(out, ignore_errors=True)  # an interrupted datagen's sessions would be read twice
@@ -206,7 +193,7 @@ def expert_data(stages: Stages, args) -> dict:
     return json.loads(counts.read_text())
 
 
-def finetune(stages: Stages, args, checkpoint: Path, nudge_steps: int, expert_steps: int) -> tuple[Path, dict]:
+def finetune(stages: TimedStages, args, checkpoint: Path, nudge_steps: int, expert_steps: int) -> tuple[Path, dict]:
     """One fine-tune of `checkpoint` on the nudge samples and the expert set thinned to --nudge-share."""
     out = args.workdir / "vla_nudged"
     share = args.nudge_share
@@ -225,7 +212,7 @@ def finetune(stages: Stages, args, checkpoint: Path, nudge_steps: int, expert_st
                  "train_time_s": state["elapsed_s"]}
 
 
-def evaluate(stages: Stages, args, checkpoint: Path, when: str, families: list[str], last_seed: int) -> dict:
+def evaluate(stages: TimedStages, args, checkpoint: Path, when: str, families: list[str], last_seed: int) -> dict:
     """`checkpoint` with nobody coaching: the nudged families on the coached seeds (recorded), and held-out seeds."""
     from agent.coaching.nudge_bursts import completed_subtasks
     from sessions.reader import iter_sessions
@@ -306,7 +293,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     console = table_console()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    stages = Stages(args.workdir, console)
+    stages = TimedStages(args.workdir, "nudge_round.log", console)
     started = time.perf_counter()
     checkpoint = args.checkpoint or (tiny_checkpoint(stages, args) if args.preset == "tiny" else SHIPPED_VLA)
     checkpoint = checkpoint.resolve()

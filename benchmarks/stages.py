@@ -5,10 +5,15 @@ benchmark in one line that names the log.
     commands = CommandLog(workdir / "coaching_rounds.log", console)
     commands.hivla("run", "--suite", "base", ...)                   # python -m agent.cli run ...
     commands.script("benchmarks/offline_eval.py", "--checkpoint", ...)
+
+    stages = TimedStages(workdir, "facts_round.log", console)      # the same, each command under a stage
+    stages.hivla("a_coached_run", "run", ...)                       # name whose wall time is kept in
+                                                                    # workdir/wall_times.json
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,3 +48,23 @@ class CommandLog:
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(shown.split()[:2])} failed (exit {done.returncode}); see {self.log}")
         return time.perf_counter() - started
+
+
+class TimedStages(CommandLog):
+    """A CommandLog whose commands each run under a stage name; the seconds of each stage are added up in
+    WORKDIR/wall_times.json, kept across runs, so a resumed benchmark still reports every stage."""
+
+    def __init__(self, workdir: Path, log_name: str, console):
+        super().__init__(workdir / log_name, console)
+        self.walls = workdir / "wall_times.json"
+        self.wall: dict[str, float] = json.loads(self.walls.read_text()) if self.walls.is_file() else {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.wall[stage] = self.wall.get(stage, 0.0) + seconds
+        self.walls.write_text(json.dumps(self.wall, indent=1) + "\n")
+
+    def hivla(self, stage: str, *argv) -> None:
+        self.add(stage, super().hivla(*argv))
+
+    def script(self, stage: str, path: str, *argv) -> None:
+        self.add(stage, super().script(path, *argv))
