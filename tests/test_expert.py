@@ -170,3 +170,53 @@ def test_an_ambiguous_block_name_means_the_nearest_one_unless_strict(env):
             obs, _, _, _, info = env.step(action)
     assert lenient.last_error is None and info["privileged"].held == nearest
     assert env.subtask_done(f"pick up the {color} block", info)  # one of the blue blocks is up: done
+
+
+def drive_to(env, obs, info, goal, grip: float = 1.0, budget: int = 60):
+    """Move the commanded TCP to `goal` through a point above it (a stand-in for where a learned
+    policy may have left the arm)."""
+    for waypoint in (np.array([*goal[:2], 0.15]), np.asarray(goal, dtype=float)):
+        for _ in range(budget):
+            delta = np.clip(waypoint - info["privileged"].gripper.target_pos, -0.02, 0.02)
+            if np.abs(delta).max() < 1e-4:
+                break
+            obs, _, _, _, info = env.step(np.array([*delta, 0.0, grip], dtype=np.float32))
+    return obs, info
+
+
+@pytest.mark.parametrize("offset", [(0.0, -0.05, 0.0), (0.03, -0.02, 0.02), (-0.04, -0.06, -0.01)])
+def test_close_continues_from_a_low_point_in_front_of_the_handle(env, offset):
+    # what a learned policy leaves: the arm low in front of the open drawer, off the expert's path.
+    # The expert's label there heads for the handle at that height; it used to climb to 13 cm and
+    # come back down, so labels near the handle alternated between two motions
+    obs, info = env.reset(seed=3, options={"family": "block_in_drawer_and_close"})
+    obs, info = env.set_drawer_opening(0.12)
+    handle = info["privileged"].drawer.handle_pos
+    start = np.array([handle[0], handle[1] - S.HANDLE_HALF[1] - 0.018, S.HANDLE_Z])
+    obs, info = drive_to(env, obs, info, start + np.array(offset))
+    expert = ScriptedExpert()
+    chunk = expert.act(env.observation(obs, info), "close the drawer")
+    assert chunk[:, 2].sum() <= 0.01 + max(0.0, -offset[2]), "it climbed away from the handle"
+    assert chunk[:, 1].sum() > 0.01, "it did not head for the handle"
+    ok, obs, info, steps = run_subtask(env, expert, obs, info, "close the drawer", budget=80)
+    assert ok and info["privileged"].drawer.opening <= 0.01
+
+
+def test_put_down_label_reads_the_state_alone(env):
+    # a policy that carried the block elsewhere is told to put it down where it now is (if free),
+    # exactly what an expert asked afresh there says: no spot remembered from the subtask's start
+    obs, info = env.reset(seed=5, options={"family": "stack_three"})
+    expert = ScriptedExpert()
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, info["subtasks"][0])
+    held = info["privileged"].held
+    assert ok and held
+    expert.act(env.observation(obs, info), "put it down on the table")  # the subtask starts here
+    obs, info = drive_to(env, obs, info, np.array([-0.10, -0.18, 0.12]))
+    assert info["privileged"].held == held
+    o = env.observation(obs, info)
+    label = expert.act(o, "put it down on the table")
+    np.testing.assert_array_equal(label, ScriptedExpert().act(o, "put it down on the table"))
+    assert np.abs(label[:, :2]).sum() < 0.005 and label[:, 2].sum() < -0.05, "not straight down"
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, "put it down on the table")
+    assert ok and info["privileged"].on_table(held)
+    assert np.hypot(*(info["privileged"].block(held).pos[:2] - np.array([-0.10, -0.18]))) < 0.03

@@ -85,7 +85,6 @@ class ScriptedExpert:
         self._it: str | None = None  # the block "it" refers to
         self._subtask_text: str | None = None
         self._subtask: Subtask | None = None
-        self._spot: np.ndarray | None = None  # chosen put-down spot
 
     # --- LowLevelPolicy -------------------------------------------------------------------------
     def act(self, obs, subtask: str) -> np.ndarray:
@@ -108,7 +107,6 @@ class ScriptedExpert:
         if subtask != self._subtask_text:
             self._subtask = parse_subtask(subtask)
             self._subtask_text = subtask
-            self._spot = None
         sub = self._subtask
         if world.held is not None:
             self._it = world.held
@@ -264,9 +262,13 @@ class ScriptedExpert:
             slot = _free_slot(world, it, centre, DRAWER_SLOTS, 0.045)
             return np.array([*slot, S.TRAY_FLOOR_TOP + blk.half + 0.01]), 0.0
         if sub.kind == "put_down":
-            if self._spot is None:
-                self._spot = _free_table_spot(world, it, world.gripper.pos[:2])
-            return np.array([*self._spot, blk.half + 0.006]), current_yaw
+            # re-chosen from the state at every call (no memory of an earlier choice): straight
+            # down where the block hangs if that is free, else the nearest free spot. A spot fixed
+            # at the subtask's start is invisible to a policy that drifted since, so its labels
+            # pointed somewhere the images do not show
+            here = blk.pos[:2] if world.held == it else world.gripper.pos[:2]
+            spot = here if _is_free_table_spot(world, it, here) else _free_table_spot(world, it, here)
+            return np.array([*spot, blk.half + 0.006]), current_yaw
         raise ValueError(sub.kind)
 
     def _open_drawer(self, world: WorldState, v: _Virtual):
@@ -307,6 +309,11 @@ class ScriptedExpert:
             if v.pos[1] >= final_y - 0.002:
                 v.phase = "done"
             return np.array([start[0], final_y, start[2]]), yaw, CLOSE
+        if _in_front_of_handle(v.pos, start):
+            # nothing lies between: slide straight to the start point. Climbing to travel height
+            # and back from here made the labels near the handle alternate between "push" and
+            # "climb" at the states only a learned policy visits, and a regression averages them
+            return start, yaw, CLOSE
         return self._goto(v, start, yaw, 0.13, _closing_grip(v))
 
     def _push(self, world: WorldState, name: str, direction: str, v: _Virtual):
@@ -401,18 +408,33 @@ def _free_slot(world: WorldState, it: str, center: np.ndarray, slots, radius: fl
     return np.array(center[:2], dtype=float)
 
 
+def _in_front_of_handle(pos: np.ndarray, start: np.ndarray) -> bool:
+    """Low in the free space just in front of the drawer handle (not over the bar, not over the
+    drawer), where a straight move to the push start point hits nothing."""
+    return (
+        abs(pos[0] - start[0]) < 0.06
+        and start[1] - 0.08 < pos[1] < start[1] + 0.005
+        and S.HANDLE_Z - 0.02 < pos[2] < S.HANDLE_Z + 0.06
+    )
+
+
+def _is_free_table_spot(world: WorldState, it: str, p: np.ndarray) -> bool:
+    """On the table, away from blocks, bowls, the drawer's sweep and the push target sides."""
+    x, y = float(p[0]), float(p[1])
+    if not (-0.13 <= x <= 0.13 and -0.22 <= y <= 0.04) or (x > 0.05 and y > -0.14):
+        return False
+    if any(float(np.hypot(*(p - b.pos[:2]))) < 0.09 for n, b in world.blocks.items() if n != it):
+        return False
+    return all(float(np.hypot(*(p - w.pos[:2]))) >= S.BOWL_RADIUS + 0.06 for w in world.bowls.values())
+
+
 def _free_table_spot(world: WorldState, it: str, near: np.ndarray) -> np.ndarray:
-    """The free table spot nearest `near`: away from blocks, bowls, the drawer's sweep and the push
-    target sides."""
+    """The free table spot (`_is_free_table_spot`, on a 2 cm grid) nearest `near`."""
     best, best_d = None, 1e9
     for x in np.arange(-0.13, 0.131, 0.02):
         for y in np.arange(-0.22, 0.05, 0.02):
             p = np.array([x, y])
-            if x > 0.05 and y > -0.14:
-                continue
-            if any(float(np.hypot(*(p - b.pos[:2]))) < 0.09 for n, b in world.blocks.items() if n != it):
-                continue
-            if any(float(np.hypot(*(p - w.pos[:2]))) < S.BOWL_RADIUS + 0.06 for w in world.bowls.values()):
+            if not _is_free_table_spot(world, it, p):
                 continue
             d = float(np.hypot(*(p - near)))
             if d < best_d:
