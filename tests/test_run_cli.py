@@ -24,6 +24,19 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys):
     assert "push_to_side" in capsys.readouterr().out  # the per-family table
 
 
+def test_a_timeout_names_the_subtask_it_was_stuck_on(tmp_path):
+    out = tmp_path / "metrics.json"
+    code = main(["run", "--high-level", "oracle", "--low-level", "expert", "--family", "stack_three",
+                 "--episodes", "1", "--seed", "3", "--image-size", "32", "--max-steps", "12", "--json", str(out),
+                 "--quiet"])
+    assert code == 0
+    data = json.loads(out.read_text())
+    detail = data["episodes_detail"][0]
+    assert not detail["success"] and detail["reason"] == "timeout"
+    assert detail["last_subtask"].startswith("pick up the")  # 12 steps end inside the first pick
+    assert data["failed_on"] == {detail["last_subtask"]: 1} == data["per_family"]["stack_three"]["failed_on"]
+
+
 def test_records_sessions_when_asked(tmp_path):
     from sessions.reader import read_session
 

@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,6 +167,8 @@ def summarise(records: list[EpisodeRecord], families: list[str]) -> dict:
             "mean_steps": sum(r.steps for r in rs) / n,
             "interventions_per_episode": sum(r.interventions for r in rs) / n,
             "wall_time_s": sum(r.wall_time for r in rs),
+            # where the failures stopped: the subtask in force at the end, most frequent first
+            "failed_on": dict(Counter(r.last_subtask or "(no plan)" for r in rs if not r.success).most_common()),
         }
 
     overall = stats(records)

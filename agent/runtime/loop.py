@@ -182,7 +182,8 @@ class ControlLoop(Corrections, Planning):
         done = list(self._info.get("subtasks_done", []))
         return EpisodeResult(success=ep.success, subtasks_completed=int(sum(done)), subtasks_total=len(done),
                              steps=ep.step, interventions=ep.interventions, wall_time=time.time() - ep.start_wall,
-                             family=ep.family, reason=ep.end_reason)
+                             family=ep.family, reason=ep.end_reason,
+                             last_subtask=self._plan.subtask if self._plan else None)
 
     # ------------------------------------------------------------------ one control step
 

@@ -54,6 +54,7 @@ class EpisodeResult:
     wall_time: float
     family: str | None
     reason: str
+    last_subtask: str | None  # the subtask in force when it ended: what a timeout was stuck on
 
 
 @dataclass(frozen=True)
