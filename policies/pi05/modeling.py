@@ -494,14 +494,24 @@ class Pi05Model(nn.Module):
         object_features: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, KVCache]:
         """Run [base | context] once. Returns (tokens, valid [B, P+C], positions, per-layer KV cache)."""
+        x, valid, positions, mask = self._plan_layout(images, prefix_ids, prefix_mask, context_ids, context_mask,
+                                                      object_features)
+        _, cache = self.run_backbone(x, positions, mask, kv_only=True)
+        return x, valid, positions, cache
+
+    def _plan_layout(
+        self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
+        object_features: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """[base | context] as the backbone reads it: tokens [B, P, W], valid [B, P], positions [B, P],
+        mask [B, P, P]."""
         base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask, object_features)
         ctx_valid = context_mask.bool()
         x = torch.cat([base, self.embed_text(context_ids).to(base.dtype)], 1)
         positions = torch.cat([base_valid.long().cumsum(1) - 1,
                                self.positions_from(base_valid.sum(1), ctx_valid.shape[1])], 1)
         mask = self.segment_mask([(self.BASE, base_valid), (self.CONTEXT, ctx_valid)])
-        _, cache = self.run_backbone(x, positions, mask, kv_only=True)
-        return x, torch.cat([base_valid, ctx_valid], 1), positions, cache
+        return x, torch.cat([base_valid, ctx_valid], 1), positions, mask
 
     @torch.inference_mode()  # no autograd bookkeeping at all (~7% of a plan on this CPU)
     def generate(
@@ -588,14 +598,23 @@ class Pi05Model(nn.Module):
     ) -> tuple[KVCache, Tensor, Tensor]:
         """Backbone keys/values of [base | subtask], computed once per action chunk.
         Returns (cache, valid [B, P+S], first action position [B])."""
+        (x, valid, positions, mask), start = self._action_layout(images, prefix_ids, prefix_mask, subtask_ids,
+                                                                 subtask_mask)
+        _, cache = self.run_backbone(x, positions, mask, kv_only=True)
+        return cache, valid, start
+
+    def _action_layout(
+        self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, subtask_ids: Tensor, subtask_mask: Tensor
+    ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor]:
+        """[base | subtask] as the backbone reads it ((tokens, valid, positions, mask) as _plan_layout),
+        and the first action position [B]."""
         base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask)
         sub_valid = subtask_mask.bool()
         x = torch.cat([base, self.embed_text(subtask_ids).to(base.dtype)], 1)
         n_base = base_valid.sum(1)
         positions = torch.cat([base_valid.long().cumsum(1) - 1, self.positions_from(n_base, sub_valid.shape[1])], 1)
         mask = self.segment_mask([(self.BASE, base_valid), (self.SUBTASK, sub_valid)])
-        _, cache = self.run_backbone(x, positions, mask, kv_only=True)
-        return cache, torch.cat([base_valid, sub_valid], 1), n_base + sub_valid.sum(1)
+        return (x, torch.cat([base_valid, sub_valid], 1), positions, mask), n_base + sub_valid.sum(1)
 
     @torch.inference_mode()  # no autograd bookkeeping at all (~7% of a plan on this CPU)
     def sample_actions(
@@ -613,9 +632,9 @@ class Pi05Model(nn.Module):
         x = noise.float()
         dt = -1.0 / steps
         args = (images, prefix_ids, prefix_mask, subtask_ids, subtask_mask)
-        ctx = self.encode_action_context(*args) if cache_context else None
         if fast and cache_context:
-            return self._sample_actions_fast(ctx, x, steps)
+            return self._sample_actions_fast(*self._action_layout(*args), x, steps)
+        ctx = self.encode_action_context(*args) if cache_context else None
         for i in range(steps):
             if not cache_context:
                 ctx = self.encode_action_context(*args)
@@ -626,14 +645,19 @@ class Pi05Model(nn.Module):
         return x
 
     # -- inference fast paths --------------------------------------------------------------------
-    # A 30-token plan at the `small` dims costs ~0.05 ms of arithmetic a token on this CPU but took
-    # ~2-3 ms: each token ran ~300 small torch ops (norms in four ops, RoPE tables rebuilt per layer,
-    # the cache concatenated and the kv head repeated per layer). The paths below do the same
-    # arithmetic in ~30 ops a layer: weights fused once (q|k|rot q|rot k|v in one matmul, RoPE's
-    # rotate-half folded into the weights; gate|up in one), a preallocated (static) KV cache written
-    # in place, masks and rotary tables built once per plan or chunk, the flow time's modulations for
-    # every Euler step computed at once. Each equals its reference path (`use_cache=False`,
-    # `fast=False`) within float tolerance (tests/test_pi05_fast.py).
+    # At the `small` dims a decoded token's arithmetic is tiny; what costs is reading ~15 MB of weights
+    # (~0.6 ms from this CPU's memory) and the torch ops around them: each costs a few microseconds,
+    # however small its tensors, and more between the large matmuls that evict its code and data
+    # (measured in the decode loop: an RMSNorm as F.rms_norm's ~15 internal ops ~25 us, as five ops
+    # ~6 us). So the paths below run the same arithmetic with as few ops and bytes as they can:
+    # q|k|v in one matmul (the softmax scale folded into q), Gemma's RMSNorm scales folded into the
+    # matmul after them (the final one into the tied output embedding), RMSNorm in five ops, RoPE for a
+    # step's tokens as one batched matmul by their rotation matrices (built once per plan or chunk; the
+    # long prefix uses x*cos + roll(x)*sin), residual adds fused into the matmuls (addmm), a
+    # preallocated (static) KV cache the prefix pass writes into directly, no mask where nothing is
+    # padded (a single row drops its padding before the prefix pass: a masked key adds exactly
+    # nothing), and the flow time's modulations for every Euler step computed at once. Each equals its
+    # reference path (`use_cache=False`, `fast=False`) within float tolerance (tests/test_pi05_fast.py).
 
     def _inference_weights(self, dtype: torch.dtype) -> "_FusedWeights":
         """Fused copies of the weights for inference, rebuilt only when a parameter changes
@@ -649,54 +673,107 @@ class Pi05Model(nn.Module):
 
     @staticmethod
     def _rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-        """cos, sin [B, L, 1, d] for positions [B, L]; the same angles as `rope`, halves duplicated."""
+        """cos, sin [B, L, 1, d] for positions [B, L]: the same angles as `rope`, with x*cos + roll(x)*sin
+        equal to it (roll by d/2 gives [x2, x1], so sin carries rotate-half's sign: [-sin, sin])."""
         freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
         angles = positions.float()[..., None] * freqs
-        return torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([angles.sin()] * 2, -1)[:, :, None]
+        sin = angles.sin()
+        return torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([-sin, sin], -1)[:, :, None]
 
-    def _fast_attention(self, layer: "_FusedLayer", h: Tensor, cos: Tensor, sin: Tensor, keys: Tensor,
-                        values: Tensor, at: int, mask: Tensor,
+    def _step_rope(self, positions: Tensor, dtype: torch.dtype) -> Tensor | tuple[Tensor, Tensor]:
+        """RoPE for the tokens of decode or Euler steps at positions [B, L]: in float32 each token's
+        rotation matrix [B, L, d, d] (x @ R == x*cos + roll(x)*sin: R holds cos on its diagonal and the
+        signed sin where roll moves each element; one bmm a step instead of three ops); in lower
+        precision the cos/sin tables (a bmm would run in that precision under autocast)."""
+        d = self.cfg.head_dim
+        cos, sin = self._rope_tables(positions, d, self.cfg.rope_theta)
+        if dtype != torch.float32:
+            return cos, sin
+        swap = torch.eye(d, device=positions.device).roll(d // 2, 0)  # swap[i, j] = 1 where i = j + d/2 (mod d)
+        return torch.diag_embed(cos[:, :, 0]) + swap * sin
+
+    def _fast_prefix(self, w: "_FusedWeights", layout: tuple[Tensor, Tensor, Tensor, Tensor], room: int,
+                     zeros: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """The backbone over a prefix layout (see _plan_layout) on the fused weights, each layer's keys and
+        values written straight into a static cache [B, kvh, P + room, d] (`zeros`: its free slots zeroed,
+        else left unset); the last layer stops at its keys/values. A single row drops its padded tokens
+        first, so its cache holds valid tokens only and the steps after need no mask. Returns (keys,
+        values, valid [B, P] of what the cache holds)."""
+        cfg = self.cfg
+        x, valid, positions, mask = layout
+        b = x.shape[0]
+        if b == 1 and not bool(valid.all()):
+            keep = valid[0].nonzero()[:, 0]
+            x, valid, positions, mask = x[:, keep], valid[:, keep], positions[:, keep], mask[:, keep][:, :, keep]
+        p, width = x.shape[1], x.shape[2]
+        hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        new = torch.zeros if zeros else torch.empty
+        keys = [new(b, kvh, p + room, d, device=x.device, dtype=x.dtype) for _ in w.backbone]
+        values = [new(b, kvh, p + room, d, device=x.device, dtype=x.dtype) for _ in w.backbone]
+        rope = self._rope_tables(positions, d, cfg.rope_theta)
+        bias = torch.zeros(mask.shape, device=x.device, dtype=x.dtype).masked_fill_(~mask, float("-inf"))[:, None]
+        x = x.reshape(b * p, width)
+        last = len(w.backbone) - 1
+        for i, layer in enumerate(w.backbone):
+            q, k, v = _qkv(layer, _rms(x, w.eps), b, p, rope)
+            keys[i][:, :, :p] = k.transpose(1, 2)
+            values[i][:, :, :p] = v.transpose(1, 2)
+            if i == last:
+                break
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys[i][:, :, :p], values[i][:, :, :p],
+                                                 attn_mask=bias, scale=1.0, enable_gqa=hq != kvh)  # [B, hq, P, d]
+            x = torch.addmm(x, out.transpose(1, 2).reshape(b * p, hq * d), layer.o)
+            x = torch.addmm(x, _geglu(layer, _rms(x, w.eps)), layer.down)
+        return keys, values, valid
+
+    def _fast_attention(self, layer: "_FusedLayer", h: Tensor, b: int, n: int, rope: Tensor | tuple[Tensor, Tensor],
+                        keys: Tensor, values: Tensor, at: int, mask: Tensor | None,
                         rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """h [B, L, W] -> attention output [B, L, heads*d]. Writes this step's keys/values into the
-        static cache `keys`/`values` [B, kvh, L_max, d] at [at, at+L) and attends to [0, at+L).
+        """h [B*n, W] (n tokens a row) -> attention output [B*n, heads*d]. Writes these tokens' keys/values
+        into the static cache `keys`/`values` [B, kvh, L_max, d] at [at, at+n) and attends to [0, at+n)
+        under `mask` (additive, broadcast to [B, kvh, (heads/kvh)*n, at+n]; None: all of it).
         `rows` (batch, token, slot indices [M]): a step whose rows bring different numbers of tokens
         (jump-forward); only those tokens are written, each at its own slot, and the step attends to
-        [0, at) under `mask` [B, 1, (heads/kvh)*L, at]."""
+        [0, at) under `mask` (bool) [B, 1, (heads/kvh)*n, at]."""
         cfg = self.cfg
-        b, n, _ = h.shape
         hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        qk, qk_rot, v = (h @ layer.qkv).split(layer.split, -1)
-        qk = (qk.view(b, n, hq + kvh, d) * cos + qk_rot.view(b, n, hq + kvh, d) * sin).to(keys.dtype)
+        q, k, v = _qkv(layer, h, b, n, rope)
         if rows is None:
             end = at + n
-            keys[:, :, at:end] = qk[:, :, hq:].transpose(1, 2)
-            values[:, :, at:end] = v.view(b, n, kvh, d).transpose(1, 2)
+            keys[:, :, at:end] = k.transpose(1, 2)
+            values[:, :, at:end] = v.transpose(1, 2)
         else:
             end, (bi, ti, si) = at, rows
-            keys[bi, :, si] = qk[bi, ti, hq:]
-            values[bi, :, si] = v.view(b, n, kvh, d)[bi, ti]
+            keys[bi, :, si] = k[bi, ti]
+            values[bi, :, si] = v[bi, ti]
         # All queries of one call see the same keys (a decoded token; or the action tokens, which see
         # the whole context and each other), so the query heads sharing a kv head become one query
-        # block: no copy of the keys per head (what repeat_interleave did). A jump-forward step's
-        # queries see different keys (causal); its mask holds one row per query, tiled over the group.
-        q = qk[:, :, :hq].permute(0, 2, 1, 3).reshape(b, kvh, (hq // kvh) * n, d)
-        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask)
-        return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b, n, hq * d)
+        # block: no copy of the keys per head. A jump-forward step's queries see different keys
+        # (causal); its mask holds one row per query, tiled over the group.
+        if n == 1 and rows is None and q.dtype == torch.float32:  # one query a head: two matmuls beat sdpa
+            scores = q.reshape(b, kvh, hq // kvh, d) @ keys[:, :, :end].transpose(2, 3)
+            if mask is not None:
+                scores = scores + mask
+            return (scores.softmax(-1) @ values[:, :, :end]).view(b, hq * d)
+        q = q.permute(0, 2, 1, 3).reshape(b, kvh, (hq // kvh) * n, d)
+        out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=1.0)
+        return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b * n, hq * d)
 
-    def _fast_backbone(self, w: "_FusedWeights", x: Tensor, cos: Tensor, sin: Tensor, keys: list[Tensor],
-                       values: list[Tensor], at: int, mask: Tensor,
+    def _fast_backbone(self, w: "_FusedWeights", x: Tensor, rope: Tensor | tuple[Tensor, Tensor], keys: list[Tensor],
+                       values: list[Tensor], at: int, mask: Tensor | None,
                        rows: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """The backbone's layers on the fused weights for one decode step's tokens x [B, L, W] (their
-        keys/values written into the static cache, see _fast_attention); the hidden states before the
-        final norm."""
-        width = self.cfg.width
+        """The backbone's layers on the fused weights for one decode step's tokens x [B, n, W] (their
+        keys/values written into the static cache, see _fast_attention; `rope` from _step_rope, per
+        token); the hidden states before the final norm."""
+        b, n, width = x.shape
+        x = x.reshape(b * n, width)
+        if isinstance(rope, Tensor):
+            rope = rope.reshape(b * n, *rope.shape[-2:])
         for i, layer in enumerate(w.backbone):
-            h = F.rms_norm(x, (width,), layer.attn_norm, layer.eps)
-            x = x + self._fast_attention(layer, h, cos, sin, keys[i], values[i], at, mask, rows) @ layer.o
-            h = F.rms_norm(x, (width,), layer.mlp_norm, layer.eps)
-            gate, up = (h @ layer.gate_up).chunk(2, -1)
-            x = x + (F.gelu(gate, approximate="tanh") * up) @ layer.down
-        return x
+            attended = self._fast_attention(layer, _rms(x, w.eps), b, n, rope, keys[i], values[i], at, mask, rows)
+            x = torch.addmm(x, attended, layer.o)
+            x = torch.addmm(x, _geglu(layer, _rms(x, w.eps)), layer.down)
+        return x.view(b, n, width)
 
     def _decode_static(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
                        context_mask: Tensor, max_new: int, object_features: Tensor | None = None,
@@ -704,42 +781,39 @@ class Pi05Model(nn.Module):
         """Greedy decoding with a static KV cache. Returns (ids [B, n], logits [B, n, V])."""
         cfg = self.cfg
         forced = forced or _Forced(None, cfg.pad_id)
-        _, valid, _, prefix_cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask,
-                                                            object_features)
-        b, p = valid.shape
-        dev, dtype = valid.device, prefix_cache[0][0].dtype
+        layout = self._plan_layout(images, prefix_ids, prefix_mask, context_ids, context_mask, object_features)
+        dtype = layout[0].dtype
         w = self._inference_weights(dtype)
-        total = p + max_new
-        keys = [torch.empty(b, cfg.num_kv_heads, total, cfg.head_dim, device=dev, dtype=dtype) for _ in w.backbone]
-        values = [torch.empty_like(k) for k in keys]
-        for (k, v), kc, vc in zip(prefix_cache, keys, values):
-            kc[:, :, :p] = k
-            vc[:, :, :p] = v
-        key_valid = torch.cat([valid, torch.ones(b, max_new, dtype=torch.bool, device=dev)], 1)[:, None, None]
+        keys, values, valid = self._fast_prefix(w, layout, max_new)
+        b, p = valid.shape
+        dev = valid.device
+        mask = None  # every cached key valid (no padding, or a single row's dropped)
+        if not bool(valid.all()):
+            mask = torch.zeros(b, 1, 1, p + max_new, device=dev, dtype=dtype)
+            mask[:, 0, 0, :p].masked_fill_(~valid, float("-inf"))
         start = valid.sum(1)  # first target position
-        cos, sin = self._rope_tables(start[:, None] + torch.arange(max_new, device=dev)[None], cfg.head_dim,
-                                     cfg.rope_theta)
+        rope = self._step_rope(start[:, None] + torch.arange(max_new, device=dev)[None], dtype)
+        steps = rope.unbind(1) if isinstance(rope, Tensor) else list(zip(*(t.unsqueeze(2).unbind(1) for t in rope)))
         token = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=dev)
-        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        done: Tensor | None = None  # rows past their <eos>, once one is
         ids: list[Tensor] = []
         scores: list[Tensor] = []
-        width = cfg.width
         for step in range(max_new):
-            x = F.embedding(token, w.embed_in)  # [B, 1, W], already scaled by sqrt(width)
             at = p + step
-            mask = key_valid[..., : at + 1]
-            c, s = cos[:, step: step + 1], sin[:, step: step + 1]
-            x = self._fast_backbone(w, x, c, s, keys, values, at, mask)
-            hidden = F.rms_norm(x[:, 0], (width,), w.final_norm, w.eps)
-            logits = (hidden @ w.embed_out).float()
+            x = self._fast_backbone(w, F.embedding(token, w.embed_in), steps[step], keys, values, at,
+                                    None if mask is None else mask[..., : at + 1])
+            logits = (_rms(x[:, 0], w.eps) @ w.embed_out).float()
             nxt = forced.apply(step, logits.argmax(-1))
-            nxt = torch.where(done, cfg.pad_id, nxt)
+            if done is not None:
+                nxt = torch.where(done, cfg.pad_id, nxt)
             ids.append(nxt)
             scores.append(logits)
-            done = done | (nxt == cfg.eos_id)
+            ended = nxt == cfg.eos_id
+            if bool(ended.any()):
+                done = ended if done is None else done | ended
+                if bool(done.all()):
+                    break
             token = nxt[:, None]
-            if bool(done.all()):
-                break
         return torch.stack(ids, 1), torch.stack(scores, 1)
 
     def _decode_constrained(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
@@ -754,18 +828,13 @@ class Pi05Model(nn.Module):
         attends to but a row has not written stay zero (masked; zeros keep NaN out of the sums).
         Returns (ids [B, n], logits [B, n, V] or None)."""
         cfg = self.cfg
-        _, valid, _, prefix_cache = self.encode_plan_prefix(images, prefix_ids, prefix_mask, context_ids, context_mask,
-                                                            object_features)
-        b, p = valid.shape
-        dev, dtype = valid.device, prefix_cache[0][0].dtype
+        layout = self._plan_layout(images, prefix_ids, prefix_mask, context_ids, context_mask, object_features)
+        dtype = layout[0].dtype
         w = self._inference_weights(dtype)
         caps = [max(max_new, c.longest) if c is not None else max_new for c in constraints]
-        total = p + max(caps)
-        keys = [torch.zeros(b, cfg.num_kv_heads, total, cfg.head_dim, device=dev, dtype=dtype) for _ in w.backbone]
-        values = [torch.zeros_like(k) for k in keys]
-        for (k, v), kc, vc in zip(prefix_cache, keys, values):
-            kc[:, :, :p] = k
-            vc[:, :, :p] = v
+        keys, values, valid = self._fast_prefix(w, layout, max(caps), zeros=True)
+        b, p = valid.shape
+        dev = valid.device
         start = valid.sum(1)  # first target position
         groups = cfg.num_heads // cfg.num_kv_heads
         nodes = [c.root if c is not None else None for c in constraints]
@@ -803,12 +872,12 @@ class Pi05Model(nn.Module):
             seen = (k[None, None] <= done_before[:, None, None] + j[None, :, None]) \
                 & (k[None, None] < (done_before + lengths)[:, None, None])  # [B, n, end - p]
             mask = torch.cat([valid[:, None, :].expand(b, n, p), seen], -1)[:, None].repeat(1, 1, groups, 1)
-            cos, sin = self._rope_tables(start[:, None] + done_before[:, None] + j[None], cfg.head_dim, cfg.rope_theta)
-            x = self._fast_backbone(w, F.embedding(tokens, w.embed_in), cos, sin, keys, values, end, mask,
+            rope = self._step_rope(start[:, None] + done_before[:, None] + j[None], dtype)
+            x = self._fast_backbone(w, F.embedding(tokens, w.embed_in), rope, keys, values, end, mask,
                                     (bi, ti, slots))
             last = (lengths - 1).clamp(min=0)
             hidden = x if want_scores else x[torch.arange(b, device=dev), last][:, None]
-            logits = (F.rms_norm(hidden, (cfg.width,), w.final_norm, w.eps) @ w.embed_out).float()  # [B, n or 1, V]
+            logits = (_rms(hidden, w.eps) @ w.embed_out).float()  # [B, n or 1, V]
             for r in range(b):
                 n_r = len(feed[r])
                 if not n_r:
@@ -837,44 +906,47 @@ class Pi05Model(nn.Module):
         pad = torch.zeros(cfg.vocab_size, device=dev)
         return ids, torch.stack([torch.stack(row + [pad] * (n - len(row))) for row in scores])
 
-    def _sample_actions_fast(self, ctx: tuple[KVCache, Tensor, Tensor], x: Tensor, steps: int) -> Tensor:
-        """The Euler loop of sample_actions on the expert with a static cache: the context keys/values
-        [base | subtask] copied once into buffers with room for the action tokens, the flow time's
-        modulations of every step at once, RoPE tables and the mask once."""
+    def _sample_actions_fast(self, layout: tuple[Tensor, Tensor, Tensor, Tensor], start: Tensor, x: Tensor,
+                             steps: int) -> Tensor:
+        """sample_actions on the static cache: the backbone's keys/values of [base | subtask] (`layout`,
+        the first action position `start` [B], as _action_layout gives them) written once into buffers
+        with room for the action tokens, which every Euler step's expert overwrites; the flow time's
+        modulations of every step at once; RoPE and the mask once. x: the noise [B, H, A]."""
         cfg = self.cfg
-        cache, valid, start = ctx
-        b, lc = valid.shape
-        horizon = x.shape[1]
-        dev, dtype = x.device, cache[0][0].dtype
+        b, horizon, action_dim = x.shape
+        dtype = layout[0].dtype
         w = self._inference_weights(dtype)
-        keys = [torch.empty(b, cfg.num_kv_heads, lc + horizon, cfg.head_dim, device=dev, dtype=dtype) for _ in w.expert]
-        values = [torch.empty_like(k) for k in keys]
-        for (k, v), kc, vc in zip(cache, keys, values):
-            kc[:, :, :lc] = k
-            vc[:, :, :lc] = v
-        mask = torch.cat([valid, torch.ones(b, horizon, dtype=torch.bool, device=dev)], 1)[:, None, None]
-        cos, sin = self._rope_tables(start[:, None] + torch.arange(horizon, device=dev)[None], cfg.head_dim,
-                                     cfg.rope_theta)
+        keys, values, valid = self._fast_prefix(w, layout, horizon)
+        lc = valid.shape[1]
+        dev = x.device
+        mask = None  # every context key valid (no padding, or a single row's dropped)
+        if not bool(valid.all()):
+            mask = torch.zeros(b, 1, 1, lc + horizon, device=dev, dtype=dtype)
+            mask[:, 0, 0, :lc].masked_fill_(~valid, float("-inf"))
+        rope = self._step_rope(start[:, None] + torch.arange(horizon, device=dev)[None], dtype)
+        if isinstance(rope, Tensor):
+            rope = rope.flatten(0, 1)  # [B*H, d, d]
         dt = -1.0 / steps
         t = torch.tensor([1.0 + i * dt for i in range(steps)], device=dev).repeat_interleave(b)  # [steps * B]
         cond = self.time_mlp(time_embedding(t, cfg.expert_width).to(dtype))
-        # per layer and norm: (1 + scale, shift, gate), each [steps, B, 1, D]
-        mods = [[_modulation(norm, cond, steps, b) for norm in (blk.attn_norm, blk.mlp_norm)] for blk in self.expert]
-        final_mod = _modulation(self.expert_norm, cond, steps, b)
-        width, eps = cfg.expert_width, self.expert_norm.eps
+        # per layer and Euler step: (1 + scale, shift, gate) of both norms, each [B*H, D]
+        mods = [list(zip(_modulation(blk.attn_norm, cond, steps, b, horizon),
+                         _modulation(blk.mlp_norm, cond, steps, b, horizon))) for blk in self.expert]
+        final_mod = _modulation(self.expert_norm, cond, steps, b, horizon)
+        eps = w.expert_eps
         x = x.float()
         for i in range(steps):
-            h = self.action_in(x.to(dtype))
+            h = self.action_in(x.to(dtype)).view(b * horizon, -1)
             for j, layer in enumerate(w.expert):
-                (scale, shift, gate), (mscale, mshift, mgate) = mods[j][0][i], mods[j][1][i]
-                n = torch.addcmul(shift, F.rms_norm(h.float(), (width,), None, eps), scale).to(dtype)
-                h = torch.addcmul(h, self._fast_attention(layer, n, cos, sin, keys[j], values[j], lc, mask) @ layer.o, gate)
-                n = torch.addcmul(mshift, F.rms_norm(h.float(), (width,), None, eps), mscale).to(dtype)
-                g, up = (n @ layer.gate_up).chunk(2, -1)
-                h = torch.addcmul(h, (F.gelu(g, approximate="tanh") * up) @ layer.down, mgate)
+                (scale, shift, gate), (mscale, mshift, mgate) = mods[j][i]
+                n = torch.addcmul(shift, _rms(h, eps, torch.float32), scale).to(dtype)
+                attended = self._fast_attention(layer, n, b, horizon, rope, keys[j], values[j], lc, mask)
+                h = torch.addcmul(h, attended @ layer.o, gate)
+                n = torch.addcmul(mshift, _rms(h, eps, torch.float32), mscale).to(dtype)
+                h = torch.addcmul(h, _geglu(layer, n) @ layer.down, mgate)
             scale, shift, _ = final_mod[i]
-            n = torch.addcmul(shift, F.rms_norm(h.float(), (width,), None, eps), scale).to(dtype)
-            x = torch.add(x, self.action_out(n).float(), alpha=dt)
+            n = torch.addcmul(shift, _rms(h, eps, torch.float32), scale).to(dtype)
+            x = torch.add(x, self.action_out(n).view(b, horizon, action_dim).float(), alpha=dt)
         return x
 
 
@@ -903,27 +975,28 @@ class _Forced:
         return int(self.ids[row, step])
 
 
-def _rotate_half_rows(weight: Tensor, heads: int, head_dim: int) -> Tensor:
-    """Rows of a q/k projection [heads*d, W] such that x @ result.T == rotate_half(x @ weight.T) per
-    head, where rotate_half([x1, x2]) = [-x2, x1]: RoPE's second term becomes one more matmul column."""
-    w = weight.view(heads, 2, head_dim // 2, -1)
-    return torch.cat([-w[:, 1:], w[:, :1]], 1).reshape(heads * head_dim, -1)
-
-
 class _FusedLayer:
+    """One block's weights as the fast paths read them: transposed for x @ w; q|k|v one matrix, its q
+    columns scaled by attention's 1/sqrt(d) (RoPE is linear, so the scale commutes with it); and
+    (backbone) Gemma's RMSNorm scale (1 + weight) folded into the rows of the matrices its output
+    feeds: (x_hat * s) @ W == x_hat @ (s[:, None] * W). Gate and up stay two matrices: at one token a
+    step, two 1 MB matmuls ran faster here than one 2 MB one."""
+
     def __init__(self, block: GemmaBlock, cfg: Pi05Config, dtype: torch.dtype):
         hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        qw, kw = block.q.weight, block.k.weight
-        fused = torch.cat([qw, kw, _rotate_half_rows(qw, hq, d), _rotate_half_rows(kw, kvh, d), block.v.weight])
-        self.qkv = fused.T.contiguous().to(dtype)  # [W, (hq + kvh) * d * 2 + kvh * d]
-        self.split = [(hq + kvh) * d, (hq + kvh) * d, kvh * d]
+        qkv = torch.cat([block.q.weight / math.sqrt(d), block.k.weight, block.v.weight]).T.float()  # [W, (hq+2kvh)d]
+        gate, up = block.mlp.gate.weight.T.float(), block.mlp.up.weight.T.float()  # [W, mlp]
+        if not block.adaptive:
+            qkv = qkv * (1.0 + block.attn_norm.weight.float())[:, None]
+            scale = (1.0 + block.mlp_norm.weight.float())[:, None]
+            gate, up = gate * scale, up * scale
+        self.qkv = qkv.contiguous().to(dtype)
+        self.gate = gate.contiguous().to(dtype)
+        self.up = up.contiguous().to(dtype)
+        self.qk_width = (hq + kvh) * d
+        self.heads, self.kv_heads, self.head_dim = hq, kvh, d
         self.o = block.o.weight.T.contiguous().to(dtype)
-        self.gate_up = torch.cat([block.mlp.gate.weight, block.mlp.up.weight]).T.contiguous().to(dtype)
         self.down = block.mlp.down.weight.T.contiguous().to(dtype)
-        if not block.adaptive:  # Gemma's RMSNorm scales by (1 + weight)
-            self.attn_norm = (1.0 + block.attn_norm.weight.float()).to(dtype)
-            self.mlp_norm = (1.0 + block.mlp_norm.weight.float()).to(dtype)
-            self.eps = block.attn_norm.eps
 
 
 class _FusedWeights:
@@ -933,15 +1006,48 @@ class _FusedWeights:
         self.backbone = [_FusedLayer(block, cfg, dtype) for block in model.backbone]
         self.expert = [_FusedLayer(block, cfg, dtype) for block in model.expert]
         self.embed_in = (model.embed.weight * math.sqrt(cfg.width)).to(dtype)
-        self.embed_out = model.embed.weight.T.contiguous().to(dtype)
-        self.final_norm = (1.0 + model.final_norm.weight.float()).to(dtype)
-        self.eps = model.final_norm.eps
+        # the final norm's scale folded into the tied output embedding, as the layers' norms
+        self.embed_out = (model.embed.weight.T.float() * (1.0 + model.final_norm.weight.float())[:, None]).to(dtype)
+        # RMSNorm's eps as a 0-dim float32 tensor: adding a tensor costs less than a Python number
+        self.eps = torch.tensor(model.final_norm.eps)
+        self.expert_eps = torch.tensor(model.expert_norm.eps)
 
 
-def _modulation(norm: AdaRMSNorm, cond: Tensor, steps: int, b: int) -> list[tuple[Tensor, Tensor, Tensor]]:
+def _rms(x: Tensor, eps: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) over the last dim, in float32 (as RMSNorm), returned as x's dtype or
+    `out_dtype`: five small ops (F.rms_norm takes about fifteen on this CPU)."""
+    out_dtype = out_dtype or x.dtype
+    if x.dtype != torch.float32:
+        x = x.float()
+    x = x * torch.add(eps, (x * x).sum(-1, keepdim=True), alpha=1.0 / x.shape[-1]).rsqrt_()
+    return x if out_dtype == torch.float32 else x.to(out_dtype)
+
+
+def _qkv(layer: _FusedLayer, h: Tensor, b: int, n: int,
+         rope: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """h [B*n, W] -> q [B, n, hq, d] (scaled), k and v [B, n, kvh, d], RoPE applied to q and k: `rope`
+    either rotation matrices [B*n, d, d] (Pi05Model._step_rope) or cos/sin tables (_rope_tables)."""
+    d, heads = layer.head_dim, layer.heads + layer.kv_heads
+    qkv = h @ layer.qkv
+    qk = qkv[:, : layer.qk_width]
+    if isinstance(rope, Tensor):
+        qk = torch.bmm(qk.view(b * n, heads, d), rope).view(b, n, heads, d)
+    else:
+        qk = qk.view(b, n, heads, d)
+        qk = torch.addcmul(qk * rope[0], qk.roll(d // 2, -1), rope[1]).to(h.dtype)
+    return qk[:, :, : layer.heads], qk[:, :, layer.heads:], qkv[:, layer.qk_width:].view(b, n, layer.kv_heads, d)
+
+
+def _geglu(layer: _FusedLayer, h: Tensor) -> Tensor:
+    return F.gelu(h @ layer.gate, approximate="tanh") * (h @ layer.up)
+
+
+def _modulation(norm: AdaRMSNorm, cond: Tensor, steps: int, b: int, horizon: int) -> list[tuple[Tensor, Tensor, Tensor]]:
     """An adaptive norm's (1 + scale, shift, gate) for each Euler step at once: cond [steps*B, C] ->
-    per step three [B, 1, D] (scale and shift in float32, as AdaRMSNorm applies them)."""
-    scale, shift, gate = norm.modulation(cond).view(steps, b, 1, -1).chunk(3, dim=-1)
+    per step three [B*H, D], one row per action token (scale and shift in float32, as AdaRMSNorm
+    applies them)."""
+    mod = norm.modulation(cond).view(steps, b, 1, -1).expand(-1, -1, horizon, -1).reshape(steps, b * horizon, -1)
+    scale, shift, gate = mod.chunk(3, dim=-1)
     return list(zip((1.0 + scale.float()).unbind(0), shift.float().unbind(0), gate.unbind(0)))
 
 
