@@ -19,12 +19,21 @@ decisions hold?
     python benchmarks/facts_round.py                     # the full round: 100 coached episodes (12 a family)
     python benchmarks/facts_round.py --preset tiny       # a self-contained miniature (a tiny grounded
                                                          # planner trained here, the expert as low level)
+    python benchmarks/facts_round.py --fact-share 0      # the control arm, in the same --workdir
+
+The control arm (`--fact-share 0`) is the identical fine-tune (steps, lr, batch size, seed) with no fact
+row in any batch: planner frames alone. Run in the workdir of a round, it reuses that round's coached
+sessions, export and BEFORE evaluations, so the facts are the same ones, chosen and read before and
+after exactly as in the round, and its JSON compares with the round's side by side: what the facts
+did is the difference between the arms' AFTER. Each fact share has its own fine-tune and AFTER files
+(W/facts_ckpt and W/*_after.json for the default 0.25; W/facts_ckpt_control and W/*_after_control.json
+for 0; W/facts_ckpt_share0.5 ... for another), and its own default --json.
 
 Every stage is the documented command, run as a subprocess and logged to W/facts_round.log; a stage
 whose output is in --workdir already is skipped, so an interrupted round continues where it stopped
 (the fine-tune itself resumes). The must-show of issue 33: scene lines right on the frames of the
 corrected kinds up, base decisions (own line) down at most 1 point. Prints one table and writes
-benchmarks/results/facts_round.json (or --json).
+benchmarks/results/facts_round.json (the control arm: facts_round_control.json; or --json).
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "facts_round.json"
 # before it: a block pushed by closed jaws is labelled held there and on the table in the held-out frames
 BASE_DATA = ("grounded_frames_v2", "grounded_frames_coached_v2", "grounded_frames_push", "grounded_frames_swap_v2")
 HELDOUT = "grounded_frames_heldout_v2"
+FACT_SHARE = 0.25  # the round's default; its files keep their plain names (a round's workdir from before arms)
 N_FAMILIES = 9  # the base suite's
 # the tiny grounded planner of --preset tiny (as tests/test_grounded.py's TINY)
 TINY = {"image_size": 32, "width": 32, "depth": 1, "mlp_dim": 64, "head_dim": 16, "vision_width": 32,
@@ -72,14 +82,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heldout", default=None,
                    help="planner frames of seeds never trained on (default: runs/grounded_frames_heldout_v2)")
     p.add_argument("--finetune-steps", type=int, default=None, help="(default 300; tiny 40)")
-    p.add_argument("--fact-share", type=float, default=0.25)
+    p.add_argument("--fact-share", type=float, default=FACT_SHARE,
+                   help=f"share of every fine-tune batch from facts, in [0, 1] (default {FACT_SHARE}); 0: the "
+                        f"control arm, the same fine-tune on planner frames alone, the facts only evaluated")
     p.add_argument("--lr", type=float, default=None, help="fine-tune peak learning rate (default 1e-3; tiny 1e-2)")
     p.add_argument("--scope", default="heads", choices=["heads", "readout"], help="what the fine-tune trains")
     p.add_argument("--frames", type=int, default=None, help="offline_eval plan frames (default 1000; tiny 40)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the fine-tune and the evaluations")
     p.add_argument("--workdir", type=Path, default=None,
                    help="sessions, export, checkpoints (default runs/facts_round[_tiny])")
-    p.add_argument("--json", type=Path, default=RESULTS)
+    p.add_argument("--json", type=Path, default=None, help="default benchmarks/results/facts_round[ARM].json")
     args = p.parse_args(argv)
     tiny = args.preset == "tiny"
     args.episodes = args.episodes or (N_FAMILIES if tiny else 100)
@@ -92,7 +104,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("episodes", "workers", "finetune_steps", "frames", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0.0 <= args.fact_share <= 1.0:
+        p.error(f"--fact-share must be in [0, 1] (0: the control arm), got {args.fact_share}")
+    args.json = args.json or RESULTS.with_name(f"{RESULTS.stem}{arm(args)}.json")
     return args
+
+
+def arm(args) -> str:
+    """The suffix of this fact share's fine-tune and AFTER files: none for the default share, `_control`
+    for 0, `_share0.5` for another; the coached run, the export and BEFORE are every arm's."""
+    if args.fact_share == FACT_SHARE:
+        return ""
+    return "_control" if args.fact_share == 0 else f"_share{args.fact_share:g}"
 
 
 # --- running the CLI -----------------------------------------------------------------------------------
@@ -140,13 +163,26 @@ def export(stages: TimedStages, args) -> Path:
 
 
 def finetune(stages: TimedStages, args, base: Path, data: Path, base_data: list[str]) -> tuple[Path, dict]:
-    out = args.workdir / "facts_ckpt"
+    out = args.workdir / f"facts_ckpt{arm(args)}"
     summary = out / "finetune_summary.json"
-    if not summary.is_file():
+    if summary.is_file():
+        check_finetuned_as_asked(args, out)
+    else:
         stages.hivla("c_finetune", "finetune", "--base", base, "--data", data, "--readout-facts", "--base-data",
                      *base_data, "--out", out, "--steps", args.finetune_steps, "--fact-share", args.fact_share,
                      "--lr", args.lr, "--readout-scope", args.scope, "--threads", args.threads, "--resume")
     return out, json.loads(summary.read_text())
+
+
+def check_finetuned_as_asked(args, out: Path) -> None:
+    """A fine-tune already in the workdir is reused only if it was run as asked now: another share, lr,
+    step count or scope there would be reported under this one's flags."""
+    info = json.loads((out / "checkpoint_info.json").read_text()).get("readout_facts") or {}
+    asked = {"fact_share": args.fact_share, "lr": args.lr, "steps": args.finetune_steps, "scope": args.scope}
+    differ = [f"{k} {info.get(k)} (asked {v})" for k, v in asked.items() if info.get(k) != v]
+    if differ:
+        raise SystemExit(f"{out} was fine-tuned otherwise: {', '.join(differ)}; pass another --workdir, or remove "
+                         f"{out} and {args.workdir}/*_after{arm(args)}.json to run it again")
 
 
 def reading(args, checkpoint: Path, heldout: str, corrected: tuple[str, ...], path: Path) -> dict:
@@ -184,8 +220,10 @@ def table(result: dict):
 
     before, after = result["before"], result["after"]
     corrected = set(result["corrected_kinds"])
-    t = Table(title=f"facts round: {result['facts']['total']} facts from {result['coached']['episodes']} coached "
-                    f"episodes; held-out frames {before['reading']['frames']}")
+    control = " CONTROL ARM (--fact-share 0: no fact trained on; the facts only read)" \
+        if result["finetune"]["control"] else f" (fact share {result['finetune']['fact_share']:g})"
+    t = Table(title=f"facts round{control}: {result['facts']['total']} facts from {result['coached']['episodes']} "
+                    f"coached episodes; held-out frames {before['reading']['frames']}")
     for col in ("held-out frames", "facts", "objects\nbefore", "objects\nafter", "lines\nbefore", "lines\nafter"):
         t.add_column(col, justify="left" if col.startswith("held") else "right")
     by_kind = result["facts"]["train_by_kind"]
@@ -243,13 +281,15 @@ def main(argv=None) -> int:
     corrected = tuple(summary["facts"]["train_by_kind"])
     w = args.workdir
     result_reading = {}
+    files = {"before": "", "after": arm(args)}  # BEFORE (the base checkpoint) is every arm's
     for when, ckpt in (("before", base), ("after", tuned)):
         t0 = time.perf_counter()
-        fresh = not (w / f"reading_{when}.json").is_file()
-        result_reading[when] = reading(args, ckpt, heldout, corrected, w / f"reading_{when}.json")
+        path = w / f"reading_{when}{files[when]}.json"
+        fresh = not path.is_file()
+        result_reading[when] = reading(args, ckpt, heldout, corrected, path)
         if fresh:
             stages.add("d_reading", time.perf_counter() - t0)
-    result_decisions = {when: decisions(stages, args, ckpt, heldout, w / f"offline_{when}.json")
+    result_decisions = {when: decisions(stages, args, ckpt, heldout, w / f"offline_{when}{files[when]}.json")
                         for when, ckpt in (("before", base), ("after", tuned))}
 
     def acc(when: str, key: str):
@@ -276,7 +316,9 @@ def main(argv=None) -> int:
             "held_out_before": summary["before"]["facts_held_out"]["as_stated"],
             "held_out_after": summary["after"]["facts_held_out"]["as_stated"]},
         "finetune": {"scope": summary["scope"], "steps": summary["step"], "train_time_s": summary["elapsed_s"],
-                     "trainable_parameters": summary["trainable_parameters"]},
+                     "trainable_parameters": summary["trainable_parameters"], "checkpoint": str(tuned),
+                     "fact_share": args.fact_share, "control": args.fact_share == 0,
+                     "batch": summary.get("batch")},
         "before": {"reading": result_reading["before"], "decisions": result_decisions["before"]},
         "after": {"reading": result_reading["after"], "decisions": result_decisions["after"]},
         "must_show": {
@@ -287,7 +329,8 @@ def main(argv=None) -> int:
         "wall_time_s": {**stages.wall, "this_run": time.perf_counter() - started},
     }
     console.print(table(result))
-    console.print(f"scene lines right on the corrected kinds' frames: "
+    console.print(("control arm (no fact trained on): " if args.fact_share == 0 else "")
+                  + f"scene lines right on the corrected kinds' frames: "
                   f"{'-' if lines_b is None else f'{100 * lines_b:.1f}%'} -> "
                   f"{'-' if lines_a is None else f'{100 * lines_a:.1f}%'}; base decisions (own line) "
                   f"{'-' if drop is None else f'{-drop:+.1f}'} points")

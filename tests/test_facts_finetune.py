@@ -3,7 +3,8 @@ said was true. A fact said in a recorded run (the facts coach, answering a tiny 
 that misreads everything) survives the recorder, the SFT / LeRobot exports and the sessions' own
 reader into read-out rows; the fine-tune writes a grounded checkpoint `hivla run` loads; its reading of
 the stated object moves toward the stated place; heads-only leaves the object tokens (and so every
-decision given a line) as they were; wrong inputs are refused in one line."""
+decision given a line) as they were; its control arm (`--fact-share 0`) trains on planner frames alone
+and still reads the same facts before and after; wrong inputs are refused in one line."""
 
 from __future__ import annotations
 
@@ -182,6 +183,80 @@ def test_the_readout_scope_moves_the_features_and_never_the_backbone(grounded, c
     assert info["scope"] == "readout" and not info["decisions_given_a_line_unchanged"]
 
 
+def test_the_control_arm_trains_on_planner_frames_alone_and_still_reads_the_facts(grounded, coached, frames,
+                                                                                     tmp_path, capsys):
+    arms = {}
+    for name, share in (("facts", "0.5"), ("control", "0")):
+        out = tmp_path / name
+        assert finetune(grounded, coached["sft"], frames, out, "--steps", "4", "--batch-size", "8", "--lr", "1e-2",
+                        "--fact-share", share) == 0
+        arms[name] = {"out": out, "printed": capsys.readouterr().out,
+                      "info": json.loads((out / "checkpoint_info.json").read_text())["readout_facts"],
+                      "summary": json.loads((out / "finetune_summary.json").read_text())}
+    control, facts = arms["control"], arms["facts"]
+    # the log says it is a control, and its batches held no fact row
+    assert "fact rows: 0 (control" in control["printed"] and "(control" not in facts["printed"]
+    assert control["info"]["fact_share"] == 0 and control["info"]["control"] and not facts["info"]["control"]
+    assert control["summary"]["batch"] == {"fact_rows": 0, "planner_frames": 8}
+    assert facts["summary"]["batch"] == {"fact_rows": 4, "planner_frames": 4}
+    steps = [line for line in (control["out"] / "finetune.log").read_text().splitlines() if " base_loss " in line]
+    assert steps and all("fact_loss" not in line and "facts_as_stated" not in line for line in steps)
+    assert all("fact_loss" in line for line in (facts["out"] / "finetune.log").read_text().splitlines()
+               if " base_loss " in line)
+    # it trained: the read-out's heads moved (and nothing else: heads scope)
+    base, tuned = tensors(grounded), tensors(control["out"])
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.split(".")[1] in HEADS for k in changed), changed
+    # the same facts chosen, read before and after as in the facts arm: the two JSON compare side by side
+    assert control["info"]["facts"] == facts["info"]["facts"] and control["info"]["facts"]["train"] >= 1
+    assert control["info"]["before"] == facts["info"]["before"]
+    for when in ("before", "after"):
+        for split, n in (("facts_train", "train"), ("facts_held_out", "held_out")):
+            assert control["info"][when][split]["n"] == control["info"]["facts"][n]
+        assert control["info"][when]["facts_train"]["as_stated"] is not None
+        assert control["info"][when]["base_reading"]["frames"] > 0
+    # a batch without fact rows: no fact term in the loss or the log (not a NaN, not a 0 read as one)
+    from agent.training.facts_finetune import FactsObjective
+
+    model = load_checkpoint(grounded)[0]
+    rows = load_fact_rows([coached["sft"]], model.cfg.cameras, model.cfg.image_size, log=lambda *_: None)
+    with torch.no_grad():
+        batch = {"features": model.vision.features(rows.images), **rows.labels,
+                 "is_fact": torch.zeros(len(rows), dtype=torch.bool)}
+    loss, info = FactsObjective(model.vision, "heads")(batch)
+    assert torch.isfinite(loss) and set(info) == {"loss", "base_loss"}
+    # facts_round.py reuses an arm's fine-tune only when it was run as asked
+    round_ = facts_round()
+    asked = ["--finetune-steps", "4", "--lr", "1e-2", "--workdir", str(tmp_path)]
+    round_.check_finetuned_as_asked(round_.parse_args([*asked, "--fact-share", "0"]), control["out"])
+    with pytest.raises(SystemExit, match="fact_share 0.0 \\(asked 0.25\\)"):
+        round_.check_finetuned_as_asked(round_.parse_args(asked), control["out"])
+
+
+def facts_round():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "facts_round.py"
+    spec = importlib.util.spec_from_file_location("facts_round", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_facts_round_names_each_arm_and_refuses_a_share_out_of_range(tmp_path, capsys):
+    round_ = facts_round()
+    w = ["--workdir", str(tmp_path)]
+    assert round_.arm(round_.parse_args(w)) == ""  # the default share: the round's files as they were named
+    control = round_.parse_args([*w, "--fact-share", "0"])
+    assert round_.arm(control) == "_control" and control.json.name == "facts_round_control.json"
+    assert round_.arm(round_.parse_args([*w, "--fact-share", "0.5"])) == "_share0.5"
+    for share in ("-0.1", "1.5"):
+        with pytest.raises(SystemExit):
+            round_.parse_args([*w, "--fact-share", share])
+        assert "--fact-share must be in [0, 1]" in capsys.readouterr().err
+
+
 def test_facts_the_base_already_reads_as_stated_are_left_out():
     from agent.training.facts_finetune import FactRows, _label_tensors, drop_read_as_stated
 
@@ -252,6 +327,12 @@ def test_wrong_inputs_are_refused_in_one_line(grounded, coached, frames, tmp_pat
     assert main(["finetune", "--base", str(grounded), "--data", str(coached["sft"]), "--out", str(tmp_path / "o4"),
                  "--fact-share", "0.5"]) == 2
     assert "--readout-facts" in one_line_error(capsys)
+    # a share out of [0, 1] (0, the control arm, is in)
+    for share in ("-0.1", "1.5", "nan"):
+        assert finetune(grounded, coached["sft"], frames, tmp_path / "o4b", "--fact-share", share) == 2
+        err = one_line_error(capsys)
+        assert "--fact-share must be in [0, 1]" in err and "control" in err, err
+        assert not (tmp_path / "o4b").exists()
     # base data that is not planner frames
     assert finetune(grounded, coached["sft"], coached["sessions"], tmp_path / "o5") == 2
     assert "datagen --mode planner" in one_line_error(capsys)
@@ -304,3 +385,17 @@ def test_the_facts_round_runs_in_miniature(tmp_path):
     # run again: every stage's output is there, nothing runs
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "$ " not in again.stdout, again.stdout
+    # the control arm in the same workdir: the round's sessions, export and BEFORE, its own fine-tune and AFTER
+    control = tmp_path / "facts_round_control.json"
+    done = subprocess.run([*argv[:argv.index("--json")], "--json", str(control), *argv[argv.index("--json") + 2:],
+                           "--fact-share", "0"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ran = [line for line in done.stdout.splitlines() if line.startswith("$ ")]
+    assert ran and all(" finetune " in line or "offline_eval" in line for line in ran), ran
+    arm = json.loads(control.read_text())
+    assert arm["finetune"]["control"] and arm["finetune"]["batch"]["fact_rows"] == 0 and not data["finetune"]["control"]
+    assert arm["finetune"]["checkpoint"].endswith("facts_ckpt_control")
+    assert arm["facts"] == data["facts"] and arm["before"] == data["before"]
+    assert arm["facts_read_as_stated"]["train_before"] == data["facts_read_as_stated"]["train_before"]
+    assert arm["facts_read_as_stated"]["train_after"] is not None and arm["after"]["reading"]["frames"] > 0
+    assert "CONTROL ARM" in " ".join(done.stdout.split()) and "control arm (no fact trained on)" in done.stdout

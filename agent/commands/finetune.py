@@ -35,8 +35,10 @@ corrections: the frame it was said at, the named object's place as the label, ev
 label left out), mixed with planner frames (`--base-data`, `hivla datagen --mode planner`) under their
 full labels. By default only the read-out's heads learn, so the object tokens, and every decision
 given a scene line, stay the base checkpoint's; OUT is a grounded checkpoint usable as `pi05:OUT`
-(see agent/training/facts_finetune.py). The plan fine-tune's own options (--correction-share, --lora,
---anchor-weight, ...) are refused there.
+(see agent/training/facts_finetune.py). `--fact-share 0` is its control arm: the same fine-tune on
+planner frames alone (no fact row in any batch), the facts still chosen and read before and after, so
+the two arms' checkpoint_info.json compare side by side. The plan fine-tune's own options
+(--correction-share, --lora, --anchor-weight, ...) are refused there.
 """
 
 from __future__ import annotations
@@ -133,7 +135,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             "frame each was said at, the named object's place), mixed with the planner frames of "
                             "--base-data; no plan is trained")
     facts.add_argument("--fact-share", type=float, default=0.25,
-                       help="--readout-facts: share of every batch from facts (the rest: planner frames)")
+                       help="--readout-facts: share of every batch from facts, in [0, 1] (the rest: planner "
+                            "frames); 0: the control arm, the same fine-tune on planner frames alone, the facts "
+                            "only evaluated")
     facts.add_argument("--readout-scope", choices=["heads", "readout"], default="heads",
                        help="--readout-facts: heads (default) trains only the read-out's heads, so the object "
                             "tokens and every decision given a scene line stay the base's; readout trains the "

@@ -30,7 +30,10 @@ Every batch mixes `fact_share` of fact rows with planner frames (`--base-data`, 
 planner`) under their full simulator labels, so reading the rest does not regress. The loss is the
 read-out's own (place / where / side cross-entropy, smooth L1 on x, the drawer and the bowls), taken
 over the fact rows and over the planner frames separately and summed, so a handful of facts is not
-drowned by the thousands of labels of the planner frames.
+drowned by the thousands of labels of the planner frames. `fact_share` 0 is the control arm: the
+same fine-tune (steps, lr, batch size, seed) on planner frames alone, no fact row in any batch and no
+fact term in the loss, while the facts are still loaded, chosen and evaluated before and after as in
+the other arm; it tells what the fine-tune itself does to the reading, with the facts' part taken out.
 
 What is trained (`scope`):
   heads    (default) only the heads that turn the object features into a reading: place, where, side,
@@ -98,7 +101,7 @@ class FactsFinetuneSettings(RecipeSettings):
     lr: float = 1e-3
     warmup_steps: int = 20
     weight_decay: float = 0.0
-    fact_share: float = 0.25  # of every batch: fact rows (the rest: planner frames)
+    fact_share: float = 0.25  # of every batch: fact rows (the rest: planner frames); 0: the control arm
     scope: str = "heads"
     held_out_fraction: float = 0.2  # fact episodes kept for evaluation
     max_base_frames: int = 20_000
@@ -110,8 +113,9 @@ class FactsFinetuneSettings(RecipeSettings):
     def validate(self) -> None:
         if self.scope not in SCOPES:
             raise ValueError(f"--readout-scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
-        if not 0.0 < self.fact_share <= 1.0:
-            raise ValueError(f"--fact-share must be in (0, 1], got {self.fact_share}")
+        if not 0.0 <= self.fact_share <= 1.0:  # NaN too
+            raise ValueError(f"--fact-share must be in [0, 1] (0: the control arm, planner frames alone), got "
+                             f"{self.fact_share}; pass e.g. --fact-share 0.25")
         if self.steps < 0 or self.batch_size < 1:
             raise ValueError("--steps must be >= 0 and --batch-size >= 1")
         if not self.lr > 0:
@@ -478,11 +482,13 @@ class FactsObjective(nn.Module):
             else:
                 parts[name] = out["place"].sum() * 0
         loss = parts["fact"] + parts["base"]
-        with torch.no_grad():
-            stated = read_as_stated({k: v[is_fact] for k, v in out.items()}, {k: batch[k][is_fact] for k in LABELS})
-        return loss, {"loss": float(loss.detach()), "fact_loss": float(parts["fact"].detach()),
-                      "base_loss": float(parts["base"].detach()),
-                      "facts_as_stated": float(stated.float().mean()) if len(stated) else 0.0}
+        info = {"loss": float(loss.detach()), "base_loss": float(parts["base"].detach())}
+        if is_fact.any():  # a control arm's batches hold none: no fact term to report (not a 0 that reads as one)
+            with torch.no_grad():
+                stated = read_as_stated({k: v[is_fact] for k, v in out.items()},
+                                        {k: batch[k][is_fact] for k in LABELS})
+            info.update(fact_loss=float(parts["fact"].detach()), facts_as_stated=float(stated.float().mean()))
+        return loss, info
 
 
 @torch.no_grad()
@@ -615,8 +621,10 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     for path in s.data:
         if not Path(path).exists():
             raise CorrectionDataError(f"--data {path}: no such file or directory")
+    control = s.fact_share == 0
+    label = "read-out on planner frames alone (control, --fact-share 0)" if control else "read-out on facts"
     loop = TrainingLoop(s.loop_settings(weight_decay=s.weight_decay, betas=(0.9, 0.95), log_every=25,
-                                        log_file=LOG_FILE, label="read-out on facts", progress=s.progress))
+                                        log_file=LOG_FILE, label=label, progress=s.progress))
     out, device, say, state = loop.out, loop.device, loop.log.echo, loop.state
     torch.manual_seed(s.seed)
     try:
@@ -666,16 +674,23 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
             else {"images": images.to(device)}
         return {**data, **{k: v.to(device) for k, v in labels.items()}}
 
-    say(f"read-out on facts ({s.scope}): caching {'features' if s.scope == 'heads' else 'frames'} of "
-        f"{len(fact_train)} training facts and {len(base_train)} planner frames")
-    fact_pool = pool(fact_train.images, fact_train.labels)
-    base_pool = pool(base_frames.images[base_train], {k: v[base_train] for k, v in base_frames.labels.items()})
-    n_fact = max(1, round(s.fact_share * s.batch_size))
+    n_fact = 0 if control else max(1, round(s.fact_share * s.batch_size))
     n_base = s.batch_size - n_fact if len(base_train) else 0
+    if control and not n_base:
+        raise CorrectionDataError(f"--fact-share 0 trains on planner frames alone, and every planner-frame episode "
+                                  f"of {' '.join(base_frame_dirs(s))} is held out; record more episodes "
+                                  f"(`hivla datagen --mode planner`)")
+    say(f"read-out on facts ({s.scope}): caching {'features' if s.scope == 'heads' else 'frames'} of "
+        + (f"{len(base_train)} planner frames (control: no fact row)" if control else
+           f"{len(fact_train)} training facts and {len(base_train)} planner frames"))
+    fact_pool = pool(fact_train.images, fact_train.labels) if n_fact else {}
+    base_pool = pool(base_frames.images[base_train], {k: v[base_train] for k, v in base_frames.labels.items()})
     objective = FactsObjective(readout, s.scope)
     trained = sorted(name for name, p in readout.named_parameters() if p.requires_grad)
     n_trainable = sum(p.numel() for p in readout.parameters() if p.requires_grad)
-    say(f"batch {n_fact + n_base} = {n_fact} fact rows + {n_base} planner frames; {n_trainable} trainable "
+    rows = (f"fact rows: 0 (control: no fact trained on; the {len(fact_train)} training facts are only evaluated)"
+            if control else f"{n_fact} fact rows")
+    say(f"batch {n_fact + n_base} = {rows} + {n_base} planner frames; {n_trainable} trainable "
         f"parameters ({s.scope}: {', '.join(sorted({n.split('.')[0] for n in trained}))})")
     if not loop.resuming:
         state["before"] = evaluate()
@@ -690,9 +705,11 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     def batches(step: int) -> Iterator[dict]:
         g = torch.Generator().manual_seed(s.seed * 1000 + step)
         while True:
-            fi = torch.randint(0, len(fact_train), (n_fact,), generator=g).to(device)
-            parts = [{**{k: v[fi] for k, v in fact_pool.items()}, "is_fact": torch.ones(n_fact, dtype=torch.bool,
-                                                                                          device=device)}]
+            parts = []
+            if n_fact:  # none in the control arm
+                fi = torch.randint(0, len(fact_train), (n_fact,), generator=g).to(device)
+                parts.append({**{k: v[fi] for k, v in fact_pool.items()},
+                              "is_fact": torch.ones(n_fact, dtype=torch.bool, device=device)})
             if n_base:
                 bi = torch.randint(0, len(base_train), (n_base,), generator=g).to(device)
                 parts.append({**{k: v[bi] for k, v in base_pool.items()},
@@ -702,7 +719,7 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     def after(step: int, final: bool) -> dict:
         if final:
             state["after"] = evaluate()
-            say("after:  " + _fmt(state["after"]))
+            say(("after (control, no fact trained on):  " if control else "after:  ") + _fmt(state["after"]))
         return {}
 
     def save(st: dict) -> None:
@@ -712,7 +729,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                  "finetuned_from": str(Path(s.base).resolve()),
                  "readout_facts": {"scope": s.scope, "trained": st.get("trained"), "step": st["step"],
                                    "steps": s.steps, "lr": s.lr, "batch_size": s.batch_size,
-                                   "fact_share": s.fact_share, "facts_data": [str(p) for p in s.data],
+                                   "fact_share": s.fact_share, "control": control,
+                                   "facts_data": [str(p) for p in s.data],
                                    "base_data": base_frame_dirs(s), "facts": st.get("facts"),
                                    "base_frames": st.get("base_frames"),
                                    "decisions_given_a_line_unchanged": s.scope == "heads",
@@ -723,7 +741,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     loop.run(Recipe(model=objective, batches=batches, evaluate=after, save=save))
     summary = {k: state.get(k) for k in ("step", "elapsed_s", "before", "after", "facts", "base_frames",
                                            "trainable_parameters", "trained")}
-    summary["scope"] = s.scope
+    summary.update(scope=s.scope, fact_share=s.fact_share, control=control,
+                   batch={"fact_rows": n_fact, "planner_frames": n_base})
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
