@@ -188,8 +188,38 @@ class VisionTower(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         # images uint8 [B, H, W, 3] -> tokens [B, N, width]
         x = camera_input(images, self.pos.dtype, self.shift_pad, self.training)
-        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
-        return self.proj(self.norm(self.blocks(x)))
+        if isinstance(self.patch, nn.Conv2d):  # the linear patch embedding
+            x = self._embed_patches(x)
+        else:
+            x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.pos
+        for layer in self.blocks.layers:
+            x = _vit_layer(layer, x)
+        return self.proj(self.norm(x))
+
+    def _embed_patches(self, x: Tensor) -> Tensor:
+        """The patch conv (kernel = stride = patch) as what it is, one matmul over the cut-out patches:
+        [N, 3, H, W] -> [N, patches, width], the conv's output in the same order. The same sums as the
+        conv; on this CPU the conv took ~0.3 ms a plan (oneDNN reorders its weights each call), this ~0.03."""
+        n, c, h, w = x.shape
+        p = self.patch.kernel_size[0]
+        patches = x.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // p) * (w // p), c * p * p)
+        return F.linear(patches, self.patch.weight.flatten(1), self.patch.bias)
+
+
+def _vit_layer(layer: nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
+    """What nn.TransformerEncoderLayer (pre-LN, exact GELU, no dropout) computes for x [N, T, W], in
+    a dozen plain ops: its inference fast path took ~0.4 ms a layer on 32 tokens on this CPU, this
+    about a third. Its weights, so checkpoints load unchanged."""
+    n, t, w = x.shape
+    attn = layer.self_attn
+    heads = attn.num_heads
+    h = F.layer_norm(x, (w,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
+    q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(n, t, 3, heads, w // heads).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, t, w)
+    x = x + F.linear(a, attn.out_proj.weight, attn.out_proj.bias)
+    h = F.layer_norm(x, (w,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+    return x + layer.linear2(F.gelu(layer.linear1(h)))
 
 
 # the image read-outs other than the ViT (which serves "patch" and "conv")
