@@ -741,7 +741,12 @@ class Pi05Model(nn.Module):
         keys = [new(b, kvh, p + room, d, device=x.device, dtype=x.dtype) for _ in w.backbone]
         values = [new(b, kvh, p + room, d, device=x.device, dtype=x.dtype) for _ in w.backbone]
         rope = self._rope_tables(positions, d, cfg.rope_theta)
-        bias = torch.zeros(mask.shape, device=x.device, dtype=x.dtype).masked_fill_(~mask, float("-inf"))[:, None]
+        groups = hq // kvh
+        # rows of the attention scores: with one kv head, token-major (the q heads of a token adjacent,
+        # as the projection writes them: no copy); with several, [group, token] per kv head
+        head_rows = (groups, p) if kvh > 1 else (p, hq)
+        bias = torch.zeros(mask.shape, device=x.device, dtype=x.dtype).masked_fill_(~mask, float("-inf"))
+        bias = bias[:, None, None] if kvh > 1 else bias[:, None, :, None]  # broadcast over kv heads and groups
         x = x.reshape(b * p, width)
         last = len(w.backbone) - 1
         for i, layer in enumerate(w.backbone):
@@ -750,10 +755,16 @@ class Pi05Model(nn.Module):
             values[i][:, :, :p] = v.transpose(1, 2)
             if i == last:
                 break
-            out = F.scaled_dot_product_attention(q.transpose(1, 2), keys[i][:, :, :p], values[i][:, :, :p],
-                                                 attn_mask=bias, scale=1.0, enable_gqa=hq != kvh)  # [B, hq, P, d]
-            x = torch.addmm(x, out.transpose(1, 2).reshape(b * p, hq * d), layer.o)
-            x = torch.addmm(x, _geglu(layer, _rms(x, w.eps)), layer.down)
+            # attention as two matmuls and a softmax (sdpa's flash kernel took twice as long at these
+            # sizes): the query heads sharing a kv head as one block of rows, the mask tiled over them
+            q = (q.view(b, p, kvh, groups, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, groups * p, d) if kvh > 1
+                 else q.reshape(b, 1, p * hq, d))
+            scores = (q @ keys[i][:, :, :p].transpose(2, 3)).view(b, kvh, *head_rows, p) + bias
+            out = scores.softmax(-1).view(b, kvh, groups * p, p) @ values[i][:, :, :p]  # [B, kvh, rows, d]
+            out = out.view(b, kvh, groups, p, d).permute(0, 3, 1, 2, 4) if kvh > 1 else out.view(b, p, hq, d)
+            x = torch.addmm(x, out.reshape(b * p, hq * d), layer.o)
+            h = _rms(x, w.eps)
+            x = torch.addmm(x, _gelu_tanh_times(h @ layer.gate, h @ layer.up), layer.down)
         return keys, values, valid
 
     def _fast_attention(self, layer: "_FusedLayer", h: Tensor, b: int, n: int, rope: Tensor | tuple[Tensor, Tensor],
@@ -1045,11 +1056,13 @@ class _FusedWeights:
 
 def _rms(x: Tensor, eps: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
     """x / sqrt(mean(x^2) + eps) over the last dim, in float32 (as RMSNorm), returned as x's dtype or
-    `out_dtype`: five small ops (F.rms_norm takes about fifteen on this CPU)."""
+    `out_dtype`: four small ops (the norm, then norm^2 / W + eps in one), where F.rms_norm takes about
+    fifteen on this CPU."""
     out_dtype = out_dtype or x.dtype
     if x.dtype != torch.float32:
         x = x.float()
-    x = x * torch.add(eps, (x * x).sum(-1, keepdim=True), alpha=1.0 / x.shape[-1]).rsqrt_()
+    norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    x = x * torch.addcmul(eps, norm, norm, value=1.0 / x.shape[-1]).rsqrt_()
     return x if out_dtype == torch.float32 else x.to(out_dtype)
 
 
@@ -1066,6 +1079,17 @@ def _qkv(layer: _FusedLayer, h: Tensor, b: int, n: int,
         qk = qk.view(b, n, heads, d)
         qk = torch.addcmul(qk * rope[0], qk.roll(d // 2, -1), rope[1]).to(h.dtype)
     return qk[:, :, : layer.heads], qk[:, :, layer.heads:], qkv[:, layer.qk_width:].view(b, n, layer.kv_heads, d)
+
+
+def _gelu_tanh_times(gate: Tensor, up: Tensor) -> Tensor:
+    """F.gelu(gate, approximate="tanh") * up for many tokens at once, by 0.5 * (1 + tanh(z)) ==
+    sigmoid(2z): five elementwise ops in place that ran ~2.5x faster here than torch's tanh GELU on a
+    prefix's [88, 1024] (equal within float rounding)."""
+    if gate.dtype != torch.float32:
+        return F.gelu(gate, approximate="tanh") * up
+    c = 2.0 * math.sqrt(2.0 / math.pi)
+    z = torch.addcmul(torch.tensor(c, device=gate.device), gate, gate, value=c * 0.044715)  # 2 * sqrt(2/pi) * (1 + 0.044715 g^2)
+    return z.mul_(gate).sigmoid_().mul_(gate).mul_(up)
 
 
 def _geglu(layer: _FusedLayer, h: Tensor) -> Tensor:
