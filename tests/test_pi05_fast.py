@@ -145,3 +145,45 @@ def test_shipped_checkpoint_plans_and_acts_the_same_on_the_fast_paths():
     noise = torch.randn(1, model.cfg.action_horizon, model.cfg.action_dim, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model.sample_actions(*chunk_args(x), noise=noise),
                                model.sample_actions(*chunk_args(x), noise=noise, fast=False), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_kv_heads": 2}])
+@pytest.mark.parametrize("padded", [True, False])
+def test_one_row_fast_paths_equal_the_reference_with_and_without_padding(overrides, padded):
+    """A single row runs without any mask: padded, its padding is dropped before the prefix pass (the
+    policy's case: one observation, a padded prompt); unpadded, nothing is masked (the benchmark's)."""
+    model = randomised(**overrides)
+    model.cfg.eos_id = -1
+    x = {k: v[:1] for k, v in inputs(model.cfg).items()}
+    if padded:
+        x["prefix_mask"][0, -3:] = False
+        x["context_mask"][0, -2:] = False
+        x["subtask_mask"][0, -2:] = False
+    else:
+        for k in ("prefix_mask", "context_mask", "subtask_mask"):
+            x[k][:] = True
+    fast_ids, fast_scores = model.generate(*plan_args(x), max_new_tokens=8, return_scores=True)
+    ref_ids, ref_scores = model.generate(*plan_args(x), max_new_tokens=8, use_cache=False, return_scores=True)
+    assert torch.equal(fast_ids, ref_ids)
+    torch.testing.assert_close(fast_scores, ref_scores, rtol=1e-4, atol=1e-4)
+    noise = torch.randn(1, model.cfg.action_horizon, model.cfg.action_dim, generator=torch.Generator().manual_seed(2))
+    fast = model.sample_actions(*chunk_args(x), noise=noise)
+    assert fast.abs().max() > 0.1
+    torch.testing.assert_close(fast, model.sample_actions(*chunk_args(x), noise=noise, fast=False), rtol=1e-4, atol=1e-5)
+
+
+def test_vision_tower_equals_its_torch_modules():
+    """The ViT read-out runs its patch conv as a matmul and its encoder layers as plain ops: the same
+    outputs as nn.Conv2d and nn.TransformerEncoder on the same weights, in training and inference."""
+    from policies.augment import camera_input
+
+    model = randomised()
+    vision = model.vision
+    images = inputs(model.cfg)["images"].flatten(0, 1)
+    for training, grad in ((False, False), (False, True), (True, True)):  # eval without grad: torch's fast path
+        vision.train(training)
+        with torch.set_grad_enabled(grad):
+            pixels = camera_input(images, torch.float32, 0, False)
+            expected = vision.patch(pixels).flatten(2).transpose(1, 2) + vision.pos
+            expected = vision.proj(vision.norm(vision.blocks(expected)))
+            torch.testing.assert_close(vision(images), expected, rtol=1e-5, atol=1e-5)
