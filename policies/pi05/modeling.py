@@ -791,11 +791,13 @@ class Pi05Model(nn.Module):
         # the whole context and each other), so the query heads sharing a kv head become one query
         # block: no copy of the keys per head. A jump-forward step's queries see different keys
         # (causal); its mask holds one row per query, tiled over the group.
-        if n == 1 and rows is None and q.dtype == torch.float32:  # one query a head: two matmuls beat sdpa
-            scores = q.reshape(b, kvh, hq // kvh, d) @ keys[:, :, :end].transpose(2, 3)
+        if rows is None and (n == 1 or kvh == 1) and q.dtype == torch.float32:
+            # two matmuls and a softmax beat sdpa's flash kernel at these sizes; with one token or one kv
+            # head the query block is q as the projection wrote it, token-major, so nothing is copied
+            scores = q.reshape(b, kvh, (hq // kvh) * n, d) @ keys[:, :, :end].transpose(2, 3)
             if mask is not None:
                 scores = scores + mask
-            return (scores.softmax(-1) @ values[:, :, :end]).view(b, hq * d)
+            return (scores.softmax(-1) @ values[:, :, :end]).view(b * n, hq * d)
         q = q.permute(0, 2, 1, 3).reshape(b, kvh, (hq // kvh) * n, d)
         out = F.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], attn_mask=mask, scale=1.0)
         return out.reshape(b, hq, n, d).transpose(1, 2).reshape(b * n, hq * d)
