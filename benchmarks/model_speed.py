@@ -7,7 +7,11 @@ load change on a shared machine hits all of them alike; medians and ratios are p
           (the path before it), transformers' GemmaForCausalLM.generate at the same dims and prefix
           length with its static cache; per decoded token = (n tokens - 1 token) / (n - 1)
   chunk   one action chunk (10 Euler steps): ours fast path, ours through run_expert (the
-          reference), transformers' PI0ForConditionalGeneration.sample_actions at the same dims
+          reference), transformers' PI0ForConditionalGeneration.sample_actions at the same dims; each
+          path's [base | subtask] prefix pass alone too, so the Euler loops are told apart
+  The issue's bars are read at one thread (`--threads 1 --out
+  benchmarks/results/model_speed_small_cpu_1thread.json`); on a shared machine compare the ratios,
+  which the round-robin keeps fair, more than the milliseconds.
   train   (--train) training samples/s in fp32 vs bf16 autocast
 
   before  (--before REV) our plan and chunk with policies/pi05/modeling.py as it was at git revision
@@ -240,6 +244,9 @@ def main() -> int:
         "chunk_ours_fast": lambda: model.sample_actions(*chunk_args),
         "chunk_ours_reference": lambda: model.sample_actions(*chunk_args, fast=False),
         "chunk_ours_prefix_only": lambda: model.encode_action_context(*chunk_args),
+        # the fast path's own [base | subtask] pass (fused weights, straight into its static cache)
+        "chunk_ours_fast_prefix": lambda: model._fast_prefix(model._inference_weights(dtype),
+                                                             model._action_layout(*chunk_args)[0], cfg.action_horizon),
     }
     if pi0 is not None:
         pi0_model, pi0_inputs = pi0
@@ -259,7 +266,7 @@ def main() -> int:
     r["token_ours_vs_hf_gemma"] = r["token_hf_gemma_s"] / r["token_ours_s"]
     r["chunk_fast_over_reference"] = r["chunk_ours_reference"] / r["chunk_ours_fast"]
     # the Euler loop alone (chunk minus its [base | subtask] prefix pass), ours fast vs ours before
-    r["chunk_ours_euler_s"] = r["chunk_ours_fast"] - r["chunk_ours_prefix_only"]
+    r["chunk_ours_euler_s"] = r["chunk_ours_fast"] - r["chunk_ours_fast_prefix"]
     r["chunk_ours_reference_euler_s"] = r["chunk_ours_reference"] - r["chunk_ours_prefix_only"]
     if "chunk_hf_pi0" in r:
         r["chunk_ours_vs_hf_pi0"] = r["chunk_hf_pi0"] / r["chunk_ours_fast"]
