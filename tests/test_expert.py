@@ -8,7 +8,7 @@ import pytest
 from agent.envs import make_env
 from agent.envs import scene as S
 from agent.envs.expert import ScriptedExpert
-from policies.grammar import SubtaskParseError
+from policies.grammar import SubtaskParseError, parse_subtask
 from policies.base import LowLevelPolicy
 from policies.types import Observation
 
@@ -220,3 +220,19 @@ def test_put_down_label_reads_the_state_alone(env):
     ok, obs, info, _ = run_subtask(env, expert, obs, info, "put it down on the table")
     assert ok and info["privileged"].on_table(held)
     assert np.hypot(*(info["privileged"].block(held).pos[:2] - np.array([-0.10, -0.18]))) < 0.03
+
+
+def test_a_block_lifted_at_the_table_edge_goes_back_down_there(env):
+    # the shipped policy's put-down failures were carries from the edge toward the middle (where the
+    # expert's spot search looks), never released: straight down is free there, so that is the label
+    obs, info = env.reset(seed=5, options={"family": "stack_three"})
+    expert = ScriptedExpert()
+    held = info["privileged"].block(parse_subtask(info["subtasks"][0]).obj)
+    obs, info = env.place_block(held.name, (-0.24, -0.05, held.half + 0.002))
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, info["subtasks"][0])
+    assert ok and info["privileged"].held == held.name
+    start = info["privileged"].block(held.name).pos.copy()
+    label = expert.act(env.observation(obs, info), "put it down on the table")
+    assert np.abs(label[:, :2]).sum() < 0.005 and label[0, 2] <= 0, "not straight down"
+    ok, obs, info, _ = run_subtask(env, expert, obs, info, "put it down on the table")
+    assert ok and np.hypot(*(info["privileged"].block(held.name).pos[:2] - start[:2])) < 0.02

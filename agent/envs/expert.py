@@ -20,6 +20,7 @@ import numpy as np
 
 from agent.envs import scene as S
 from agent.envs.primitives import is_satisfied, resolve_block
+from agent.envs.tasks.layout import OBJECT_REGION
 from agent.envs.tabletop import ACTION_HIGH, ACTION_LOW, MAX_ROTATION, MAX_TRANSLATION
 from agent.envs.world import WorldState
 from policies.grammar import Subtask, parse_subtask
@@ -267,7 +268,8 @@ class ScriptedExpert:
             # at the subtask's start is invisible to a policy that drifted since, so its labels
             # pointed somewhere the images do not show
             here = blk.pos[:2] if world.held == it else world.gripper.pos[:2]
-            spot = here if _is_free_table_spot(world, it, here) else _free_table_spot(world, it, here)
+            free_here = _is_free_table_spot(world, it, here, bounds=OBJECT_REGION)
+            spot = here if free_here else _free_table_spot(world, it, here)
             return np.array([*spot, blk.half + 0.006]), current_yaw
         raise ValueError(sub.kind)
 
@@ -418,10 +420,19 @@ def _in_front_of_handle(pos: np.ndarray, start: np.ndarray) -> bool:
     )
 
 
-def _is_free_table_spot(world: WorldState, it: str, p: np.ndarray) -> bool:
-    """On the table, away from blocks, bowls, the drawer's sweep and the push target sides."""
+# where a put-down searches for a spot when the block cannot go straight down: the middle of the table
+# (the sides are push_to_side's targets)
+PUT_DOWN_REGION = ((-0.13, 0.13), (-0.22, 0.04))
+
+
+def _is_free_table_spot(world: WorldState, it: str, p: np.ndarray, bounds=PUT_DOWN_REGION) -> bool:
+    """Inside `bounds` ((x0, x1), (y0, y1)), out of the drawer's sweep, away from blocks and bowls.
+    Straight down where a block hangs may use the whole region tasks place blocks in (OBJECT_REGION):
+    a block lifted at the table's edge goes back down there, not across the table to the middle
+    (the shipped policy's put-down failures were mostly such carries, never released)."""
     x, y = float(p[0]), float(p[1])
-    if not (-0.13 <= x <= 0.13 and -0.22 <= y <= 0.04) or (x > 0.05 and y > -0.14):
+    (x0, x1), (y0, y1) = bounds
+    if not (x0 <= x <= x1 and y0 <= y <= y1) or (x > 0.05 and y > -0.14):
         return False
     if any(float(np.hypot(*(p - b.pos[:2]))) < 0.09 for n, b in world.blocks.items() if n != it):
         return False
@@ -431,8 +442,9 @@ def _is_free_table_spot(world: WorldState, it: str, p: np.ndarray) -> bool:
 def _free_table_spot(world: WorldState, it: str, near: np.ndarray) -> np.ndarray:
     """The free table spot (`_is_free_table_spot`, on a 2 cm grid) nearest `near`."""
     best, best_d = None, 1e9
-    for x in np.arange(-0.13, 0.131, 0.02):
-        for y in np.arange(-0.22, 0.05, 0.02):
+    (x0, x1), (y0, y1) = PUT_DOWN_REGION
+    for x in np.arange(x0, x1 + 0.001, 0.02):
+        for y in np.arange(y0, y1 + 0.001, 0.02):
             p = np.array([x, y])
             if not _is_free_table_spot(world, it, p):
                 continue
