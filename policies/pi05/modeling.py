@@ -37,6 +37,7 @@ low level runs [base | subtask] once per chunk and then only the expert for each
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -144,6 +145,30 @@ class GemmaBlock(nn.Module):
         return layer(x), None
 
 
+@functools.lru_cache(maxsize=16)
+def _signed_frequencies(head_dim: int, theta: float, device: torch.device) -> Tensor:
+    """RoPE's frequencies [d] as `rope` computes them, the first half negated: [-f, f] (_rope_tables)."""
+    with torch.inference_mode(False):
+        freqs = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+        return torch.cat([-freqs, freqs])
+
+
+@functools.lru_cache(maxsize=64)
+def _segment_rules(layout: tuple[tuple[int, int], ...], device: torch.device) -> Tensor:
+    """Pi05Model.segment_mask's [L, L] rules for segments (id, length) in sequence order: who may attend
+    to whom (Pi05Model.ALLOWED), causal within TARGET and ACTION_TOKENS. The same for every call with
+    this layout, so built once (its ~15 small ops were ~0.15 ms of a plan on this CPU)."""
+    model = Pi05Model
+    with torch.inference_mode(False):  # a plain tensor: training's masks use it too
+        seg = torch.tensor([s for s, n in layout for _ in range(n)], dtype=torch.long, device=device)
+        rules = torch.tensor([[(q, k) in model.ALLOWED for k in range(5)] for q in range(5)], device=device)
+        allowed = rules[seg[:, None], seg[None, :]]
+        idx = torch.arange(seg.shape[0], device=device)
+        causal_seg = (seg == model.TARGET) | (seg == model.ACTION_TOKENS)
+        same = (seg[:, None] == seg[None, :]) & causal_seg[:, None]
+        return allowed & (~same | (idx[None, :] <= idx[:, None]))
+
+
 def _residual(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
     return x + y if gate is None else x + y * gate
 
@@ -187,6 +212,8 @@ class VisionTower(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         # images uint8 [B, H, W, 3] -> tokens [B, N, width]
+        if not (self.training or torch.is_grad_enabled()):
+            return self._forward_fused(images)
         x = camera_input(images, self.pos.dtype, self.shift_pad, self.training)
         if isinstance(self.patch, nn.Conv2d):  # the linear patch embedding
             x = self._embed_patches(x)
@@ -205,6 +232,108 @@ class VisionTower(nn.Module):
         p = self.patch.kernel_size[0]
         patches = x.view(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // p) * (w // p), c * p * p)
         return F.linear(patches, self.patch.weight.flatten(1), self.patch.bias)
+
+    def _forward_fused(self, images: Tensor) -> Tensor:
+        """forward for inference (eval, no autograd) on fused copies of the weights (_FusedVit): the same
+        arithmetic in ~30% less time on this CPU (a plan's two 64-px cameras, between the backbone's
+        matmuls: ~1.0 vs ~1.45 ms on a loaded core), mostly from matmuls on [in, out] matrices (nn.Linear's
+        [out, in] ran the MLP's at half the speed) and no LayerNorm affine."""
+        fused = self._fused_weights()
+        n = images.shape[0]
+        if fused.patch is None:  # the conv stem
+            x = self.patch(camera_input(images, self.pos.dtype, 0, False)).flatten(2).transpose(1, 2)
+            x = (x + fused.pos).reshape(-1, x.shape[-1])
+        else:  # the patches cut from the uint8 pixels, scaled to [-1, 1] as camera_input does, one matmul
+            _, h, w, c = images.shape
+            p = self.patch.kernel_size[0]
+            patches = images.reshape(n, h // p, p, w // p, p, c).permute(0, 1, 3, 5, 2, 4).reshape(-1, c * p * p)
+            x = torch.mm(patches.to(fused.patch.dtype).div_(127.5).sub_(1.0), fused.patch)
+            x = x.view(n, -1, x.shape[-1]).add_(fused.pos).view(-1, x.shape[-1])
+        for layer in fused.layers:
+            x = _vit_layer_fused(layer, x, n)
+        x = F.layer_norm(x, x.shape[-1:], eps=fused.norm_eps)
+        return torch.addmm(fused.proj_bias, x, fused.proj).view(n, -1, fused.proj.shape[1])
+
+    def _fused_weights(self) -> "_FusedVit":
+        """The fused copies, rebuilt only when a parameter changes (in place: its version; or replaced:
+        its storage) or the dtype or device does, as Pi05Model._inference_weights."""
+        key = _parameter_state(self)
+        cached = self.__dict__.get("_fused")
+        if cached is None or cached.key != key:
+            with torch.no_grad():
+                cached = _FusedVit(self, key)
+            self.__dict__["_fused"] = cached  # a plain attribute: not a parameter, not in the state dict
+        return cached
+
+
+def _parameter_state(module: nn.Module) -> tuple:
+    """(version, storage address) of every parameter of `module`: what the fused inference copies are
+    keyed on (an optimizer step or load_state_dict bumps a version; .to() or a replaced parameter moves
+    the storage). The modules walked directly: Module.parameters() took ~5x as long (~130 us for the
+    `small` model) on this CPU."""
+    state: list[tuple[int, int]] = []
+
+    def walk(m: nn.Module) -> None:
+        state.extend((p._version, p.data_ptr()) for p in m._parameters.values() if p is not None)
+        for child in m._modules.values():
+            if child is not None:
+                walk(child)
+
+    walk(module)
+    return tuple(state)
+
+
+class _FusedVitLayer:
+    """One encoder layer's weights as _vit_layer_fused reads them: transposed for x @ w, each LayerNorm's
+    scale and shift folded into the matmul it feeds ((x_hat * g + b) @ W + c == x_hat @ (g[:, None] * W)
+    + (b @ W + c)), so the norms run without affine."""
+
+    def __init__(self, layer: nn.TransformerEncoderLayer):
+        attn = layer.self_attn
+        self.heads = attn.num_heads
+        self.eps1, self.eps2 = layer.norm1.eps, layer.norm2.eps
+        self.qkv, self.qkv_bias = _fold_norm(layer.norm1, attn.in_proj_weight, attn.in_proj_bias)
+        self.o, self.o_bias = attn.out_proj.weight.T.contiguous(), attn.out_proj.bias
+        self.fc1, self.fc1_bias = _fold_norm(layer.norm2, layer.linear1.weight, layer.linear1.bias)
+        self.fc2, self.fc2_bias = layer.linear2.weight.T.contiguous(), layer.linear2.bias
+
+
+class _FusedVit:
+    """The ViT's weights for VisionTower._forward_fused: its layers (_FusedVitLayer); the patch conv as
+    a [3 * p * p, width] matrix with its bias added to the positions (None for the conv stem, which
+    runs as its modules); the final LayerNorm's affine folded into the projection."""
+
+    def __init__(self, tower: VisionTower, key: tuple):
+        self.key = key
+        self.layers = [_FusedVitLayer(layer) for layer in tower.blocks.layers]
+        self.pos = tower.pos[0]  # [N, width]
+        self.patch = None
+        if isinstance(tower.patch, nn.Conv2d):  # the linear patch embedding: a matrix, its bias in the positions
+            self.patch = tower.patch.weight.flatten(1).T.contiguous()  # [3 * p * p, width]
+            self.pos = tower.pos[0] + tower.patch.bias
+        self.norm_eps = tower.norm.eps
+        self.proj, self.proj_bias = _fold_norm(tower.norm, tower.proj.weight, tower.proj.bias)
+
+
+def _fold_norm(norm: nn.LayerNorm, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+    """A LayerNorm's affine folded into the nn.Linear (weight [out, in], bias) it feeds: the [in, out]
+    matrix and bias that take the norm's output before its affine."""
+    w = weight.T.float()
+    return ((norm.weight.float()[:, None] * w).to(weight.dtype).contiguous(),
+            (norm.bias.float() @ w + bias.float()).to(bias.dtype))
+
+
+def _vit_layer_fused(layer: _FusedVitLayer, x: Tensor, n: int) -> Tensor:
+    """_vit_layer on _FusedVitLayer's weights: x [N*T, W] -> [N*T, W] (N images of T tokens)."""
+    w = x.shape[-1]
+    t = x.shape[0] // n
+    h = F.layer_norm(x, (w,), eps=layer.eps1)
+    qkv = torch.addmm(layer.qkv_bias, h, layer.qkv).view(n, t, 3, layer.heads, w // layer.heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n * t, w)
+    x = torch.addmm(x, a, layer.o).add_(layer.o_bias)
+    h = F.gelu(torch.addmm(layer.fc1_bias, F.layer_norm(x, (w,), eps=layer.eps2), layer.fc1))
+    return torch.addmm(x, h, layer.fc2).add_(layer.fc2_bias)
 
 
 def _vit_layer(layer: nn.TransformerEncoderLayer, x: Tensor) -> Tensor:
@@ -392,16 +521,7 @@ class Pi05Model(nn.Module):
     def segment_mask(cls, segments: list[tuple[int, Tensor]]) -> Tensor:
         """segments: [(segment id, valid [B, L_i])] in sequence order -> bool mask [B, L, L]."""
         valid = torch.cat([v.bool() for _, v in segments], 1)
-        dev = valid.device
-        seg = torch.cat([torch.full((v.shape[1],), s, dtype=torch.long, device=dev) for s, v in segments])
-        rules = torch.zeros(5, 5, dtype=torch.bool, device=dev)
-        for q, k in cls.ALLOWED:
-            rules[q, k] = True
-        allowed = rules[seg[:, None], seg[None, :]]
-        idx = torch.arange(seg.shape[0], device=dev)
-        causal_seg = (seg == cls.TARGET) | (seg == cls.ACTION_TOKENS)
-        same = (seg[:, None] == seg[None, :]) & causal_seg[:, None]
-        allowed = allowed & (~same | (idx[None, :] <= idx[:, None]))
+        allowed = _segment_rules(tuple((s, v.shape[1]) for s, v in segments), valid.device)
         return allowed[None] & valid[:, None, :]
 
     @staticmethod
@@ -531,17 +651,23 @@ class Pi05Model(nn.Module):
 
     def _plan_layout(
         self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor, context_mask: Tensor,
-        object_features: Tensor | None = None,
+        object_features: Tensor | None = None, bos: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """[base | context] as the backbone reads it: tokens [B, P, W], valid [B, P], positions [B, P],
-        mask [B, P, P]."""
+        mask [B, P, P]. `bos`: the target's first token (<bos>) appended, as the reference's first step
+        lays it out (P counts it), so one pass gives the cache and the first token's logits."""
         base, base_valid = self.embed_prefix(images, prefix_ids, prefix_mask, object_features)
         ctx_valid = context_mask.bool()
-        x = torch.cat([base, self.embed_text(context_ids).to(base.dtype)], 1)
-        positions = torch.cat([base_valid.long().cumsum(1) - 1,
-                               self.positions_from(base_valid.sum(1), ctx_valid.shape[1])], 1)
-        mask = self.segment_mask([(self.BASE, base_valid), (self.CONTEXT, ctx_valid)])
-        return x, torch.cat([base_valid, ctx_valid], 1), positions, mask
+        parts = [base, self.embed_text(context_ids).to(base.dtype)]
+        n_base = base_valid.sum(1)
+        positions = [base_valid.long().cumsum(1) - 1, self.positions_from(n_base, ctx_valid.shape[1])]
+        segments = [(self.BASE, base_valid), (self.CONTEXT, ctx_valid)]
+        if bos:
+            parts.append(self.embed_text(torch.full_like(prefix_ids[:, :1], self.cfg.bos_id)).to(base.dtype))
+            positions.append((n_base + ctx_valid.sum(1))[:, None])
+            segments.append((self.TARGET, torch.ones(len(ctx_valid), 1, dtype=torch.bool, device=ctx_valid.device)))
+        valid = torch.cat([v for _, v in segments], 1)
+        return torch.cat(parts, 1), valid, torch.cat(positions, 1), self.segment_mask(segments)
 
     @torch.inference_mode()  # no autograd bookkeeping at all (~7% of a plan on this CPU)
     def generate(
@@ -680,20 +806,25 @@ class Pi05Model(nn.Module):
     # however small its tensors, and more between the large matmuls that evict its code and data
     # (measured in the decode loop: an RMSNorm as F.rms_norm's ~15 internal ops ~25 us, as five ops
     # ~6 us). So the paths below run the same arithmetic with as few ops and bytes as they can:
-    # q|k|v in one matmul (the softmax scale folded into q), Gemma's RMSNorm scales folded into the
-    # matmul after them (the final one into the tied output embedding), RMSNorm in five ops, RoPE for a
-    # step's tokens as one batched matmul by their rotation matrices (built once per plan or chunk; the
-    # long prefix uses x*cos + roll(x)*sin), residual adds fused into the matmuls (addmm), a
-    # preallocated (static) KV cache the prefix pass writes into directly, no mask where nothing is
-    # padded (a single row drops its padding before the prefix pass: a masked key adds exactly
-    # nothing), and the flow time's modulations for every Euler step computed at once. Each equals its
-    # reference path (`use_cache=False`, `fast=False`) within float tolerance (tests/test_pi05_fast.py).
+    # q|k|v in one matmul (the softmax scale folded into q), Gemma's RMSNorm scales (and the backbone's
+    # sqrt(width), see _rms_unit) folded into the matmul after them (the final one into the tied output
+    # embedding), RMSNorm in three ops, RoPE for a step's tokens as one batched matmul by their rotation
+    # matrices (built once per plan or chunk; the long prefix uses x*cos + roll(x)*sin), residual adds
+    # fused into the matmuls (addmm), the mask into q @ k^T (baddbmm), a preallocated (static) KV cache
+    # the prefix pass writes into directly, no mask where nothing is padded (a single row drops its
+    # padding before the prefix pass: a masked key adds exactly nothing), and the flow time's
+    # modulations for every Euler step computed at once. A plan's prefix pass takes <bos> along, so
+    # the first token costs no step, and its steps run _TokenStep (buffers and views made once a plan);
+    # the ViT runs on fused copies too (VisionTower._forward_fused). Each equals its reference path
+    # (`use_cache=False`, `fast=False`) within float tolerance (tests/test_pi05_fast.py,
+    # tests/test_pi05_fast_prefill.py).
 
     def _inference_weights(self, dtype: torch.dtype) -> "_FusedWeights":
-        """Fused copies of the weights for inference, rebuilt only when a parameter changes
-        (an optimizer step or load_state_dict bumps its version) or the device/dtype does."""
-        params = list(self.parameters())
-        key = (dtype, params[0].device, tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
+        """Fused copies of the backbone's and the expert's weights for inference, rebuilt only when one of
+        their parameters changes (an optimizer step or load_state_dict bumps its version) or the
+        device/dtype does."""
+        key = (dtype, self.embed.weight.device,
+               *(_parameter_state(m) for m in (self.embed, self.backbone, self.final_norm, self.expert, self.expert_norm)))
         cached = self.__dict__.get("_fused")
         if cached is None or cached.key != key:
             with torch.no_grad():
@@ -704,11 +835,10 @@ class Pi05Model(nn.Module):
     @staticmethod
     def _rope_tables(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
         """cos, sin [B, L, 1, d] for positions [B, L]: the same angles as `rope`, with x*cos + roll(x)*sin
-        equal to it (roll by d/2 gives [x2, x1], so sin carries rotate-half's sign: [-sin, sin])."""
-        freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-        angles = positions.float()[..., None] * freqs
-        sin = angles.sin()
-        return torch.cat([angles.cos()] * 2, -1)[:, :, None], torch.cat([-sin, sin], -1)[:, :, None]
+        equal to it (roll by d/2 gives [x2, x1], so sin carries rotate-half's sign: [-sin, sin], taken as
+        the sine of the angles negated in the first half, as cos(-a) == cos(a))."""
+        angles = positions.float()[..., None] * _signed_frequencies(head_dim, theta, positions.device)
+        return angles.cos()[:, :, None], angles.sin()[:, :, None]
 
     def _step_rope(self, positions: Tensor, dtype: torch.dtype) -> Tensor | tuple[Tensor, Tensor]:
         """RoPE for the tokens of decode or Euler steps at positions [B, L]: in float32 each token's
@@ -723,12 +853,14 @@ class Pi05Model(nn.Module):
         return torch.diag_embed(cos[:, :, 0]) + swap * sin
 
     def _fast_prefix(self, w: "_FusedWeights", layout: tuple[Tensor, Tensor, Tensor, Tensor], room: int,
-                     zeros: bool = False) -> tuple[list[Tensor], list[Tensor], Tensor]:
+                     zeros: bool = False, tail: int = 0) -> tuple[list[Tensor], list[Tensor], Tensor, Tensor | None]:
         """The backbone over a prefix layout (see _plan_layout) on the fused weights, each layer's keys and
         values written straight into a static cache [B, kvh, P + room, d] (`zeros`: its free slots zeroed,
-        else left unset); the last layer stops at its keys/values. A single row drops its padded tokens
-        first, so its cache holds valid tokens only and the steps after need no mask. Returns (keys,
-        values, valid [B, P] of what the cache holds)."""
+        else left unset); the last layer stops at its keys/values, but for the last `tail` tokens (the
+        target's <bos>), which go through it whole: their hidden states [B, tail, W] (before the final
+        norm) come back too, so the first decoded token needs no step of its own. A single row drops its
+        padded tokens first, so its cache holds valid tokens only and the steps after need no mask.
+        Returns (keys, values, valid [B, P] of what the cache holds, the tail's hidden states or None)."""
         cfg = self.cfg
         x, valid, positions, mask = layout
         b = x.shape[0]
@@ -742,30 +874,39 @@ class Pi05Model(nn.Module):
         values = [new(b, kvh, p + room, d, device=x.device, dtype=x.dtype) for _ in w.backbone]
         rope = self._rope_tables(positions, d, cfg.rope_theta)
         groups = hq // kvh
-        # rows of the attention scores: with one kv head, token-major (the q heads of a token adjacent,
-        # as the projection writes them: no copy); with several, [group, token] per kv head
-        head_rows = (groups, p) if kvh > 1 else (p, hq)
         bias = torch.zeros(mask.shape, device=x.device, dtype=x.dtype).masked_fill_(~mask, float("-inf"))
-        bias = bias[:, None, None] if kvh > 1 else bias[:, None, :, None]  # broadcast over kv heads and groups
+        # tiled over the rows of the scores once (they are [B*kvh, rows, P], see below), so each layer's
+        # q @ k^T adds it in the same op (baddbmm)
+        bias = bias[:, None, None].expand(b, kvh, groups, p, p) if kvh > 1 else bias[:, :, None].expand(b, p, hq, p)
+        bias = bias.reshape(b * kvh, groups * p, p)
         x = x.reshape(b * p, width)
         last = len(w.backbone) - 1
         for i, layer in enumerate(w.backbone):
-            q, k, v = _qkv(layer, _rms(x, w.eps), b, p, rope)
+            q, k, v = _qkv(layer, _rms_unit(x, w.floor), b, p, rope)
             keys[i][:, :, :p] = k.transpose(1, 2)
             values[i][:, :, :p] = v.transpose(1, 2)
+            n = p  # the queries this layer attends for: all tokens, or in the last layer the tail's
             if i == last:
-                break
+                if not tail:
+                    return keys, values, valid, None
+                n = tail
+                q = q[:, p - n:]
+                x = x.view(b, p, width)[:, p - n:].reshape(b * n, width)
+                bias = bias.view(b * kvh, groups, p, p)[:, :, p - n:].reshape(b * kvh, groups * n, p) if kvh > 1 \
+                    else bias[:, (p - n) * hq:]
             # attention as two matmuls and a softmax (sdpa's flash kernel took twice as long at these
-            # sizes): the query heads sharing a kv head as one block of rows, the mask tiled over them
-            q = (q.view(b, p, kvh, groups, d).permute(0, 2, 3, 1, 4).reshape(b, kvh, groups * p, d) if kvh > 1
-                 else q.reshape(b, 1, p * hq, d))
-            scores = (q @ keys[i][:, :, :p].transpose(2, 3)).view(b, kvh, *head_rows, p) + bias
-            out = scores.softmax(-1).view(b, kvh, groups * p, p) @ values[i][:, :, :p]  # [B, kvh, rows, d]
-            out = out.view(b, kvh, groups, p, d).permute(0, 3, 1, 2, 4) if kvh > 1 else out.view(b, p, hq, d)
-            x = torch.addmm(x, out.reshape(b * p, hq * d), layer.o)
-            h = _rms(x, w.eps)
-            x = torch.addmm(x, _gelu_tanh_times(h @ layer.gate, h @ layer.up), layer.down)
-        return keys, values, valid
+            # sizes): the query heads sharing a kv head as one block of rows, the mask tiled over them.
+            # Rows of the scores: with one kv head, token-major (the q heads of a token adjacent, as the
+            # projection writes them); with several, [group, token] per kv head.
+            q = (q.reshape(b, n, kvh, groups, d).permute(0, 2, 3, 1, 4) if kvh > 1 else q).reshape(b * kvh, groups * n, d)
+            scores = torch.baddbmm(bias, q, keys[i][:, :, :p].reshape(b * kvh, p, d).transpose(1, 2))
+            out = torch.bmm(scores.softmax(-1), values[i][:, :, :p].reshape(b * kvh, p, d))  # [B*kvh, rows, d]
+            out = out.view(b, kvh, groups, n, d).permute(0, 3, 1, 2, 4) if kvh > 1 else out
+            x = torch.addmm(x, out.reshape(b * n, hq * d), layer.o)
+            h = _rms_unit(x, w.floor)
+            # GELU on the gate while the matmul's output is still in cache, then times the up projection
+            x = torch.addmm(x, _gelu_tanh_(h @ layer.gate).mul_(h @ layer.up), layer.down)
+        return keys, values, valid, x.view(b, tail, width)
 
     def _fast_attention(self, layer: "_FusedLayer", h: Tensor, b: int, n: int, rope: Tensor | tuple[Tensor, Tensor],
                         keys: Tensor, values: Tensor, at: int, mask: Tensor | None,
@@ -813,39 +954,47 @@ class Pi05Model(nn.Module):
         if isinstance(rope, Tensor):
             rope = rope.reshape(b * n, *rope.shape[-2:])
         for i, layer in enumerate(w.backbone):
-            attended = self._fast_attention(layer, _rms(x, w.eps), b, n, rope, keys[i], values[i], at, mask, rows)
+            attended = self._fast_attention(layer, _rms_unit(x, w.floor), b, n, rope, keys[i], values[i], at, mask, rows)
             x = torch.addmm(x, attended, layer.o)
-            x = torch.addmm(x, _geglu(layer, _rms(x, w.eps)), layer.down)
+            x = torch.addmm(x, _geglu(layer, _rms_unit(x, w.floor)), layer.down)
         return x.view(b, n, width)
 
     def _decode_static(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
                        context_mask: Tensor, max_new: int, object_features: Tensor | None = None,
                        forced: "_Forced | None" = None) -> tuple[Tensor, Tensor]:
-        """Greedy decoding with a static KV cache. Returns (ids [B, n], logits [B, n, V])."""
+        """Greedy decoding with a static KV cache. The prefix pass takes the target's <bos> along (its
+        tokens are laid out as the reference's first step), so it gives the first token's logits; each
+        step after feeds the token chosen last (_TokenStep). Returns (ids [B, n], logits [B, n, V])."""
         cfg = self.cfg
         forced = forced or _Forced(None, cfg.pad_id)
-        layout = self._plan_layout(images, prefix_ids, prefix_mask, context_ids, context_mask, object_features)
+        layout = self._plan_layout(images, prefix_ids, prefix_mask, context_ids, context_mask, object_features,
+                                   bos=True)
         dtype = layout[0].dtype
         w = self._inference_weights(dtype)
-        keys, values, valid = self._fast_prefix(w, layout, max_new)
-        b, p = valid.shape
+        room = max_new - 1  # the last chosen token is never fed
+        # zeroed: a step attends to the whole cache, its unwritten slots masked (and finite: 0 * NaN is NaN)
+        keys, values, valid, x = self._fast_prefix(w, layout, room, zeros=True, tail=1)
+        b, p = valid.shape  # p counts <bos>
         dev = valid.device
-        mask = None  # every cached key valid (no padding, or a single row's dropped)
-        if not bool(valid.all()):
-            mask = torch.zeros(b, 1, 1, p + max_new, device=dev, dtype=dtype)
-            mask[:, 0, 0, :p].masked_fill_(~valid, float("-inf"))
-        start = valid.sum(1)  # first target position
-        rope = self._step_rope(start[:, None] + torch.arange(max_new, device=dev)[None], dtype)
-        steps = rope.unbind(1) if isinstance(rope, Tensor) else list(zip(*(t.unsqueeze(2).unbind(1) for t in rope)))
-        token = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=dev)
+        # each step's additive mask over the whole cache [B*kvh, 1, L]: the valid slots written so far
+        total = p + room
+        unwritten = torch.arange(total, device=dev)[None] > (p + torch.arange(room, device=dev))[:, None]
+        hide = unwritten[:, None] | F.pad(~valid, (0, room))[None]  # [room, B, L]
+        bias = torch.zeros(hide.shape, device=dev, dtype=dtype).masked_fill_(hide, float("-inf"))
+        kvh = cfg.num_kv_heads
+        bias = bias[:, :, None, None].expand(-1, -1, kvh, -1, -1).reshape(room, b * kvh, 1, total).unbind(0)
+        start = valid.sum(1)  # the position of the first token fed after <bos>
+        rope = self._step_rope(start[:, None] + torch.arange(room, device=dev)[None], dtype)
+        ropes = rope.unbind(1) if isinstance(rope, Tensor) else list(zip(*(t.unbind(1) for t in rope)))
+        step_token = _TokenStep(w, cfg, keys, values, p) if room else None
+        x = x[:, 0]
         done: Tensor | None = None  # rows past their <eos>, once one is
         ids: list[Tensor] = []
         scores: list[Tensor] = []
         for step in range(max_new):
-            at = p + step
-            x = self._fast_backbone(w, F.embedding(token, w.embed_in), steps[step], keys, values, at,
-                                    None if mask is None else mask[..., : at + 1])
-            logits = (_rms(x[:, 0], w.eps) @ w.embed_out).float()
+            if step:  # feed the token chosen last; step 0's hidden state came with the prefix
+                x = step_token(F.embedding(nxt, w.embed_in), ropes[step - 1], step - 1, bias[step - 1])
+            logits = torch.mm(_rms_unit(x, w.floor), w.embed_out).float()
             nxt = forced.apply(step, logits.argmax(-1))
             if done is not None:
                 nxt = torch.where(done, cfg.pad_id, nxt)
@@ -856,7 +1005,6 @@ class Pi05Model(nn.Module):
                 done = ended if done is None else done | ended
                 if bool(done.all()):
                     break
-            token = nxt[:, None]
         return torch.stack(ids, 1), torch.stack(scores, 1)
 
     def _decode_constrained(self, images: Tensor, prefix_ids: Tensor, prefix_mask: Tensor, context_ids: Tensor,
@@ -875,7 +1023,7 @@ class Pi05Model(nn.Module):
         dtype = layout[0].dtype
         w = self._inference_weights(dtype)
         caps = [max(max_new, c.longest) if c is not None else max_new for c in constraints]
-        keys, values, valid = self._fast_prefix(w, layout, max(caps), zeros=True)
+        keys, values, valid, _ = self._fast_prefix(w, layout, max(caps), zeros=True)
         b, p = valid.shape
         dev = valid.device
         start = valid.sum(1)  # first target position
@@ -920,7 +1068,7 @@ class Pi05Model(nn.Module):
                                     (bi, ti, slots))
             last = (lengths - 1).clamp(min=0)
             hidden = x if want_scores else x[torch.arange(b, device=dev), last][:, None]
-            logits = (_rms(hidden, w.eps) @ w.embed_out).float()  # [B, n or 1, V]
+            logits = (_rms_unit(hidden, w.floor) @ w.embed_out).float()  # [B, n or 1, V]
             for r in range(b):
                 n_r = len(feed[r])
                 if not n_r:
@@ -959,7 +1107,7 @@ class Pi05Model(nn.Module):
         b, horizon, action_dim = x.shape
         dtype = layout[0].dtype
         w = self._inference_weights(dtype)
-        keys, values, valid = self._fast_prefix(w, layout, horizon)
+        keys, values, valid, _ = self._fast_prefix(w, layout, horizon)
         lc = valid.shape[1]
         dev = x.device
         mask = None  # every context key valid (no padding, or a single row's dropped)
@@ -1022,16 +1170,18 @@ class _FusedLayer:
     """One block's weights as the fast paths read them: transposed for x @ w; q|k|v one matrix, its q
     columns scaled by attention's 1/sqrt(d) (RoPE is linear, so the scale commutes with it); and
     (backbone) Gemma's RMSNorm scale (1 + weight) folded into the rows of the matrices its output
-    feeds: (x_hat * s) @ W == x_hat @ (s[:, None] * W). Gate and up stay two matrices: at one token a
-    step, two 1 MB matmuls ran faster here than one 2 MB one."""
+    feeds: (x_hat * s) @ W == x_hat @ (s[:, None] * W), with the sqrt(width) that _rms_unit leaves
+    out. Gate and up stay two matrices: at one token a step, two 1 MB matmuls ran faster here than one
+    2 MB one (and one [W, 2 * mlp] matmul gained nothing on a prefix)."""
 
     def __init__(self, block: GemmaBlock, cfg: Pi05Config, dtype: torch.dtype):
         hq, kvh, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         qkv = torch.cat([block.q.weight / math.sqrt(d), block.k.weight, block.v.weight]).T.float()  # [W, (hq+2kvh)d]
         gate, up = block.mlp.gate.weight.T.float(), block.mlp.up.weight.T.float()  # [W, mlp]
         if not block.adaptive:
-            qkv = qkv * (1.0 + block.attn_norm.weight.float())[:, None]
-            scale = (1.0 + block.mlp_norm.weight.float())[:, None]
+            root_w = math.sqrt(qkv.shape[0])
+            qkv = qkv * ((1.0 + block.attn_norm.weight.float()) * root_w)[:, None]
+            scale = ((1.0 + block.mlp_norm.weight.float()) * root_w)[:, None]
             gate, up = gate * scale, up * scale
         self.qkv = qkv.contiguous().to(dtype)
         self.gate = gate.contiguous().to(dtype)
@@ -1049,11 +1199,65 @@ class _FusedWeights:
         self.backbone = [_FusedLayer(block, cfg, dtype) for block in model.backbone]
         self.expert = [_FusedLayer(block, cfg, dtype) for block in model.expert]
         self.embed_in = (model.embed.weight * math.sqrt(cfg.width)).to(dtype)
-        # the final norm's scale folded into the tied output embedding, as the layers' norms
-        self.embed_out = (model.embed.weight.T.float() * (1.0 + model.final_norm.weight.float())[:, None]).to(dtype)
-        # RMSNorm's eps as a 0-dim float32 tensor: adding a tensor costs less than a Python number
-        self.eps = torch.tensor(model.final_norm.eps)
+        # the final norm's scale (and _rms_unit's sqrt(width)) folded into the tied output embedding, as
+        # the layers' norms
+        scale = (1.0 + model.final_norm.weight.float()) * math.sqrt(cfg.width)
+        self.embed_out = (model.embed.weight.T.float() * scale[:, None]).to(dtype)
+        # the backbone's RMSNorm floor sqrt(width * eps) (_rms_unit) and the expert's eps as 0-dim float32
+        # tensors: a tensor operand costs less than a Python number
+        self.floor = torch.tensor(math.sqrt(cfg.width * model.final_norm.eps))
         self.expert_eps = torch.tensor(model.expert_norm.eps)
+
+
+class _TokenStep:
+    """One token a row through the backbone's layers on the fused weights and a plan's static cache
+    (keys/values [B, kvh, L, d]), in as few torch ops as the arithmetic allows: past reading the
+    weights, a decoded token's cost is its ~100 small ops, a few microseconds each and more between the
+    large matmuls that evict their code and data. So the buffers the projections write into, and every
+    view of them and of the cache (q, k, v; each slot; keys transposed), are made once a plan, and a
+    step attends to the whole cache under an additive mask that hides the slots not written yet, so
+    nothing is sliced per step: about 20 ops a layer where _fast_backbone takes ~35 (measured ~10% less
+    time a token; the weights' ~15 MB read is ~0.7 ms of its ~1.1). The query heads sharing a kv head
+    form one block of rows, so no key is copied per head."""
+
+    def __init__(self, w: _FusedWeights, cfg: Pi05Config, keys: list[Tensor], values: list[Tensor], first: int):
+        b, kvh, total, d = keys[0].shape
+        hq = cfg.num_heads
+        self.w, self.b, self.hq, self.kvh, self.groups, self.d = w, b, hq, kvh, hq // kvh, d
+        like = dict(device=keys[0].device, dtype=keys[0].dtype)
+        self.qkv = torch.empty(b, (hq + 2 * kvh) * d, **like)
+        self.qk_in = self.qkv[:, : (hq + kvh) * d].view(b, hq + kvh, d)
+        self.v_new = self.qkv[:, (hq + kvh) * d:].view(b, kvh, d)
+        self.qk = torch.empty(b, hq + kvh, d, **like)  # RoPE applied
+        self.k_new = self.qk[:, hq:]
+        # the queries as [B*kvh, groups, d] rows: a view of the buffer for one row, a copy a step for more
+        self.q = self.qk[:, :hq].view(kvh, hq // kvh, d) if b == 1 else None
+        # per layer: the fused weights, the key and value view [B, kvh, d] of each slot from `first` on (the
+        # tokens fed one by one), keys [B*kvh, d, L] and values [B*kvh, L, d]
+        self.layers = [(layer, k[:, :, first:].unbind(2), v[:, :, first:].unbind(2),
+                        k.view(b * kvh, total, d).transpose(1, 2), v.view(b * kvh, total, d))
+                       for layer, k, v in zip(w.backbone, keys, values)]
+
+    def __call__(self, x: Tensor, rope: Tensor | tuple[Tensor, Tensor], i: int, bias: Tensor) -> Tensor:
+        """The i-th token fed x [B, W] (embedded), written at cache slot first + i, RoPE `rope` (a row's
+        rotation matrix [B, d, d] or its cos/sin [B, 1, d]), `bias` [B*kvh, 1, L] -> hidden [B, W] before
+        the final norm."""
+        w, b, q, floor = self.w, self.b, self.q, self.w.floor
+        matrix = isinstance(rope, Tensor)
+        for layer, key_slots, value_slots, keys_t, values_3d in self.layers:
+            torch.mm(_rms_unit(x, floor), layer.qkv, out=self.qkv)
+            if matrix:
+                torch.bmm(self.qk_in, rope, out=self.qk)
+            else:
+                self.qk.copy_(_rotate(self.qk_in, rope))
+            key_slots[i].copy_(self.k_new)
+            value_slots[i].copy_(self.v_new)
+            if self.q is None:
+                q = self.qk[:, : self.hq].reshape(b * self.kvh, self.groups, self.d)
+            attended = torch.bmm(torch.baddbmm(bias, q, keys_t).softmax(-1), values_3d)  # [B*kvh, groups, d]
+            x = torch.addmm(x, attended.view(b, -1), layer.o)
+            x = torch.addmm(x, _geglu(layer, _rms_unit(x, floor)), layer.down)
+        return x
 
 
 def _rms(x: Tensor, eps: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
@@ -1068,6 +1272,16 @@ def _rms(x: Tensor, eps: Tensor, out_dtype: torch.dtype | None = None) -> Tensor
     return x if out_dtype == torch.float32 else x.to(out_dtype)
 
 
+def _rms_unit(x: Tensor, floor: Tensor) -> Tensor:
+    """The backbone's RMSNorm over the last dim but for a factor sqrt(W), which its fused matrices
+    carry: x / sqrt(|x|^2 + W * eps) == x / sqrt(mean(x^2) + eps) / sqrt(W), with floor = sqrt(W * eps),
+    in float32 (as RMSNorm), returned as x's dtype. Three small ops where _rms takes four: a decoded
+    token runs eight norms, and its cost beyond reading the weights is its small ops."""
+    y = x if x.dtype == torch.float32 else x.float()
+    y = y / torch.hypot(torch.linalg.vector_norm(y, dim=-1, keepdim=True), floor)
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
+
+
 def _qkv(layer: _FusedLayer, h: Tensor, b: int, n: int,
          rope: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     """h [B*n, W] -> q [B, n, hq, d] (scaled), k and v [B, n, kvh, d], RoPE applied to q and k: `rope`
@@ -1076,22 +1290,30 @@ def _qkv(layer: _FusedLayer, h: Tensor, b: int, n: int,
     qkv = h @ layer.qkv
     qk = qkv[:, : layer.qk_width]
     if isinstance(rope, Tensor):
-        qk = torch.bmm(qk.view(b * n, heads, d), rope).view(b, n, heads, d)
+        qk = _rotate(qk.view(b * n, heads, d), rope).view(b, n, heads, d)
     else:
-        qk = qk.view(b, n, heads, d)
-        qk = torch.addcmul(qk * rope[0], qk.roll(d // 2, -1), rope[1]).to(h.dtype)
+        qk = _rotate(qk.view(b, n, heads, d), rope)
     return qk[:, :, : layer.heads], qk[:, :, layer.heads:], qkv[:, layer.qk_width:].view(b, n, layer.kv_heads, d)
 
 
-def _gelu_tanh_times(gate: Tensor, up: Tensor) -> Tensor:
-    """F.gelu(gate, approximate="tanh") * up for many tokens at once, by 0.5 * (1 + tanh(z)) ==
-    sigmoid(2z): five elementwise ops in place that ran ~2.5x faster here than torch's tanh GELU on a
-    prefix's [88, 1024] (equal within float rounding)."""
-    if gate.dtype != torch.float32:
-        return F.gelu(gate, approximate="tanh") * up
+def _rotate(x: Tensor, rope: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+    """RoPE on x [..., heads, d]: by rotation matrices [N, d, d] (x [N, heads, d]; one batched matmul) or
+    by cos/sin tables broadcast to x (x*cos + roll(x)*sin, see Pi05Model._rope_tables)."""
+    if isinstance(rope, Tensor):
+        return torch.bmm(x, rope)
+    cos, sin = rope
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin).to(x.dtype)
+
+
+def _gelu_tanh_(x: Tensor) -> Tensor:
+    """F.gelu(x, approximate="tanh") for many tokens at once, by 0.5 * (1 + tanh(z)) == sigmoid(2z):
+    four elementwise ops (in place on x where it is float32) that ran ~2.5x faster here than torch's tanh
+    GELU on a prefix's [88, 1024] (equal within float rounding)."""
+    if x.dtype != torch.float32:
+        return F.gelu(x, approximate="tanh")
     c = 2.0 * math.sqrt(2.0 / math.pi)
-    z = torch.addcmul(torch.tensor(c, device=gate.device), gate, gate, value=c * 0.044715)  # 2 * sqrt(2/pi) * (1 + 0.044715 g^2)
-    return z.mul_(gate).sigmoid_().mul_(gate).mul_(up)
+    z = torch.addcmul(torch.tensor(c, device=x.device), x, x, value=c * 0.044715)  # 2 * sqrt(2/pi) * (1 + 0.044715 x^2)
+    return x.mul_(z.mul_(x).sigmoid_())
 
 
 def _geglu(layer: _FusedLayer, h: Tensor) -> Tensor:
