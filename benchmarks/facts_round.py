@@ -97,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.episodes = args.episodes or (N_FAMILIES if tiny else 100)
     args.finetune_steps = args.finetune_steps or (40 if tiny else 300)
     args.frames = args.frames or (40 if tiny else 1000)
-    args.lr = args.lr or (1e-2 if tiny else 1e-3)
+    args.lr = args.lr or default_lr(args)
     args.workdir = (args.workdir or ROOT / "runs" / ("facts_round_tiny" if tiny else "facts_round")).resolve()
     if tiny and args.low_level is None:
         args.low_level = "expert"
@@ -111,11 +111,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def arm(args) -> str:
-    """The suffix of this fact share's fine-tune and AFTER files: none for the default share, `_control`
-    for 0, `_share0.5` for another; the coached run, the export and BEFORE are every arm's."""
-    if args.fact_share == FACT_SHARE:
-        return ""
-    return "_control" if args.fact_share == 0 else f"_share{args.fact_share:g}"
+    """The suffix of this arm's fine-tune and AFTER files: none for the default share, `_control` for 0,
+    `_share0.5` for another, then `_readout` and `_lr3e-4` where scope or lr are not the defaults (so arms
+    that differ only there keep their own files); the coached run, the export and BEFORE are every arm's."""
+    share = "" if args.fact_share == FACT_SHARE else "_control" if args.fact_share == 0 else f"_share{args.fact_share:g}"
+    scope = "" if args.scope == "heads" else f"_{args.scope}"
+    lr = "" if args.lr == default_lr(args) else f"_lr{args.lr:g}"
+    return share + scope + lr
+
+
+def default_lr(args) -> float:
+    return 1e-2 if args.preset == "tiny" else 1e-3
 
 
 # --- running the CLI -----------------------------------------------------------------------------------

@@ -251,6 +251,10 @@ def test_the_facts_round_names_each_arm_and_refuses_a_share_out_of_range(tmp_pat
     control = round_.parse_args([*w, "--fact-share", "0"])
     assert round_.arm(control) == "_control" and control.json.name == "facts_round_control.json"
     assert round_.arm(round_.parse_args([*w, "--fact-share", "0.5"])) == "_share0.5"
+    # arms that differ only in scope or lr keep their own fine-tune and AFTER files
+    other = round_.parse_args([*w, "--fact-share", "0.1", "--scope", "readout", "--lr", "3e-4"])
+    assert round_.arm(other) == "_share0.1_readout_lr0.0003" and other.json.name == "facts_round_share0.1_readout_lr0.0003.json"
+    assert round_.arm(round_.parse_args([*w, "--lr", "1e-3"])) == ""  # the default lr named explicitly
     for share in ("-0.1", "1.5"):
         with pytest.raises(SystemExit):
             round_.parse_args([*w, "--fact-share", share])
