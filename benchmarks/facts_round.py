@@ -87,6 +87,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"control arm, the same fine-tune on planner frames alone, the facts only evaluated")
     p.add_argument("--lr", type=float, default=None, help="fine-tune peak learning rate (default 1e-3; tiny 1e-2)")
     p.add_argument("--scope", default="heads", choices=["heads", "readout"], help="what the fine-tune trains")
+    p.add_argument("--fact-span", type=int, default=0,
+                   help="also learn each fact on the frames within this many steps of its own while it holds "
+                        "(the fine-tune then reads the coached sessions, not the export: it keeps one frame a fact)")
+    p.add_argument("--fact-weight", type=float, default=1.0,
+                   help="weight of the fact rows' loss against the planner frames' (1: equal terms)")
+    p.add_argument("--fact-unsaid", default="ignore", choices=["ignore", "base"],
+                   help="a fact row's other objects: unlabelled, or the base read-out's reading")
     p.add_argument("--frames", type=int, default=None, help="offline_eval plan frames (default 1000; tiny 40)")
     p.add_argument("--threads", type=int, default=2, help="torch threads of the fine-tune and the evaluations")
     p.add_argument("--workdir", type=Path, default=None,
@@ -117,7 +124,10 @@ def arm(args) -> str:
     share = "" if args.fact_share == FACT_SHARE else "_control" if args.fact_share == 0 else f"_share{args.fact_share:g}"
     scope = "" if args.scope == "heads" else f"_{args.scope}"
     lr = "" if args.lr == default_lr(args) else f"_lr{args.lr:g}"
-    return share + scope + lr
+    span = f"_span{args.fact_span}" if args.fact_span else ""
+    unsaid = "" if args.fact_unsaid == "ignore" else f"_unsaid{args.fact_unsaid}"
+    weight = "" if args.fact_weight == 1.0 else f"_w{args.fact_weight:g}"
+    return share + scope + lr + span + unsaid + weight
 
 
 def default_lr(args) -> float:
@@ -174,9 +184,11 @@ def finetune(stages: TimedStages, args, base: Path, data: Path, base_data: list[
     if summary.is_file():
         check_finetuned_as_asked(args, out)
     else:
-        stages.hivla("c_finetune", "finetune", "--base", base, "--data", data, "--readout-facts", "--base-data",
+        source = args.workdir / "sessions" if args.fact_span else data  # an export keeps one frame a fact
+        stages.hivla("c_finetune", "finetune", "--base", base, "--data", source, "--readout-facts", "--base-data",
                      *base_data, "--out", out, "--steps", args.finetune_steps, "--fact-share", args.fact_share,
-                     "--lr", args.lr, "--readout-scope", args.scope, "--threads", args.threads, "--resume")
+                     "--lr", args.lr, "--readout-scope", args.scope, "--fact-span", args.fact_span,
+                     "--fact-unsaid", args.fact_unsaid, "--fact-weight", args.fact_weight, "--threads", args.threads, "--resume")
     return out, json.loads(summary.read_text())
 
 
@@ -184,8 +196,11 @@ def check_finetuned_as_asked(args, out: Path) -> None:
     """A fine-tune already in the workdir is reused only if it was run as asked now: another share, lr,
     step count or scope there would be reported under this one's flags."""
     info = json.loads((out / "checkpoint_info.json").read_text()).get("readout_facts") or {}
-    asked = {"fact_share": args.fact_share, "lr": args.lr, "steps": args.finetune_steps, "scope": args.scope}
-    differ = [f"{k} {info.get(k)} (asked {v})" for k, v in asked.items() if info.get(k) != v]
+    asked = {"fact_share": args.fact_share, "lr": args.lr, "steps": args.finetune_steps, "scope": args.scope,
+             "span": args.fact_span, "unsaid": args.fact_unsaid, "fact_weight": args.fact_weight}
+    before_flags = {"span": 0, "unsaid": "ignore", "fact_weight": 1.0}  # what a fine-tune from before these flags did
+    differ = [f"{k} {info.get(k, before_flags.get(k))} (asked {v})" for k, v in asked.items()
+              if info.get(k, before_flags.get(k)) != v]
     if differ:
         raise SystemExit(f"{out} was fine-tuned otherwise: {', '.join(differ)}; pass another --workdir, or remove "
                          f"{out} and {args.workdir}/*_after{arm(args)}.json to run it again")
@@ -287,7 +302,9 @@ def main(argv=None) -> int:
     corrected = tuple(summary["facts"]["train_by_kind"])
     w = args.workdir
     result_reading = {}
-    files = {"before": "", "after": arm(args)}  # BEFORE (the base checkpoint) is every arm's
+    # BEFORE (the base checkpoint) is every arm's; frames other than the default held-out set, their own files
+    on = "" if args.preset == "tiny" or Path(heldout).name == HELDOUT else f"_on_{Path(heldout).name}"
+    files = {"before": on, "after": arm(args) + on}
     for when, ckpt in (("before", base), ("after", tuned)):
         t0 = time.perf_counter()
         path = w / f"reading_{when}{files[when]}.json"

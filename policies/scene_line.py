@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from policies.grammar import COLORS
+from policies.grammar import COLORS, PLACE_KINDS
 
 SCENE_OPEN = "I see: "
 # Where a block can be. "absent" is the read-out's class for a name the scene does not hold; it is
@@ -212,6 +212,23 @@ class Fact:
             return self.place == "absent" and block is None
         return (block.place == self.place and self.where in (None, block.where)
                 and self.side in (None, block.side))
+
+    def ended_by(self, subtask: str) -> bool:
+        """Whether the robot doing `subtask` ends this fact: a block fact ends when a subtask names that
+        block (or, for a held block, places what the gripper holds), a drawer fact when a drawer subtask
+        opens or closes it; a bowl fact, never (bowls do not move). Free text (a person's words) is not
+        known to move anything."""
+        from policies.grammar import SubtaskParseError, parse_subtask
+
+        try:
+            sub = parse_subtask(subtask)
+        except SubtaskParseError:
+            return False
+        if self.subject == DRAWER:
+            return sub.kind in ("open", "close")
+        named = {getattr(sub, "obj", None), getattr(sub, "it", None)} - {None}
+        moves_held = sub.kind in PLACE_KINDS
+        return self.moved_by is not None and (self.moved_by in named or (moves_held and self.place == "held"))
 
     @property
     def moved_by(self) -> str | None:

@@ -13,26 +13,11 @@ CONTROL_HZ = 10.0
 
 
 def expire_facts(facts: list[Correction], subtask: str) -> None:
-    """Drop the facts a completed subtask ended: a fact about a block holds until the robot moves that
-    block (a subtask naming it, or placing the block it held), one about the drawer until a drawer
-    subtask; the rest hold until the episode ends (a new episode starts with no facts)."""
-    from policies.grammar import SubtaskParseError, parse_subtask
-
-    try:
-        sub = parse_subtask(subtask)
-    except SubtaskParseError:
-        return  # free text (a human's words): nothing known to have moved
-    named = {getattr(sub, "obj", None), getattr(sub, "it", None)} - {None}
-    moves_held = sub.kind in ("place", "stack", "drawer_put", "put_down")
+    """Drop the facts a completed subtask ended (policies.scene_line.Fact.ended_by): a fact about a block
+    holds until the robot moves that block, one about the drawer until a drawer subtask; the rest hold
+    until the episode ends (a new episode starts with no facts)."""
     for correction in list(facts):
-        fact = correction.fact
-        if fact is None:
-            continue
-        if fact.subject == "drawer":
-            gone = sub.kind in ("open", "close")
-        else:
-            gone = fact.moved_by is not None and (fact.moved_by in named or (moves_held and fact.place == "held"))
-        if gone:
+        if correction.fact is not None and correction.fact.ended_by(subtask):
             facts.remove(correction)
 
 

@@ -82,6 +82,7 @@ from policies.scene_line import DRAWER, NAMED, PLACES, SIDES, Fact, format_scene
 # the read-out's heads: what `scope="heads"` trains (proj, the tokens the backbone reads, is not one)
 HEADS = ("place_head", "where_head", "side_head", "x_head", "drawer_head", "bowl_head")
 SCOPES = ("heads", "readout")
+UNSAID = ("ignore", "base")
 LOG_FILE = "finetune.log"
 SUMMARY_FILE = "finetune_summary.json"
 MAKE_FACTS = ("record facts with `hivla run --coach facts --out DIR` (or say them at the console), then "
@@ -107,6 +108,10 @@ class FactsFinetuneSettings(RecipeSettings):
     max_base_frames: int = 20_000
     base_held_out_fraction: float = 0.1  # planner-frame episodes kept for the forgetting check
     skip_read_as_stated: bool = True  # leave out training facts the base read-out already reads as stated
+    span: int = 0  # steps either side of a fact's frame it is also learned on while it holds (sessions only)
+    span_stride: int = 3  # every Nth step of the span
+    unsaid: str = "ignore"  # the labels a fact row leaves unsaid: "ignore" (no loss) or "base" (the base's reading)
+    fact_weight: float = 1.0  # the fact rows' mean loss, weighted against the planner frames' (1: equal terms)
     eval_base_frames: int = 1000
     progress: bool = True
 
@@ -124,6 +129,13 @@ class FactsFinetuneSettings(RecipeSettings):
             raise ValueError(f"--held-out-fraction must be in [0, 1), got {self.held_out_fraction}")
         if self.max_base_frames < 1:
             raise ValueError(f"--max-base-samples must be at least 1, got {self.max_base_frames}")
+        if self.span < 0 or self.span_stride < 1:
+            raise ValueError(f"--fact-span must be >= 0 and --fact-span-stride >= 1, got {self.span}, "
+                             f"{self.span_stride}")
+        if not self.fact_weight > 0:
+            raise ValueError(f"--fact-weight must be positive, got {self.fact_weight}")
+        if self.unsaid not in UNSAID:
+            raise ValueError(f"--fact-unsaid must be one of {', '.join(UNSAID)}, got {self.unsaid!r}")
         if self.dtype not in ("fp32", "bf16"):
             raise ValueError(f"--dtype must be fp32 or bf16, got {self.dtype!r}")
         if not Path(self.base).is_dir():
@@ -184,15 +196,31 @@ class FactRows:
     sources: list[str]  # who said it: human | scripted
     skipped: dict[str, int] = field(default_factory=dict)
     lags: list[int] = field(default_factory=list)  # per row: steps from its frames to when it was said
+    # more frames each fact holds on (sessions/export/common.py fact_span_steps), and whose fact row each is
+    span_images: Tensor | None = None  # uint8 [M, n_cam, S, S, 3]
+    span_of: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.facts)
 
     def subset(self, idx: list[int]) -> "FactRows":
         t = torch.tensor(idx, dtype=torch.long)
+        new_index = {old: new for new, old in enumerate(idx)}
+        spans = [j for j, row in enumerate(self.span_of) if row in new_index]
+        span_images = self.span_images[torch.tensor(spans, dtype=torch.long)] if self.span_images is not None \
+            else None
         return FactRows(self.images[t], {k: v[t] for k, v in self.labels.items()}, [self.facts[i] for i in idx],
                         [self.episodes[i] for i in idx], [self.keys[i] for i in idx], [self.sources[i] for i in idx],
-                        dict(self.skipped), [self.lags[i] for i in idx] if self.lags else [])
+                        dict(self.skipped), [self.lags[i] for i in idx] if self.lags else [], span_images,
+                        [new_index[self.span_of[j]] for j in spans])
+
+    def training_rows(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """Every frame a fact is learned on, its own and its span's, with the fact's labels."""
+        if not self.span_of:
+            return self.images, self.labels
+        of = torch.tensor(self.span_of, dtype=torch.long)
+        return (torch.cat([self.images, self.span_images]),
+                {k: torch.cat([v, v[of]]) for k, v in self.labels.items()})
 
     def kinds(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -254,7 +282,7 @@ def _sft_facts(path: Path, log=print) -> Iterator[tuple]:
             if row.get("fact_images") and row.get("fact_step") is not None:
                 images, at = row["fact_images"], row["fact_step"]
             frames = {cam: _decode(image["bytes"], str(file)) for cam, image in zip(cameras, images)}
-            yield f"{row['session_id']}/{row['episode']}", row["step"], at, row["source"], row["fact"], frames
+            yield f"{row['session_id']}/{row['episode']}", row["step"], at, row["source"], row["fact"], frames, []
 
 
 def _lerobot_facts(root: Path) -> Iterator[tuple]:
@@ -297,12 +325,13 @@ def _lerobot_facts(root: Path) -> Iterator[tuple]:
             seen = row["frame_index"] if not isinstance(seen, int) or not 0 <= seen <= row["frame_index"] else seen
             frames = {cam: videos.frame(cam, row["index"] - row["frame_index"] + seen) for cam in cameras}
             episode, first = episodes.get(row["episode_index"], (f"{root.name}/{row['episode_index']}", 0))
-            yield episode, first + row["frame_index"], first + seen, "export", fact, frames
+            yield episode, first + row["frame_index"], first + seen, "export", fact, frames, []
 
 
-def _session_facts(path: Path, log) -> Iterator[tuple]:
-    """The same from session directories: every fact correction not taken back, the frames it refers to."""
-    from sessions.export.common import fact_frame_step
+def _session_facts(path: Path, log, span: int = 0, stride: int = 1) -> Iterator[tuple]:
+    """The same from session directories: every fact correction not taken back, the frames it refers to,
+    and (span > 0) the frames of the steps around them it still holds on (fact_span_steps)."""
+    from sessions.export.common import fact_frame_step, fact_span_steps
     from sessions.reader import SessionError, find_sessions, read_session
     from policies.types import CorrectionKind
 
@@ -319,24 +348,33 @@ def _session_facts(path: Path, log) -> Iterator[tuple]:
                 at = fact_frame_step(ep, c)
                 position = ep.position_of_step(at)
                 frames = {cam: ep.frame(cam, position) for cam in ep.cameras}
-                yield f"{session.header.session_id}/{ep.episode}", c.step, at, c.speaker, c.fact.model_dump(), frames
+                more = [{cam: ep.frame(cam, ep.position_of_step(step)) for cam in ep.cameras}
+                        for step in fact_span_steps(ep, c, at, span, stride)[1:]]
+                yield (f"{session.header.session_id}/{ep.episode}", c.step, at, c.speaker, c.fact.model_dump(), frames,
+                       more)
 
 
-def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int, log=print) -> FactRows:
+def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int, log=print, span: int = 0,
+                   span_stride: int = 1) -> FactRows:
     """Every fact in the exports or session directories at `paths`, as read-out rows (a fact found in
-    two sources, e.g. an export and its sessions, once)."""
+    two sources, e.g. an export and its sessions, once). span > 0: from session directories, also the
+    frames within `span` steps it still holds on (an export keeps a fact's own frame only)."""
     from policies.pi05.processor import stack_cameras
 
     images, label_rows, facts, episodes, keys, sources, lags = [], [], [], [], [], [], []
+    span_images, span_of = [], []
     seen: set[str] = set()
     skipped: dict[str, int] = {}
     for path in map(Path, paths):
         if not path.exists():
             raise CorrectionDataError(f"--data {path}: no such file or directory")
         kind = coaching_data_kind(path)
+        if span and kind in ("export", "lerobot"):
+            log(f"{path}: an export keeps each fact's own frame only, so its facts are learned there alone; pass "
+                f"the session directories to learn each on the frames around it too (--fact-span)")
         found = (_sft_facts(path, log) if kind == "export" else _lerobot_facts(path) if kind == "lerobot"
-                 else _session_facts(path, log))
-        for episode, step, at, source, data, frames in found:
+                 else _session_facts(path, log, span, span_stride))
+        for episode, step, at, source, data, frames, more in found:
             try:
                 fact = Fact.from_dict(data)
             except (KeyError, TypeError, ValueError):
@@ -355,15 +393,18 @@ def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int,
             except ValueError as err:
                 raise CorrectionDataError(f"--data {path}: {err}; the model reads {list(cameras)}") from err
             seen.add(key)
+            for extra in more:
+                span_images.append(stack_cameras(extra, cameras, image_size)), span_of.append(len(facts))
             images.append(stacked), label_rows.append(labels), facts.append(fact)
             episodes.append(episode), keys.append(key), sources.append(source or "?"), lags.append(step - at)
     if not facts:
         raise CorrectionDataError(f"--data {' '.join(map(str, paths))}: no fact correction there; {MAKE_FACTS}")
     rows = FactRows(torch.from_numpy(np.stack(images)), _label_tensors(label_rows), facts, episodes, keys, sources,
-                    skipped, lags)
+                    skipped, lags, torch.from_numpy(np.stack(span_images)) if span_images else None, span_of)
     before = sum(lag > 0 for lag in lags)
     log(f"facts: {len(rows)} from {len(set(episodes))} episodes; by kind {rows.kinds()}; {before} on the frames "
         f"of a plan they correct (before they were said), {len(rows) - before} on the frames of the step said"
+        + (f"; {len(span_of)} more frames they hold on (within {span} steps)" if span else "")
         + (f"; skipped {skipped}" if skipped else ""))
     return rows
 
@@ -463,9 +504,10 @@ class FactsObjective(nn.Module):
     plus its loss on the planner frames. A batch holds `features` (scope heads: cached, the frozen
     part's output) or `images` (scope readout), the labels and `is_fact`."""
 
-    def __init__(self, readout: ObjectReadout, scope: str):
+    def __init__(self, readout: ObjectReadout, scope: str, fact_weight: float = 1.0):
         super().__init__()
         self.readout = readout
+        self.fact_weight = fact_weight
         for name, p in readout.named_parameters():
             trained = name.split(".")[0] in HEADS if scope == "heads" else not name.startswith("proj.")
             p.requires_grad_(trained)
@@ -481,7 +523,7 @@ class FactsObjective(nn.Module):
                                            {k: batch[k][rows] for k in LABELS})
             else:
                 parts[name] = out["place"].sum() * 0
-        loss = parts["fact"] + parts["base"]
+        loss = self.fact_weight * parts["fact"] + parts["base"]
         info = {"loss": float(loss.detach()), "base_loss": float(parts["base"].detach())}
         if is_fact.any():  # a control arm's batches hold none: no fact term to report (not a 0 that reads as one)
             with torch.no_grad():
@@ -525,6 +567,40 @@ def drop_read_as_stated(readout: ObjectReadout, rows: FactRows, dtype: str,
     hits = stated_rows(readout, rows, dtype, device)
     keep = [i for i, hit in enumerate(hits) if not hit]
     return rows.subset(keep), len(rows) - len(keep)
+
+
+@torch.no_grad()
+def with_base_reading(readout: ObjectReadout, images: Tensor, labels: dict[str, Tensor], dtype: str,
+                      device: torch.device, batch_size: int = 128) -> dict[str, Tensor]:
+    """Fact rows' labels with what the fact leaves unsaid filled from the read-out's own reading of the
+    frame (`--fact-unsaid base`): every block the fact does not name takes the place (and where / side /
+    x) the read-out reads, the drawer and the bowls too where the fact says nothing of them. A fact row
+    then teaches the one object it corrects and holds the rest of that frame's reading where it was
+    (left IGNORE, nothing holds the features of the frames facts are said on, which are not like the
+    planner frames)."""
+    was = readout.training
+    readout.eval()
+    outs = []
+    for idx in torch.arange(len(images)).split(batch_size):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            out = readout.heads(readout.features(images[idx].to(device)))
+        outs.append({k: v.float().cpu() for k, v in out.items()})
+    readout.train(was)
+    out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    filled = {k: v.clone() for k, v in labels.items()}
+    unsaid = labels["place"] == IGNORE  # [N, n_blocks]: blocks the fact does not name
+    place = out["place"].argmax(-1)
+    filled["place"][unsaid] = place[unsaid]
+    in_or_on = (place == PLACES.index("bowl")) | (place == PLACES.index("block"))
+    filled["where"][unsaid] = torch.where(in_or_on, out["where"].argmax(-1), IGNORE)[unsaid]
+    filled["side"][unsaid] = torch.where(place == PLACES.index("table"), out["side"].argmax(-1), IGNORE)[unsaid]
+    filled["x"][unsaid] = torch.where(place > 0, out["x"] * X_SCALE, torch.zeros_like(out["x"]))[unsaid]
+    drawer = labels["drawer"] == IGNORE
+    filled["drawer"][drawer] = out["drawer"].argmax(-1)[drawer]
+    if "bowls" in out:
+        bowls = labels["bowls"] == IGNORE
+        filled["bowls"][bowls] = out["bowls"].argmax(-1)[bowls]
+    return filled
 
 
 @torch.no_grad()
@@ -638,7 +714,7 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     readout: ObjectReadout = model.vision
 
     # -- data: fact rows split by episode, planner frames split by episode
-    facts = load_fact_rows(s.data, cfg.cameras, cfg.image_size, say)
+    facts = load_fact_rows(s.data, cfg.cameras, cfg.image_size, say, s.span, s.span_stride)
     held = [i for i, ep in enumerate(facts.episodes) if is_held_out(ep, s.held_out_fraction)]
     train = sorted(set(range(len(facts))) - set(held))
     if not train:  # every fact fell in the held-out split: hold none out
@@ -653,6 +729,9 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
         if not len(fact_train):
             raise CorrectionDataError(f"--data {' '.join(map(str, s.data))}: the base read-out already reads every "
                                       f"training fact as stated ({n_read}); nothing to teach")
+    fact_images, fact_labels = fact_train.training_rows()
+    if s.unsaid == "base":  # the base read-out's reading (before the resume below loads the trained one)
+        fact_labels = with_base_reading(readout, fact_images, fact_labels, s.dtype, device)
     if loop.resuming:  # after the facts are chosen: the base read-out chose them, on a resume too
         load_state_dict_checked(model, out / "model.safetensors")
     base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
@@ -683,9 +762,9 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     say(f"read-out on facts ({s.scope}): caching {'features' if s.scope == 'heads' else 'frames'} of "
         + (f"{len(base_train)} planner frames (control: no fact row)" if control else
            f"{len(fact_train)} training facts and {len(base_train)} planner frames"))
-    fact_pool = pool(fact_train.images, fact_train.labels) if n_fact else {}
+    fact_pool = pool(fact_images, fact_labels) if n_fact else {}
     base_pool = pool(base_frames.images[base_train], {k: v[base_train] for k, v in base_frames.labels.items()})
-    objective = FactsObjective(readout, s.scope)
+    objective = FactsObjective(readout, s.scope, s.fact_weight)
     trained = sorted(name for name, p in readout.named_parameters() if p.requires_grad)
     n_trainable = sum(p.numel() for p in readout.parameters() if p.requires_grad)
     rows = (f"fact rows: 0 (control: no fact trained on; the {len(fact_train)} training facts are only evaluated)"
@@ -696,6 +775,7 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
         state["before"] = evaluate()
         say("before: " + _fmt(state["before"]))
     state.update(facts={"total": len(facts), "train": len(fact_train), "held_out": len(fact_held),
+                        "train_frames": len(fact_images), "span": s.span, "unsaid": s.unsaid,
                         "episodes": len(set(facts.episodes)), "by_kind": facts.kinds(),
                         "train_by_kind": fact_train.kinds(), "skipped": facts.skipped,
                         "on_frames_before_said": sum(lag > 0 for lag in facts.lags)},
@@ -707,7 +787,7 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
         while True:
             parts = []
             if n_fact:  # none in the control arm
-                fi = torch.randint(0, len(fact_train), (n_fact,), generator=g).to(device)
+                fi = torch.randint(0, len(fact_images), (n_fact,), generator=g).to(device)
                 parts.append({**{k: v[fi] for k, v in fact_pool.items()},
                               "is_fact": torch.ones(n_fact, dtype=torch.bool, device=device)})
             if n_base:
@@ -729,7 +809,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                  "finetuned_from": str(Path(s.base).resolve()),
                  "readout_facts": {"scope": s.scope, "trained": st.get("trained"), "step": st["step"],
                                    "steps": s.steps, "lr": s.lr, "batch_size": s.batch_size,
-                                   "fact_share": s.fact_share, "control": control,
+                                   "fact_share": s.fact_share, "control": control, "span": s.span,
+                                   "span_stride": s.span_stride, "unsaid": s.unsaid, "fact_weight": s.fact_weight,
                                    "facts_data": [str(p) for p in s.data],
                                    "base_data": base_frame_dirs(s), "facts": st.get("facts"),
                                    "base_frames": st.get("base_frames"),

@@ -97,6 +97,45 @@ def fact_frame_step(ep: EpisodeData, c: CorrectionRecord) -> int:
     return asked
 
 
+def fact_span_steps(ep: EpisodeData, c: CorrectionRecord, at: int, window: int, stride: int = 1) -> list[int]:
+    """The kept steps within `window` steps of `at` (fact_frame_step) at which a fact still holds by the
+    runtime's own rule (policies.scene_line.Fact.ended_by): walking from `at` either way, up to the first
+    step whose subtask in force moves what the fact is about. A read-out fine-tune learns a fact on all of
+    them (the same object in the same place, seen with the arm elsewhere), every `stride`-th step, `at`
+    first. A fact about a held or moving block, or whose own frame's subtask moves it, holds at `at` alone.
+    Walking back, a subtask putting down what the gripper holds ("put it in the drawer") ends the span
+    too: the block it puts down may be this one, brought where the fact says by it.
+    """
+    if c.fact is None or not ep.steps or window <= 0:
+        return [at]
+    fact = Fact.from_dict(c.fact.model_dump())
+    here = ep.position_of_step(at)
+    if fact.place in ("held", "moving") or (ep.steps[here].subtask and fact.ended_by(ep.steps[here].subtask)):
+        return [at]
+    span = [at]
+    for direction in (1, -1):
+        position = here + direction
+        while 0 <= position < len(ep.steps):
+            step = ep.steps[position]
+            if abs(step.step - at) > window or (step.subtask and (
+                    fact.ended_by(step.subtask) or (direction < 0 and puts_down_held(step.subtask)))):
+                break
+            if abs(step.step - at) % stride == 0:
+                span.append(step.step)
+            position += direction
+    return span
+
+
+def puts_down_held(subtask: str) -> bool:
+    """Whether a subtask puts down whatever the gripper holds (a block it does not name)."""
+    from policies.grammar import PLACE_KINDS, SubtaskParseError, parse_subtask
+
+    try:
+        return parse_subtask(subtask).kind in PLACE_KINDS
+    except SubtaskParseError:
+        return False
+
+
 def split_of(session_id: str, episode: int, val_fraction: float, seed: int) -> str:
     """train/validation by episode, stable whatever else is exported alongside."""
     if val_fraction <= 0:
