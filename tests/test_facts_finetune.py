@@ -255,6 +255,8 @@ def test_the_facts_round_names_each_arm_and_refuses_a_share_out_of_range(tmp_pat
     other = round_.parse_args([*w, "--fact-share", "0.1", "--scope", "readout", "--lr", "3e-4"])
     assert round_.arm(other) == "_share0.1_readout_lr0.0003" and other.json.name == "facts_round_share0.1_readout_lr0.0003.json"
     assert round_.arm(round_.parse_args([*w, "--lr", "1e-3"])) == ""  # the default lr named explicitly
+    spanned = round_.parse_args([*w, "--fact-share", "0.1", "--fact-span", "30", "--fact-unsaid", "base"])
+    assert round_.arm(spanned) == "_share0.1_span30_unsaidbase"
     for share in ("-0.1", "1.5"):
         with pytest.raises(SystemExit):
             round_.parse_args([*w, "--fact-share", share])
@@ -331,6 +333,11 @@ def test_wrong_inputs_are_refused_in_one_line(grounded, coached, frames, tmp_pat
     assert main(["finetune", "--base", str(grounded), "--data", str(coached["sft"]), "--out", str(tmp_path / "o4"),
                  "--fact-share", "0.5"]) == 2
     assert "--readout-facts" in one_line_error(capsys)
+    assert main(["finetune", "--base", str(grounded), "--data", str(coached["sft"]), "--out", str(tmp_path / "o4a"),
+                 "--fact-span", "30"]) == 2
+    assert "--fact-span" in one_line_error(capsys)
+    assert finetune(grounded, coached["sft"], frames, tmp_path / "o4c", "--fact-span", "-1") == 2
+    assert "--fact-span must be >= 0" in one_line_error(capsys) and not (tmp_path / "o4c").exists()
     # a share out of [0, 1] (0, the control arm, is in)
     for share in ("-0.1", "1.5", "nan"):
         assert finetune(grounded, coached["sft"], frames, tmp_path / "o4b", "--fact-share", share) == 2
@@ -403,3 +410,100 @@ def test_the_facts_round_runs_in_miniature(tmp_path):
     assert arm["facts_read_as_stated"]["train_before"] == data["facts_read_as_stated"]["train_before"]
     assert arm["facts_read_as_stated"]["train_after"] is not None and arm["after"]["reading"]["frames"] > 0
     assert "CONTROL ARM" in " ".join(done.stdout.split()) and "control arm (no fact trained on)" in done.stdout
+
+
+class _Episode:
+    """What fact_span_steps reads of a recorded episode: its kept steps (number, subtask in force)."""
+
+    def __init__(self, subtasks: list[str | None]):
+        from types import SimpleNamespace
+
+        self.steps = [SimpleNamespace(step=i, subtask=s) for i, s in enumerate(subtasks)]
+
+    def position_of_step(self, step: int) -> int:
+        return max(0, min(step, len(self.steps) - 1))
+
+
+def _said(fact: Fact, step: int = 12):
+    from sessions.schema import CorrectionRecord, FactData
+
+    return CorrectionRecord(episode=0, step=step, correction_id=0, kind=CorrectionKind.FACT, text="", wall_time=0.0,
+                            fact=FactData(subject=fact.subject, place=fact.place, where=fact.where, side=fact.side))
+
+
+def test_a_fact_is_learned_on_the_frames_around_its_own_while_it_holds():
+    from sessions.export.common import fact_span_steps
+
+    # steps 0-4 pick the red block, 5-9 put it in the drawer, 10-29 pick the green block
+    ep = _Episode(["pick up the red block"] * 5 + ["put it in the drawer"] * 5 + ["pick up the green block"] * 20)
+    # "the red block is in the drawer", read at step 12: it holds from the put-down on, not before it (the
+    # held block may be the red one, on its way there)
+    assert sorted(fact_span_steps(ep, _said(Fact("red block", "drawer")), 12, window=30)) == list(range(10, 30))
+    assert fact_span_steps(ep, _said(Fact("red block", "drawer")), 12, window=30)[0] == 12  # its own frame first
+    # within the window, every stride-th step
+    assert sorted(fact_span_steps(ep, _said(Fact("red block", "drawer")), 12, window=6, stride=3)) == [12, 15, 18]
+    # a fact about the block the subtask in force moves holds on its own frame alone; so does a held block's
+    assert fact_span_steps(ep, _said(Fact("green block", "table")), 12, window=30) == [12]
+    assert fact_span_steps(ep, _said(Fact("blue block", "held")), 12, window=30) == [12]
+    # no block is ever named "blue": a block absent is absent the whole window; a picked block ends it
+    assert sorted(fact_span_steps(ep, _said(Fact("blue block", "absent")), 12, window=30)) == list(range(10, 30))
+    assert sorted(fact_span_steps(ep, _said(Fact("red block", "table")), 3, window=0)) == [3]
+    # the drawer: until a drawer subtask opens or closes it
+    drawer = _Episode(["open the drawer"] * 4 + ["pick up the red block"] * 8 + ["close the drawer"] * 4)
+    assert sorted(fact_span_steps(drawer, _said(Fact("drawer", "open")), 6, window=30)) == list(range(4, 12))
+
+
+def test_the_base_reading_labels_what_a_fact_leaves_unsaid():
+    from agent.training.facts_finetune import _label_tensors, with_base_reading
+
+    torch.manual_seed(0)
+    readout = ObjectReadout(make_config("tiny", vision_stem="objects", scene_bowls=True)).eval()
+    images = torch.randint(0, 255, (3, 2, 32, 32, 3), dtype=torch.uint8)
+    facts = [Fact("red block", "bowl", "blue bowl"), Fact("green block", "table"), Fact("drawer", "open")]
+    labels = _label_tensors([labels_from_fact(f) for f in facts])
+    filled = with_base_reading(readout, images, labels, "fp32", torch.device("cpu"))
+    with torch.no_grad():
+        out = readout.heads(readout.features(images))
+    said = labels["place"] != IGNORE
+    # what the fact says is kept as said; every other block takes the place the read-out reads
+    assert torch.equal(filled["place"][said], labels["place"][said])
+    assert torch.equal(filled["place"][~said], out["place"].argmax(-1)[~said])
+    assert (filled["place"] != IGNORE).all() and (filled["drawer"] != IGNORE).all()
+    assert filled["drawer"][2] == 1 and filled["where"][0, BLOCK_NAMES.index("red block")] == WHERE_NAMES.index(
+        "blue bowl")
+    assert filled["side"][1, BLOCK_NAMES.index("green block")] == IGNORE  # a side not said stays unknown
+    # where and side only where the read place has them, as the simulator's labels
+    place = filled["place"][~said]
+    assert ((filled["where"][~said] != IGNORE) == ((place == PLACES.index("bowl")) | (place == PLACES.index("block")))).all()
+    assert ((filled["side"][~said] != IGNORE) == (place == PLACES.index("table"))).all()
+    assert torch.equal(filled["bowls"][0, BOWL_NAMES.index("blue bowl")], torch.tensor(1))  # the fact's bowl
+
+
+def test_a_fact_span_comes_from_the_sessions_and_an_export_says_it_keeps_one_frame(grounded, coached, frames, tmp_path):
+    from sessions.export.common import fact_frame_step, fact_span_steps
+
+    cfg = load_checkpoint(grounded)[0].cfg
+    said = []
+    rows = load_fact_rows([coached["sessions"]], cfg.cameras, cfg.image_size, log=said.append, span=8, span_stride=2)
+    expected = 0
+    for ep in read_session(next(coached["sessions"].iterdir())).episodes:
+        for c in ep.active_corrections:
+            expected += len(fact_span_steps(ep, c, fact_frame_step(ep, c), 8, 2)) - 1
+    assert expected > 0 and len(rows.span_of) == expected and len(rows.span_images) == expected
+    images, labels = rows.training_rows()
+    assert len(images) == len(rows) + expected
+    assert torch.equal(labels["place"][len(rows):], rows.labels["place"][torch.tensor(rows.span_of)])
+    assert any(f"{expected} more frames they hold on" in line for line in said)
+    # a subset keeps the spans of the facts it keeps, pointing at their new rows
+    first = rows.subset([len(rows) - 1])
+    assert len(first.span_of) == rows.span_of.count(len(rows) - 1) and set(first.span_of) <= {0}
+    # an export keeps each fact's own frame: learned there alone, and the log says how to do otherwise
+    said.clear()
+    one = load_fact_rows([coached["sft"]], cfg.cameras, cfg.image_size, log=said.append, span=8)
+    assert not one.span_of and any("--fact-span" in line for line in said)
+    # the fine-tune takes both flags, and records them
+    out = tmp_path / "span"
+    assert finetune(grounded, coached["sessions"], frames, out, "--steps", "2", "--batch-size", "8",
+                    "--fact-span", "8", "--fact-unsaid", "base") == 0
+    info = json.loads((out / "checkpoint_info.json").read_text())["readout_facts"]
+    assert info["span"] == 8 and info["unsaid"] == "base" and info["facts"]["train_frames"] > info["facts"]["train"]
