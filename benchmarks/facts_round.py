@@ -90,6 +90,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fact-span", type=int, default=0,
                    help="also learn each fact on the frames within this many steps of its own while it holds "
                         "(the fine-tune then reads the coached sessions, not the export: it keeps one frame a fact)")
+    p.add_argument("--finetune-seed", type=int, default=0,
+                   help="the fine-tune's seed (which planner frames, which batches); "
+                        "arms differing only here measure the fine-tune's own noise")
     p.add_argument("--fact-weight", type=float, default=1.0,
                    help="weight of the fact rows' loss against the planner frames' (1: equal terms)")
     p.add_argument("--fact-unsaid", default="ignore", choices=["ignore", "base"],
@@ -127,7 +130,8 @@ def arm(args) -> str:
     span = f"_span{args.fact_span}" if args.fact_span else ""
     unsaid = "" if args.fact_unsaid == "ignore" else f"_unsaid{args.fact_unsaid}"
     weight = "" if args.fact_weight == 1.0 else f"_w{args.fact_weight:g}"
-    return share + scope + lr + span + unsaid + weight
+    seed = f"_seed{args.finetune_seed}" if args.finetune_seed else ""
+    return share + scope + lr + span + unsaid + weight + seed
 
 
 def default_lr(args) -> float:
@@ -188,7 +192,7 @@ def finetune(stages: TimedStages, args, base: Path, data: Path, base_data: list[
         stages.hivla("c_finetune", "finetune", "--base", base, "--data", source, "--readout-facts", "--base-data",
                      *base_data, "--out", out, "--steps", args.finetune_steps, "--fact-share", args.fact_share,
                      "--lr", args.lr, "--readout-scope", args.scope, "--fact-span", args.fact_span,
-                     "--fact-unsaid", args.fact_unsaid, "--fact-weight", args.fact_weight, "--threads", args.threads, "--resume")
+                     "--fact-unsaid", args.fact_unsaid, "--fact-weight", args.fact_weight, "--seed", args.finetune_seed, "--threads", args.threads, "--resume")
     return out, json.loads(summary.read_text())
 
 

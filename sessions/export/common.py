@@ -15,7 +15,7 @@ from pathlib import Path
 
 from policies.planning import format_plan, record_completion
 from policies.planning import planner_context as build_context
-from policies.scene_line import Fact
+from policies.scene_line import DRAWER, NAMED, Fact
 from sessions.reader import EpisodeData, Session
 from sessions.schema import ContextData, CorrectionRecord, PlanData, PlanEmitted
 
@@ -103,8 +103,12 @@ def fact_span_steps(ep: EpisodeData, c: CorrectionRecord, at: int, window: int, 
     step whose subtask in force moves what the fact is about. A read-out fine-tune learns a fact on all of
     them (the same object in the same place, seen with the arm elsewhere), every `stride`-th step, `at`
     first. A fact about a held or moving block, or whose own frame's subtask moves it, holds at `at` alone.
-    Walking back, a subtask putting down what the gripper holds ("put it in the drawer") ends the span
-    too: the block it puts down may be this one, brought where the fact says by it.
+    A fact says what is true from its frame on. Before it, it holds only where nothing the robot did could
+    have made it true: a block that is not there, the drawer's state (until a drawer subtask), a bowl; a
+    block's place, not (a block knocked off a tower by picking the block beneath is "on the table" now,
+    on the tower a moment before, and no subtask names it: benchmarks/fact_label_audit.py, 51 of the 59
+    false labels of a span walking back for block places too). Walking back, a subtask putting down what
+    the gripper holds ends it as well: the block it puts down may be the one the fact names.
     """
     if c.fact is None or not ep.steps or window <= 0:
         return [at]
@@ -113,7 +117,7 @@ def fact_span_steps(ep: EpisodeData, c: CorrectionRecord, at: int, window: int, 
     if fact.place in ("held", "moving") or (ep.steps[here].subtask and fact.ended_by(ep.steps[here].subtask)):
         return [at]
     span = [at]
-    for direction in (1, -1):
+    for direction in (1, -1) if fact.subject == DRAWER or fact.place in ("absent", NAMED) else (1,):
         position = here + direction
         while 0 <= position < len(ep.steps):
             step = ep.steps[position]
