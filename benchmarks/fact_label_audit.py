@@ -38,29 +38,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def replay_scenes(ep, suite: str, wanted: set[int]) -> tuple[dict[int, object], int | None]:
-    """{step: the simulator's Scene at that step's frame} for the kept steps in `wanted`, replaying the
-    episode's actions; and the first step whose recorded state the replay does not reproduce (None)."""
+def replay_facts(ep, suite: str, wanted: set[int]) -> tuple[dict[int, dict], int | None]:
+    """{step: the simulator's scene facts (agent/envs/scene_facts.py) at that step's frame} for the kept
+    steps in `wanted`, replaying the episode's actions; and the first step whose recorded state the replay
+    does not reproduce (None: every one)."""
     import numpy as np
 
     from agent.envs import make_env
     from agent.envs.scene_facts import scene_facts
-    from policies.scene_line import scene_from_facts
 
     env = make_env(suite=suite, image_size=16)
     obs, info = env.reset(seed=ep.start.seed, options={"family": ep.start.family} if ep.start.family else None)
-    scenes = {}
+    facts = {}
     try:
         for t, record in enumerate(ep.steps):
             # a step not kept (none in recorded runs) leaves no action to replay it with
             if record.step != t or np.abs(np.asarray(obs["state"]) - np.asarray(record.state)).max() > STATE_TOLERANCE:
-                return scenes, record.step
+                return facts, record.step
             if record.step in wanted:
-                scenes[record.step] = scene_from_facts(scene_facts(info["privileged"]), ep.start.task)
+                facts[record.step] = scene_facts(info["privileged"])
             obs, _, _, _, info = env.step(np.asarray(record.action, dtype=np.float32))
     finally:
         env.close()
-    return scenes, None
+    return facts, None
 
 
 def main(argv=None) -> int:
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     from agent.commands.output import table_console
     from agent.training.facts_finetune import fact_kind
-    from policies.scene_line import NAMED, Fact
+    from policies.scene_line import NAMED, Fact, scene_from_facts
     from policies.types import CorrectionKind
     from sessions.export.common import fact_frame_step, fact_span_steps
     from sessions.reader import SessionError, find_sessions, read_session
@@ -93,7 +93,8 @@ def main(argv=None) -> int:
                 at = fact_frame_step(ep, c)
                 spans.append((Fact.from_dict(c.fact.model_dump()), at, fact_span_steps(ep, c, at, args.span,
                                                                                          args.stride)))
-            scenes, drift = replay_scenes(ep, args.suite, {s for _, _, span in spans for s in span})
+            truth, drift = replay_facts(ep, args.suite, {s for _, _, span in spans for s in span})
+            scenes = {step: scene_from_facts(facts, ep.start.task) for step, facts in truth.items()}
             drifted += drift is not None
             for fact, at, span in spans:
                 if fact.place == NAMED:  # a bowl named: no place a scene line holds to check it against

@@ -56,8 +56,17 @@ RESULTS = ROOT / "benchmarks" / "results" / "facts_round.json"
 # planner frames mixed into the full round's fine-tune: the four sets policies/checkpoints/grounded/MODEL_CARD.md
 # records after the push fix (step 6d), labelled as the held-out frames are (runs/grounded_frames_heldout_v2,
 # re-recorded after it). The read-out learned from runs/grounded_frames and runs/grounded_frames_vla, recorded
-# before it: a block pushed by closed jaws is labelled held there and on the table in the held-out frames
-BASE_DATA = ("grounded_frames_v2", "grounded_frames_coached_v2", "grounded_frames_push", "grounded_frames_swap_v2")
+# before it: a block pushed by closed jaws is labelled held there and on the table in the held-out frames.
+# The fifth, frames of episodes the shipped VLA executes recorded after the fix (session 13), keeps the states
+# the learned low level leaves in the mix: without it the fine-tune, facts or none, read held-out frames of
+# VLA-executed episodes 1.2-1.4 points worse (facts_round_v4_*_on_vla.json). Record it with
+#   hivla datagen --mode planner --low-level default --episodes 1000 --shard-episodes 50 --seed 220000 \
+#       --workers 2 --out runs/grounded_frames_vla_v2 --noise 0.004 --max-steps 500 --image-size 64
+BASE_DATA = ("grounded_frames_v2", "grounded_frames_coached_v2", "grounded_frames_push", "grounded_frames_swap_v2",
+             "grounded_frames_vla_v2")
+# held-out frames of VLA-executed episodes, seeds never trained on (--heldout runs/grounded_frames_heldout_vla):
+#   hivla datagen --mode planner --low-level default --episodes 300 --shard-episodes 50 --seed 970000 \
+#       --workers 2 --out runs/grounded_frames_heldout_vla --noise 0.004 --max-steps 500 --image-size 64
 HELDOUT = "grounded_frames_heldout_v2"
 FACT_SHARE = 0.25  # the round's default; its files keep their plain names (a round's workdir from before arms)
 N_FAMILIES = 9  # the base suite's

@@ -527,3 +527,29 @@ def test_the_label_audit_replays_a_session_and_finds_each_fact_true_on_its_own_f
     checked = result["all"]["own"]["frames"] + result["bowl_facts_unchecked"]
     assert checked == len(coached["said"]) and result["all"]["own"]["true"] == 1.0
     assert "fact labels against the simulator" in capsys.readouterr().out
+
+
+def test_closed_loop_reading_compares_checkpoints_on_the_frames_a_robot_planned_from(grounded, coached, tmp_path):
+    """benchmarks/closed_loop_reading.py: every plan's frame and every fact's frame of recorded runs, read by
+    each checkpoint against the replayed simulator; a second call reads the truth from its cache."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "closed_loop_reading.py"
+    spec = importlib.util.spec_from_file_location("closed_loop_reading", path)
+    reading = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reading)
+    out, cache = tmp_path / "reading.json", tmp_path / "truth.json"
+    argv = [str(coached["sessions"]), "--checkpoint", f"tiny={grounded}", "--threads", "1", "--truth-cache", str(cache),
+            "--json", str(out)]
+    assert reading.main(argv) == 0
+    first = json.loads(out.read_text())
+    tiny = first["checkpoints"]["tiny"]
+    plans = sum(1 for ep in read_session(next(coached["sessions"].iterdir())).episodes for p in ep.plans
+                if p.plan.thought and p.plan.thought.startswith("I see:"))
+    assert first["episodes_drifted"] == 0 and 1 <= tiny["plan_frames"]["n"] <= plans
+    assert tiny["facts_read_as_stated"]["n"] == len(coached["said"])
+    # the coach spoke because this planner's line was wrong on those frames: none reads them as the truth
+    assert tiny["fact_frames"]["lines_right"] == 0.0 and tiny["facts_read_as_stated"]["share"] == 0.0
+    assert cache.is_file()
+    assert reading.main(argv) == 0 and json.loads(out.read_text())["checkpoints"] == first["checkpoints"]

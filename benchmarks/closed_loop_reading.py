@@ -1,0 +1,195 @@
+"""How grounded planners' read-outs read the frames a robot planned from in recorded closed-loop runs (issue
+33), against the simulator, side by side: scene lines wholly right on every plan's frame, and on the
+frames whose reading a fact corrected, with the share of those facts read as stated.
+
+Held-out planner frames (`hivla datagen --mode planner`) are the oracle's episodes; the facts people say
+come from the robot's own runs, where the learned planner and low level leave other states. This reads
+those: sessions of `hivla run` (any coach), each episode replayed from its seed with its recorded
+actions for the simulator's truth (benchmarks/fact_label_audit.py replay_facts), every checkpoint reading
+the same recorded frames.
+
+    hivla run --high-level pi05:policies/checkpoints/grounded --suite base --episodes 34 --seed 640000 \\
+        --coach facts --out runs/facts_heldout_640000/sessions --workers 2 --quiet
+    python benchmarks/closed_loop_reading.py runs/facts_heldout_640000/sessions \\
+        --checkpoint base=policies/checkpoints/grounded facts=runs/facts_round_v5/facts_ckpt_... control=...
+
+Prints one table and writes benchmarks/results/closed_loop_reading.json (or --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.fact_label_audit import replay_facts  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "closed_loop_reading.json"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("sessions", nargs="+", type=Path, help="session directories of `hivla run` (or folders of them)")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="NAME=DIR",
+                   help="grounded checkpoints to compare, each NAME=DIR (or DIR: named by its folder)")
+    p.add_argument("--suite", default="base", help="the suite the sessions were run on")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--truth-cache", type=Path, default=None,
+                   help="a JSON file keeping the replays' truth (written the first time, read after): replaying "
+                        "is most of the time, and the truth of recorded sessions does not change")
+    p.add_argument("--json", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    named = {}
+    for spec in args.checkpoint:
+        name, _, path = spec.rpartition("=")
+        path = Path(path)
+        if not (path / "model.safetensors").is_file():
+            p.error(f"--checkpoint {spec}: no model.safetensors in {path}")
+        named[name or path.name] = path
+    args.checkpoint = named
+    return args
+
+
+def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = None) -> dict:
+    """Every plan's frame and every fact's frame of the sessions, with the simulator's truth there (from
+    `cache` where it holds the episode: {session/episode: [first drifted step or None, {step: facts}]})."""
+    from policies.scene_line import Fact
+    from policies.types import CorrectionKind
+    from sessions.export.common import fact_frame_step
+    from sessions.reader import SessionError, find_sessions, read_session
+
+    frames = {"images": [], "tasks": [], "truth": [], "is_plan": [], "facts": []}  # facts: [(frame row, Fact)]
+    kept = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    fresh = False
+    episodes = drifted = 0
+    for found in find_sessions(paths):
+        try:
+            session = read_session(found)
+        except SessionError as err:
+            log(f"skipping {found}: {err}")
+            continue
+        for ep in session.episodes:
+            if not ep.steps:
+                continue
+            plans = {p.asked_step if p.asked_step is not None else p.step for p in ep.plans
+                     if p.plan.thought and p.plan.thought.startswith("I see:")}
+            said = [(fact_frame_step(ep, c), Fact.from_dict(c.fact.model_dump())) for c in ep.active_corrections
+                    if c.kind is CorrectionKind.FACT and c.fact is not None]
+            key, wanted = f"{session.header.session_id}/{ep.episode}", plans | {at for at, _ in said}
+            if key in kept:  # a recorded episode's frames and truth do not change
+                drift, truth = kept[key][0], {int(s): f for s, f in kept[key][1].items()}
+            else:
+                truth, drift = replay_facts(ep, suite, wanted)
+                kept[key], fresh = [drift, {str(s): f for s, f in truth.items()}], True
+            episodes += 1
+            drifted += drift is not None
+            rows = {}
+            for step in sorted(truth):
+                rows[step] = len(frames["tasks"])
+                position = ep.position_of_step(step)
+                frames["images"].append({cam: ep.frame(cam, position) for cam in ep.cameras})
+                frames["tasks"].append(ep.start.task)
+                frames["truth"].append(truth[step])
+                frames["is_plan"].append(step in plans)
+            frames["facts"] += [(rows[at], fact) for at, fact in said if at in rows]
+    if cache is not None and fresh:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(kept))
+    frames.update(episodes=episodes, drifted=drifted)
+    return frames
+
+
+def read(path: Path, frames: dict, threads: int) -> dict:
+    """One checkpoint's reading of the frames: lines right (exactly, and as a set of phrases: the order of
+    blocks sharing an x, a stack or a bowl, aside), on plan frames and on fact frames; facts read as stated."""
+    import numpy as np
+    import torch
+
+    from agent.training.facts_finetune import labels_from_fact, read_as_stated, _label_tensors
+    from policies.pi05.objects import read_scenes
+    from policies.pi05.policy import load_checkpoint
+    from policies.pi05.processor import stack_cameras
+    from policies.scene_line import format_scene, scene_from_facts
+
+    torch.set_num_threads(threads)
+    model, _ = load_checkpoint(path)
+    readout, cfg = model.vision.eval(), model.cfg
+    images = torch.from_numpy(np.stack([stack_cameras(f, cfg.cameras, cfg.image_size) for f in frames["images"]]))
+    outs = []
+    with torch.no_grad():
+        for chunk in images.split(128):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs.append({k: v.float() for k, v in readout.heads(readout.features(chunk)).items()})
+    out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    exact, as_set = [], []
+    for scene, truth, task in zip(read_scenes(out, frames["tasks"]), frames["truth"], frames["tasks"]):
+        true = scene_from_facts(truth, task, bowls=readout.reads_bowls)
+        exact.append(format_scene(scene) == format_scene(true))
+        as_set.append(sorted(b.phrase() for b in scene.blocks) == sorted(b.phrase() for b in true.blocks)
+                      and scene.bowls == true.bowls and scene.drawer_open == true.drawer_open)
+    fact_rows = [row for row, _ in frames["facts"]]
+    stated = []
+    if fact_rows:
+        labels = _label_tensors([labels_from_fact(f) for _, f in frames["facts"]])
+        stated = read_as_stated({k: v[fact_rows] for k, v in out.items()}, labels).tolist()
+
+    def share(flags, rows):
+        picked = [flags[i] for i in rows]
+        return None if not picked else sum(picked) / len(picked)
+
+    plan_rows = [i for i, is_plan in enumerate(frames["is_plan"]) if is_plan]
+    fact_frames = sorted(set(fact_rows))
+    return {"plan_frames": {"n": len(plan_rows), "lines_right": share(exact, plan_rows),
+                            "lines_right_any_order": share(as_set, plan_rows)},
+            "fact_frames": {"n": len(fact_frames), "lines_right": share(exact, fact_frames),
+                            "lines_right_any_order": share(as_set, fact_frames)},
+            "facts_read_as_stated": {"n": len(stated), "share": None if not stated else sum(stated) / len(stated)}}
+
+
+def main(argv=None) -> int:
+    from rich.table import Table
+
+    from agent.commands.output import table_console
+
+    args = parse_args(argv)
+    console = table_console()
+    started = time.perf_counter()
+    frames = recorded_frames(args.sessions, args.suite, console.print, args.truth_cache)
+    if not frames["tasks"]:
+        raise SystemExit(f"{' '.join(map(str, args.sessions))}: no plan frame in these sessions; record some with "
+                         f"`hivla run --high-level pi05:policies/checkpoints/grounded --out DIR`")
+    results = {name: read(path, frames, args.threads) for name, path in args.checkpoint.items()}
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    t = Table(title=f"closed-loop reading: {frames['episodes']} episodes replayed ({frames['drifted']} drifted, read up "
+                    f"to the drift)")
+    for col in ("checkpoint", "plan frames", "lines right", "any order", "fact frames", "lines right ",
+                "any order ", "facts read as stated"):
+        t.add_column(col, justify="left" if col == "checkpoint" else "right")
+    for name, r in results.items():
+        t.add_row(name, str(r["plan_frames"]["n"]), pct(r["plan_frames"]["lines_right"]),
+                  pct(r["plan_frames"]["lines_right_any_order"]), str(r["fact_frames"]["n"]),
+                  pct(r["fact_frames"]["lines_right"]), pct(r["fact_frames"]["lines_right_any_order"]),
+                  f"{pct(r['facts_read_as_stated']['share'])} of {r['facts_read_as_stated']['n']}")
+    console.print(t)
+    result = {"config": {"sessions": [str(p) for p in args.sessions], "suite": args.suite,
+                         "checkpoints": {k: str(v) for k, v in args.checkpoint.items()}},
+              "episodes": frames["episodes"], "episodes_drifted": frames["drifted"], "checkpoints": results,
+              "wall_time_s": time.perf_counter() - started}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
