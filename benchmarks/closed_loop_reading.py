@@ -65,7 +65,8 @@ def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = Non
     from sessions.export.common import fact_frame_step
     from sessions.reader import SessionError, find_sessions, read_session
 
-    frames = {"images": [], "tasks": [], "truth": [], "is_plan": [], "facts": []}  # facts: [(frame row, Fact)]
+    frames = {"images": [], "tasks": [], "truth": [], "is_plan": [], "facts": [],  # facts: [(frame row, Fact)]
+              "episode": [], "family": [], "state": []}
     kept = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     fresh = False
     episodes = drifted = 0
@@ -98,6 +99,9 @@ def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = Non
                 frames["tasks"].append(ep.start.task)
                 frames["truth"].append(truth[step])
                 frames["is_plan"].append(step in plans)
+                frames["episode"].append(key)
+                frames["family"].append(ep.start.family)
+                frames["state"].append(ep.steps[position].state)
             frames["facts"] += [(rows[at], fact) for at, fact in said if at in rows]
     if cache is not None and fresh:
         cache.parent.mkdir(parents=True, exist_ok=True)

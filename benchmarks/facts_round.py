@@ -104,6 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "arms differing only here measure the fine-tune's own noise")
     p.add_argument("--fact-weight", type=float, default=1.0,
                    help="weight of the fact rows' loss against the planner frames' (1: equal terms)")
+    p.add_argument("--labelled-frames", nargs="+", default=None,
+                   help="planner frames with every label known, drawn into the fact share (the ceiling arm: "
+                        "benchmarks/closed_loop_frames.py on this round's own sessions)")
     p.add_argument("--fact-unsaid", default="ignore", choices=["ignore", "base"],
                    help="a fact row's other objects: unlabelled, or the base read-out's reading")
     p.add_argument("--frames", type=int, default=None, help="offline_eval plan frames (default 1000; tiny 40)")
@@ -140,7 +143,8 @@ def arm(args) -> str:
     unsaid = "" if args.fact_unsaid == "ignore" else f"_unsaid{args.fact_unsaid}"
     weight = "" if args.fact_weight == 1.0 else f"_w{args.fact_weight:g}"
     seed = f"_seed{args.finetune_seed}" if args.finetune_seed else ""
-    return share + scope + lr + span + unsaid + weight + seed
+    labelled = "_labelled" if args.labelled_frames else ""
+    return share + scope + lr + span + unsaid + weight + seed + labelled
 
 
 def default_lr(args) -> float:
@@ -201,7 +205,8 @@ def finetune(stages: TimedStages, args, base: Path, data: Path, base_data: list[
         stages.hivla("c_finetune", "finetune", "--base", base, "--data", source, "--readout-facts", "--base-data",
                      *base_data, "--out", out, "--steps", args.finetune_steps, "--fact-share", args.fact_share,
                      "--lr", args.lr, "--readout-scope", args.scope, "--fact-span", args.fact_span,
-                     "--fact-unsaid", args.fact_unsaid, "--fact-weight", args.fact_weight, "--seed", args.finetune_seed, "--threads", args.threads, "--resume")
+                     "--fact-unsaid", args.fact_unsaid, "--fact-weight", args.fact_weight, "--seed", args.finetune_seed,
+                     *(["--labelled-frames", *args.labelled_frames] if args.labelled_frames else []), "--threads", args.threads, "--resume")
     return out, json.loads(summary.read_text())
 
 

@@ -508,6 +508,14 @@ def test_a_fact_span_comes_from_the_sessions_and_an_export_says_it_keeps_one_fra
                     "--fact-span", "8", "--fact-unsaid", "base") == 0
     info = json.loads((out / "checkpoint_info.json").read_text())["readout_facts"]
     assert info["span"] == 8 and info["unsaid"] == "base" and info["facts"]["train_frames"] > info["facts"]["train"]
+    # planner frames with every label known join the fact rows (the ceiling arm of a facts round)
+    ceiling = tmp_path / "ceiling"
+    assert finetune(grounded, coached["sessions"], frames, ceiling, "--steps", "2", "--batch-size", "8",
+                    "--labelled-frames", str(frames)) == 0
+    info_ceiling = json.loads((ceiling / "checkpoint_info.json").read_text())["readout_facts"]
+    n_frames = sum(len(pf.read_shard(stem)[0]) for stem in pf.shards(frames))
+    assert info_ceiling["labelled_frames"] == [str(frames)]
+    assert info_ceiling["facts"]["train_frames"] == info_ceiling["facts"]["train"] + n_frames
 
 
 def test_the_label_audit_replays_a_session_and_finds_each_fact_true_on_its_own_frame(coached, tmp_path, capsys):
@@ -553,3 +561,24 @@ def test_closed_loop_reading_compares_checkpoints_on_the_frames_a_robot_planned_
     assert tiny["fact_frames"]["lines_right"] == 0.0 and tiny["facts_read_as_stated"]["share"] == 0.0
     assert cache.is_file()
     assert reading.main(argv) == 0 and json.loads(out.read_text())["checkpoints"] == first["checkpoints"]
+
+
+def test_closed_loop_frames_become_planner_frames_labelled_by_the_simulator(grounded, coached, tmp_path):
+    """benchmarks/closed_loop_frames.py: the plan frames of recorded runs, written as planner frames a
+    read-out fine-tune reads, each labelled with the replayed simulator's scene."""
+    import importlib.util
+    from pathlib import Path
+
+    from agent.training.facts_finetune import load_base_frames
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "closed_loop_frames.py"
+    spec = importlib.util.spec_from_file_location("closed_loop_frames", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "frames"
+    assert module.main([str(coached["sessions"]), "--out", str(out), "--image-size", "32"]) == 0
+    frames = load_base_frames([str(out)], 32, 10_000, 0, log=lambda *_: None)
+    plans = [p for ep in read_session(next(coached["sessions"].iterdir())).episodes for p in ep.plans
+             if p.plan.thought and p.plan.thought.startswith("I see:")]
+    assert 1 <= len(frames.tasks) <= len(plans) and frames.images.shape[1:] == (2, 32, 32, 3)
+    assert all(f["blocks"] for f in frames.facts)  # the simulator's scene, every block of it

@@ -54,8 +54,8 @@ PI05_ONLY = {"base_data": None, "correction_share": 0.1, "lora": False, "anchor_
 # ... and the hf: fine-tune's own.
 HF_ONLY = {"lora_alpha": None, "lora_targets": "all-linear", "merge": False, "eval_samples": 32}
 # --readout-facts's own options, with their defaults: refused without it when changed
-FACTS_ONLY = {"fact_share": 0.25, "readout_scope": "heads", "fact_span": 0, "fact_span_stride": 3, "fact_weight": 1.0,
-              "fact_unsaid": "ignore"}
+FACTS_ONLY = {"fact_share": 0.25, "readout_scope": "heads", "fact_span": 0, "fact_span_stride": 3,
+              "fact_weight": 1.0, "labelled_frames": None, "fact_unsaid": "ignore"}
 # the pi05 plan fine-tune's options that --readout-facts does not read (it trains no plan)
 PLANS_ONLY = {"correction_share": 0.1, "lora": False, "lora_rank": 16, "anchor_weight": 1.0, "approved_plans": True,
               "with_corrections": 0.5, "base_stride": 5}
@@ -150,6 +150,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     facts.add_argument("--fact-weight", type=float, default=1.0,
                        help="--readout-facts: weight of the fact rows' mean loss against the planner frames' (1: "
                             "the two terms equal, whatever the share)")
+    facts.add_argument("--labelled-frames", nargs="+", default=None,
+                       help="--readout-facts: planner frames with every label known, drawn into the fact rows' "
+                            "share (a ceiling to compare facts with: benchmarks/closed_loop_frames.py)")
     facts.add_argument("--fact-span-stride", type=int, default=3, help="--readout-facts: every Nth step of the span")
     facts.add_argument("--fact-unsaid", choices=["ignore", "base"], default="ignore",
                        help="--readout-facts: what a fact row's other objects are labelled: ignore (no loss) or "
@@ -213,8 +216,8 @@ def main_facts(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, base_data=args.base_data, fact_share=args.fact_share,
         scope=args.readout_scope, held_out_fraction=args.held_out_fraction, max_base_frames=args.max_base_samples,
         span=args.fact_span, span_stride=args.fact_span_stride, unsaid=args.fact_unsaid,
-        fact_weight=args.fact_weight, resume=args.resume, device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed,
-        save_every_s=args.save_every, **schedule,
+        fact_weight=args.fact_weight, labelled_frames=args.labelled_frames, resume=args.resume, device=args.device,
+        dtype=args.dtype, threads=args.threads, seed=args.seed, save_every_s=args.save_every, **schedule,
     )
     return run_pi05(finetune_readout_on_facts, settings)
 

@@ -112,6 +112,9 @@ class FactsFinetuneSettings(RecipeSettings):
     span_stride: int = 3  # every Nth step of the span
     unsaid: str = "ignore"  # the labels a fact row leaves unsaid: "ignore" (no loss) or "base" (the base's reading)
     fact_weight: float = 1.0  # the fact rows' mean loss, weighted against the planner frames' (1: equal terms)
+    # planner frames whose every label is known, drawn into the fact rows' share: the ceiling a diagnostic
+    # compares facts with (benchmarks/closed_loop_frames.py: the plan frames of the coached episodes themselves)
+    labelled_frames: list[str] | None = None
     eval_base_frames: int = 1000
     progress: bool = True
 
@@ -732,6 +735,10 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     fact_images, fact_labels = fact_train.training_rows()
     if s.unsaid == "base":  # the base read-out's reading (before the resume below loads the trained one)
         fact_labels = with_base_reading(readout, fact_images, fact_labels, s.dtype, device)
+    if s.labelled_frames:
+        full = load_base_frames(s.labelled_frames, cfg.image_size, s.max_base_frames, s.seed, say)
+        fact_images = torch.cat([fact_images, full.images])
+        fact_labels = {k: torch.cat([v, full.labels[k]]) for k, v in fact_labels.items()}
     if loop.resuming:  # after the facts are chosen: the base read-out chose them, on a resume too
         load_state_dict_checked(model, out / "model.safetensors")
     base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
@@ -811,6 +818,7 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                                    "steps": s.steps, "lr": s.lr, "batch_size": s.batch_size,
                                    "fact_share": s.fact_share, "control": control, "span": s.span,
                                    "span_stride": s.span_stride, "unsaid": s.unsaid, "fact_weight": s.fact_weight,
+                                   "labelled_frames": s.labelled_frames,
                                    "facts_data": [str(p) for p in s.data],
                                    "base_data": base_frame_dirs(s), "facts": st.get("facts"),
                                    "base_frames": st.get("base_frames"),
