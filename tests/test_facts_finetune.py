@@ -576,9 +576,17 @@ def test_closed_loop_frames_become_planner_frames_labelled_by_the_simulator(grou
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "frames"
-    assert module.main([str(coached["sessions"]), "--out", str(out), "--image-size", "32"]) == 0
-    frames = load_base_frames([str(out)], 32, 10_000, 0, log=lambda *_: None)
+    assert module.main([str(coached["sessions"]), "--out", str(out), "--image-size", "16"]) == 0
+    frames = load_base_frames([str(out)], 16, 10_000, 0, log=lambda *_: None)
     plans = [p for ep in read_session(next(coached["sessions"].iterdir())).episodes for p in ep.plans
              if p.plan.thought and p.plan.thought.startswith("I see:")]
-    assert 1 <= len(frames.tasks) <= len(plans) and frames.images.shape[1:] == (2, 32, 32, 3)
-    assert all(f["blocks"] for f in frames.facts)  # the simulator's scene, every block of it
+    assert 1 <= len(frames.tasks) <= len(plans) and frames.images.shape[1:] == (2, 16, 16, 3)
+    # the images are the recorded frames (32 px) resized as the planner reads them, pixel for pixel (a
+    # resized image once reached the file as a permuted view, scrambled), each row with the simulator's scene at its step
+    from policies.pi05.processor import stack_cameras
+
+    recorded = module.recorded_frames([coached["sessions"]], "base", lambda *_: None)
+    first = recorded["is_plan"].index(True)
+    assert torch.equal(frames.images[0], torch.from_numpy(stack_cameras(recorded["images"][first], ["front", "wrist"],
+                                                                        16)))
+    assert frames.facts[0] == recorded["truth"][first]

@@ -320,7 +320,8 @@ def resize_images(imgs: np.ndarray, size: int) -> np.ndarray:
         y = F.adaptive_avg_pool2d(x, size)
     else:
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).numpy()
+    # C order: a permuted view would reach writers that dump the raw buffer (safetensors) scrambled
+    return y.permute(0, 2, 3, 1).round().clamp(0, 255).to(torch.uint8).contiguous().numpy()
 
 
 def pad_to(ids: list[int], length: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
