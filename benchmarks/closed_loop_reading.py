@@ -63,19 +63,14 @@ def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = Non
     from policies.scene_line import Fact
     from policies.types import CorrectionKind
     from sessions.export.common import fact_frame_step
-    from sessions.reader import SessionError, find_sessions, read_session
+    from sessions.reader import iter_sessions
 
     frames = {"images": [], "tasks": [], "truth": [], "is_plan": [], "facts": [],  # facts: [(frame row, Fact)]
               "episode": [], "family": [], "state": []}
     kept = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
     fresh = False
     episodes = drifted = 0
-    for found in find_sessions(paths):
-        try:
-            session = read_session(found)
-        except SessionError as err:
-            log(f"skipping {found}: {err}")
-            continue
+    for session in iter_sessions(paths, on_error=lambda path, err: log(f"skipping {path}: {err}")):
         for ep in session.episodes:
             if not ep.steps:
                 continue
@@ -125,7 +120,12 @@ def read(path: Path, frames: dict, threads: int) -> dict:
     torch.set_num_threads(threads)
     model, _ = load_checkpoint(path)
     readout, cfg = model.vision.eval(), model.cfg
-    images = torch.from_numpy(np.stack([stack_cameras(f, cfg.cameras, cfg.image_size) for f in frames["images"]]))
+    stacked = frames.setdefault("stacked", {})  # checkpoints of one config read the same resized frames
+    key = (tuple(cfg.cameras), cfg.image_size)
+    if key not in stacked:
+        stacked[key] = torch.from_numpy(np.stack([stack_cameras(f, cfg.cameras, cfg.image_size)
+                                                  for f in frames["images"]]))
+    images = stacked[key]
     outs = []
     with torch.no_grad():
         for chunk in images.split(128):

@@ -71,18 +71,13 @@ def main(argv=None) -> int:
     from policies.scene_line import NAMED, Fact, scene_from_facts
     from policies.types import CorrectionKind
     from sessions.export.common import fact_frame_step, fact_span_steps
-    from sessions.reader import SessionError, find_sessions, read_session
+    from sessions.reader import iter_sessions
 
     args = parse_args(argv)
     console = table_console()
     tally: dict[str, dict[str, list[int]]] = {}
     drifted, episodes, unchecked = 0, 0, 0
-    for found in find_sessions(args.sessions):
-        try:
-            session = read_session(found)
-        except SessionError as err:
-            console.print(f"skipping {found}: {err}")
-            continue
+    for session in iter_sessions(args.sessions, on_error=lambda path, err: console.print(f"skipping {path}: {err}")):
         for ep in session.episodes:
             said = [c for c in ep.active_corrections if c.kind is CorrectionKind.FACT and c.fact is not None]
             if not said or not ep.steps:
