@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -105,6 +106,45 @@ def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = Non
     return frames
 
 
+def plans_before(frames: dict) -> "torch.Tensor":
+    """For each frame, the row of its episode's last plan frame before it (-1: none): where a planner that
+    carries a belief formed it. Rows come in step order within an episode."""
+    import torch
+
+    previous, last = [], {}
+    for row, (episode, is_plan) in enumerate(zip(frames["episode"], frames["is_plan"])):
+        previous.append(last.get(episode, -1))
+        if is_plan:
+            last[episode] = row
+    return torch.tensor(previous, dtype=torch.long)
+
+
+def misreadings(scene, true) -> list[str]:
+    """What a read scene gets wrong against the true one, one short kind per wrong object ("held read as
+    table", "table: side", "missed: bowl", "phantom: table", "drawer"); the bowls read, and a line right
+    but for the order of its blocks, count as one kind each."""
+    from policies.scene_line import DRAWER, contradictions, format_scene
+
+    kinds = []
+    for fact in contradictions(scene, true):
+        believed = None if fact.subject == DRAWER else scene.block(fact.subject)
+        if fact.subject == DRAWER:
+            kinds.append("drawer")
+        elif fact.place == "absent":
+            kinds.append(f"phantom: {believed.place}")
+        elif believed is None:
+            kinds.append(f"missed: {fact.place}")
+        elif believed.place == fact.place:
+            kinds.append(f"{fact.place}: {'side' if fact.place == 'table' else 'where'}")
+        else:
+            kinds.append(f"{fact.place} read as {believed.place}")
+    if scene.bowls != true.bowls:
+        kinds.append("bowls")
+    if not kinds and format_scene(scene) != format_scene(true):
+        kinds.append("order of blocks only")
+    return kinds
+
+
 def read(path: Path, frames: dict, threads: int) -> dict:
     """One checkpoint's reading of the frames: lines right (exactly, and as a set of phrases: the order of
     blocks sharing an x, a stack or a bowl, aside), on plan frames and on fact frames; facts read as stated."""
@@ -113,29 +153,32 @@ def read(path: Path, frames: dict, threads: int) -> dict:
 
     from agent.training.facts_finetune import labels_from_fact, read_as_stated, _label_tensors
     from policies.pi05.objects import read_scenes
-    from policies.pi05.policy import load_checkpoint
+    from agent.training.readout_trainer import load_readout, read_in_order
+    from policies.pi05.configuration import Pi05Config
     from policies.pi05.processor import stack_cameras
-    from policies.scene_line import format_scene, scene_from_facts
+    from policies.scene_line import contradictions, format_scene, scene_from_facts
 
     torch.set_num_threads(threads)
-    model, _ = load_checkpoint(path)
-    readout, cfg = model.vision.eval(), model.cfg
+    readout = load_readout(path)
+    cfg = Pi05Config.load(path / "config.json")
     stacked = frames.setdefault("stacked", {})  # checkpoints of one config read the same resized frames
     key = (tuple(cfg.cameras), cfg.image_size)
     if key not in stacked:
         stacked[key] = torch.from_numpy(np.stack([stack_cameras(f, cfg.cameras, cfg.image_size)
                                                   for f in frames["images"]]))
-    images = stacked[key]
-    outs = []
-    with torch.no_grad():
-        for chunk in images.split(128):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                outs.append({k: v.float() for k, v in readout.heads(readout.features(chunk)).items()})
-    out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+    # a read-out with a belief reads each frame with what it read at its episode's plan before (as it ran)
+    out = read_in_order(readout, stacked[key], plans_before(frames), "bf16", torch.device("cpu"))
     exact, as_set = [], []
-    for scene, truth, task in zip(read_scenes(out, frames["tasks"]), frames["truth"], frames["tasks"]):
+    misread, by_true_place = Counter(), {}  # on plan frames: kinds of misreading; each true block's place read right
+    for scene, truth, task, is_plan in zip(read_scenes(out, frames["tasks"]), frames["truth"], frames["tasks"],
+                                           frames["is_plan"]):
         true = scene_from_facts(truth, task, bowls=readout.reads_bowls)
         exact.append(format_scene(scene) == format_scene(true))
+        if is_plan:
+            misread.update(misreadings(scene, true))
+            wrong = {f.subject for f in contradictions(scene, true)}
+            for block in true.blocks:
+                by_true_place.setdefault(block.place, []).append(block.name not in wrong)
         as_set.append(sorted(b.phrase() for b in scene.blocks) == sorted(b.phrase() for b in true.blocks)
                       and scene.bowls == true.bowls and scene.drawer_open == true.drawer_open)
     fact_rows = [row for row, _ in frames["facts"]]
@@ -152,6 +195,9 @@ def read(path: Path, frames: dict, threads: int) -> dict:
     fact_frames = sorted(set(fact_rows))
     return {"plan_frames": {"n": len(plan_rows), "lines_right": share(exact, plan_rows),
                             "lines_right_any_order": share(as_set, plan_rows)},
+            "plan_frames_misread": dict(misread.most_common()),
+            "plan_frames_blocks_right_by_true_place": {place: {"n": len(v), "right": sum(v) / len(v)}
+                                                       for place, v in sorted(by_true_place.items())},
             "fact_frames": {"n": len(fact_frames), "lines_right": share(exact, fact_frames),
                             "lines_right_any_order": share(as_set, fact_frames)},
             "facts_read_as_stated": {"n": len(stated), "share": None if not stated else sum(stated) / len(stated)}}
@@ -184,6 +230,16 @@ def main(argv=None) -> int:
                   pct(r["plan_frames"]["lines_right_any_order"]), str(r["fact_frames"]["n"]),
                   pct(r["fact_frames"]["lines_right"]), pct(r["fact_frames"]["lines_right_any_order"]),
                   f"{pct(r['facts_read_as_stated']['share'])} of {r['facts_read_as_stated']['n']}")
+    console.print(t)
+    kinds = sorted({k for r in results.values() for k in r["plan_frames_misread"]},
+                   key=lambda k: -sum(r["plan_frames_misread"].get(k, 0) for r in results.values()))
+    t = Table(title="what the plan frames' lines get wrong (objects misread, per 1,000 plan frames)")
+    t.add_column("misreading")
+    for name in results:
+        t.add_column(name, justify="right")
+    for kind in kinds:
+        t.add_row(kind, *(f"{1000 * r['plan_frames_misread'].get(kind, 0) / max(r['plan_frames']['n'], 1):.1f}"
+                          for r in results.values()))
     console.print(t)
     result = {"config": {"sessions": [str(p) for p in args.sessions], "suite": args.suite,
                          "checkpoints": {k: str(v) for k, v in args.checkpoint.items()}},

@@ -71,11 +71,12 @@ from torch import Tensor, nn
 
 from agent.training.corrections import CorrectionDataError, coaching_data_kind, is_held_out
 from agent.training.loop import Recipe, RecipeSettings, TrainingLoop
-from agent.training.readout_trainer import LABELS, FrameSet, evaluate_readout
+from agent.training.readout_trainer import (BELIEF_READ, BELIEF_UNKNOWN, LABELS, FrameSet, beliefs_for,
+                                           evaluate_readout, heads_in_order, read_in_order)
 from policies.checkpoint import CheckpointError
 from policies.pi05.objects import (
-    BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, labels_from_facts,
-    object_correct, read_scenes,
+    BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, belief_from_reading,
+    labels_from_facts, object_correct, read_scenes, unknown_belief,
 )
 from policies.scene_line import DRAWER, NAMED, PLACES, SIDES, Fact, format_scene, mentions_drawer, scene_from_facts
 
@@ -117,6 +118,13 @@ class FactsFinetuneSettings(RecipeSettings):
     labelled_frames: list[str] | None = None
     eval_base_frames: int = 1000
     progress: bool = True
+    # the read-out carries a belief from the episode's previous plan (Pi05Config.readout_belief; turned on
+    # here when the base lacks it, its new tensors gated shut): planner frames train with their frame
+    # before's truth or (belief_read) the base read-out's reading of it, none on belief_unknown of them;
+    # fact rows with none (a fact corrects what the frame shows)
+    belief: bool = False
+    belief_unknown: float = BELIEF_UNKNOWN
+    belief_read: float = BELIEF_READ
 
     def validate(self) -> None:
         if self.scope not in SCOPES:
@@ -137,6 +145,12 @@ class FactsFinetuneSettings(RecipeSettings):
                              f"{self.span_stride}")
         if not self.fact_weight > 0:
             raise ValueError(f"--fact-weight must be positive, got {self.fact_weight}")
+        if self.belief and self.scope != "readout":
+            raise ValueError("--readout-belief trains the read-out's queries to read a belief: pass --readout-scope "
+                             "readout (the heads alone cannot learn it)")
+        if not (0.0 <= self.belief_unknown <= 1.0 and 0.0 <= self.belief_read <= 1.0):
+            raise ValueError(f"the belief's shares must be in [0, 1], got unknown {self.belief_unknown}, "
+                             f"read {self.belief_read}")
         if self.unsaid not in UNSAID:
             raise ValueError(f"--fact-unsaid must be one of {', '.join(UNSAID)}, got {self.unsaid!r}")
         if self.dtype not in ("fp32", "bf16"):
@@ -449,6 +463,7 @@ def load_base_frames(paths: list[str], image_size: int, max_frames: int, seed: i
                                   f"`hivla datagen --mode planner`")
     order = torch.randperm(len(stems), generator=torch.Generator().manual_seed(seed)).tolist()
     images, label_rows, episodes, tasks, facts, families, ep_keys = [], [], [], [], [], [], {}
+    previous, last = [], {}
     for i in order:
         if len(tasks) >= max_frames:
             break
@@ -462,12 +477,14 @@ def load_base_frames(paths: list[str], image_size: int, max_frames: int, seed: i
         for row in rows:
             label_rows.append(labels_from_facts(row["facts"]))
             episodes.append(ep_keys.setdefault(f"{stems[i].parent.name}/{row['episode']}", len(ep_keys)))
+            previous.append(last.get(episodes[-1], -1))  # a shard keeps an episode's plans in order
+            last[episodes[-1]] = len(episodes) - 1
             tasks.append(row["context"]["task"])
             facts.append(row["facts"])
             families.append(row.get("family") or "?")
     log(f"planner frames: {len(tasks)} frames of {len(ep_keys)} episodes from {len(stems)} shards in {paths}")
     return FrameSet(torch.from_numpy(np.concatenate(images)), _label_tensors(label_rows), torch.tensor(episodes),
-                    tasks, facts, families)
+                    tasks, facts, families, torch.tensor(previous))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,7 +533,8 @@ class FactsObjective(nn.Module):
             p.requires_grad_(trained)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        features = batch["features"] if "features" in batch else self.readout.features(batch["images"])
+        belief = {k.removeprefix("belief_"): v for k, v in batch.items() if k.startswith("belief_")} or None
+        features = batch["features"] if "features" in batch else self.readout.features(batch["images"], belief)
         out = {k: v.float() for k, v in self.readout.heads(features).items()}
         is_fact = batch["is_fact"]
         parts = {}
@@ -622,21 +640,26 @@ def facts_read(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch
 
 @torch.no_grad()
 def reading_by_kind(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtype: str, device: torch.device,
-                    corrected: tuple[str, ...] = (), batch_size: int = 128) -> dict:
+                    corrected: tuple[str, ...] = (), batch_size: int = 128,
+                    heads: dict[str, Tensor] | None = None) -> dict:
     """evaluate_readout's numbers on the frames `idx` (objects right, lines right, per true place), and
     by what a fact can correct (fact_kind): per place kind, the share of its objects read right and of
     the frames holding one whose whole scene line is right (`absent`: names the scene does not hold,
     read absent); `drawer_state`: frames whose task names the drawer, its state read right. With
-    `corrected` (kinds): the same over the frames holding any of them ("corrected_kinds")."""
-    metrics = evaluate_readout(readout, frames, idx, dtype, device, batch_size)
+    `corrected` (kinds): the same over the frames holding any of them ("corrected_kinds"). `heads`: as
+    evaluate_readout takes them (a read-out with a belief, read through its episodes in order)."""
+    metrics = evaluate_readout(readout, frames, idx, dtype, device, batch_size, heads=heads)
     was = readout.training
     readout.eval()
     kinds = {k: {"objects": 0, "objects_right": 0, "frames": 0, "lines_right": 0}
              for k in (*PLACES, "drawer_state", "corrected_kinds")}
     for chunk in idx.split(batch_size):
         batch = frames.batch(chunk, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = {k: v.float() for k, v in readout.heads(readout.features(batch["images"])).items()}
+        if heads is not None:
+            out = {k: v[chunk].to(device) for k, v in heads.items()}
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                out = {k: v.float() for k, v in readout.heads(readout.features(batch["images"])).items()}
         ok = object_correct(out, batch)
         tasks = [frames.tasks[i] for i in chunk.tolist()]
         drawer_ok = (out["drawer"].argmax(-1) == batch["drawer"]).tolist()
@@ -679,6 +702,18 @@ def _tally(k: dict, objects: int, right: int, line_right: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def add_belief(model) -> None:
+    """Give a grounded planner's read-out a belief (Pi05Config.readout_belief): a new read-out with every
+    tensor of the old one and the belief's own gated shut, so it reads exactly as before until trained."""
+    import dataclasses
+
+    cfg = dataclasses.replace(model.cfg, readout_belief=True)
+    readout = ObjectReadout(cfg).to(next(model.vision.parameters()).device)
+    missing, unexpected = readout.load_state_dict(model.vision.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("belief_") for k in missing), (missing, unexpected)
+    model.vision, model.cfg = readout, cfg
+
+
 def _check_grounded(cfg, base: str) -> None:
     if cfg.vision_stem != "objects":
         raise CheckpointError(f"--readout-facts trains a grounded planner's object read-out; {base} has "
@@ -713,6 +748,10 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                               f"train it again (`hivla train --preset grounded`)") from err
     cfg = model.cfg
     _check_grounded(cfg, s.base)
+    if s.belief and not cfg.readout_belief:
+        add_belief(model)
+        cfg = model.cfg
+        say("read-out: a belief from the episode's previous plan added (its gate shut: it reads as the base)")
     model.to(device)
     readout: ObjectReadout = model.vision
 
@@ -739,9 +778,12 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
         full = load_base_frames(s.labelled_frames, cfg.image_size, s.max_base_frames, s.seed, say)
         fact_images = torch.cat([fact_images, full.images])
         fact_labels = {k: torch.cat([v, full.labels[k]]) for k, v in fact_labels.items()}
+    base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
+    read = None  # the base read-out's belief on every planner frame (before the resume below loads the trained one)
+    if cfg.readout_belief and s.belief_read > 0:
+        read = belief_from_reading(read_in_order(readout, base_frames.images, base_frames.previous, s.dtype, device))
     if loop.resuming:  # after the facts are chosen: the base read-out chose them, on a resume too
         load_state_dict_checked(model, out / "model.safetensors")
-    base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
     from agent.training.dataset import split_episodes
 
     base_train, base_held = split_episodes(base_frames.episode, s.base_held_out_fraction, s.seed)
@@ -749,10 +791,14 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     base_eval = base_held[torch.randperm(len(base_held), generator=g)[: s.eval_base_frames]]
 
     def evaluate() -> dict:
+        heads = None  # a read-out with a belief is scored carrying it through each held-out episode
+        if cfg.readout_belief and len(base_eval):
+            heads = heads_in_order(readout, base_frames, base_held, s.dtype, device)
         return {"facts_train": facts_read(readout, fact_train, s.dtype, device),
                 "facts_held_out": facts_read(readout, fact_held, s.dtype, device),
                 "base_reading": reading_by_kind(readout, base_frames, base_eval, s.dtype, device,
-                                                corrected=tuple(fact_train.kinds())) if len(base_eval) else None}
+                                                corrected=tuple(fact_train.kinds()), heads=heads)
+                if len(base_eval) else None}
 
     # -- the pools a batch draws from, on the device: cached features (heads) or the frames (readout)
     def pool(images: Tensor, labels: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -801,6 +847,11 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                 bi = torch.randint(0, len(base_train), (n_base,), generator=g).to(device)
                 parts.append({**{k: v[bi] for k, v in base_pool.items()},
                               "is_fact": torch.zeros(n_base, dtype=torch.bool, device=device)})
+                if cfg.readout_belief:
+                    belief = beliefs_for(base_frames, base_train[bi.cpu()], read, s.belief_unknown, s.belief_read, g)
+                    parts[-1].update({f"belief_{k}": v.to(device) for k, v in belief.items()})
+            if cfg.readout_belief and n_fact:  # a fact row carries no belief
+                parts[0].update({f"belief_{k}": v for k, v in unknown_belief(n_fact, device).items()})
             yield {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def after(step: int, final: bool) -> dict:
@@ -818,7 +869,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                                    "steps": s.steps, "lr": s.lr, "batch_size": s.batch_size,
                                    "fact_share": s.fact_share, "control": control, "span": s.span,
                                    "span_stride": s.span_stride, "unsaid": s.unsaid, "fact_weight": s.fact_weight,
-                                   "labelled_frames": s.labelled_frames,
+                                   "labelled_frames": s.labelled_frames, "belief": cfg.readout_belief,
+                                   "belief_unknown": s.belief_unknown, "belief_read": s.belief_read,
                                    "facts_data": [str(p) for p in s.data],
                                    "base_data": base_frame_dirs(s), "facts": st.get("facts"),
                                    "base_frames": st.get("base_frames"),

@@ -14,6 +14,7 @@ under the names a Pi05Model gives them (`vision.*`), so stage 2 (`hivla train --
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +27,16 @@ from torch import Tensor, nn
 from agent.training.loop import Logger, PresetSettings, Recipe, TrainingLoop
 from policies.checkpoint import warm_start
 from policies.pi05.configuration import Pi05Config, make_config
-from policies.pi05.objects import BOWL_NAMES, ObjectReadout, labels_from_facts, object_correct, read_scenes
+from policies.pi05.objects import (BOWL_NAMES, Belief, ObjectReadout, belief_from_labels, belief_from_reading,
+                                   labels_from_facts, object_correct, read_scenes, select_belief, unknown_belief)
 from policies.scene_line import PLACES, format_scene, scene_from_facts
 
 LABELS = ("place", "where", "side", "x", "bowls", "drawer")
+# a read-out with a belief (Pi05Config.readout_belief) trains without one on this share of frames (besides every
+# episode's first), and of the rest, with what the read-out it starts from read on the frame before on this
+# share (the mistakes it will carry on a robot), else with that frame's truth
+BELIEF_UNKNOWN = 0.15
+BELIEF_READ = 0.5
 READOUT_FILE = "model.safetensors"
 
 
@@ -48,6 +55,8 @@ class ReadoutSettings(PresetSettings):
     held_out_fraction: float = 0.05
     eval_frames: int = 1000
     init_from: str | None = None  # a read-out to start from (OUT of an earlier stage 1): its matching tensors
+    belief_unknown: float = BELIEF_UNKNOWN  # (a read-out with `readout_belief`: see BELIEF_UNKNOWN)
+    belief_read: float = BELIEF_READ
 
 
 @dataclass
@@ -60,6 +69,7 @@ class FrameSet:
     tasks: list[str]
     facts: list[dict]
     families: list[str]
+    previous: Tensor | None = None  # [N] the episode's frame before this one (-1: its first)
 
     def batch(self, idx: Tensor, device: torch.device) -> dict[str, Tensor]:
         out = {"images": self.images[idx]}
@@ -77,7 +87,7 @@ def load_frames(paths: list[str | Path], image_size: int, log=print) -> FrameSet
         raise ValueError(f"no planner-frame shards under {[str(p) for p in paths]}; "
                          "record some with `hivla datagen --mode planner`")
     images, cols = [], {k: [] for k in LABELS}
-    episodes, tasks, facts, families, keys = [], [], [], [], {}
+    episodes, tasks, facts, families, keys, previous, last = [], [], [], [], {}, [], {}
     for stem in stems:
         rows, imgs, _ = read_shard(stem)
         if imgs.shape[2] != image_size:
@@ -89,12 +99,15 @@ def load_frames(paths: list[str | Path], image_size: int, log=print) -> FrameSet
             for k in LABELS:
                 cols[k].append(labels[k])
             episodes.append(keys.setdefault(f"{stem.parent.name}/{row['episode']}", len(keys)))
+            previous.append(last.get(episodes[-1], -1))  # a shard keeps an episode's plans in order
+            last[episodes[-1]] = len(episodes) - 1
             tasks.append(row["context"]["task"])
             facts.append(row["facts"])
             families.append(row.get("family") or "?")
     labels = {k: torch.tensor(v, dtype=torch.float32 if k == "x" else torch.long) for k, v in cols.items()}
     log(f"read-out frames: {len(tasks)} frames of {len(keys)} episodes in {len(stems)} shards")
-    return FrameSet(torch.from_numpy(np.concatenate(images)), labels, torch.tensor(episodes), tasks, facts, families)
+    return FrameSet(torch.from_numpy(np.concatenate(images)), labels, torch.tensor(episodes), tasks, facts, families,
+                     torch.tensor(previous))
 
 
 class ReadoutObjective(nn.Module):
@@ -106,23 +119,94 @@ class ReadoutObjective(nn.Module):
         self.vision = ObjectReadout(cfg)  # named as in Pi05Model, so the saved tensors load into one
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        return self.vision.loss(self.vision.features(batch["images"]), batch)
+        belief = {k.removeprefix("belief_"): v for k, v in batch.items() if k.startswith("belief_")} or None
+        return self.vision.loss(self.vision.features(batch["images"], belief), batch)
+
+
+def read_in_order(readout: ObjectReadout, images: Tensor, previous: Tensor, dtype: str, device: torch.device,
+                  batch_size: int = 128) -> dict[str, Tensor]:
+    """The heads on every frame, each reading with the belief the read-out itself formed on its episode's
+    frame before (`previous`: an index into these frames, -1 for an episode's first), as it runs on a robot:
+    all first frames, then all second frames, and so on. A read-out without a belief reads each frame alone."""
+    depth = torch.zeros(len(previous), dtype=torch.long)
+    for i, p in enumerate(previous.tolist()):
+        if p >= 0:
+            depth[i] = depth[p] + 1  # an episode's frames come in order
+    out: dict[str, Tensor] = {}
+    was_training = readout.training
+    readout.eval()
+    with torch.no_grad():
+        for d in range(int(depth.max()) + 1 if len(depth) else 0):
+            rows = (depth == d).nonzero().squeeze(1)
+            for chunk in rows.split(batch_size):
+                belief = None
+                if readout.reads_belief and d > 0:
+                    belief = belief_from_reading({k: v[previous[chunk]] for k, v in out.items()})
+                    belief = {k: v.to(device) for k, v in belief.items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                    heads = readout.heads(readout.features(images[chunk].to(device), belief))
+                for k, v in heads.items():
+                    if k not in out:
+                        out[k] = torch.zeros(len(previous), *v.shape[1:])
+                    out[k][chunk] = v.float().cpu()
+    readout.train(was_training)
+    return out
+
+
+def heads_in_order(readout: ObjectReadout, frames: "FrameSet", rows: Tensor, dtype: str,
+                   device: torch.device) -> dict[str, Tensor]:
+    """read_in_order on the frames `rows` (whole episodes), as tensors over every frame of `frames`
+    (zeros on the others), to index as frames are."""
+    rows = rows.sort().values
+    local = torch.full((len(frames.tasks),), -1, dtype=torch.long)
+    local[rows] = torch.arange(len(rows))
+    prev = frames.previous[rows]
+    heads = read_in_order(readout, frames.images[rows], torch.where(prev >= 0, local[prev.clamp(min=0)], -1),
+                          dtype, device)
+    full = {}
+    for k, v in heads.items():
+        full[k] = torch.zeros(len(frames.tasks), *v.shape[1:])
+        full[k][rows] = v
+    return full
+
+
+def beliefs_for(frames: "FrameSet", idx: Tensor, read: Belief | None, unknown: float, from_read: float,
+                generator: torch.Generator) -> Belief:
+    """The belief each frame of `idx` trains with: from its episode's frame before, the truth there or (a
+    `from_read` share) `read`'s belief there; nothing for an episode's first frame and an `unknown` share."""
+    prev = frames.previous[idx]
+    n = len(idx)
+    belief = belief_from_labels({k: frames.labels[k][prev.clamp(min=0)] for k in ("place", "where", "side", "x",
+                                                                                  "drawer")})
+    if read is not None:
+        use_read = torch.rand(n, generator=generator) < from_read
+        for k, v in select_belief(read, prev.clamp(min=0)).items():
+            belief[k] = torch.where(use_read.view(-1, *[1] * (v.dim() - 1)), v, belief[k])
+    none = (prev < 0) | (torch.rand(n, generator=generator) < unknown)
+    for k, v in unknown_belief(n).items():
+        belief[k] = torch.where(none.view(-1, *[1] * (v.dim() - 1)), v, belief[k])
+    return belief
 
 
 @torch.no_grad()
 def evaluate_readout(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtype: str, device: torch.device,
-                     batch_size: int = 128) -> dict:
+                     batch_size: int = 128, heads: dict[str, Tensor] | None = None) -> dict:
     """On the frames `idx`: present objects placed right (place, and where / side where they apply),
     frames whose every block is right, scene lines written exactly right (order and drawer included),
-    objects right per true place, and (a read-out that reads bowls) bowls read right, there or not."""
+    objects right per true place, and (a read-out that reads bowls) bowls read right, there or not.
+    `heads`: the read-out's heads on every frame of `frames` already (read_in_order: a read-out with a
+    belief is scored on what it reads carrying its own belief)."""
     was_training = readout.training
     readout.eval()
     right_objects = present = lines_right = frames_right = bowls_right = 0
     per_place = {p: [0, 0] for p in PLACES[1:]}
     for chunk in idx.split(batch_size):
         batch = frames.batch(chunk, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = {k: v.float() for k, v in readout.heads(readout.features(batch["images"])).items()}
+        if heads is not None:
+            out = {k: v[chunk].to(device) for k, v in heads.items()}
+        else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                out = {k: v.float() for k, v in readout.heads(readout.features(batch["images"])).items()}
         ok = object_correct(out, batch)
         if "bowls" in out:
             bowls_right += int((out["bowls"].argmax(-1) == batch["bowls"]).sum())
@@ -176,6 +260,15 @@ def load_readout_into(model: nn.Module, path: str | Path) -> None:
                          f"unexpected {unexpected[:3]}); train it with the same --preset")
 
 
+def load_readout(path: str | Path) -> ObjectReadout:
+    """The object read-out alone, from a grounded planner's checkpoint or a stage-1 OUT (both keep its
+    tensors as `vision.*` beside config.json), in eval mode."""
+    cfg = Pi05Config.load(Path(path) / "config.json")
+    model = ReadoutObjective(cfg)
+    load_readout_into(model, path)
+    return model.vision.eval()
+
+
 def train_readout(s: ReadoutSettings) -> dict:
     from agent.training.dataset import split_episodes
 
@@ -183,8 +276,13 @@ def train_readout(s: ReadoutSettings) -> dict:
     log: Logger = loop.log
     out, device = loop.out, loop.device
     torch.manual_seed(s.seed)
-    cfg = (Pi05Config.load(out / "config.json") if loop.resuming and (out / "config.json").is_file()
-           else make_config(s.preset, **s.overrides))
+    init_config = Path(s.init_from or "") / "config.json"
+    if loop.resuming and (out / "config.json").is_file():
+        cfg = Pi05Config.load(out / "config.json")
+    elif s.init_from and init_config.is_file():  # the read-out it starts from, as it was configured, + --set
+        cfg = dataclasses.replace(Pi05Config.load(init_config), **s.overrides)
+    else:
+        cfg = make_config(s.preset, **s.overrides)
     if cfg.vision_stem != "objects":
         raise ValueError(f"--preset {s.preset} has vision_stem {cfg.vision_stem!r}; the read-out recipe needs 'objects'")
     frames = load_frames(s.data, cfg.image_size, log.echo)
@@ -200,8 +298,20 @@ def train_readout(s: ReadoutSettings) -> dict:
     log.echo(f"read-out: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
              f"{len(train_idx)} train / {len(held_idx)} held-out frames; {s.dtype} on {device}")
 
+    read = None
+    if cfg.readout_belief:
+        read = belief_from_reading(read_in_order(model.vision, frames.images, frames.previous, s.dtype, device))
+        log.echo(f"belief: none on {s.belief_unknown:.0%} of frames and every episode's first; else the frame "
+                 f"before's truth or ({s.belief_read:.0%}) this read-out's reading of it at the start")
+
     def batches(step: int) -> Iterator[dict]:
-        return (frames.batch(idx, device) for idx in loop.shuffled(train_idx, s.seed, step))
+        g_belief = torch.Generator().manual_seed(s.seed * 1_000_003 + step)
+        for idx in loop.shuffled(train_idx, s.seed, step):
+            batch = frames.batch(idx, device)
+            if cfg.readout_belief:
+                belief = beliefs_for(frames, idx, read, s.belief_unknown, s.belief_read, g_belief)
+                batch.update({f"belief_{k}": v.to(device) for k, v in belief.items()})
+            yield batch
 
     def save(state: dict) -> None:
         save_readout(out, model.vision, cfg, {"stage": "readout", "step": state["step"], "samples": state["samples"],
@@ -209,7 +319,10 @@ def train_readout(s: ReadoutSettings) -> dict:
                                               "last_eval": state["history"][-1] if state["history"] else None})
 
     def evaluate(step: int, final: bool) -> dict:
-        metrics = evaluate_readout(model.vision, frames, eval_idx, s.dtype, device)
+        heads = None
+        if cfg.readout_belief:  # scored carrying its own belief through each held-out episode
+            heads = heads_in_order(model.vision, frames, held_idx, s.dtype, device)
+        metrics = evaluate_readout(model.vision, frames, eval_idx, s.dtype, device, heads=heads)
         metrics.pop("per_place")
         return metrics
 

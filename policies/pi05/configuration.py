@@ -112,6 +112,12 @@ class Pi05Config(ConfigFile):
     # planner reads. False: a checkpoint from before bowls were read (its layout and lines unchanged).
     scene_bowls: bool = False
 
+    # "objects" stem: each block's query also reads what the read-out believed of it at the episode's
+    # previous plan (place, where, side, x; the drawer's state), so a block the arm hides now, or one
+    # shut in the drawer, is still read where it was (object permanence). Zero-initialised: a read-out
+    # warm-started from one without it reads exactly as that one did until it is trained.
+    readout_belief: bool = False
+
     preset: str = "custom"
 
     @property

@@ -6,6 +6,8 @@
            colours, and the drawer), made from the name's words ("large" + "red" + "block"),
            cross-attends to the keys, then the queries attend to each other (a block on a block, two
            blocks of one colour)
+           (with `readout_belief`, each block's and the drawer's query also carries what the read-out
+           believed of it at the episode's previous plan: see Belief)
         ─► features [B, n_objects, vision_width]
         ─► heads: place (PLACES), where (a bowl or the block beneath), side (left/middle/right),
            x (for the left-to-right order), each bowl there or not, the drawer open or shut
@@ -39,6 +41,47 @@ WHERE_NAMES = BOWL_NAMES + BLOCK_NAMES  # what a block can be in or on
 NAME_WORDS = (*COLORS, *SIZES, "block", DRAWER)
 X_SCALE = 0.3  # world x is regressed in units of this (the table spans about ±0.3 m)
 IGNORE = -100
+
+
+# A belief: what the read-out held of each block at the episode's previous plan, as indices into PLACES,
+# WHERE_NAMES and SIDES, each with one index more meaning "not known / does not apply"; world x; the drawer
+# shut (0), open (1) or not known (2). Tensors: place/where/side long [B, n_blocks], x float [B, n_blocks],
+# drawer long [B].
+Belief = dict[str, Tensor]
+UNKNOWN_PLACE, NO_WHERE, NO_SIDE, UNKNOWN_DRAWER = len(PLACES), len(WHERE_NAMES), len(SIDES), 2
+
+
+def unknown_belief(batch: int, device: torch.device | str = "cpu") -> Belief:
+    """Nothing believed yet: an episode's first plan."""
+    n = len(BLOCK_NAMES)
+    return {"place": torch.full((batch, n), UNKNOWN_PLACE, dtype=torch.long, device=device),
+            "where": torch.full((batch, n), NO_WHERE, dtype=torch.long, device=device),
+            "side": torch.full((batch, n), NO_SIDE, dtype=torch.long, device=device),
+            "x": torch.zeros(batch, n, device=device),
+            "drawer": torch.full((batch,), UNKNOWN_DRAWER, dtype=torch.long, device=device)}
+
+
+def belief_from_labels(labels: dict[str, Tensor]) -> Belief:
+    """The simulator's labels of a frame (labels_from_facts, stacked) as a belief: what a read-out that
+    read that frame right would carry to the next."""
+    return {"place": labels["place"].clone(),
+            "where": torch.where(labels["where"] == IGNORE, NO_WHERE, labels["where"]),
+            "side": torch.where(labels["side"] == IGNORE, NO_SIDE, labels["side"]),
+            "x": labels["x"].float().clone(), "drawer": labels["drawer"].clone()}
+
+
+def belief_from_reading(out: dict[str, Tensor]) -> Belief:
+    """A read-out's heads on a frame as the belief it carries to the episode's next plan (where and side
+    only where its place has them, as labels_from_facts gives them)."""
+    place = out["place"].argmax(-1)
+    in_or_on = (place == PLACES.index("bowl")) | (place == PLACES.index("block"))
+    return {"place": place, "where": torch.where(in_or_on, out["where"].argmax(-1), NO_WHERE),
+            "side": torch.where(place == PLACES.index("table"), out["side"].argmax(-1), NO_SIDE),
+            "x": torch.where(place > 0, out["x"].float() * X_SCALE, 0.0), "drawer": out["drawer"].argmax(-1)}
+
+
+def select_belief(belief: Belief, rows) -> Belief:
+    return {k: v[rows] for k, v in belief.items()}
 
 
 def name_word_ids(name: str) -> list[int]:
@@ -85,13 +128,34 @@ class ObjectReadout(nn.Module):
         self.drawer_head = nn.Linear(w, 2)
         self.proj = nn.Linear(w, cfg.width)  # the object tokens the backbone reads
         self.shift_pad = cfg.random_shift_pad
+        self.reads_belief = cfg.readout_belief
+        if self.reads_belief:
+            self.belief_place = nn.Embedding(UNKNOWN_PLACE + 1, w)
+            self.belief_where = nn.Embedding(NO_WHERE + 1, w)
+            self.belief_side = nn.Embedding(NO_SIDE + 1, w)
+            self.belief_x = nn.Linear(1, w)
+            self.belief_drawer = nn.Embedding(UNKNOWN_DRAWER + 1, w)
+            self.belief_mlp = nn.Sequential(nn.GELU(), nn.Linear(w, w))
+            # a gate per channel from zero (ReZero): warm-started from a read-out without a belief, this one
+            # reads exactly as that one until training opens it
+            self.belief_gate = nn.Parameter(torch.zeros(w))
 
     @property
     def n_tokens(self) -> int:
         return len(self.names)
 
-    def features(self, images: Tensor) -> Tensor:
-        """uint8 [B, n_cam, H, W, 3] -> [B, n_objects, vision_width] (normed)."""
+    def belief_queries(self, belief: Belief) -> Tensor:
+        """[B, n_objects, vision_width]: what each query adds for the belief (zeros for the bowls)."""
+        blocks = (self.belief_place(belief["place"]) + self.belief_where(belief["where"])
+                  + self.belief_side(belief["side"]) + self.belief_x((belief["x"] / X_SCALE)[..., None]))
+        drawer = self.belief_drawer(belief["drawer"])[:, None]
+        bowls = blocks.new_zeros(len(blocks), len(self.names) - len(BLOCK_NAMES) - 1, blocks.shape[-1])
+        return self.belief_gate * self.belief_mlp(torch.cat([blocks, bowls, drawer], 1))
+
+    def features(self, images: Tensor, belief: Belief | None = None) -> Tensor:
+        """uint8 [B, n_cam, H, W, 3] -> [B, n_objects, vision_width] (normed). `belief`: what this read-out
+        read at the episode's previous plan (belief_from_reading; None: nothing yet), for a read-out with
+        `readout_belief` (one without ignores it)."""
         b, n_cam = images.shape[:2]
         x = camera_input(images.flatten(0, 1), self.camera.dtype, self.shift_pad, self.training)
         fmap = self.trunk(x)
@@ -103,6 +167,9 @@ class ObjectReadout(nn.Module):
         if self.reads_bowls:
             names = names + self.is_bowl * self.bowl_word
         queries = self.query_mlp(names)[None].expand(b, -1, -1)
+        if self.reads_belief:
+            belief = unknown_belief(b, images.device) if belief is None else belief
+            queries = queries + self.belief_queries(belief).to(queries.dtype)
         for block in self.blocks:
             queries = block(queries, keys)
         return self.norm(queries)

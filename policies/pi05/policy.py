@@ -73,7 +73,11 @@ class Pi05Policy(LoadedPolicy):
         return images, ids, mask
 
     def reset(self) -> None:
-        """Nothing to clear: every plan and chunk is computed from the observation alone."""
+        """A new episode: a grounded planner whose read-out carries a belief (`readout_belief`) forgets it;
+        everything else is computed from the observation alone."""
+        self._belief = None
+
+    _belief = None  # what the read-out read at this episode's last plan (policies.pi05.objects.Belief)
 
     @property
     def grounded(self) -> bool:
@@ -94,10 +98,16 @@ class Pi05Policy(LoadedPolicy):
     def generate_plan(self, obs: Observation, context: PlanContext | None = None) -> Plan:
         ctx = build_planner_context(context or PlanContext(task=obs.task))
         ctx_ids, ctx_mask = self._tensor(self.processor.planner_context_ids(ctx), self.cfg.max_context_tokens)
-        if self.grounded and ctx.facts:  # the facts in force take the read-out's place in the line it writes
+        if self.grounded:  # the facts in force take the read-out's place in the line it writes
+            read: dict = {}
             with self.autocast():
                 text = decode_grounded(self.model, self.processor, *self._base(obs), ctx_ids, ctx_mask, [obs.task],
-                                       facts=[ctx.facts])[0][0]
+                                       facts=[ctx.facts] if ctx.facts else None, belief=self._belief,
+                                       read=read)[0][0]
+            if self.model.vision.reads_belief:
+                from policies.pi05.objects import belief_from_reading
+
+                self._belief = belief_from_reading({k: v.float() for k, v in read.items()})
         else:
             text = self._decode(*self._base(obs), ctx_ids, ctx_mask, obs.task)
         thought, subtask = self.processor.parse_plan(text)
@@ -129,7 +139,8 @@ class Pi05Policy(LoadedPolicy):
 def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Tensor, ids: torch.Tensor,
                     mask: torch.Tensor, ctx_ids: torch.Tensor, ctx_mask: torch.Tensor, tasks: list[str],
                     lines: list[str] | None = None, grammar: bool = True, jump: bool = True,
-                    facts: list | None = None) -> tuple[list[str], list[str]]:
+                    facts: list | None = None, belief: dict | None = None,
+                    read: dict | None = None) -> tuple[list[str], list[str]]:
     """A grounded planner's plans for a batch: the read-out's heads write each scene line
     (policies/scene_line.py), which is forced as the first tokens of the text, and the backbone decodes
     on from it ("... So: <subtask>"). `lines`: force these instead (e.g. the true lines, to measure
@@ -140,14 +151,19 @@ def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Te
     `jump=False`: forced spans token by token (the reference the benchmark times jump-forward against).
     `facts`: per row, the facts in force (policies.scene_line.Fact, oldest first), each put in place of
     the line's reading of its object before the line is forced (apply_facts), so the plan is decided
-    from the corrected belief; the lines returned are the ones forced."""
+    from the corrected belief; the lines returned are the ones forced.
+    `belief`: a read-out with `readout_belief` reads with what it read at the episode's last plan (None:
+    nothing yet); `read`, a dict, receives the read-out's heads on these frames (the next plan's belief)."""
     from policies.pi05.constrained import PlanConstraint
     from policies.pi05.objects import read_scenes
     from policies.scene_line import apply_facts, apply_facts_to_line, format_scene
 
-    features = model.vision.features(images)
+    features = model.vision.features(images, belief)
+    heads = model.vision.heads(features)
+    if read is not None:
+        read.update(heads)
     if lines is None:
-        scenes = read_scenes(model.vision.heads(features), tasks)
+        scenes = read_scenes(heads, tasks)
         if facts is not None:
             scenes = [apply_facts(scene, row, task) for scene, row, task in zip(scenes, facts, tasks)]
         lines = [format_scene(scene) for scene in scenes]
@@ -174,7 +190,7 @@ class Pi05HighLevel:
         self.policy = policy
 
     def reset(self) -> None:
-        pass
+        self.policy.reset()
 
     def plan(self, obs: Observation, context: PlanContext) -> Plan:
         return self.policy.generate_plan(obs, context)
