@@ -224,7 +224,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     and how it decides, with the line its read-out wrote beside the true line forced in its place
     (so the table says whether reading or deciding limits), on decision-due frames by subtask kind;
     and its scene questions (answered after the line, as it decides)."""
-    from agent.training.readout_trainer import evaluate_readout, load_frames
+    from agent.training.readout_trainer import beliefs_before, evaluate_readout, load_frames, read_in_order
     from policies.pi05.policy import decode_grounded
 
     cfg = model.cfg
@@ -232,9 +232,19 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     frames = load_frames([args.data], cfg.image_size, log=lambda *_: None)
     g = torch.Generator().manual_seed(1234)
+    # a read-out that carries a belief reads each episode in order, as on a robot: every frame with what it
+    # read on the frame before
+    heads = read_in_order(model.vision, frames.images, frames.previous, args.dtype, torch.device("cpu")) \
+        if not cfg.blind and cfg.readout_belief else None
     reading = None if cfg.blind else evaluate_readout(
         model.vision, frames, torch.randperm(len(frames.tasks), generator=g)[: args.frames * 2], args.dtype,
-        torch.device("cpu"))
+        torch.device("cpu"), heads=heads)
+
+    def belief(chunk: torch.Tensor) -> dict | None:
+        if heads is None:
+            return None
+        return beliefs_before(heads, frames.previous[[raw.frame_of[i] for i in chunk.tolist()]])
+
     raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
                                  context_last=cfg.context_last, scene_questions=args.questions, seed=args.seed,
                                  thoughts="scene_bowls" if cfg.scene_bowls else "scene")
@@ -254,7 +264,8 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
                                      b["context_mask"])
                 return [processor.decode(row) for row in out.tolist()]
             texts, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
-                                       b["context_ids"], b["context_mask"], [raw.tasks[i] for i in chunk.tolist()])
+                                       b["context_ids"], b["context_mask"], [raw.tasks[i] for i in chunk.tolist()],
+                                       belief=belief(chunk))
         return texts
 
     decoded: dict[int, str] = {}  # sample -> its run-time plan's text
@@ -269,9 +280,10 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
                 lines = [""] * len(texts)
             else:
                 texts, lines = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
-                                               b["context_ids"], b["context_mask"], tasks)
+                                               b["context_ids"], b["context_mask"], tasks, belief=belief(chunk))
                 given, _ = decode_grounded(model, processor, b["images"], b["prefix_ids"], b["prefix_mask"],
-                                           b["context_ids"], b["context_mask"], tasks, lines=true_lines)
+                                           b["context_ids"], b["context_mask"], tasks, lines=true_lines,
+                                           belief=belief(chunk))
         for i, text, true_text, line, true_line in zip(chunk.tolist(), texts, given, lines, true_lines):
             decoded[i] = text
             truth = raw.plan_subtasks[i]

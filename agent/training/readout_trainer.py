@@ -141,8 +141,7 @@ def read_in_order(readout: ObjectReadout, images: Tensor, previous: Tensor, dtyp
             for chunk in rows.split(batch_size):
                 belief = None
                 if readout.reads_belief and d > 0:
-                    belief = belief_from_reading({k: v[previous[chunk]] for k, v in out.items()})
-                    belief = {k: v.to(device) for k, v in belief.items()}
+                    belief = {k: v.to(device) for k, v in beliefs_before(out, previous[chunk]).items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
                     heads = readout.heads(readout.features(images[chunk].to(device), belief))
                 for k, v in heads.items():
@@ -151,6 +150,16 @@ def read_in_order(readout: ObjectReadout, images: Tensor, previous: Tensor, dtyp
                     out[k][chunk] = v.float().cpu()
     readout.train(was_training)
     return out
+
+
+def beliefs_before(heads: dict[str, Tensor], previous: Tensor) -> Belief:
+    """The belief each frame is read with: the read-out's heads on its episode's frame before (`previous`,
+    rows of `heads`), nothing where there is none (-1)."""
+    belief = belief_from_reading({k: v[previous.clamp(min=0)] for k, v in heads.items()})
+    none = previous < 0
+    for k, v in unknown_belief(len(previous)).items():
+        belief[k] = torch.where(none.view(-1, *[1] * (v.dim() - 1)), v, belief[k])
+    return belief
 
 
 def heads_in_order(readout: ObjectReadout, frames: "FrameSet", rows: Tensor, dtype: str,
