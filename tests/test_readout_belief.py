@@ -134,6 +134,12 @@ def test_the_finetune_adds_a_belief_the_planner_keeps_between_plans_and_forgets_
     assert torch.equal(policy._belief["place"], first["place"])  # what it read, kept for the next plan
     policy.reset()
     assert policy._belief is None
+    # the offline evaluation reads each held-out episode in order and decides with the belief it carried
+    offline = load_benchmark("offline_eval")
+    result = tmp_path / "offline.json"
+    assert offline.main(["--checkpoint", str(out), "--data", str(frames), "--frames", "8", "--threads", "1",
+                         "--questions", "0", "--json", str(result)]) == 0
+    assert json.loads(result.read_text())["decisions"]["all"]["frames"] >= 1
 
 
 def test_the_belief_needs_the_whole_read_out_trained(grounded, coached, frames, tmp_path, capsys):
@@ -157,15 +163,19 @@ def test_add_belief_keeps_every_tensor_of_the_read_out(grounded):
     assert model.cfg == dataclasses.replace(Pi05Config.load(grounded / "config.json"), readout_belief=True)
 
 
-@pytest.mark.parametrize("plans", [[True, False, True, True], [False, True, False]])
-def test_closed_loop_reading_gives_each_frame_its_episodes_plan_before(plans):
+def load_benchmark(name: str):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "closed_loop_reading.py"
-    spec = importlib.util.spec_from_file_location("closed_loop_reading", path)
-    reading = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reading)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("plans", [[True, False, True, True], [False, True, False]])
+def test_closed_loop_reading_gives_each_frame_its_episodes_plan_before(plans):
+    reading = load_benchmark("closed_loop_reading")
     frames = {"episode": ["a"] * len(plans) + ["b"], "is_plan": plans + [True]}
     got = reading.plans_before(frames).tolist()
     last, want = -1, []
