@@ -183,3 +183,35 @@ def test_closed_loop_reading_gives_each_frame_its_episodes_plan_before(plans):
         want.append(last)
         last = row if is_plan else last
     assert got == want + [-1]
+
+
+def test_a_fact_is_learned_with_the_belief_its_frame_was_read_with(grounded, coached, frames, tmp_path):
+    from agent.training.facts_finetune import fact_beliefs, load_fact_rows, plan_steps
+    from agent.training.readout_trainer import beliefs_before
+    from policies.pi05.policy import load_checkpoint
+    from sessions.reader import read_session
+
+    believing = tmp_path / "believing"
+    assert finetune(grounded, coached["sft"], frames, believing, "--steps", "2", "--batch-size", "8",
+                    "--readout-scope", "readout", "--readout-belief", "--fact-share", "0") == 0
+    model, _ = load_checkpoint(believing)
+    readout, cfg = model.vision.eval(), model.cfg
+    rows = load_fact_rows([coached["sessions"]], cfg.cameras, cfg.image_size, log=lambda *_: None, history=True)
+    episodes = {f"{s.header.session_id}/{ep.episode}": ep for s in map(read_session, coached["sessions"].iterdir())
+                for ep in s.episodes}
+    lags = [len(h) for h in rows.history]
+    assert any(lags)
+    for key, history, n in zip(rows.episodes, rows.history, lags):  # every plan before the fact's frame
+        assert n <= len(plan_steps(episodes[key]))
+    beliefs = fact_beliefs(readout, rows, "fp32", torch.device("cpu"))
+    row = lags.index(max(lags))
+    chain = rows.history[row]
+    heads = read_in_order(readout, chain, torch.arange(len(chain)) - 1, "fp32", torch.device("cpu"))
+    expected = beliefs_before(heads, torch.tensor([len(chain) - 1]))
+    for k in expected:
+        assert torch.allclose(beliefs[k][row:row + 1].float(), expected[k].float()), k
+    # and a facts arm on that read-out trains with them
+    out = tmp_path / "facts_on_belief"
+    assert finetune(believing, coached["sessions"], frames, out, "--steps", "2", "--batch-size", "8",
+                    "--readout-scope", "readout", "--fact-share", "0.5") == 0
+    assert json.loads((out / "config.json").read_text())["readout_belief"] is True

@@ -75,7 +75,7 @@ from agent.training.readout_trainer import (BELIEF_READ, BELIEF_UNKNOWN, LABELS,
                                            evaluate_readout, heads_in_order, read_in_order)
 from policies.checkpoint import CheckpointError
 from policies.pi05.objects import (
-    BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, belief_from_reading,
+    Belief, BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, belief_from_reading,
     labels_from_facts, object_correct, read_scenes, unknown_belief,
 )
 from policies.scene_line import DRAWER, NAMED, PLACES, SIDES, Fact, format_scene, mentions_drawer, scene_from_facts
@@ -121,7 +121,7 @@ class FactsFinetuneSettings(RecipeSettings):
     # the read-out carries a belief from the episode's previous plan (Pi05Config.readout_belief; turned on
     # here when the base lacks it, its new tensors gated shut): planner frames train with their frame
     # before's truth or (belief_read) the base read-out's reading of it, none on belief_unknown of them;
-    # fact rows with none (a fact corrects what the frame shows)
+    # a fact row with what the base read-out believed on its frame (fact_beliefs)
     belief: bool = False
     belief_unknown: float = BELIEF_UNKNOWN
     belief_read: float = BELIEF_READ
@@ -216,6 +216,10 @@ class FactRows:
     # more frames each fact holds on (sessions/export/common.py fact_span_steps), and whose fact row each is
     span_images: Tensor | None = None  # uint8 [M, n_cam, S, S, 3]
     span_of: list[int] = field(default_factory=list)
+    # per row: the frames of its episode's plans before its own (uint8 [k, n_cam, S, S, 3], k >= 0), from
+    # which a read-out that carries a belief forms the one it read the fact's frame with (sessions only: an
+    # export keeps no earlier frame, and its rows are read with none)
+    history: list[Tensor] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.facts)
@@ -229,7 +233,8 @@ class FactRows:
         return FactRows(self.images[t], {k: v[t] for k, v in self.labels.items()}, [self.facts[i] for i in idx],
                         [self.episodes[i] for i in idx], [self.keys[i] for i in idx], [self.sources[i] for i in idx],
                         dict(self.skipped), [self.lags[i] for i in idx] if self.lags else [], span_images,
-                        [new_index[self.span_of[j]] for j in spans])
+                        [new_index[self.span_of[j]] for j in spans],
+                        [self.history[i] for i in idx] if self.history else [])
 
     def training_rows(self) -> tuple[Tensor, dict[str, Tensor]]:
         """Every frame a fact is learned on, its own and its span's, with the fact's labels."""
@@ -238,6 +243,14 @@ class FactRows:
         of = torch.tensor(self.span_of, dtype=torch.long)
         return (torch.cat([self.images, self.span_images]),
                 {k: torch.cat([v, v[of]]) for k, v in self.labels.items()})
+
+    def training_beliefs(self, belief: Belief) -> Belief:
+        """A belief per fact row as one per training row (training_rows' order): a span's frames are read
+        with their fact's frame's belief."""
+        if not self.span_of:
+            return belief
+        of = torch.tensor(self.span_of, dtype=torch.long)
+        return {k: torch.cat([v, v[of]]) for k, v in belief.items()}
 
     def kinds(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -299,7 +312,7 @@ def _sft_facts(path: Path, log=print) -> Iterator[tuple]:
             if row.get("fact_images") and row.get("fact_step") is not None:
                 images, at = row["fact_images"], row["fact_step"]
             frames = {cam: _decode(image["bytes"], str(file)) for cam, image in zip(cameras, images)}
-            yield f"{row['session_id']}/{row['episode']}", row["step"], at, row["source"], row["fact"], frames, []
+            yield f"{row['session_id']}/{row['episode']}", row["step"], at, row["source"], row["fact"], frames, [], []
 
 
 def _lerobot_facts(root: Path) -> Iterator[tuple]:
@@ -342,12 +355,13 @@ def _lerobot_facts(root: Path) -> Iterator[tuple]:
             seen = row["frame_index"] if not isinstance(seen, int) or not 0 <= seen <= row["frame_index"] else seen
             frames = {cam: videos.frame(cam, row["index"] - row["frame_index"] + seen) for cam in cameras}
             episode, first = episodes.get(row["episode_index"], (f"{root.name}/{row['episode_index']}", 0))
-            yield episode, first + row["frame_index"], first + seen, "export", fact, frames, []
+            yield episode, first + row["frame_index"], first + seen, "export", fact, frames, [], []
 
 
-def _session_facts(path: Path, log, span: int = 0, stride: int = 1) -> Iterator[tuple]:
+def _session_facts(path: Path, log, span: int = 0, stride: int = 1, history: bool = False) -> Iterator[tuple]:
     """The same from session directories: every fact correction not taken back, the frames it refers to,
-    and (span > 0) the frames of the steps around them it still holds on (fact_span_steps)."""
+    (span > 0) the frames of the steps around them it still holds on (fact_span_steps) and (history) the
+    frames of the episode's plans before it."""
     from sessions.export.common import fact_frame_step, fact_span_steps
     from sessions.reader import SessionError, find_sessions, read_session
     from policies.types import CorrectionKind
@@ -367,19 +381,28 @@ def _session_facts(path: Path, log, span: int = 0, stride: int = 1) -> Iterator[
                 frames = {cam: ep.frame(cam, position) for cam in ep.cameras}
                 more = [{cam: ep.frame(cam, ep.position_of_step(step)) for cam in ep.cameras}
                         for step in fact_span_steps(ep, c, at, span, stride)[1:]]
+                before = [{cam: ep.frame(cam, ep.position_of_step(step)) for cam in ep.cameras}
+                          for step in plan_steps(ep) if step < at] if history else []
                 yield (f"{session.header.session_id}/{ep.episode}", c.step, at, c.speaker, c.fact.model_dump(), frames,
-                       more)
+                       more, before)
+
+
+def plan_steps(ep) -> list[int]:
+    """The steps a grounded planner wrote its scene line at (the frames it read), in order."""
+    return sorted({p.asked_step if p.asked_step is not None else p.step for p in ep.plans
+                   if p.plan.thought and p.plan.thought.startswith("I see:")})
 
 
 def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int, log=print, span: int = 0,
-                   span_stride: int = 1) -> FactRows:
+                   span_stride: int = 1, history: bool = False) -> FactRows:
     """Every fact in the exports or session directories at `paths`, as read-out rows (a fact found in
     two sources, e.g. an export and its sessions, once). span > 0: from session directories, also the
-    frames within `span` steps it still holds on (an export keeps a fact's own frame only)."""
+    frames within `span` steps it still holds on (an export keeps a fact's own frame only). history: from
+    session directories, each row's episode's plan frames before its own (FactRows.history)."""
     from policies.pi05.processor import stack_cameras
 
     images, label_rows, facts, episodes, keys, sources, lags = [], [], [], [], [], [], []
-    span_images, span_of = [], []
+    span_images, span_of, histories = [], [], []
     seen: set[str] = set()
     skipped: dict[str, int] = {}
     for path in map(Path, paths):
@@ -390,8 +413,8 @@ def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int,
             log(f"{path}: an export keeps each fact's own frame only, so its facts are learned there alone; pass "
                 f"the session directories to learn each on the frames around it too (--fact-span)")
         found = (_sft_facts(path, log) if kind == "export" else _lerobot_facts(path) if kind == "lerobot"
-                 else _session_facts(path, log, span, span_stride))
-        for episode, step, at, source, data, frames, more in found:
+                 else _session_facts(path, log, span, span_stride, history))
+        for episode, step, at, source, data, frames, more, history in found:
             try:
                 fact = Fact.from_dict(data)
             except (KeyError, TypeError, ValueError):
@@ -412,12 +435,15 @@ def load_fact_rows(paths: list[str | Path], cameras: list[str], image_size: int,
             seen.add(key)
             for extra in more:
                 span_images.append(stack_cameras(extra, cameras, image_size)), span_of.append(len(facts))
+            histories.append(torch.from_numpy(np.stack([stack_cameras(h, cameras, image_size) for h in history]))
+                             if history else torch.zeros(0, *stacked.shape, dtype=torch.uint8))
             images.append(stacked), label_rows.append(labels), facts.append(fact)
             episodes.append(episode), keys.append(key), sources.append(source or "?"), lags.append(step - at)
     if not facts:
         raise CorrectionDataError(f"--data {' '.join(map(str, paths))}: no fact correction there; {MAKE_FACTS}")
     rows = FactRows(torch.from_numpy(np.stack(images)), _label_tensors(label_rows), facts, episodes, keys, sources,
-                    skipped, lags, torch.from_numpy(np.stack(span_images)) if span_images else None, span_of)
+                    skipped, lags, torch.from_numpy(np.stack(span_images)) if span_images else None, span_of,
+                    histories if history else [])
     before = sum(lag > 0 for lag in lags)
     log(f"facts: {len(rows)} from {len(set(episodes))} episodes; by kind {rows.kinds()}; {before} on the frames "
         f"of a plan they correct (before they were said), {len(rows) - before} on the frames of the step said"
@@ -566,15 +592,39 @@ def features_of(readout: ObjectReadout, images: Tensor, device: torch.device, ba
 
 
 @torch.no_grad()
+def fact_beliefs(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch.device) -> Belief | None:
+    """Per fact row, the belief a read-out that carries one read its frame with: its own reading of the
+    episode's plan frames before it, in order (none for a row without them); None: a read-out without."""
+    if not readout.reads_belief:
+        return None
+    frames, previous, last = [], [], []
+    for history in rows.history or [torch.zeros(0, *rows.images.shape[1:], dtype=torch.uint8)] * len(rows):
+        start = len(previous)
+        previous += [-1] + list(range(start, start + len(history) - 1)) if len(history) else []
+        frames.append(history)
+        last.append(start + len(history) - 1 if len(history) else -1)
+    if not previous:
+        return unknown_belief(len(rows))
+    heads = read_in_order(readout, torch.cat(frames), torch.tensor(previous), dtype, device)
+    from agent.training.readout_trainer import beliefs_before
+
+    return beliefs_before(heads, torch.tensor(last, dtype=torch.long))
+
+
+@torch.no_grad()
 def stated_rows(readout: ObjectReadout, rows: FactRows, dtype: str, device: torch.device,
                 batch_size: int = 128) -> list[bool]:
-    """Per fact row: whether the read-out reads it as stated on its frames."""
+    """Per fact row: whether the read-out reads it as stated on its frames (with the belief it would
+    carry there, fact_beliefs)."""
     was = readout.training
     readout.eval()
+    beliefs = fact_beliefs(readout, rows, dtype, device)
     hits = []
     for idx in torch.arange(len(rows)).split(batch_size):
+        belief = None if beliefs is None else {k: v[idx].to(device) for k, v in beliefs.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = {k: v.float() for k, v in readout.heads(readout.features(rows.images[idx].to(device))).items()}
+            out = {k: v.float() for k, v in readout.heads(readout.features(rows.images[idx].to(device),
+                                                                           belief)).items()}
         hits += read_as_stated(out, {k: rows.labels[k][idx].to(device) for k in LABELS}).tolist()
     readout.train(was)
     return hits
@@ -592,7 +642,7 @@ def drop_read_as_stated(readout: ObjectReadout, rows: FactRows, dtype: str,
 
 @torch.no_grad()
 def with_base_reading(readout: ObjectReadout, images: Tensor, labels: dict[str, Tensor], dtype: str,
-                      device: torch.device, batch_size: int = 128) -> dict[str, Tensor]:
+                      device: torch.device, batch_size: int = 128, beliefs: Belief | None = None) -> dict[str, Tensor]:
     """Fact rows' labels with what the fact leaves unsaid filled from the read-out's own reading of the
     frame (`--fact-unsaid base`): every block the fact does not name takes the place (and where / side /
     x) the read-out reads, the drawer and the bowls too where the fact says nothing of them. A fact row
@@ -603,8 +653,9 @@ def with_base_reading(readout: ObjectReadout, images: Tensor, labels: dict[str, 
     readout.eval()
     outs = []
     for idx in torch.arange(len(images)).split(batch_size):
+        belief = None if beliefs is None else {k: v[idx].to(device) for k, v in beliefs.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
-            out = readout.heads(readout.features(images[idx].to(device)))
+            out = readout.heads(readout.features(images[idx].to(device), belief))
         outs.append({k: v.float().cpu() for k, v in out.items()})
     readout.train(was)
     out = {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
@@ -756,7 +807,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     readout: ObjectReadout = model.vision
 
     # -- data: fact rows split by episode, planner frames split by episode
-    facts = load_fact_rows(s.data, cfg.cameras, cfg.image_size, say, s.span, s.span_stride)
+    facts = load_fact_rows(s.data, cfg.cameras, cfg.image_size, say, s.span, s.span_stride,
+                           history=cfg.readout_belief)
     held = [i for i, ep in enumerate(facts.episodes) if is_held_out(ep, s.held_out_fraction)]
     train = sorted(set(range(len(facts))) - set(held))
     if not train:  # every fact fell in the held-out split: hold none out
@@ -772,12 +824,19 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
             raise CorrectionDataError(f"--data {' '.join(map(str, s.data))}: the base read-out already reads every "
                                       f"training fact as stated ({n_read}); nothing to teach")
     fact_images, fact_labels = fact_train.training_rows()
+    # what the base read-out believed on each fact's frame (a read-out that carries a belief; before the
+    # resume below loads the trained one): the fact is learned with it, as the robot read that frame
+    beliefs = fact_beliefs(readout, fact_train, s.dtype, device)
+    fact_belief = None if beliefs is None else fact_train.training_beliefs(beliefs)
     if s.unsaid == "base":  # the base read-out's reading (before the resume below loads the trained one)
-        fact_labels = with_base_reading(readout, fact_images, fact_labels, s.dtype, device)
+        fact_labels = with_base_reading(readout, fact_images, fact_labels, s.dtype, device, beliefs=fact_belief)
     if s.labelled_frames:
         full = load_base_frames(s.labelled_frames, cfg.image_size, s.max_base_frames, s.seed, say)
         fact_images = torch.cat([fact_images, full.images])
         fact_labels = {k: torch.cat([v, full.labels[k]]) for k, v in fact_labels.items()}
+        if fact_belief is not None:  # a labelled frame with the truth of the frame before
+            full_belief = beliefs_for(full, torch.arange(len(full.tasks)), None, 0.0, 0.0, torch.Generator())
+            fact_belief = {k: torch.cat([v, full_belief[k]]) for k, v in fact_belief.items()}
     base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
     read = None  # the base read-out's belief on every planner frame (before the resume below loads the trained one)
     if cfg.readout_belief and s.belief_read > 0:
@@ -816,6 +875,8 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
         + (f"{len(base_train)} planner frames (control: no fact row)" if control else
            f"{len(fact_train)} training facts and {len(base_train)} planner frames"))
     fact_pool = pool(fact_images, fact_labels) if n_fact else {}
+    if n_fact and fact_belief is not None:
+        fact_pool.update({f"belief_{k}": v.to(device) for k, v in fact_belief.items()})
     base_pool = pool(base_frames.images[base_train], {k: v[base_train] for k, v in base_frames.labels.items()})
     objective = FactsObjective(readout, s.scope, s.fact_weight)
     trained = sorted(name for name, p in readout.named_parameters() if p.requires_grad)
@@ -850,8 +911,6 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                 if cfg.readout_belief:
                     belief = beliefs_for(base_frames, base_train[bi.cpu()], read, s.belief_unknown, s.belief_read, g)
                     parts[-1].update({f"belief_{k}": v.to(device) for k, v in belief.items()})
-            if cfg.readout_belief and n_fact:  # a fact row carries no belief
-                parts[0].update({f"belief_{k}": v for k, v in unknown_belief(n_fact, device).items()})
             yield {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def after(step: int, final: bool) -> dict:
