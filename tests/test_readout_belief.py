@@ -215,3 +215,28 @@ def test_a_fact_is_learned_with_the_belief_its_frame_was_read_with(grounded, coa
     assert finetune(believing, coached["sessions"], frames, out, "--steps", "2", "--batch-size", "8",
                     "--readout-scope", "readout", "--fact-share", "0.5") == 0
     assert json.loads((out / "config.json").read_text())["readout_belief"] is True
+
+
+def test_the_evaluations_read_a_believing_read_out_through_its_episodes_in_order():
+    from agent.training.facts_finetune import reading_by_kind
+    from agent.training.readout_trainer import evaluate_readout, heads_in_order
+
+    readout = tiny_readout(True, seed=4)
+    with torch.no_grad():
+        readout.belief_gate.fill_(1.0)
+    facts = [{"blocks": {"red block": {"place": "table", "where": None, "x": 0.1 * i}}, "bowls": [],
+              "drawer_open": False} for i in range(5)]
+    rows = [labels_from_facts(f) for f in facts]
+    labels = {k: torch.tensor([r[k] for r in rows], dtype=torch.float32 if k == "x" else torch.long)
+              for k in rows[0]}
+    frames = FrameSet(images(5, seed=5), labels, torch.tensor([0, 0, 0, 1, 1]), ["stack them"] * 5, facts,
+                      ["f"] * 5, torch.tensor([-1, 0, 1, -1, 3]))
+    cpu = torch.device("cpu")
+    idx = torch.tensor([2, 4])  # frames late in their episodes: their beliefs come from the frames before
+    in_order = heads_in_order(readout, frames, torch.arange(5), "fp32", cpu)
+    alone = {k: v for k, v in readout.heads(readout.features(frames.images)).items()}
+    assert not torch.allclose(in_order["place"][idx], alone["place"][idx])
+    assert evaluate_readout(readout, frames, idx, "fp32", cpu) == evaluate_readout(readout, frames, idx, "fp32", cpu,
+                                                                                   heads=in_order)
+    by_kind = reading_by_kind(readout, frames, idx, "fp32", cpu)
+    assert by_kind["kinds"] == reading_by_kind(readout, frames, idx, "fp32", cpu, heads=in_order)["kinds"]

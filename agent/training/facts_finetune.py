@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from agent.training.corrections import CorrectionDataError, coaching_data_kind, is_held_out
 from agent.training.loop import Recipe, RecipeSettings, TrainingLoop
 from agent.training.readout_trainer import (BELIEF_READ, BELIEF_UNKNOWN, LABELS, FrameSet, beliefs_for,
-                                           evaluate_readout, heads_in_order, read_in_order)
+                                           evaluate_readout, heads_if_believing, read_in_order)
 from policies.checkpoint import CheckpointError
 from policies.pi05.objects import (
     Belief, BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, belief_from_reading,
@@ -698,7 +698,9 @@ def reading_by_kind(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtype
     the frames holding one whose whole scene line is right (`absent`: names the scene does not hold,
     read absent); `drawer_state`: frames whose task names the drawer, its state read right. With
     `corrected` (kinds): the same over the frames holding any of them ("corrected_kinds"). `heads`: as
-    evaluate_readout takes them (a read-out with a belief, read through its episodes in order)."""
+    evaluate_readout takes them (a read-out with a belief is read through its episodes in order)."""
+    if heads is None:
+        heads = heads_if_believing(readout, frames, idx, dtype, device)
     metrics = evaluate_readout(readout, frames, idx, dtype, device, batch_size, heads=heads)
     was = readout.training
     readout.eval()
@@ -850,14 +852,10 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     base_eval = base_held[torch.randperm(len(base_held), generator=g)[: s.eval_base_frames]]
 
     def evaluate() -> dict:
-        heads = None  # a read-out with a belief is scored carrying it through each held-out episode
-        if cfg.readout_belief and len(base_eval):
-            heads = heads_in_order(readout, base_frames, base_held, s.dtype, device)
         return {"facts_train": facts_read(readout, fact_train, s.dtype, device),
                 "facts_held_out": facts_read(readout, fact_held, s.dtype, device),
                 "base_reading": reading_by_kind(readout, base_frames, base_eval, s.dtype, device,
-                                                corrected=tuple(fact_train.kinds()), heads=heads)
-                if len(base_eval) else None}
+                                                corrected=tuple(fact_train.kinds())) if len(base_eval) else None}
 
     # -- the pools a batch draws from, on the device: cached features (heads) or the frames (readout)
     def pool(images: Tensor, labels: dict[str, Tensor]) -> dict[str, Tensor]:

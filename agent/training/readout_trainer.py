@@ -162,6 +162,16 @@ def beliefs_before(heads: dict[str, Tensor], previous: Tensor) -> Belief:
     return belief
 
 
+def heads_if_believing(readout: ObjectReadout, frames: "FrameSet", idx: Tensor, dtype: str,
+                       device: torch.device) -> dict[str, Tensor] | None:
+    """For a read-out that carries a belief, its heads read through every episode `idx` touches, in order
+    (heads_in_order); None for one that reads each frame alone."""
+    if not readout.reads_belief or frames.previous is None:
+        return None
+    episodes = frames.episode[idx].unique()
+    return heads_in_order(readout, frames, torch.isin(frames.episode, episodes).nonzero().squeeze(1), dtype, device)
+
+
 def heads_in_order(readout: ObjectReadout, frames: "FrameSet", rows: Tensor, dtype: str,
                    device: torch.device) -> dict[str, Tensor]:
     """read_in_order on the frames `rows` (whole episodes), as tensors over every frame of `frames`
@@ -203,8 +213,10 @@ def evaluate_readout(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtyp
     """On the frames `idx`: present objects placed right (place, and where / side where they apply),
     frames whose every block is right, scene lines written exactly right (order and drawer included),
     objects right per true place, and (a read-out that reads bowls) bowls read right, there or not.
-    `heads`: the read-out's heads on every frame of `frames` already (read_in_order: a read-out with a
-    belief is scored on what it reads carrying its own belief)."""
+    `heads`: the read-out's heads on every frame of `frames` already; a read-out with a belief is scored on
+    what it reads carrying its own belief through each episode (heads_if_believing), whatever is passed."""
+    if heads is None:
+        heads = heads_if_believing(readout, frames, idx, dtype, device)
     was_training = readout.training
     readout.eval()
     right_objects = present = lines_right = frames_right = bowls_right = 0
@@ -328,10 +340,7 @@ def train_readout(s: ReadoutSettings) -> dict:
                                               "last_eval": state["history"][-1] if state["history"] else None})
 
     def evaluate(step: int, final: bool) -> dict:
-        heads = None
-        if cfg.readout_belief:  # scored carrying its own belief through each held-out episode
-            heads = heads_in_order(model.vision, frames, held_idx, s.dtype, device)
-        metrics = evaluate_readout(model.vision, frames, eval_idx, s.dtype, device, heads=heads)
+        metrics = evaluate_readout(model.vision, frames, eval_idx, s.dtype, device)
         metrics.pop("per_place")
         return metrics
 
