@@ -6,7 +6,10 @@ Held-out planner frames (`hivla datagen --mode planner`) are the oracle's episod
 come from the robot's own runs, where the learned planner and low level leave other states. This reads
 those: sessions of `hivla run` (any coach), each episode replayed from its seed with its recorded
 actions for the simulator's truth (benchmarks/fact_label_audit.py replay_facts), every checkpoint reading
-the same recorded frames.
+the same recorded frames (a read-out that carries a belief, each episode's plan frames in order, every
+frame with what it read at the plan before, as it ran). A second table says what the plan frames' lines
+get wrong, object by object, by kind ("missed: table": a block on the table not read at all; "phantom":
+one read that is not there; "held read as table"; "table: side"; "order of blocks only").
 
     hivla run --high-level pi05:policies/checkpoints/grounded --suite base --episodes 34 --seed 640000 \\
         --coach facts --out runs/facts_heldout_640000/sessions --workers 2 --quiet
