@@ -7,6 +7,12 @@ Every planner frame (`hivla datagen --mode planner`) gives one sample: both came
 name's place / where / side / x and the drawer's state out (policies.pi05.objects.labels_from_facts).
 No text, no backbone: a step runs the convolutions and the queries only, hundreds of frames a second.
 
+With `--set readout_belief=true` the read-out also learns to carry a belief: each frame is read with
+its episode's frame before (that frame's truth, or BELIEF_READ of the time the starting read-out's
+reading of it; none on BELIEF_UNKNOWN of the frames and on every episode's first), and is scored reading
+each held-out episode in order (read_in_order), as on a robot. `--init-from` a grounded checkpoint then
+starts from its read-out and its configuration.
+
 OUT receives config.json (the `grounded` preset) and model.safetensors holding the read-out's tensors
 under the names a Pi05Model gives them (`vision.*`), so stage 2 (`hivla train --preset grounded
 --readout OUT`) loads them as they are; plus the resume state and train.log.
