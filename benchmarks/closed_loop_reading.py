@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = None) -> dict:
     """Every plan's frame and every fact's frame of the sessions, with the simulator's truth there (from
     `cache` where it holds the episode: {session/episode: [first drifted step or None, {step: facts}]})."""
+    from agent.training.facts_finetune import plan_steps
     from policies.scene_line import Fact
     from policies.types import CorrectionKind
     from sessions.export.common import fact_frame_step
@@ -78,8 +79,7 @@ def recorded_frames(paths: list[Path], suite: str, log, cache: Path | None = Non
         for ep in session.episodes:
             if not ep.steps:
                 continue
-            plans = {p.asked_step if p.asked_step is not None else p.step for p in ep.plans
-                     if p.plan.thought and p.plan.thought.startswith("I see:")}
+            plans = set(plan_steps(ep))
             said = [(fact_frame_step(ep, c), Fact.from_dict(c.fact.model_dump())) for c in ep.active_corrections
                     if c.kind is CorrectionKind.FACT and c.fact is not None]
             key, wanted = f"{session.header.session_id}/{ep.episode}", plans | {at for at, _ in said}
@@ -122,14 +122,14 @@ def plans_before(frames: dict) -> "torch.Tensor":
     return torch.tensor(previous, dtype=torch.long)
 
 
-def misreadings(scene, true) -> list[str]:
-    """What a read scene gets wrong against the true one, one short kind per wrong object ("held read as
-    table", "table: side", "missed: bowl", "phantom: table", "drawer"); the bowls read, and a line right
-    but for the order of its blocks, count as one kind each."""
-    from policies.scene_line import DRAWER, contradictions, format_scene
+def misreadings(scene, true, wrong: list) -> list[str]:
+    """What a read scene gets wrong against the true one (`wrong`: contradictions(scene, true)), one short
+    kind per wrong object ("held read as table", "table: side", "missed: bowl", "phantom: table",
+    "drawer"); the bowls read, and a line right but for the order of its blocks, count as one kind each."""
+    from policies.scene_line import DRAWER, format_scene
 
     kinds = []
-    for fact in contradictions(scene, true):
+    for fact in wrong:
         believed = None if fact.subject == DRAWER else scene.block(fact.subject)
         if fact.subject == DRAWER:
             kinds.append("drawer")
@@ -178,10 +178,11 @@ def read(path: Path, frames: dict, threads: int) -> dict:
         true = scene_from_facts(truth, task, bowls=readout.reads_bowls)
         exact.append(format_scene(scene) == format_scene(true))
         if is_plan:
-            misread.update(misreadings(scene, true))
-            wrong = {f.subject for f in contradictions(scene, true)}
+            wrong = contradictions(scene, true)
+            misread.update(misreadings(scene, true, wrong))
+            misnamed = {f.subject for f in wrong}
             for block in true.blocks:
-                by_true_place.setdefault(block.place, []).append(block.name not in wrong)
+                by_true_place.setdefault(block.place, []).append(block.name not in misnamed)
         as_set.append(sorted(b.phrase() for b in scene.blocks) == sorted(b.phrase() for b in true.blocks)
                       and scene.bowls == true.bowls and scene.drawer_open == true.drawer_open)
     fact_rows = [row for row, _ in frames["facts"]]

@@ -71,8 +71,9 @@ from torch import Tensor, nn
 
 from agent.training.corrections import CorrectionDataError, coaching_data_kind, is_held_out
 from agent.training.loop import Recipe, RecipeSettings, TrainingLoop
-from agent.training.readout_trainer import (BELIEF_READ, BELIEF_UNKNOWN, LABELS, FrameSet, beliefs_for,
-                                           evaluate_readout, heads_if_believing, read_in_order)
+from agent.training.readout_trainer import (BELIEF_READ, BELIEF_UNKNOWN, LABELS, FrameSet, beliefs_before,
+                                           beliefs_for, evaluate_readout, heads_if_believing,
+                                           previous_in_episode, read_in_order)
 from policies.checkpoint import CheckpointError
 from policies.pi05.objects import (
     Belief, BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, belief_from_reading,
@@ -489,7 +490,6 @@ def load_base_frames(paths: list[str], image_size: int, max_frames: int, seed: i
                                   f"`hivla datagen --mode planner`")
     order = torch.randperm(len(stems), generator=torch.Generator().manual_seed(seed)).tolist()
     images, label_rows, episodes, tasks, facts, families, ep_keys = [], [], [], [], [], [], {}
-    previous, last = [], {}
     for i in order:
         if len(tasks) >= max_frames:
             break
@@ -503,14 +503,12 @@ def load_base_frames(paths: list[str], image_size: int, max_frames: int, seed: i
         for row in rows:
             label_rows.append(labels_from_facts(row["facts"]))
             episodes.append(ep_keys.setdefault(f"{stems[i].parent.name}/{row['episode']}", len(ep_keys)))
-            previous.append(last.get(episodes[-1], -1))  # a shard keeps an episode's plans in order
-            last[episodes[-1]] = len(episodes) - 1
             tasks.append(row["context"]["task"])
             facts.append(row["facts"])
             families.append(row.get("family") or "?")
     log(f"planner frames: {len(tasks)} frames of {len(ep_keys)} episodes from {len(stems)} shards in {paths}")
     return FrameSet(torch.from_numpy(np.concatenate(images)), _label_tensors(label_rows), torch.tensor(episodes),
-                    tasks, facts, families, torch.tensor(previous))
+                    tasks, facts, families, previous_in_episode(episodes))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -606,8 +604,6 @@ def fact_beliefs(readout: ObjectReadout, rows: FactRows, dtype: str, device: tor
     if not previous:
         return unknown_belief(len(rows))
     heads = read_in_order(readout, torch.cat(frames), torch.tensor(previous), dtype, device)
-    from agent.training.readout_trainer import beliefs_before
-
     return beliefs_before(heads, torch.tensor(last, dtype=torch.long))
 
 

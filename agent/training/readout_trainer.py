@@ -34,7 +34,8 @@ from agent.training.loop import Logger, PresetSettings, Recipe, TrainingLoop
 from policies.checkpoint import warm_start
 from policies.pi05.configuration import Pi05Config, make_config
 from policies.pi05.objects import (BOWL_NAMES, Belief, ObjectReadout, belief_from_labels, belief_from_reading,
-                                   labels_from_facts, object_correct, read_scenes, select_belief, unknown_belief)
+                                   belief_where, labels_from_facts, object_correct, read_scenes, select_belief,
+                                   unknown_belief)
 from policies.scene_line import PLACES, format_scene, scene_from_facts
 
 LABELS = ("place", "where", "side", "x", "bowls", "drawer")
@@ -93,7 +94,7 @@ def load_frames(paths: list[str | Path], image_size: int, log=print) -> FrameSet
         raise ValueError(f"no planner-frame shards under {[str(p) for p in paths]}; "
                          "record some with `hivla datagen --mode planner`")
     images, cols = [], {k: [] for k in LABELS}
-    episodes, tasks, facts, families, keys, previous, last = [], [], [], [], {}, [], {}
+    episodes, tasks, facts, families, keys = [], [], [], [], {}
     for stem in stems:
         rows, imgs, _ = read_shard(stem)
         if imgs.shape[2] != image_size:
@@ -105,15 +106,23 @@ def load_frames(paths: list[str | Path], image_size: int, log=print) -> FrameSet
             for k in LABELS:
                 cols[k].append(labels[k])
             episodes.append(keys.setdefault(f"{stem.parent.name}/{row['episode']}", len(keys)))
-            previous.append(last.get(episodes[-1], -1))  # a shard keeps an episode's plans in order
-            last[episodes[-1]] = len(episodes) - 1
             tasks.append(row["context"]["task"])
             facts.append(row["facts"])
             families.append(row.get("family") or "?")
     labels = {k: torch.tensor(v, dtype=torch.float32 if k == "x" else torch.long) for k, v in cols.items()}
     log(f"read-out frames: {len(tasks)} frames of {len(keys)} episodes in {len(stems)} shards")
     return FrameSet(torch.from_numpy(np.concatenate(images)), labels, torch.tensor(episodes), tasks, facts, families,
-                     torch.tensor(previous))
+                     previous_in_episode(episodes))
+
+
+def previous_in_episode(episodes: list[int]) -> Tensor:
+    """Per frame, its episode's frame before it (-1: the episode's first), for frames listed in order within
+    each episode (a shard keeps an episode's plans in order)."""
+    previous, last = [], {}
+    for i, episode in enumerate(episodes):
+        previous.append(last.get(episode, -1))
+        last[episode] = i
+    return torch.tensor(previous, dtype=torch.long)
 
 
 class ReadoutObjective(nn.Module):
@@ -161,11 +170,8 @@ def read_in_order(readout: ObjectReadout, images: Tensor, previous: Tensor, dtyp
 def beliefs_before(heads: dict[str, Tensor], previous: Tensor) -> Belief:
     """The belief each frame is read with: the read-out's heads on its episode's frame before (`previous`,
     rows of `heads`), nothing where there is none (-1)."""
-    belief = belief_from_reading({k: v[previous.clamp(min=0)] for k, v in heads.items()})
-    none = previous < 0
-    for k, v in unknown_belief(len(previous)).items():
-        belief[k] = torch.where(none.view(-1, *[1] * (v.dim() - 1)), v, belief[k])
-    return belief
+    read = belief_from_reading({k: v[previous.clamp(min=0)] for k, v in heads.items()})
+    return belief_where(previous < 0, unknown_belief(len(previous)), read)
 
 
 def heads_if_believing(readout: ObjectReadout, frames: "FrameSet", idx: Tensor, dtype: str,
@@ -204,13 +210,10 @@ def beliefs_for(frames: "FrameSet", idx: Tensor, read: Belief | None, unknown: f
     belief = belief_from_labels({k: frames.labels[k][prev.clamp(min=0)] for k in ("place", "where", "side", "x",
                                                                                   "drawer")})
     if read is not None:
-        use_read = torch.rand(n, generator=generator) < from_read
-        for k, v in select_belief(read, prev.clamp(min=0)).items():
-            belief[k] = torch.where(use_read.view(-1, *[1] * (v.dim() - 1)), v, belief[k])
+        belief = belief_where(torch.rand(n, generator=generator) < from_read, select_belief(read, prev.clamp(min=0)),
+                              belief)
     none = (prev < 0) | (torch.rand(n, generator=generator) < unknown)
-    for k, v in unknown_belief(n).items():
-        belief[k] = torch.where(none.view(-1, *[1] * (v.dim() - 1)), v, belief[k])
-    return belief
+    return belief_where(none, unknown_belief(n), belief)
 
 
 @torch.no_grad()
@@ -219,8 +222,8 @@ def evaluate_readout(readout: ObjectReadout, frames: FrameSet, idx: Tensor, dtyp
     """On the frames `idx`: present objects placed right (place, and where / side where they apply),
     frames whose every block is right, scene lines written exactly right (order and drawer included),
     objects right per true place, and (a read-out that reads bowls) bowls read right, there or not.
-    `heads`: the read-out's heads on every frame of `frames` already; a read-out with a belief is scored on
-    what it reads carrying its own belief through each episode (heads_if_believing), whatever is passed."""
+    `heads`: the read-out's heads on every frame of `frames` already; without them a read-out with a belief
+    is scored on what it reads carrying its own belief through each episode (heads_if_believing)."""
     if heads is None:
         heads = heads_if_believing(readout, frames, idx, dtype, device)
     was_training = readout.training

@@ -84,6 +84,11 @@ def select_belief(belief: Belief, rows) -> Belief:
     return {k: v[rows] for k, v in belief.items()}
 
 
+def belief_where(rows: Tensor, chosen: Belief, otherwise: Belief) -> Belief:
+    """`chosen`'s belief on the rows where `rows` (bool [B]) holds, `otherwise`'s on the rest."""
+    return {k: torch.where(rows.view(-1, *[1] * (v.dim() - 1)), v, otherwise[k]) for k, v in chosen.items()}
+
+
 def name_word_ids(name: str) -> list[int]:
     """The name's words in NAME_WORDS ("bowl" is not one: see ObjectReadout.bowl_word)."""
     return [NAME_WORDS.index(w) for w in name.split() if w != "bowl"]

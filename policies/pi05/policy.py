@@ -159,7 +159,7 @@ def decode_grounded(model: Pi05Model, processor: Pi05Processor, images: torch.Te
     from policies.scene_line import apply_facts, apply_facts_to_line, format_scene
 
     features = model.vision.features(images, belief)
-    heads = model.vision.heads(features)
+    heads = model.vision.heads(features) if lines is None or read is not None else {}
     if read is not None:
         read.update(heads)
     if lines is None:
