@@ -224,7 +224,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     and how it decides, with the line its read-out wrote beside the true line forced in its place
     (so the table says whether reading or deciding limits), on decision-due frames by subtask kind;
     and its scene questions (answered after the line, as it decides)."""
-    from agent.training.readout_trainer import beliefs_before, evaluate_readout, load_frames, read_in_order
+    from agent.training.readout_trainer import beliefs_before, evaluate_readout, load_frames, read_episodes
     from policies.pi05.policy import decode_grounded
 
     cfg = model.cfg
@@ -234,8 +234,8 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     g = torch.Generator().manual_seed(1234)
     # a read-out that carries a belief reads each episode in order, as on a robot: every frame with what it
     # read on the frame before
-    heads = read_in_order(model.vision, frames.images, frames.previous, args.dtype, torch.device("cpu")) \
-        if not cfg.blind and cfg.readout_belief else None
+    heads, left = read_episodes(model.vision, frames.images, frames.previous, args.dtype, torch.device("cpu")) \
+        if not cfg.blind and cfg.readout_belief else (None, None)
     reading = None if cfg.blind else evaluate_readout(
         model.vision, frames, torch.randperm(len(frames.tasks), generator=g)[: args.frames * 2], args.dtype,
         torch.device("cpu"), heads=heads)
@@ -243,7 +243,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     def belief(chunk: torch.Tensor) -> dict | None:
         if heads is None:
             return None
-        return beliefs_before(heads, frames.previous[[raw.frame_of[i] for i in chunk.tolist()]])
+        return beliefs_before(left, frames.previous[[raw.frame_of[i] for i in chunk.tolist()]])
 
     raw = collect_planner_frames([args.data], cfg.cameras, cfg.image_size, cfg.action_horizon,
                                  context_last=cfg.context_last, scene_questions=args.questions, seed=args.seed,

@@ -187,7 +187,6 @@ def test_closed_loop_reading_gives_each_frame_its_episodes_plan_before(plans):
 
 def test_a_fact_is_learned_with_the_belief_its_frame_was_read_with(grounded, coached, frames, tmp_path):
     from agent.training.facts_finetune import fact_beliefs, load_fact_rows, plan_steps
-    from agent.training.readout_trainer import beliefs_before
     from policies.pi05.policy import load_checkpoint
     from sessions.reader import read_session
 
@@ -207,7 +206,7 @@ def test_a_fact_is_learned_with_the_belief_its_frame_was_read_with(grounded, coa
     row = lags.index(max(lags))
     chain = rows.history[row]
     heads = read_in_order(readout, chain, torch.arange(len(chain)) - 1, "fp32", torch.device("cpu"))
-    expected = beliefs_before(heads, torch.tensor([len(chain) - 1]))
+    expected = belief_from_reading({k: v[-1:] for k, v in heads.items()})  # what the last plan read
     for k in expected:
         assert torch.allclose(beliefs[k][row:row + 1].float(), expected[k].float()), k
     # and a facts arm on that read-out trains with them

@@ -55,7 +55,8 @@ PI05_ONLY = {"base_data": None, "correction_share": 0.1, "lora": False, "anchor_
 HF_ONLY = {"lora_alpha": None, "lora_targets": "all-linear", "merge": False, "eval_samples": 32}
 # --readout-facts's own options, with their defaults: refused without it when changed
 FACTS_ONLY = {"fact_share": 0.25, "readout_scope": "heads", "fact_span": 0, "fact_span_stride": 3,
-              "fact_weight": 1.0, "labelled_frames": None, "fact_unsaid": "ignore", "readout_belief": False}
+              "fact_weight": 1.0, "labelled_frames": None, "fact_unsaid": "ignore", "readout_belief": False,
+              "readout_memory": False}
 # the pi05 plan fine-tune's options that --readout-facts does not read (it trains no plan)
 PLANS_ONLY = {"correction_share": 0.1, "lora": False, "lora_rank": 16, "anchor_weight": 1.0, "approved_plans": True,
               "with_corrections": 0.5, "base_stride": 5}
@@ -161,6 +162,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="--readout-facts --readout-scope readout: the read-out also learns to carry what it read "
                             "at the episode's previous plan (object permanence: a block the arm hides, one shut in "
                             "the drawer), added to a base without it with its gate shut")
+    facts.add_argument("--readout-memory", action="store_true",
+                       help="--readout-facts --readout-scope readout: the belief also keeps a block read at an "
+                            "earlier plan and not at the last one, marked carried (a block hidden for several "
+                            "plans in a row); implies --readout-belief")
     parser.add_argument("--resume", action="store_true", help="continue from the state saved in --out")
     add_device_arguments(parser, dtype="bf16", dtype_help="bf16 (default): autocast for pi05, bf16 base weights "
                                                            "for hf: (the LoRA adapters stay fp32)")
@@ -220,9 +225,9 @@ def main_facts(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, base_data=args.base_data, fact_share=args.fact_share,
         scope=args.readout_scope, held_out_fraction=args.held_out_fraction, max_base_frames=args.max_base_samples,
         span=args.fact_span, span_stride=args.fact_span_stride, unsaid=args.fact_unsaid,
-        fact_weight=args.fact_weight, labelled_frames=args.labelled_frames, belief=args.readout_belief,
-        resume=args.resume, device=args.device,
-        dtype=args.dtype, threads=args.threads, seed=args.seed, save_every_s=args.save_every, **schedule,
+        fact_weight=args.fact_weight, labelled_frames=args.labelled_frames,
+        belief=args.readout_belief or args.readout_memory, memory=args.readout_memory, resume=args.resume,
+        device=args.device, dtype=args.dtype, threads=args.threads, seed=args.seed, save_every_s=args.save_every, **schedule,
     )
     return run_pi05(finetune_readout_on_facts, settings)
 

@@ -73,10 +73,10 @@ from agent.training.corrections import CorrectionDataError, coaching_data_kind, 
 from agent.training.loop import Recipe, RecipeSettings, TrainingLoop
 from agent.training.readout_trainer import (BELIEF_READ, BELIEF_UNKNOWN, LABELS, FrameSet, beliefs_before,
                                            beliefs_for, evaluate_readout, heads_if_believing,
-                                           previous_in_episode, read_in_order)
+                                           previous_in_episode, read_episodes)
 from policies.checkpoint import CheckpointError
 from policies.pi05.objects import (
-    Belief, BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce, belief_from_reading,
+    Belief, BLOCK_NAMES, BOWL_NAMES, IGNORE, WHERE_NAMES, X_SCALE, ObjectReadout, _masked_ce,
     labels_from_facts, object_correct, read_scenes, unknown_belief,
 )
 from policies.scene_line import DRAWER, NAMED, PLACES, SIDES, Fact, format_scene, mentions_drawer, scene_from_facts
@@ -124,6 +124,7 @@ class FactsFinetuneSettings(RecipeSettings):
     # before's truth or (belief_read) the base read-out's reading of it, none on belief_unknown of them;
     # a fact row with what the base read-out believed on its frame (fact_beliefs)
     belief: bool = False
+    memory: bool = False  # ... and carries blocks read earlier (Pi05Config.readout_memory; implies belief)
     belief_unknown: float = BELIEF_UNKNOWN
     belief_read: float = BELIEF_READ
 
@@ -146,6 +147,8 @@ class FactsFinetuneSettings(RecipeSettings):
                              f"{self.span_stride}")
         if not self.fact_weight > 0:
             raise ValueError(f"--fact-weight must be positive, got {self.fact_weight}")
+        if self.memory and not self.belief:
+            raise ValueError("--readout-memory carries what a belief holds: it needs --readout-belief too")
         if self.belief and self.scope != "readout":
             raise ValueError("--readout-belief trains the read-out's queries to read a belief: pass --readout-scope "
                              "readout (the heads alone cannot learn it)")
@@ -603,8 +606,8 @@ def fact_beliefs(readout: ObjectReadout, rows: FactRows, dtype: str, device: tor
         last.append(start + len(history) - 1 if len(history) else -1)
     if not previous:
         return unknown_belief(len(rows))
-    heads = read_in_order(readout, torch.cat(frames), torch.tensor(previous), dtype, device)
-    return beliefs_before(heads, torch.tensor(last, dtype=torch.long))
+    _, left = read_episodes(readout, torch.cat(frames), torch.tensor(previous), dtype, device)
+    return beliefs_before(left, torch.tensor(last, dtype=torch.long))
 
 
 @torch.no_grad()
@@ -751,12 +754,13 @@ def _tally(k: dict, objects: int, right: int, line_right: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def add_belief(model) -> None:
-    """Give a grounded planner's read-out a belief (Pi05Config.readout_belief): a new read-out with every
-    tensor of the old one and the belief's own gated shut, so it reads exactly as before until trained."""
+def add_belief(model, memory: bool = False) -> None:
+    """Give a grounded planner's read-out a belief (Pi05Config.readout_belief; with `memory`, readout_memory
+    too): a new read-out with every tensor of the old one and the new ones gated shut or zero, so it reads
+    exactly as before until trained."""
     import dataclasses
 
-    cfg = dataclasses.replace(model.cfg, readout_belief=True)
+    cfg = dataclasses.replace(model.cfg, readout_belief=True, readout_memory=memory or model.cfg.readout_memory)
     readout = ObjectReadout(cfg).to(next(model.vision.parameters()).device)
     missing, unexpected = readout.load_state_dict(model.vision.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("belief_") for k in missing), (missing, unexpected)
@@ -797,10 +801,12 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
                               f"train it again (`hivla train --preset grounded`)") from err
     cfg = model.cfg
     _check_grounded(cfg, s.base)
-    if s.belief and not cfg.readout_belief:
-        add_belief(model)
+    if s.belief and not cfg.readout_belief or s.memory and not cfg.readout_memory:
+        add_belief(model, memory=s.memory)
         cfg = model.cfg
-        say("read-out: a belief from the episode's previous plan added (its gate shut: it reads as the base)")
+        say("read-out: a belief from the episode's previous plan added"
+            f"{', keeping blocks read at earlier plans (memory)' if s.memory else ''} (new tensors shut: it reads "
+            f"as the base)")
     model.to(device)
     readout: ObjectReadout = model.vision
 
@@ -838,7 +844,7 @@ def finetune_readout_on_facts(s: FactsFinetuneSettings) -> dict:
     base_frames = load_base_frames(base_frame_dirs(s), cfg.image_size, s.max_base_frames, s.seed, say)
     read = None  # the base read-out's belief on every planner frame (before the resume below loads the trained one)
     if cfg.readout_belief and s.belief_read > 0:
-        read = belief_from_reading(read_in_order(readout, base_frames.images, base_frames.previous, s.dtype, device))
+        read = read_episodes(readout, base_frames.images, base_frames.previous, s.dtype, device)[1]
     if loop.resuming:  # after the facts are chosen: the base read-out chose them, on a resume too
         load_state_dict_checked(model, out / "model.safetensors")
     from agent.training.dataset import split_episodes

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from agent.training.loop import Logger, PresetSettings, Recipe, TrainingLoop
 from policies.checkpoint import warm_start
 from policies.pi05.configuration import Pi05Config, make_config
-from policies.pi05.objects import (BOWL_NAMES, Belief, ObjectReadout, belief_from_labels, belief_from_reading,
+from policies.pi05.objects import (BOWL_NAMES, Belief, ObjectReadout, belief_from_labels,
                                    belief_where, labels_from_facts, object_correct, read_scenes, select_belief,
                                    unknown_belief)
 from policies.scene_line import PLACES, format_scene, scene_from_facts
@@ -141,13 +141,22 @@ class ReadoutObjective(nn.Module):
 def read_in_order(readout: ObjectReadout, images: Tensor, previous: Tensor, dtype: str, device: torch.device,
                   batch_size: int = 128) -> dict[str, Tensor]:
     """The heads on every frame, each reading with the belief the read-out itself formed on its episode's
-    frame before (`previous`: an index into these frames, -1 for an episode's first), as it runs on a robot:
-    all first frames, then all second frames, and so on. A read-out without a belief reads each frame alone."""
+    frame before (`previous`: an index into these frames, -1 for an episode's first), as it runs on a robot.
+    A read-out without a belief reads each frame alone."""
+    return read_episodes(readout, images, previous, dtype, device, batch_size)[0]
+
+
+def read_episodes(readout: ObjectReadout, images: Tensor, previous: Tensor, dtype: str, device: torch.device,
+                  batch_size: int = 128) -> tuple[dict[str, Tensor], Belief | None]:
+    """read_in_order's heads, and the belief each frame leaves for its episode's next one
+    (ObjectReadout.belief_after; None for a read-out without a belief): all first frames, then all second
+    frames, and so on."""
     depth = torch.zeros(len(previous), dtype=torch.long)
     for i, p in enumerate(previous.tolist()):
         if p >= 0:
             depth[i] = depth[p] + 1  # an episode's frames come in order
     out: dict[str, Tensor] = {}
+    left: Belief | None = None
     was_training = readout.training
     readout.eval()
     with torch.no_grad():
@@ -156,22 +165,28 @@ def read_in_order(readout: ObjectReadout, images: Tensor, previous: Tensor, dtyp
             for chunk in rows.split(batch_size):
                 belief = None
                 if readout.reads_belief and d > 0:
-                    belief = {k: v.to(device) for k, v in beliefs_before(out, previous[chunk]).items()}
+                    belief = {k: v.to(device) for k, v in beliefs_before(left, previous[chunk]).items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
                     heads = readout.heads(readout.features(images[chunk].to(device), belief))
+                heads = {k: v.float() for k, v in heads.items()}
                 for k, v in heads.items():
                     if k not in out:
                         out[k] = torch.zeros(len(previous), *v.shape[1:])
-                    out[k][chunk] = v.float().cpu()
+                    out[k][chunk] = v.cpu()
+                if readout.reads_belief:
+                    after = readout.belief_after(heads, belief)
+                    if left is None:
+                        left = {k: torch.zeros(len(previous), *v.shape[1:], dtype=v.dtype) for k, v in after.items()}
+                    for k, v in after.items():
+                        left[k][chunk] = v.cpu()
     readout.train(was_training)
-    return out
+    return out, left
 
 
-def beliefs_before(heads: dict[str, Tensor], previous: Tensor) -> Belief:
-    """The belief each frame is read with: the read-out's heads on its episode's frame before (`previous`,
-    rows of `heads`), nothing where there is none (-1)."""
-    read = belief_from_reading({k: v[previous.clamp(min=0)] for k, v in heads.items()})
-    return belief_where(previous < 0, unknown_belief(len(previous)), read)
+def beliefs_before(left: Belief, previous: Tensor) -> Belief:
+    """The belief each frame is read with: the one its episode's frame before left (`previous`, rows of
+    `left`, read_episodes), nothing where there is none (-1)."""
+    return belief_where(previous < 0, unknown_belief(len(previous)), select_belief(left, previous.clamp(min=0)))
 
 
 def heads_if_believing(readout: ObjectReadout, frames: "FrameSet", idx: Tensor, dtype: str,
@@ -330,7 +345,7 @@ def train_readout(s: ReadoutSettings) -> dict:
 
     read = None
     if cfg.readout_belief:
-        read = belief_from_reading(read_in_order(model.vision, frames.images, frames.previous, s.dtype, device))
+        read = read_episodes(model.vision, frames.images, frames.previous, s.dtype, device)[1]
         log.echo(f"belief: none on {s.belief_unknown:.0%} of frames and every episode's first; else the frame "
                  f"before's truth or ({s.belief_read:.0%}) this read-out's reading of it at the start")
 

@@ -117,6 +117,11 @@ class Pi05Config(ConfigFile):
     # shut in the drawer, is still read where it was (object permanence). Zero-initialised: a read-out
     # warm-started from one without it reads exactly as that one did until it is trained.
     readout_belief: bool = False
+    # with `readout_belief`: a block read at an earlier plan and not at the previous one stays in the belief,
+    # marked carried (`stale`), so a block hidden for several plans in a row is still believed where it was
+    # last read. The read-out learns when to trust a carried sighting (a block behind the arm) and when to
+    # drop it (a phantom read once); the carried mark's embedding starts at zero.
+    readout_memory: bool = False
 
     preset: str = "custom"
 
@@ -156,6 +161,8 @@ class Pi05Config(ConfigFile):
             raise ValueError("vision_width must be a multiple of vision_heads")
         if self.head_dim % 2:
             raise ValueError("head_dim must be even (RoPE)")
+        if self.readout_memory and not self.readout_belief:
+            raise ValueError("readout_memory carries what a belief held: set readout_belief=true too")
 
     @classmethod
     def check_fields(cls, data: dict) -> None:

@@ -45,8 +45,9 @@ IGNORE = -100
 
 # A belief: what the read-out held of each block at the episode's previous plan, as indices into PLACES,
 # WHERE_NAMES and SIDES, each with one index more meaning "not known / does not apply"; world x; the drawer
-# shut (0), open (1) or not known (2). Tensors: place/where/side long [B, n_blocks], x float [B, n_blocks],
-# drawer long [B].
+# shut (0), open (1) or not known (2); `stale` 1 where a read-out with `readout_memory` carried the block
+# from an earlier plan (not read at the previous one; carry_belief). Tensors: place/where/side/stale long
+# [B, n_blocks], x float [B, n_blocks], drawer long [B].
 Belief = dict[str, Tensor]
 UNKNOWN_PLACE, NO_WHERE, NO_SIDE, UNKNOWN_DRAWER = len(PLACES), len(WHERE_NAMES), len(SIDES), 2
 
@@ -58,7 +59,8 @@ def unknown_belief(batch: int, device: torch.device | str = "cpu") -> Belief:
             "where": torch.full((batch, n), NO_WHERE, dtype=torch.long, device=device),
             "side": torch.full((batch, n), NO_SIDE, dtype=torch.long, device=device),
             "x": torch.zeros(batch, n, device=device),
-            "drawer": torch.full((batch,), UNKNOWN_DRAWER, dtype=torch.long, device=device)}
+            "drawer": torch.full((batch,), UNKNOWN_DRAWER, dtype=torch.long, device=device),
+            "stale": torch.zeros(batch, n, dtype=torch.long, device=device)}
 
 
 def belief_from_labels(labels: dict[str, Tensor]) -> Belief:
@@ -67,7 +69,8 @@ def belief_from_labels(labels: dict[str, Tensor]) -> Belief:
     return {"place": labels["place"].clone(),
             "where": torch.where(labels["where"] == IGNORE, NO_WHERE, labels["where"]),
             "side": torch.where(labels["side"] == IGNORE, NO_SIDE, labels["side"]),
-            "x": labels["x"].float().clone(), "drawer": labels["drawer"].clone()}
+            "x": labels["x"].float().clone(), "drawer": labels["drawer"].clone(),
+            "stale": torch.zeros_like(labels["place"])}
 
 
 def belief_from_reading(out: dict[str, Tensor]) -> Belief:
@@ -77,7 +80,19 @@ def belief_from_reading(out: dict[str, Tensor]) -> Belief:
     in_or_on = (place == PLACES.index("bowl")) | (place == PLACES.index("block"))
     return {"place": place, "where": torch.where(in_or_on, out["where"].argmax(-1), NO_WHERE),
             "side": torch.where(place == PLACES.index("table"), out["side"].argmax(-1), NO_SIDE),
-            "x": torch.where(place > 0, out["x"].float() * X_SCALE, 0.0), "drawer": out["drawer"].argmax(-1)}
+            "x": torch.where(place > 0, out["x"].float() * X_SCALE, 0.0), "drawer": out["drawer"].argmax(-1),
+            "stale": torch.zeros_like(place)}
+
+
+def carry_belief(read: Belief, before: Belief) -> Belief:
+    """What a read-out with `readout_memory` carries on: `read` (its reading now, belief_from_reading), with each
+    block it read as absent but held present in `before` (the belief it read with) kept from `before`, marked
+    stale. A block hidden for several plans in a row is still believed where it was last read; whether to trust
+    that is the read-out's to learn (a hand rule that kept every block carried phantoms forward)."""
+    held = (before["place"] != 0) & (before["place"] != UNKNOWN_PLACE)
+    keep = (read["place"] == 0) & held
+    carried = {k: torch.where(keep, before[k], v) for k, v in read.items() if k not in ("drawer", "stale")}
+    return {**carried, "drawer": read["drawer"], "stale": keep.long()}
 
 
 def select_belief(belief: Belief, rows) -> Belief:
@@ -144,6 +159,10 @@ class ObjectReadout(nn.Module):
             # a gate per channel from zero (ReZero): warm-started from a read-out without a belief, this one
             # reads exactly as that one until training opens it
             self.belief_gate = nn.Parameter(torch.zeros(w))
+        self.remembers = cfg.readout_memory
+        if self.remembers:  # carried (1) or read at the previous plan (0); zeros: reads as without memory
+            self.belief_stale = nn.Embedding(2, w)
+            nn.init.zeros_(self.belief_stale.weight)
 
     @property
     def n_tokens(self) -> int:
@@ -153,6 +172,8 @@ class ObjectReadout(nn.Module):
         """[B, n_objects, vision_width]: what each query adds for the belief (zeros for the bowls)."""
         blocks = (self.belief_place(belief["place"]) + self.belief_where(belief["where"])
                   + self.belief_side(belief["side"]) + self.belief_x((belief["x"] / X_SCALE)[..., None]))
+        if self.remembers:
+            blocks = blocks + self.belief_stale(belief["stale"])
         drawer = self.belief_drawer(belief["drawer"])[:, None]
         bowls = blocks.new_zeros(len(blocks), len(self.names) - len(BLOCK_NAMES) - 1, blocks.shape[-1])
         return self.belief_gate * self.belief_mlp(torch.cat([blocks, bowls, drawer], 1))
@@ -184,6 +205,12 @@ class ObjectReadout(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.tokens(self.features(images))
+
+    def belief_after(self, heads: dict[str, Tensor], belief: Belief | None) -> Belief:
+        """The belief this read-out carries to the episode's next plan from its `heads` on a frame it read with
+        `belief`: what it read, and (with `readout_memory`) what it still holds from before (carry_belief)."""
+        read = belief_from_reading(heads)
+        return carry_belief(read, belief) if self.remembers and belief is not None else read
 
     def heads(self, features: Tensor) -> dict[str, Tensor]:
         blocks = features[:, : len(BLOCK_NAMES)]

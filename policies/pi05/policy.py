@@ -105,9 +105,7 @@ class Pi05Policy(LoadedPolicy):
                                        facts=[ctx.facts] if ctx.facts else None, belief=self._belief,
                                        read=read)[0][0]
             if self.model.vision.reads_belief:
-                from policies.pi05.objects import belief_from_reading
-
-                self._belief = belief_from_reading({k: v.float() for k, v in read.items()})
+                self._belief = self.model.vision.belief_after({k: v.float() for k, v in read.items()}, self._belief)
         else:
             text = self._decode(*self._base(obs), ctx_ids, ctx_mask, obs.task)
         thought, subtask = self.processor.parse_plan(text)
