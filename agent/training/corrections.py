@@ -208,15 +208,10 @@ def _session_rows(path: Path, log) -> list[dict]:
     """A session directory's coaching table, built in memory as the export builds it."""
     from sessions.export.coaching import coaching_rows
     from sessions.export.common import ExportOptions
-    from sessions.reader import SessionError, find_sessions, read_session
+    from sessions.reader import iter_sessions
 
     rows = []
-    for found in find_sessions([path]):
-        try:
-            session = read_session(found)
-        except SessionError as err:
-            log(f"skipping {found}: {err}")
-            continue
+    for session in iter_sessions([path], on_error=lambda found, err: log(f"skipping {found}: {err}")):
         for ep in session.episodes:
             if ep.steps:
                 rows.extend(coaching_rows(session, ep, ExportOptions(format="sft")))

@@ -367,15 +367,10 @@ def _session_facts(path: Path, log, span: int = 0, stride: int = 1, history: boo
     (span > 0) the frames of the steps around them it still holds on (fact_span_steps) and (history) the
     frames of the episode's plans before it."""
     from sessions.export.common import fact_frame_step, fact_span_steps
-    from sessions.reader import SessionError, find_sessions, read_session
+    from sessions.reader import iter_sessions
     from policies.types import CorrectionKind
 
-    for found in find_sessions([path]):
-        try:
-            session = read_session(found)
-        except SessionError as err:
-            log(f"skipping {found}: {err}")
-            continue
+    for session in iter_sessions([path], on_error=lambda found, err: log(f"skipping {found}: {err}")):
         for ep in session.episodes:
             for c in ep.active_corrections:
                 if c.kind is not CorrectionKind.FACT or c.fact is None or not ep.steps:
