@@ -45,6 +45,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import write_results  # noqa: E402
+
 DATA = Path(__file__).resolve().parent / "data" / "corrections_heldout.jsonl"
 RESULTS = Path(__file__).resolve().parent / "results" / "classifier_heldout.json"
 LABELS = ("override", "negation", "constraint", "nudge", "stop", "pause", "resume", "confirm", "question",
@@ -238,9 +240,7 @@ def main() -> int:
         for split in (*SPLITS, "all"):
             for f in entry[split]["failures"]:
                 f["objects"] = list(f["objects"])
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(results, args.json, default=str)
     return 0
 
 

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.fact_label_audit import replay_facts  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "closed_loop_reading.json"
 
@@ -249,9 +250,7 @@ def main(argv=None) -> int:
                          "checkpoints": {k: str(v) for k, v in args.checkpoint.items()}},
               "episodes": frames["episodes"], "episodes_drifted": frames["drifted"], "checkpoints": results,
               "wall_time_s": time.perf_counter() - started}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(result, args.json)
     return 0
 
 

@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stages import CommandLog  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
 BASE_CACHE_FILE = "base_cache.safetensors"  # agent/training/finetune_data.py (not imported: no torch here)
 RESULTS = ROOT / "benchmarks" / "results" / "coaching_rounds.json"
 LOW_LEVELS = ("vla", "base", "finetuned", "expert")
@@ -321,11 +321,9 @@ def main(argv=None) -> int:
         "correction_data_at_most_10%": last["correction_share_of_base"] <= 0.10,
     }
     console.print(summary)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({
+    write_results({
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"checkpoint": str(base)},
-        "rows": rows, "summary": summary, "wall_time_s": wall}, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+        "rows": rows, "summary": summary, "wall_time_s": wall}, args.json)
     return 0
 
 

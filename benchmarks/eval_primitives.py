@@ -10,11 +10,12 @@ under test executes one subtask); this script builds the policy from its spec an
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.report import write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(kind, str(s["trials"]), f"{100 * s['success_rate']:.1f}%", f"{s['median_steps']}")
     Console().print(table)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        write_results(report, args.json)
     return 0
 
 

@@ -15,7 +15,6 @@ benchmarks/results/fact_label_audit.json (or --json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import write_results  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "fact_label_audit.json"
 STATE_TOLERANCE = 1e-4  # recorded vs replayed robot state (float32 in the session), any coordinate
@@ -121,9 +122,7 @@ def main(argv=None) -> int:
               "by_kind": {k: {w: {"frames": r[w][1], "true": share(r[w])} for w in ("own", "span")}
                           for k, r in sorted(tally.items())},
               "all": {w: {"frames": total[w][1], "true": share(total[w])} for w in ("own", "span")}}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(result, args.json)
     return 0
 
 

@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stages import TimedStages  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "facts_round.json"
 # planner frames mixed into the full round's fine-tune: the four sets policies/checkpoints/grounded/MODEL_CARD.md
 # records after the push fix (step 6d), labelled as the held-out frames are (runs/grounded_frames_heldout_v2,
@@ -375,9 +376,7 @@ def main(argv=None) -> int:
                   f"{'-' if lines_b is None else f'{100 * lines_b:.1f}%'} -> "
                   f"{'-' if lines_a is None else f'{100 * lines_a:.1f}%'}; base decisions (own line) "
                   f"{'-' if drop is None else f'{-drop:+.1f}'} points")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(result, args.json)
     return 0
 
 

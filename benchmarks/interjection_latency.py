@@ -19,7 +19,6 @@ import json
 import random
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 

@@ -59,6 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stages import TimedStages  # noqa: E402
+from benchmarks.report import write_results  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "nudge_round.json"
 SHIPPED_VLA = ROOT / "policies" / "checkpoints" / "vla"
@@ -337,9 +338,7 @@ def main(argv=None) -> int:
         "wall_time_s": {**stages.wall, "this_run": time.perf_counter() - started},
     }
     console.print(table(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {args.json}")
+    write_results(result, args.json)
     return 0
 
 

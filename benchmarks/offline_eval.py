@@ -27,7 +27,6 @@ Prints a table and writes benchmarks/results/offline_eval.json (or --json).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.report import write_results  # noqa: E402
 
 from policies.grammar import parse_subtask  # noqa: E402
 from agent.training.dataset import collect_planner_frames, encode_samples, load_cache, split_episodes  # noqa: E402
@@ -213,9 +214,7 @@ def main(argv=None) -> int:
         print("action R²: none (a planner-only checkpoint, or planner frames, which carry no actions)")
     if following is not None:
         print_following(following)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(result, args.json)
     return 0
 
 
@@ -337,9 +336,7 @@ def grounded_eval(args: argparse.Namespace, model, processor) -> int:
     for k, v in qa_rows.items():
         print(f"{k:<44} {v['questions']:>5} {100 * v['accuracy']:>9.1f}%")
     print_following(following)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(result, args.json)
     return 0
 
 

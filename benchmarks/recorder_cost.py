@@ -34,7 +34,6 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     args = parser.parse_args()
 
-    import numpy as np
     from rich.console import Console
     from rich.table import Table
 

@@ -11,7 +11,6 @@ Writes benchmarks/results/vla_heads.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -12,7 +12,6 @@ Writes benchmarks/results/vla_speed.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
