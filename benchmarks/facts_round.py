@@ -86,6 +86,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="coached episodes in all, rounded up to whole episodes a family (default 100: 12 a family)")
     p.add_argument("--seed", type=int, default=500_000, help="seeds of the coached episodes (none trained or held out)")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--room", default="training", choices=["training", "dim"],
+                   help="the room the coached episodes run in (agent/envs/scene.py ROOMS): dim, one no model "
+                        "was trained in, asks what the facts teach a robot somewhere new")
     p.add_argument("--base-data", nargs="+", default=None,
                    help="planner frames mixed into the fine-tune (default: BASE_DATA, the frame sets the "
                         "shipped checkpoint's card records after the push fix, labelled as --heldout is)")
@@ -184,7 +187,7 @@ def coached_run(stages: TimedStages, args, base: Path) -> dict:
         tiny = ["--image-size", 32, "--max-steps", 80] if args.preset == "tiny" else []
         stages.hivla("a_coached_run", "run", "--high-level", f"pi05:{base}", *low, "--suite", "base",
                      "--episodes", per_family, "--seed", args.seed, "--coach", "facts", "--out", w / "sessions",
-                     "--workers", args.workers, "--quiet", "--json", path, *tiny)
+                     "--workers", args.workers, "--quiet", "--json", path, "--room", args.room, *tiny)
     return json.loads(path.read_text())
 
 

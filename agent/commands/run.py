@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from agent.commands.devices import add_device_arguments, device_problem
+from agent.envs.scene import ROOMS
 from agent.errors import UserError
 from agent.runtime.state import EpisodeResult
 
@@ -46,6 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coach-error-rate", type=float, default=0.0,
                         help="the scripted coach's error rate (for --coach facts: the share of facts it misses)")
     parser.add_argument("--image-size", type=int, default=128, help="camera resolution (default: 128)")
+    parser.add_argument("--room", choices=sorted(ROOMS), default="training",
+                        help="how the room looks (agent/envs/scene.py ROOMS): training (default, where every "
+                             "model learned) or dim, a table and light no model was trained in")
     parser.add_argument("--max-steps", type=int, default=None, help="per-episode step cap (default: the family budget)")
     parser.add_argument("--json", type=Path, default=None, help="write the metrics here")
     parser.add_argument("--out", type=Path, default=None, help="record sessions into this directory")
@@ -65,6 +69,7 @@ class RunConfig:
     out: str | None
     device: str
     dtype: str = "fp32"
+    room: str = "training"
 
 
 @dataclass(frozen=True)
@@ -107,10 +112,11 @@ def run_shard(config: RunConfig, jobs: list[tuple[str, int]], worker: int, progr
     """Run (family, seed) jobs in this process with one env, one policy pair and one loop."""
     _init_worker()
     from agent.envs import make_env
+    from agent.envs.scene import SceneConfig
     from agent.runtime.factory import build_loop
 
     first_seed = jobs[0][1] if jobs else 0
-    env = make_env(suite=config.suite, image_size=config.image_size)
+    env = make_env(suite=config.suite, image_size=config.image_size, scene_config=SceneConfig(room=config.room))
     coach = _make_coach(config, first_seed + 7919 * worker)
     recorder = _make_recorder(config, env, worker) if config.out else None
     records = []
@@ -142,7 +148,8 @@ def _make_recorder(config: RunConfig, env, worker: int):
         high_level=config.high_level or "default", low_level=config.low_level or "default",
         cameras={c: (config.image_size, config.image_size) for c in CAMERAS},
         state_names=list(STATE_NAMES), action_names=list(ACTION_NAMES),
-        env={"suite": config.suite, "image_size": config.image_size, "coach": config.coach, "worker": worker},
+        env={"suite": config.suite, "image_size": config.image_size, "coach": config.coach, "worker": worker,
+             "room": config.room},
         notes="hivla run",
     )
     path = Path(config.out) / f"run_{time.strftime('%Y%m%d-%H%M%S')}_w{worker}"
@@ -236,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
     make_low_level(low_level, seed=args.seed, device=args.device, dtype=args.dtype)
     config = RunConfig(high_level, low_level, args.suite, args.image_size, args.coach,
                        args.coach_error_rate, args.max_steps, str(args.out) if args.out else None, args.device,
-                       args.dtype)
+                       args.dtype, args.room)
     jobs = [(family, args.seed + i) for i in range(args.episodes) for family in families]
     workers = min(args.workers, len(jobs))
     shards = [jobs[w::workers] for w in range(workers)]
@@ -263,7 +270,8 @@ def main(args: argparse.Namespace) -> int:
     summary["config"] = {**asdict(config), "episodes_per_family": args.episodes, "seed": args.seed,
                          "workers": workers, "families": families}
     table_console().print(_table(summary, f"hivla run: {describe_spec(high_level)} + {describe_spec(low_level)}"
-                                    f" on {args.suite}, coach: {args.coach}, {len(records)} episodes in {wall:.0f}s"))
+                                    f" on {args.suite}{'' if args.room == 'training' else f' in the {args.room} room'}, "
+                                    f"coach: {args.coach}, {len(records)} episodes in {wall:.0f}s"))
     if args.json:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -82,10 +82,26 @@ _DRAWER = 'contype="2" conaffinity="2"'
 _MOVING = 'contype="3" conaffinity="3"'
 
 
+# How the room looks, nothing else (physics, cameras and objects are the same in every room): the table's
+# colour and the light. "training" is the room every model was trained in; "dim" is a room none was, for
+# measuring what people's corrections teach a robot somewhere new (benchmarks/facts_round.py --room).
+ROOMS: dict[str, dict[str, str]] = {
+    "training": {"table": "0.82 0.76 0.66 1", "ambient": "0.45 0.45 0.45", "diffuse": "0.45 0.45 0.45",
+                 "sun": "0.5 0.5 0.5"},
+    "dim": {"table": "0.52 0.58 0.64 1", "ambient": "0.32 0.32 0.36", "diffuse": "0.34 0.34 0.38",
+            "sun": "0.38 0.38 0.42"},
+}
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     timestep: float = 0.002
     control_hz: float = 10.0
+    room: str = "training"  # a key of ROOMS
+
+    def __post_init__(self) -> None:
+        if self.room not in ROOMS:
+            raise ValueError(f"room {self.room!r} is not one of {', '.join(ROOMS)}")
 
     @property
     def substeps(self) -> int:
@@ -241,6 +257,7 @@ def build_mjcf(config: SceneConfig | None = None) -> str:
     tx, ty = TABLE_CENTER
     thx, thy = TABLE_HALF
     servo = 'kp="4000" kv="160" forcerange="-80 80"'
+    room = ROOMS[config.room]
     return f"""
 <mujoco model="hivla_tabletop">
   <compiler angle="radian" autolimits="true"/>
@@ -249,16 +266,16 @@ def build_mjcf(config: SceneConfig | None = None) -> str:
   </option>
   <visual>
     <quality shadowsize="0" offsamples="0"/>
-    <headlight ambient="0.45 0.45 0.45" diffuse="0.45 0.45 0.45" specular="0 0 0"/>
+    <headlight ambient="{room['ambient']}" diffuse="{room['diffuse']}" specular="0 0 0"/>
     <global offwidth="640" offheight="640"/>
   </visual>
   <default>
     <geom solref="0.004 1" solimp="0.95 0.99 0.001"/>
   </default>
   <worldbody>
-    <light name="sun" directional="true" pos="0 -0.5 2" dir="0.1 0.3 -1" castshadow="false" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+    <light name="sun" directional="true" pos="0 -0.5 2" dir="0.1 0.3 -1" castshadow="false" diffuse="{room['sun']}" specular="0 0 0"/>
     <geom name="floor" type="plane" size="3 3 0.1" pos="0 0 {FLOOR_Z}" rgba="0.35 0.37 0.40 1" {_STATIC}/>
-    <geom name="table" type="box" size="{_fmt(thx, thy, 0.02)}" pos="{_fmt(tx, ty, -0.02)}" rgba="0.82 0.76 0.66 1" {_STATIC}/>
+    <geom name="table" type="box" size="{_fmt(thx, thy, 0.02)}" pos="{_fmt(tx, ty, -0.02)}" rgba="{room['table']}" {_STATIC}/>
     <geom name="table_skirt" type="box" size="{_fmt(thx, thy, 0.36)}" pos="{_fmt(tx, ty, -0.40)}" rgba="0.55 0.45 0.35 1" contype="0" conaffinity="0"/>
     <camera name="front" pos="{_fmt(*front_pos)}" xyaxes="{front_axes}" fovy="48"/>
     {_cabinet_xml()}
