@@ -7,7 +7,9 @@
     parse_scene(text) == scene                     # SceneParseError on text outside the grammar
 
 Every block present, left to right as the front camera shows them (world x: the camera looks along
-+y, the order the oracle breaks ties in); a block on the table with its side (where a push is going);
++y, the order the oracle breaks ties in), a stack at its bottom block's x from the bottom up and the
+blocks in one bowl at their mean x by colour (line_order: otherwise blocks a few millimetres apart
+in x would come in either order, the same scene read two ways); a block on the table with its side (where a push is going);
 the bowls present, in the fixed colour order of policies.grammar.COLORS (the facts say which bowls are
 there, not where); the drawer's state only where the task names the drawer. One canonical form and no synonyms, so a text
 loss on it teaches reading, not style, and a parser (the console, the grammar-constrained decoder)
@@ -53,7 +55,7 @@ class SeenBlock:
 
 @dataclass(frozen=True)
 class Scene:
-    blocks: tuple[SeenBlock, ...]  # left to right
+    blocks: tuple[SeenBlock, ...]  # left to right (line_order)
     drawer_open: bool | None = None  # None: not said (the task does not name the drawer)
     bowls: tuple[str, ...] = ()  # the bowls present ("red bowl"), in COLORS order; () also: not read
 
@@ -74,11 +76,45 @@ def bowl_order(bowls) -> tuple[str, ...]:
     return tuple(sorted(set(bowls), key=lambda name: COLORS.index(name.split()[0])))
 
 
+def line_order(placed: dict[str, tuple[float, str, str | None]]) -> list[str]:
+    """Block names in the scene line's order, from each block's (x, place, where): left to right by x, where
+    a stack counts at its bottom block's x (listed from the bottom up) and the blocks in a bowl at their mean
+    x (listed by colour, then each one's stack). Ties in x are the rule here, not the exception (a block on
+    a block sits at its x), so the order of a stack or a bowl's blocks is fixed by what they are, not by
+    millimetres of x a camera cannot tell apart."""
+    def bottom(name: str) -> tuple[str, int]:
+        depth, seen = 0, {name}
+        while placed[name][1] == "block" and placed[name][2] in placed and placed[name][2] not in seen:
+            name = placed[name][2]
+            seen.add(name)
+            depth += 1
+        return name, depth
+
+    in_bowl: dict[str, list[float]] = {}
+    for x, place, where in placed.values():
+        if place == "bowl":
+            in_bowl.setdefault(where, []).append(x)
+
+    def key(name: str):
+        base, depth = bottom(name)
+        x, place, where = placed[base]
+        group = (sum(in_bowl[where]) / len(in_bowl[where]), where) if place == "bowl" else (x, base)
+        return (*group, depth, _colour_rank(name), name)
+
+    return sorted(placed, key=key)
+
+
+def _colour_rank(name: str) -> int:
+    colour = name.split()[-2] if len(name.split()) >= 2 else ""
+    return COLORS.index(colour) if colour in COLORS else len(COLORS)
+
+
 def scene_from_facts(facts: dict, task: str, bowls: bool = True) -> Scene:
-    """The Scene the simulator's facts (agent/envs/scene_facts.py, blocks already left to right) describe.
+    """The Scene the simulator's facts (agent/envs/scene_facts.py) describe, its blocks in line_order.
     `bowls=False`: without the bowls (the line a planner whose read-out has no bowl queries writes)."""
     blocks = []
-    for name, fact in sorted(facts["blocks"].items(), key=lambda item: item[1]["x"]):
+    for name in line_order({n: (f["x"], f["place"], f.get("where")) for n, f in facts["blocks"].items()}):
+        fact = facts["blocks"][name]
         place = fact["place"]
         blocks.append(SeenBlock(name, place, fact.get("where") if place in ("bowl", "block") else None,
                                 side_of(fact["x"]) if place == "table" else None))

@@ -16,8 +16,8 @@ from policies.pi05.objects import BLOCK_NAMES, BOWL_NAMES, WHERE_NAMES, ObjectRe
 from policies.plan_grammar import allowed_subtasks
 from policies.pi05.policy import load_pi05
 from policies.planning import format_plan, parse_plan
-from policies.scene_line import PLACES, SIDES, Scene, SceneParseError, SeenBlock, format_scene, parse_scene, \
-    scene_from_facts
+from policies.scene_line import PLACES, SIDES, Scene, SceneParseError, SeenBlock, format_scene, line_order, \
+    parse_scene, scene_from_facts
 from policies.types import Observation, PlanContext
 
 torch.set_num_threads(1)
@@ -44,8 +44,10 @@ def test_the_grounded_thought_round_trips_for_every_family(frames):
         assert parse_scene(line) == scene
         plan = parse_plan(format_plan(line, row["subtask"]))
         assert plan.thought == line and plan.subtask == row["subtask"]
-        # every present block is listed once, left to right
-        assert [b.name for b in scene.blocks] == list(row["facts"]["blocks"])
+        # every present block is listed once, in line_order (left to right, stacks and bowls' blocks together)
+        assert sorted(b.name for b in scene.blocks) == sorted(row["facts"]["blocks"])
+        assert [b.name for b in scene.blocks] == line_order({n: (f["x"], f["place"], f.get("where"))
+                                                             for n, f in row["facts"]["blocks"].items()})
         # the bowls present, each once, in the fixed colour order; the line without them as well
         assert set(scene.bowls) == set(row["facts"]["bowls"]) and len(scene.bowls) == len(row["facts"]["bowls"])
         bare = scene_from_facts(row["facts"], row["context"]["task"], bowls=False)
@@ -93,6 +95,35 @@ def test_read_out_labels_match_the_detectors_on_a_scripted_scene():
     assert labels["drawer"] == int(world.drawer.is_open)
     assert [BOWL_NAMES[k] for k, there in enumerate(labels["bowls"]) if there] == \
         [name for name in BOWL_NAMES if name in world.bowls]
+
+
+@pytest.mark.parametrize("noise", [-0.002, 0.002])
+def test_a_stack_and_a_bowls_blocks_come_in_one_order_whatever_millimetres_of_x_say(noise):
+    from agent.training.scene_questions import answer
+
+    facts = {"blocks": {"red block": {"place": "block", "where": "green block", "x": -0.2 + noise},
+                        "green block": {"place": "table", "where": None, "x": -0.2},
+                        "blue block": {"place": "bowl", "where": "purple bowl", "x": 0.1 - noise},
+                        "yellow block": {"place": "block", "where": "blue block", "x": 0.1},
+                        "orange block": {"place": "bowl", "where": "purple bowl", "x": 0.1 + noise},
+                        "large red block": {"place": "bowl", "where": "purple bowl", "x": 0.1},
+                        "large green block": {"place": "table", "where": None, "x": 0.25}},
+             "bowls": ["purple bowl"], "drawer_open": False, "held": None}
+    assert format_scene(scene_from_facts(facts, "stack")) == (
+        "I see: green block on the table at the left, red block on the green block, large red block in the "
+        "purple bowl, blue block in the purple bowl, orange block in the purple bowl, yellow block on the blue "
+        "block, large green block on the table at the right; bowls: purple.")
+    # the questions list in the line's order: "the leftmost" is the stack's bottom block
+    assert answer("leftmost", facts) == "the green block"
+    assert answer("bowl", facts, "purple bowl") == "the large red block, the blue block and the orange block"
+    # and the read-out's reading is written the same way: the x it reads for a stack's blocks does not order them
+    labels = {k: torch.tensor([v]) for k, v in labels_from_facts(facts).items()}
+    heads = {"place": torch.nn.functional.one_hot(labels["place"], len(PLACES)).float(),
+             "where": torch.nn.functional.one_hot(labels["where"].clamp(min=0), len(WHERE_NAMES)).float(),
+             "side": torch.nn.functional.one_hot(labels["side"].clamp(min=0), len(SIDES)).float(),
+             "x": (labels["x"] - 2 * noise * (labels["place"] == PLACES.index("block"))) / 0.3,
+             "drawer": torch.tensor([[1.0, 0.0]])}
+    assert read_scenes(heads, ["stack"]) == [scene_from_facts(facts, "stack", bowls=False)]
 
 
 def test_the_heads_reading_writes_a_line_in_the_grammar():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 import prompts
+from policies.scene_line import line_order
 
 QUESTION_TYPES = ("where", "bowl", "drawer", "held", "drawer_state", "table", "leftmost", "count", "stacked")
 NUMBERS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
@@ -36,7 +37,9 @@ def where_phrase(fact: dict) -> str:
 
 def answer(kind: str, facts: dict, obj: str | None = None) -> str:
     """The canonical answer to a question of `kind` (about `obj`: a block or bowl name, if it needs one)."""
-    blocks: dict = facts["blocks"]  # left to right
+    # in the scene line's order (a listing or "the leftmost" is copied from the line the planner wrote)
+    blocks: dict = {n: facts["blocks"][n] for n in line_order({n: (f["x"], f["place"], f.get("where"))
+                                                               for n, f in facts["blocks"].items()})}
     if kind == "where":
         # the block named first: a planner that has just written "the red block" copies what follows
         # "red block" in its own scene line, a lookup a small model learns where a bare place is not

@@ -30,7 +30,7 @@ from policies.augment import camera_input
 from policies.grammar import COLORS, SIZES
 from policies.pi05.configuration import BOWL_TOKENS, OBJECT_TOKENS, Pi05Config
 from policies.pi05.vision import TRUNK_CHANNELS, TRUNK_STRIDES, QueryBlock, coordinate_grid, group_norm_convs
-from policies.scene_line import PLACES, SIDES, Scene, SeenBlock, bowl_order, mentions_drawer, side_of
+from policies.scene_line import PLACES, SIDES, Scene, SeenBlock, bowl_order, line_order, mentions_drawer, side_of
 
 BLOCK_NAMES = tuple(f"{c} block" for c in COLORS) + tuple(f"{s} {c} block" for s in SIZES for c in COLORS)
 DRAWER = "drawer"
@@ -287,7 +287,7 @@ def object_correct(out: dict[str, Tensor], labels: dict[str, Tensor]) -> Tensor:
 
 
 def read_scenes(out: dict[str, Tensor], tasks: list[str]) -> list[Scene]:
-    """The heads' reading as Scenes: each block read as present, with its place, ordered by its read x;
+    """The heads' reading as Scenes: each block read as present, with its place, in line_order of its read x;
     the bowls read as there (a read-out without bowl queries reads none)."""
     places = out["place"].argmax(-1).tolist()
     bowls_there = out["bowls"].argmax(-1).tolist() if "bowls" in out else None
@@ -301,7 +301,8 @@ def read_scenes(out: dict[str, Tensor], tasks: list[str]) -> list[Scene]:
                 continue
             where = _where_for(place, out["where"][b, i], name) if place in ("bowl", "block") else None
             seen.append((xs[b][i], SeenBlock(name, place, where, SIDES[sides[b][i]] if place == "table" else None)))
-        seen.sort(key=lambda item: item[0])
+        order = line_order({s.name: (x, s.place, s.where) for x, s in seen})
+        seen = sorted(seen, key=lambda item: order.index(item[1].name))
         # a block read in a bowl says the bowl is there, whatever its own query read
         bowls = bowl_order([*(n for n, there in zip(BOWL_NAMES, bowls_there[b]) if there),
                             *(s.where for _, s in seen if s.place == "bowl")]) if bowls_there else ()
