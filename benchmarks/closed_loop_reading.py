@@ -1,6 +1,7 @@
 """How grounded planners' read-outs read the frames a robot planned from in recorded closed-loop runs (issue
 33), against the simulator, side by side: scene lines wholly right on every plan's frame, and on the
-frames whose reading a fact corrected, with the share of those facts read as stated.
+frames whose reading a fact corrected, with the share of those facts read as stated; "blocks right": the
+line's blocks and drawer wholly right, its list of bowls aside (what facts can correct).
 
 Held-out planner frames (`hivla datagen --mode planner`) are the oracle's episodes; the facts people say
 come from the robot's own runs, where the learned planner and low level leave other states. This reads
@@ -172,12 +173,15 @@ def read(path: Path, frames: dict, threads: int) -> dict:
                                                   for f in frames["images"]]))
     # a read-out with a belief reads each frame with what it read at its episode's plan before (as it ran)
     out = read_in_order(readout, stacked[key], plans_before(frames), "bf16", torch.device("cpu"))
-    exact, as_set = [], []
+    exact, as_set, blocks_exact = [], [], []
     misread, by_true_place = Counter(), {}  # on plan frames: kinds of misreading; each true block's place read right
     for scene, truth, task, is_plan in zip(read_scenes(out, frames["tasks"]), frames["truth"], frames["tasks"],
                                            frames["is_plan"]):
         true = scene_from_facts(truth, task, bowls=readout.reads_bowls)
         exact.append(format_scene(scene) == format_scene(true))
+        # the line's blocks and drawer alone: what a fact can correct (no fact says which bowls are there)
+        blocks_exact.append([b.phrase() for b in scene.blocks] == [b.phrase() for b in true.blocks]
+                            and scene.drawer_open == true.drawer_open)
         if is_plan:
             wrong = contradictions(scene, true)
             misread.update(misreadings(scene, true, wrong))
@@ -199,12 +203,14 @@ def read(path: Path, frames: dict, threads: int) -> dict:
     plan_rows = [i for i, is_plan in enumerate(frames["is_plan"]) if is_plan]
     fact_frames = sorted(set(fact_rows))
     return {"plan_frames": {"n": len(plan_rows), "lines_right": share(exact, plan_rows),
-                            "lines_right_any_order": share(as_set, plan_rows)},
+                            "lines_right_any_order": share(as_set, plan_rows),
+                            "blocks_right": share(blocks_exact, plan_rows)},
             "plan_frames_misread": dict(misread.most_common()),
             "plan_frames_blocks_right_by_true_place": {place: {"n": len(v), "right": sum(v) / len(v)}
                                                        for place, v in sorted(by_true_place.items())},
             "fact_frames": {"n": len(fact_frames), "lines_right": share(exact, fact_frames),
-                            "lines_right_any_order": share(as_set, fact_frames)},
+                            "lines_right_any_order": share(as_set, fact_frames),
+                            "blocks_right": share(blocks_exact, fact_frames)},
             "facts_read_as_stated": {"n": len(stated), "share": None if not stated else sum(stated) / len(stated)}}
 
 
@@ -227,13 +233,14 @@ def main(argv=None) -> int:
 
     t = Table(title=f"closed-loop reading: {frames['episodes']} episodes replayed ({frames['drifted']} drifted, read up "
                     f"to the drift)")
-    for col in ("checkpoint", "plan frames", "lines right", "any order", "fact frames", "lines right ",
-                "any order ", "facts read as stated"):
+    for col in ("checkpoint", "plan frames", "lines right", "any order", "blocks right", "fact frames",
+                "lines right ", "blocks right ", "facts read as stated"):
         t.add_column(col, justify="left" if col == "checkpoint" else "right")
     for name, r in results.items():
         t.add_row(name, str(r["plan_frames"]["n"]), pct(r["plan_frames"]["lines_right"]),
-                  pct(r["plan_frames"]["lines_right_any_order"]), str(r["fact_frames"]["n"]),
-                  pct(r["fact_frames"]["lines_right"]), pct(r["fact_frames"]["lines_right_any_order"]),
+                  pct(r["plan_frames"]["lines_right_any_order"]), pct(r["plan_frames"]["blocks_right"]),
+                  str(r["fact_frames"]["n"]), pct(r["fact_frames"]["lines_right"]),
+                  pct(r["fact_frames"]["blocks_right"]),
                   f"{pct(r['facts_read_as_stated']['share'])} of {r['facts_read_as_stated']['n']}")
     console.print(t)
     kinds = sorted({k for r in results.values() for k in r["plan_frames_misread"]},
