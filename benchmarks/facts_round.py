@@ -20,6 +20,8 @@ decisions hold?
     python benchmarks/facts_round.py --preset tiny       # a self-contained miniature (a tiny grounded
                                                          # planner trained here, the expert as low level)
     python benchmarks/facts_round.py --fact-share 0      # the control arm, in the same --workdir
+    python benchmarks/facts_round.py --room dim ...      # the coached episodes in a room no model was
+                                                         # trained in (agent/envs/scene.py ROOMS)
 
 The control arm (`--fact-share 0`) is the identical fine-tune (steps, lr, batch size, seed) with no fact
 row in any batch: planner frames alone. Run in the workdir of a round, it reuses that round's coached
