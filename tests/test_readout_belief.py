@@ -37,6 +37,13 @@ def images(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 255, (n, 2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
+def observation(seed: int = 3) -> Observation:
+    """A planner's observation of two random camera frames (the tiny config's 32 px)."""
+    frames = images(1, seed=seed)[0].numpy()
+    return Observation(images={"front": frames[0], "wrist": frames[1]}, state=np.zeros(8, np.float32),
+                       task="put the red block in the blue bowl", time=0.0)
+
+
 def test_a_belief_added_to_a_read_out_leaves_its_reading_as_it_was_until_trained():
     plain, believing = tiny_readout(False), tiny_readout(True)
     missing, unexpected = believing.load_state_dict(plain.state_dict(), strict=False)
@@ -123,9 +130,7 @@ def test_the_finetune_adds_a_belief_the_planner_keeps_between_plans_and_forgets_
     changed = {k for k, v in tensors(out).items() if k.startswith("vision.belief_")}
     assert "vision.belief_gate" in changed and bool(tensors(out)["vision.belief_gate"].abs().sum() > 0)
     policy = load_pi05(out)
-    obs_images = images(1, seed=3)[0].numpy()
-    obs = Observation(images={"front": obs_images[0], "wrist": obs_images[1]}, state=np.zeros(8, np.float32),
-                      task="put the red block in the blue bowl", time=0.0)
+    obs = observation()
     policy.reset()
     policy.generate_plan(obs, PlanContext(task=obs.task))
     with torch.no_grad():

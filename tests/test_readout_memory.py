@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -15,9 +14,9 @@ from agent.training.readout_trainer import read_episodes
 from policies.pi05.configuration import make_config
 from policies.pi05.objects import BLOCK_NAMES, PLACES, UNKNOWN_PLACE, ObjectReadout, carry_belief, unknown_belief
 from policies.pi05.policy import load_pi05
-from policies.types import Observation, PlanContext
+from policies.types import PlanContext
 from test_facts_finetune import coached, finetune, frames, grounded, tensors  # noqa: F401 (fixtures)
-from test_readout_belief import images
+from test_readout_belief import images, observation
 
 torch.set_num_threads(1)
 RED, GREEN = BLOCK_NAMES.index("red block"), BLOCK_NAMES.index("green block")
@@ -91,9 +90,7 @@ def test_the_finetune_adds_memory_the_planner_carries_between_plans(grounded, co
     assert cfg["readout_belief"] is True and cfg["readout_memory"] is True
     assert "vision.belief_stale.weight" in tensors(out)
     policy = load_pi05(out)
-    first = images(1, seed=3)[0].numpy()
-    obs = Observation(images={"front": first[0], "wrist": first[1]}, state=np.zeros(8, np.float32),
-                      task="put the red block in the blue bowl", time=0.0)
+    obs = observation()
     policy.reset()
     policy.generate_plan(obs, PlanContext(task=obs.task))
     held = {k: v.clone() for k, v in policy._belief.items()}

@@ -301,8 +301,8 @@ def read_scenes(out: dict[str, Tensor], tasks: list[str]) -> list[Scene]:
                 continue
             where = _where_for(place, out["where"][b, i], name) if place in ("bowl", "block") else None
             seen.append((xs[b][i], SeenBlock(name, place, where, SIDES[sides[b][i]] if place == "table" else None)))
-        order = line_order({s.name: (x, s.place, s.where) for x, s in seen})
-        seen = sorted(seen, key=lambda item: order.index(item[1].name))
+        by_name = {s.name: (x, s) for x, s in seen}
+        seen = [by_name[name] for name in line_order({n: (x, s.place, s.where) for n, (x, s) in by_name.items()})]
         # a block read in a bowl says the bowl is there, whatever its own query read
         bowls = bowl_order([*(n for n, there in zip(BOWL_NAMES, bowls_there[b]) if there),
                             *(s.where for _, s in seen if s.place == "bowl")]) if bowls_there else ()
